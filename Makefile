@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Each creates the virtual environment, installs cmpnas with its pinned stack and the data, then runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cmpnas-installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: demo test install data clean
+
+demo: install data
+	$(BIN)/cmpnas search --config configs/quickstart.yaml
+
+test: install data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[cpu,dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.
+data:
+	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is not in $(FASHION_DIR): install Debian's dataset-fashion-mnist," \
+	       "or run with --set data.download=true on a machine with internet"; \
+	fi
+
+clean:
+	rm -rf $(VENV) outputs mlflow.db mlruns mlartifacts .pytest_cache

@@ -1,0 +1,219 @@
+"""The search configuration: one typed pydantic tree, loaded from YAML, with CLI overrides.
+
+Every section rejects unknown keys. Errors are re-worded so that each names the dotted field and
+what is allowed there (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from search_space import list_spaces
+from workers.datasets import list_sources
+from workers.losses import LOSSES
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("fashion_mnist", description="a registered data source")
+    root: str | None = Field(None, description="folder of the data; default: the source's standard places")
+    download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
+    train_size: PositiveInt | None = Field(12000, description="training images (stratified subset); null: all")
+    query_size: PositiveInt = 2000
+    gallery_size: PositiveInt = 8000
+    image_size: PositiveInt = Field(28, description="image folders are resized to this square size")
+    channels: Literal[1, 3] = 1
+    seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in list_sources():
+            raise ValueError(f"unknown data source {value!r}; allowed values are {list_sources()}")
+        return value
+
+
+class GalleryConfig(_Section):
+    checkpoint: str | None = Field(
+        None, description="an existing gallery checkpoint; default: OUTPUT_DIR/gallery.safetensors, trained on first use"
+    )
+    backbone: str = Field("resnet10t", description="any timm model name")
+    embed_dim: PositiveInt = 128
+    stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
+    epochs: PositiveInt = 2
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(0.05, ge=0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        import timm
+
+        if not timm.list_models(value):
+            raise ValueError(f"{value!r} is not a timm model; see timm.list_models() (e.g. 'resnet18')")
+        return value
+
+
+class SearchSpaceConfig(_Section):
+    name: str = "mnv3_28"
+
+    @field_validator("name")
+    @classmethod
+    def _known_space(cls, value: str) -> str:
+        if value not in list_spaces():
+            raise ValueError(f"unknown search space {value!r}; allowed values are {list_spaces()}")
+        return value
+
+
+class TrainingConfig(_Section):
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(0.05, ge=0)
+    channels_last: bool = Field(True, description="about 2x faster depthwise convolutions on CPU")
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
+    )
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"unknown losses {unknown}; allowed values are {sorted(LOSSES)}")
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError("loss weights must be >= 0")
+        if not any(value.values()):
+            raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
+        return value
+
+
+class EvolutionConfig(_Section):
+    population_size: PositiveInt = Field(4, description="random candidates before evolution starts; the population kept")
+    sample_size: PositiveInt = Field(2, description="tournament size when choosing a parent")
+    mutation_probability: float = Field(0.2, gt=0, le=1, description="per-gene resampling probability")
+    crossover_probability: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> EvolutionConfig:
+        if self.sample_size > self.population_size:
+            raise ValueError("sample_size must be <= population_size")
+        return self
+
+
+class SearchConfig(_Section):
+    strategy: Literal["random", "evolution"] = "evolution"
+    num_candidates: PositiveInt = 8
+    max_concurrent: PositiveInt = Field(2, description="trials running at once")
+    seed: int = 0
+    max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore MFLOPs)")
+    evolution: EvolutionConfig = EvolutionConfig()
+
+
+class ResourcesConfig(_Section):
+    cpus_per_trial: PositiveFloat = 1
+    gpus_per_trial: float = Field(0, ge=0, description="fractions pack several trials on one GPU")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    measure_latency: bool = True
+
+
+class TrackingConfig(_Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides when set")
+    experiment: str = "cmpnas-quickstart"
+    run_name: str | None = None
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins a cluster")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs of the local Ray instance; default: all")
+
+
+class CmpnasConfig(_Section):
+    data: DataConfig = DataConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    search_space: SearchSpaceConfig = SearchSpaceConfig()
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+    output_dir: str = "outputs/quickstart"
+
+    @property
+    def gallery_checkpoint_path(self) -> Path:
+        return Path(self.gallery.checkpoint) if self.gallery.checkpoint else Path(self.output_dir) / "gallery.safetensors"
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.field=value")
+    keys = path.strip().split(".")
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({error})") from error
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CmpnasConfig:
+    """Read YAML (the embedded quickstart default when ``path`` is None), apply overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return validate_config(tree, source=str(path))
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
+    try:
+        return CmpnasConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e) for e in error.errors())) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = sorted(_section_of(error["loc"][:-1]).model_fields)
+        return f"  - {location}: unknown field; allowed fields here are {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"  - {location}: {message} (got {error.get('input')!r})"
+
+
+def _section_of(location: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = CmpnasConfig
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model

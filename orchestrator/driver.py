@@ -1,0 +1,209 @@
+"""The search driver: data and gallery once, candidates through Ray Tune, results into MLflow.
+
+Order of work in one search:
+1. load the data and obtain the frozen gallery model (load, or train on first use);
+2. embed the train, query and gallery splits with the gallery model, once;
+3. open the MLflow parent run (config, paragon metrics and FLOPs, gallery fingerprint);
+4. run the candidates as Tune trials (the shared inputs travel once through the object store);
+5. read the finished child runs back, select the Pareto front, tag it, log table and plot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import ray
+from ray import tune
+from rich.console import Console
+
+from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity
+from orchestrator.config import CmpnasConfig
+from orchestrator.gallery_setup import obtain_gallery
+from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
+from orchestrator.progress import RichProgressCallback
+from orchestrator.strategies import create_searcher
+from orchestrator.tracking import MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
+from search_space import ArchSpec, SearchSpace, build_query_model, create_space
+from workers.candidate_training import CandidateTrainingSettings
+from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
+from workers.fit import OptimSettings
+from workers.gallery_embeddings import compute_gallery_embeddings
+from workers.preprocess import pick_device
+from workers.trial import SharedTrialInputs, run_candidate_trial
+
+SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
+
+
+class OutputDirError(RuntimeError):
+    """The output directory cannot be created or written."""
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    parent_run_id: str
+    report: ParetoReport
+    output_dir: Path
+    gallery_images_embedded: int
+
+
+def cmpnas_version() -> str:
+    try:
+        return version("cmpnas")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def prepare_output_dir(config: CmpnasConfig) -> Path:
+    folder = Path(config.output_dir).resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".cmpnas-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise OutputDirError(f"output_dir={config.output_dir!r} is not writable ({error}); choose another folder") from error
+    return folder
+
+
+def load_data(config: CmpnasConfig) -> RetrievalData:
+    data = config.data
+    request = DataRequest(root=data.root, download=data.download, train_size=data.train_size,
+                          query_size=data.query_size, gallery_size=data.gallery_size, seed=data.seed,
+                          image_size=data.image_size, channels=data.channels)
+    return load_retrieval_data(data.source, request)
+
+
+def flops_constraint(space: SearchSpace, max_mflops: float | None):
+    """A predicate for proposals, or None; FLOPs measured with fvcore on the built candidate."""
+    if max_mflops is None:
+        return None
+
+    def within_budget(spec: ArchSpec) -> bool:
+        model = build_query_model(spec)
+        return count_complexity(model, (spec.in_chans, spec.resolution, spec.resolution)).mflops <= max_mflops
+
+    return within_budget
+
+
+def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOutcome:
+    console = console or Console()
+    log = console.log
+    output_dir = prepare_output_dir(config)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    data = load_data(config)
+    timings["stage_data_seconds"] = time.perf_counter() - started
+    log(f"data: {data.summary()}")
+
+    device = pick_device()
+    started = time.perf_counter()
+    gallery_checkpoint = obtain_gallery(config, data, device, log)
+    timings["stage_gallery_model_seconds"] = time.perf_counter() - started
+    space = create_space(config.search_space.name, embed_dim=gallery_checkpoint.model.arch.embed_dim,
+                         in_chans=data.in_chans)
+
+    gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
+    timings["stage_gallery_embedding_seconds"] = gallery.seconds
+    log(f"gallery model embedded {gallery.images_embedded} images once for the whole search ({gallery.seconds:.1f}s)")
+    paragon_metrics = RetrievalEvaluator().evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels)
+    paragon_cost = count_complexity(gallery_checkpoint.model, (data.in_chans, data.image_size, data.image_size))
+    gallery_checkpoint.model.to("cpu")
+    log(f"paragon: R@1 {paragon_metrics.recall_at_1:.2f}, mAP {paragon_metrics.mean_average_precision:.2f}, "
+        f"{paragon_cost.mflops:.1f} MFLOPs")
+
+    tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
+    run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent_run_id = tracker.start_parent(
+        run_name,
+        params=flatten(config.model_dump(mode="json")),
+        tags={"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
+              "flops_convention": FLOPS_CONVENTION, "dataset": data.name, "gallery_backbone": gallery_checkpoint.model.arch.backbone},
+    )
+    log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
+    try:
+        tracker.log_dict(parent_run_id, config.model_dump(mode="json"), "config.json")
+        tracker.log_metrics(parent_run_id, {
+            **{f"paragon_{k.split('_', 1)[1]}": v for k, v in paragon_metrics.as_dict("p").items()},
+            "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
+            "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
+        })
+        tracker.log_params(parent_run_id, {"paragon_flops_skipped_ops": paragon_cost.skipped_ops, **data.summary()})
+
+        started = time.perf_counter()
+        _run_trials(config, space, data, gallery, paragon_cost.flops, tracker, parent_run_id, output_dir, console)
+        tracker.log_metrics(parent_run_id, {"stage_trials_seconds": time.perf_counter() - started})
+
+        started = time.perf_counter()
+        report = collect_report(tracker, parent_run_id)
+        tag_front(tracker, report)
+        for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
+            tracker.log_artifact(parent_run_id, path)
+        tracker.log_metrics(parent_run_id, {
+            "stage_pareto_seconds": time.perf_counter() - started,
+            "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+        })
+    except BaseException:
+        tracker.end_run(parent_run_id, "FAILED")
+        raise
+    tracker.end_run(parent_run_id, "FINISHED")
+    render_table(report, console)
+    console.print(f"Pareto table: {output_dir / 'pareto.csv'}; plot: {output_dir / 'pareto.png'}; "
+                  f"open the runs with `mlflow ui --backend-store-uri {tracker.tracking_uri}`")
+    return SearchOutcome(parent_run_id, report, output_dir, gallery.images_embedded)
+
+
+def _run_trials(config, space, data, gallery, paragon_flops, tracker, parent_run_id, output_dir, console) -> None:
+    resources = config.resources
+    threads = max(1, math.ceil(resources.cpus_per_trial))
+    shared = SharedTrialInputs(
+        data=data,
+        gallery=gallery,
+        training=CandidateTrainingSettings(
+            optim=OptimSettings(epochs=config.training.epochs, batch_size=config.training.batch_size,
+                                lr=config.training.lr, weight_decay=config.training.weight_decay, seed=config.search.seed),
+            loss_weights=dict(config.training.loss_weights),
+            channels_last=config.training.channels_last,
+        ),
+        paragon_flops=paragon_flops,
+        threads_per_trial=threads,
+        measure_latency=resources.measure_latency,
+    )
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus if config.ray.address is None else None,
+                 include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(run_candidate_trial, shared=shared),
+            {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+        )
+        searcher = create_searcher(space, config.search, flops_constraint(space, config.search.max_mflops))
+        callbacks = [
+            MlflowTrialCallback(tracker, parent_run_id),
+            RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
+        ]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
+                num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=f"search-{parent_run_id[:8]}",
+                storage_path=str(output_dir / "ray_results"),
+                callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()

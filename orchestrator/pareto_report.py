@@ -1,0 +1,144 @@
+"""The Pareto front of a search, read back from MLflow: table, CSV, plot and tags.
+
+MLflow is the source of truth, so ``cmpnas pareto`` on an old experiment and the end of a live
+search produce the same front from the same records.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evaluators import FLOPS_CONVENTION, pareto_front
+from orchestrator.tracking import PARETO_TAG, SearchTracker
+
+OBJECTIVES = (("cross_map", "max"), ("mflops", "min"))
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    run_id: str
+    arch_id: str
+    mflops: float
+    params: int
+    cost_reduction: float
+    cross_r1: float
+    cross_map: float
+    homo_r1: float
+    latency_ms: float
+    pareto: bool = False
+
+
+@dataclass(frozen=True)
+class ParagonRow:
+    mflops: float
+    params: int
+    r1: float
+    map: float
+
+
+@dataclass(frozen=True)
+class ParetoReport:
+    candidates: list[CandidateRow]
+    paragon: ParagonRow | None
+
+    @property
+    def front(self) -> list[CandidateRow]:
+        return sorted((row for row in self.candidates if row.pareto), key=lambda row: row.mflops)
+
+
+def collect_report(tracker: SearchTracker, parent_run_id: str) -> ParetoReport:
+    """Finished child runs with final metrics, marked on the front by (max cross mAP, min FLOPs)."""
+    rows = []
+    for run in tracker.child_runs(parent_run_id):
+        metrics = run.data.metrics
+        if run.info.status != "FINISHED" or "final_mflops" not in metrics:
+            continue
+        rows.append(
+            CandidateRow(
+                run_id=run.info.run_id,
+                arch_id=run.data.params.get("arch_id", "?"),
+                mflops=metrics["final_mflops"],
+                params=int(metrics.get("final_params", 0)),
+                cost_reduction=metrics.get("final_cost_reduction", math.nan),
+                cross_r1=metrics.get("final_cross_r1", math.nan),
+                cross_map=metrics.get("final_cross_map", math.nan),
+                homo_r1=metrics.get("final_homo_r1", math.nan),
+                latency_ms=metrics.get("final_latency_ms", math.nan),
+            )
+        )
+    front = set(pareto_front([[getattr(row, name) for name, _ in OBJECTIVES] for row in rows], [s for _, s in OBJECTIVES]))
+    rows = [CandidateRow(**{**asdict(row), "pareto": index in front}) for index, row in enumerate(rows)]
+    parent = tracker.client.get_run(parent_run_id).data.metrics
+    paragon = None
+    if "paragon_mflops" in parent:
+        paragon = ParagonRow(parent["paragon_mflops"], int(parent.get("paragon_params", 0)),
+                             parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan))
+    return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon)
+
+
+def tag_front(tracker: SearchTracker, report: ParetoReport) -> None:
+    for row in report.candidates:
+        tracker.set_tag(row.run_id, PARETO_TAG, "true" if row.pareto else "false")
+
+
+def write_csv(report: ParetoReport, path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run_id", "arch_id", "mflops", "params", "cost_reduction", "cross_r1", "cross_map",
+                         "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon"])
+        for row in report.candidates:
+            writer.writerow([row.run_id, row.arch_id, f"{row.mflops:.4f}", row.params, f"{row.cost_reduction:.2f}",
+                             f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
+                             f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}"])
+    return path
+
+
+def write_plot(report: ParetoReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    others = [row for row in report.candidates if not row.pareto]
+    axes.scatter([r.mflops for r in others], [r.cross_map for r in others], c="0.6", label="candidates")
+    front = report.front
+    axes.plot([r.mflops for r in front], [r.cross_map for r in front], "o-", c="tab:red", label="Pareto front")
+    if report.paragon:
+        axes.scatter([report.paragon.mflops], [report.paragon.map], marker="*", s=200, c="tab:blue",
+                     label="paragon (gallery/gallery)")
+    axes.set_xscale("log")
+    axes.set_xlabel("query model MFLOPs (fvcore, 1 multiply-add = 1 flop)")
+    axes.set_ylabel("cross-model mAP (%)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def render_table(report: ParetoReport, console: Console, only_front: bool = True) -> None:
+    table = Table(title="Pareto front (max cross-model mAP, min FLOPs)" if only_front else "All candidates")
+    for column in ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", "homo R@1", "gap R@1", "latency ms"):
+        table.add_column(column, justify="right" if column != "arch" else "left")
+    if report.paragon:
+        p = report.paragon
+        table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
+                      f"{p.r1:.2f}", "0.00", "", style="bold blue")
+    for row in report.front if only_front else report.candidates:
+        table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
+                      f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
+                      f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", style="bold" if row.pareto else None)
+    console.print(table)
+    console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points.")
+
+
+def _gap(report: ParetoReport, row: CandidateRow) -> float:
+    return report.paragon.r1 - row.cross_r1 if report.paragon else math.nan

@@ -1,0 +1,72 @@
+"""Live terminal progress of a search (rich), fed by Tune's callback hooks."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from search_space import ArchSpec
+
+
+class RichProgressCallback(Callback):
+    """One line per trial: status, architecture, epoch, latest cross-model metrics, FLOPs."""
+
+    def __init__(self, console: Console, total_trials: int, epochs: int):
+        self.console = console
+        self.total_trials = total_trials
+        self.epochs = epochs
+        self.rows: dict[str, dict[str, str]] = {}
+        self.started = time.monotonic()
+        self.live: Live | None = None
+
+    def setup(self, **info):
+        self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+        self.live.start()
+
+    def _update(self, trial, **fields: str) -> None:
+        row = self.rows.setdefault(
+            trial.trial_id,
+            {"status": "", "arch": ArchSpec.from_json(trial.config["arch"]).arch_id, "epoch": "", "cross_r1": "",
+             "cross_map": "", "mflops": ""},
+        )
+        row.update(fields)
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._update(trial, status="running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        fields = {"epoch": f"{result.get('epoch', '?')}/{self.epochs}",
+                  "cross_r1": f"{result.get('cross_r1', float('nan')):.2f}",
+                  "cross_map": f"{result.get('cross_map', float('nan')):.2f}"}
+        if "mflops" in result:
+            fields["mflops"] = f"{result['mflops']:.2f}"
+        self._update(trial, **fields)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._update(trial, status="done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._update(trial, status="failed")
+
+    def on_experiment_end(self, trials, **info):
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+
+    def _render(self) -> Table:
+        done = sum(row["status"] == "done" for row in self.rows.values())
+        elapsed = time.monotonic() - self.started
+        table = Table(title=f"cmpnas search: {done}/{self.total_trials} candidates done, {elapsed:.0f}s")
+        for column in ("trial", "status", "arch", "epoch", "cross R@1", "cross mAP", "MFLOPs"):
+            table.add_column(column)
+        for trial_id, row in self.rows.items():
+            table.add_row(trial_id, row["status"], row["arch"], row["epoch"], row["cross_r1"], row["cross_map"],
+                          row["mflops"])
+        return table

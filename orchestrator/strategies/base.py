@@ -1,0 +1,105 @@
+"""Search strategies as Ray Tune searchers, composed from a small proposer interface.
+
+A ``Proposer`` only knows the search space: it proposes a spec and observes scores. The
+``ArchitectureSearcher`` wraps any proposer for Tune: it de-duplicates, applies an optional
+constraint (e.g. a FLOPs budget), and feeds completed trials back. Strategies differ only in
+their proposer, like Optuna's samplers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from ray.tune.search import Searcher
+
+from search_space import ArchSpec, SearchSpace
+
+Constraint = Callable[[ArchSpec], bool]
+
+
+class Proposer(ABC):
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    @abstractmethod
+    def propose(self, rng: random.Random) -> ArchSpec:
+        """A spec of ``space`` to evaluate next."""
+
+    def observe(self, spec: ArchSpec, score: float) -> None:
+        """A completed evaluation (higher score is better); default: ignore."""
+
+
+class SearchExhausted(RuntimeError):
+    """No new spec satisfying the constraint could be found."""
+
+
+class ArchitectureSearcher(Searcher):
+    """Tune searcher over a proposer; the trial config is ``{"arch": spec_json}``."""
+
+    def __init__(
+        self,
+        proposer: Proposer,
+        seed: int,
+        metric: str | None = None,
+        mode: str | None = None,
+        constraint: Constraint | None = None,
+        max_attempts: int = 200,
+    ):
+        super().__init__(metric=metric, mode=mode)
+        self.proposer = proposer
+        self.constraint = constraint
+        self.max_attempts = max_attempts
+        self.rng = random.Random(seed)
+        self.proposed: dict[str, ArchSpec] = {}
+        self.seen: set[str] = set()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        """Tune passes TuneConfig's metric and mode here; the search space is ours, not Tune's."""
+        if metric:
+            self._metric = metric
+        if mode:
+            if mode not in ("max", "min"):
+                raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+            self._mode = mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(self.max_attempts):
+            spec = self.proposer.propose(self.rng)
+            if spec.arch_id in self.seen:
+                continue
+            self.seen.add(spec.arch_id)
+            if self.constraint is not None and not self.constraint(spec):
+                continue
+            self.proposed[trial_id] = spec
+            return {"arch": spec.to_json()}
+        raise SearchExhausted(
+            f"no new architecture satisfying the constraint in {self.max_attempts} proposals; "
+            "relax search.max_mflops or lower search.num_candidates"
+        )
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        spec = self.proposed.pop(trial_id, None)
+        if spec is None or error or not result or self.metric not in result:
+            return
+        score = float(result[self.metric])
+        self.proposer.observe(spec, score if self.mode == "max" else -score)
+
+    def get_state(self) -> dict:
+        return {"proposer": self.proposer, "rng": self.rng.getstate(), "proposed": self.proposed, "seen": self.seen}
+
+    def set_state(self, state: dict) -> None:
+        self.proposer = state["proposer"]
+        self.rng.setstate(state["rng"])
+        self.proposed, self.seen = state["proposed"], state["seen"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.get_state(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.set_state(pickle.load(handle))

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny real configuration and one tiny real gallery model per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def tiny_tree(tmp_path, **sections) -> dict:
+    """A small but real search: Fashion-MNIST subsets, a real timm gallery, a few short trials."""
+    tree = {
+        "data": {"train_size": 3000, "query_size": 300, "gallery_size": 1200, "seed": 0},
+        "gallery": {"backbone": "resnet10t", "epochs": 2, "batch_size": 128, "lr": 0.002,
+                    "checkpoint": str(tmp_path / "gallery.safetensors")},
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.003},
+        "search": {"strategy": "evolution", "num_candidates": 3, "max_concurrent": 2, "seed": 0, "max_mflops": 2.5,
+                   "evolution": {"population_size": 2, "sample_size": 2}},
+        "resources": {"cpus_per_trial": 1, "max_failures": 0, "measure_latency": True},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "cmpnas-test"},
+        "ray": {"num_cpus": 2},
+        "output_dir": str(tmp_path / "out"),
+    }
+    for name, values in sections.items():
+        tree[name] = {**tree.get(name, {}), **values} if isinstance(values, dict) else values
+    return tree
+
+
+@pytest.fixture(scope="session")
+def gallery_dir(tmp_path_factory):
+    """A folder holding a trained tiny gallery checkpoint, shared by every test that needs one."""
+    from rich.console import Console
+
+    from orchestrator.config import validate_config
+    from orchestrator.driver import load_data
+    from orchestrator.gallery_setup import train_and_save_gallery
+    from workers.preprocess import pick_device
+
+    folder = tmp_path_factory.mktemp("gallery")
+    config = validate_config(tiny_tree(folder))
+    train_and_save_gallery(config, load_data(config), pick_device(), Console(quiet=True).log)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(gallery_dir):
+    from orchestrator.config import validate_config
+    from orchestrator.driver import load_data
+
+    return load_data(validate_config(tiny_tree(gallery_dir)))

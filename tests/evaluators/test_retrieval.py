@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from evaluators import FaissInnerProductKNN, RetrievalEvaluator
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_hand_made_ranking_gives_known_recall_and_map():
+    gallery = _unit([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
+    gallery_labels = np.array([0, 1, 1, 0])
+    queries = _unit([[1, 0.05], [0.05, 1]])
+    query_labels = np.array([0, 0])
+    metrics = RetrievalEvaluator().evaluate(queries, query_labels, gallery, gallery_labels)
+    # query 0 ranks gallery 0,1,3,2: hits at ranks 1 and 3 -> AP = (1/1 + 2/3) / 2
+    # query 1 ranks gallery 2,3,1,0: hits at ranks 2 and 4 -> AP = (1/2 + 2/4) / 2
+    assert metrics.recall_at_1 == pytest.approx(50.0)
+    assert metrics.recall_at_5 == pytest.approx(100.0)
+    assert metrics.mean_average_precision == pytest.approx(100 * ((1 + 2 / 3) / 2 + (0.5 + 0.5) / 2) / 2)
+
+
+def test_matches_brute_force_numpy_on_random_data():
+    rng = np.random.default_rng(0)
+    gallery, queries = _unit(rng.normal(size=(300, 16))), _unit(rng.normal(size=(70, 16)))
+    gallery_labels, query_labels = rng.integers(0, 5, 300), rng.integers(0, 5, 70)
+    metrics = RetrievalEvaluator(query_chunk=16).evaluate(queries, query_labels, gallery, gallery_labels)
+    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    hits = gallery_labels[order] == query_labels[:, None]
+    ap = [np.mean([(h[: i + 1].sum()) / (i + 1) for i in np.flatnonzero(h)]) for h in hits]
+    assert metrics.recall_at_1 == pytest.approx(100 * hits[:, 0].mean())
+    assert metrics.recall_at_5 == pytest.approx(100 * hits[:, :5].any(axis=1).mean())
+    assert metrics.mean_average_precision == pytest.approx(100 * np.mean(ap), abs=1e-4)
+
+
+def test_query_label_missing_from_gallery_is_an_error():
+    with pytest.raises(ValueError, match="no item in the gallery"):
+        RetrievalEvaluator().evaluate(_unit([[1, 0]]), np.array([3]), _unit([[1, 0]]), np.array([1]))
+
+
+def test_knn_backend_falls_back_to_cpu_without_a_gpu():
+    knn = FaissInnerProductKNN()
+    assert knn.device in ("cpu", "gpu")
+    scores, indices = knn.search(_unit([[1, 0]]), _unit([[0, 1], [1, 0]]), k=5)
+    assert indices.tolist() == [[1, 0]]
+    assert scores[0, 0] == pytest.approx(1.0)

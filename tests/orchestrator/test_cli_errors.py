@@ -1,0 +1,50 @@
+"""Bad input through the real CLI: a clear error naming the cause, exit code 2, nothing lost."""
+
+import mlflow
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_tree
+from orchestrator.cli import app
+
+
+def _invoke(tmp_path, *args, **sections):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(tmp_path, **sections)))
+    return CliRunner().invoke(app, ["search", "--config", str(path), *args], env={"COLUMNS": "200"})
+
+
+def test_bad_config_value_names_field_and_allowed_values(tmp_path):
+    result = _invoke(tmp_path, "--set", "search.strategy=grid")
+    assert result.exit_code == 2
+    assert "search.strategy" in result.output and "'random' or 'evolution'" in result.output
+
+
+def test_missing_data_set_is_a_clear_error(tmp_path):
+    result = _invoke(tmp_path, "--set", f"data.root={tmp_path / 'no-data'}")
+    assert result.exit_code == 2
+    assert "Fashion-MNIST not found" in result.output and "dataset-fashion-mnist" in result.output
+
+
+def test_corrupt_gallery_checkpoint_is_refused_and_recorded_runs_are_kept(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("cmpnas-test")
+    with mlflow.start_run(run_name="earlier") as earlier:
+        mlflow.log_metric("cross_r1", 80.0)
+    (tmp_path / "gallery.safetensors").write_bytes(b"\x80\x04 definitely not a checkpoint")
+    result = _invoke(tmp_path)
+    assert result.exit_code == 2
+    assert "gallery.safetensors" in result.output and "not a readable safetensors checkpoint" in result.output
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert [run.info.run_id for run in runs] == [earlier.info.run_id]
+    assert runs[0].data.metrics["cross_r1"] == 80.0
+
+
+def test_missing_gallery_checkpoint_and_unwritable_output_dir(tmp_path):
+    result = _invoke(tmp_path, "--set", f"gallery.checkpoint={tmp_path / 'absent.safetensors'}")
+    assert result.exit_code == 2 and "gallery.checkpoint" in result.output and "cmpnas gallery train" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _invoke(tmp_path, "--set", f"output_dir={blocker / 'sub'}")
+    assert result.exit_code == 2 and "output_dir" in result.output

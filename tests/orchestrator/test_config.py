@@ -1,0 +1,44 @@
+import pytest
+
+from orchestrator.config import DEFAULT_CONFIG, ConfigError, load_config, validate_config
+
+
+def test_embedded_default_loads_and_overrides_apply():
+    config = load_config(None, ["search.num_candidates=16", "training.loss_weights={own_classifier: 1}"])
+    assert config.search.num_candidates == 16
+    assert config.training.loss_weights == {"own_classifier": 1}
+    assert load_config(DEFAULT_CONFIG).search.num_candidates >= 8
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        ({"search": {"stratgy": "random"}}, r"search.stratgy: unknown field; allowed fields here are \[.*'strategy'"),
+        ({"search": {"strategy": "grid"}}, r"search.strategy: .*'random' or 'evolution'"),
+        ({"search_space": {"name": "vit"}}, r"search_space.name: .*allowed values are \['mnv3_28', 'mnv3_64'\]"),
+        ({"data": {"source": "imagenet"}}, r"data.source: .*allowed values are"),
+        ({"training": {"loss_weights": {"triplet": 1}}}, r"training.loss_weights: .*allowed values are"),
+        ({"training": {"epochs": 0}}, r"training.epochs: .*greater than 0"),
+        ({"gallery": {"backbone": "resnet9000"}}, r"gallery.backbone: .*not a timm model"),
+        ({"bogus": 1}, r"bogus: unknown field; allowed fields here are \[.*'data'"),
+        ({"search": {"evolution": {"population_size": 2, "sample_size": 5}}}, r"search.evolution: .*sample_size"),
+    ],
+)
+def test_bad_configs_name_the_field_and_what_is_allowed(tree, expected):
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(tree)
+
+
+def test_bad_files_and_overrides_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("search: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config(None, ["search.num_candidates"])
+    with pytest.raises(ConfigError, match="search.num_candidates"):
+        load_config(None, ["search.num_candidates=-3"])

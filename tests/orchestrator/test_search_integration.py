@@ -1,0 +1,92 @@
+"""A tiny real search: local Ray cluster, real MLflow sqlite store, real data, FAISS and fvcore."""
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from evaluators import pareto_front
+from orchestrator.cli import app
+from orchestrator.config import validate_config
+from orchestrator.driver import run_search
+from orchestrator.tracking import PARETO_TAG, SearchTracker
+from search_space import ArchSpec, create_space
+from tests.conftest import tiny_tree
+from workers.gallery import load_gallery
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def finished_search(gallery_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search")
+    tree = tiny_tree(folder, gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")})
+    config = validate_config(tree)
+    console = Console(record=True, width=160)
+    outcome = run_search(config, console)
+    tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
+    return config, outcome, tracker, console.export_text()
+
+
+def test_parent_run_records_config_paragon_and_gallery_fingerprint(finished_search, gallery_dir):
+    config, outcome, tracker, _ = finished_search
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.num_candidates"] == "3"
+    assert parent.data.tags["gallery_fingerprint"] == load_gallery(gallery_dir / "gallery.safetensors").fingerprint
+    assert parent.data.metrics["paragon_r1"] > 50
+    assert parent.data.metrics["paragon_mflops"] > 10
+    artifacts = {item.path for item in tracker.client.list_artifacts(outcome.parent_run_id)}
+    assert {"pareto.csv", "pareto.png", "config.json"} <= artifacts
+
+
+def test_gallery_embedded_once_per_search_whatever_the_trial_count(finished_search):
+    config, outcome, tracker, _ = finished_search
+    once = config.data.train_size + config.data.query_size + config.data.gallery_size
+    assert outcome.gallery_images_embedded == once
+    assert tracker.client.get_run(outcome.parent_run_id).data.metrics["gallery_images_embedded"] == once
+    assert len(tracker.child_runs(outcome.parent_run_id)) == config.search.num_candidates > 1
+
+
+def test_one_child_run_per_candidate_with_epochs_flops_and_cross_model_metrics(finished_search):
+    config, outcome, tracker, _ = finished_search
+    parent_metrics = tracker.client.get_run(outcome.parent_run_id).data.metrics
+    space = create_space("mnv3_28", embed_dim=config.gallery.embed_dim, in_chans=1)
+    children = tracker.child_runs(outcome.parent_run_id)
+    assert len(children) == config.search.num_candidates
+    assert len({run.data.params["arch_id"] for run in children}) == len(children)
+    for run in children:
+        metrics = run.data.metrics
+        assert run.info.status == "FINISHED"
+        assert space.contains(ArchSpec.from_json(run.data.params["arch_json"]))
+        assert 0 < metrics["final_mflops"] <= config.search.max_mflops
+        assert metrics["final_cost_reduction"] == pytest.approx(parent_metrics["paragon_flops"] / metrics["final_flops"])
+        for key in ("final_cross_r1", "final_cross_map", "final_homo_r1", "final_params", "final_latency_ms"):
+            assert key in metrics, key
+        assert json.loads(run.data.params["flops_skipped_ops"])  # fvcore's skipped ops are on record
+        history = tracker.client.get_metric_history(run.info.run_id, "cross_r1")
+        assert sorted(point.step for point in history) == list(range(1, config.training.epochs + 1))
+        artifacts = {item.path for item in tracker.client.list_artifacts(run.info.run_id, "model")}
+        assert {"model/model.safetensors", "model/arch.json"} <= artifacts
+
+
+def test_pareto_tags_match_the_front_of_the_recorded_metrics(finished_search):
+    _, outcome, tracker, printed = finished_search
+    children = tracker.child_runs(outcome.parent_run_id)
+    points = [(run.data.metrics["final_cross_map"], run.data.metrics["final_mflops"]) for run in children]
+    expected = {children[i].info.run_id for i in pareto_front(points, ("max", "min"))}
+    tagged = {run.info.run_id for run in children if run.data.tags[PARETO_TAG] == "true"}
+    assert tagged == expected and tagged
+    assert "Pareto front" in printed and "paragon" in printed
+    csv_rows = (outcome.output_dir / "pareto.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(children)
+
+
+def test_pareto_command_reads_the_front_back_from_mlflow(finished_search):
+    config, outcome, tracker, _ = finished_search
+    result = CliRunner().invoke(app, ["pareto", "--tracking-uri", config.tracking.uri,
+                                      "--experiment", config.tracking.experiment], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    front = [row.arch_id for row in outcome.report.front]
+    assert all(arch_id in result.output for arch_id in front)

@@ -1,0 +1,55 @@
+"""Fine-tune one candidate query model against the frozen gallery with compatibility losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.datasets import RetrievalData
+from workers.fit import EpochCallback, OptimSettings, fit
+from workers.gallery_embeddings import GalleryEmbeddings
+from workers.losses import LossContext, WeightedLossSum
+from workers.preprocess import to_model_input
+
+
+@dataclass(frozen=True)
+class CandidateTrainingSettings:
+    optim: OptimSettings
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0})
+    channels_last: bool = True
+
+
+def fine_tune_candidate(
+    model: nn.Module,
+    resolution: int,
+    data: RetrievalData,
+    gallery: GalleryEmbeddings,
+    settings: CandidateTrainingSettings,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` (and its own classifier) in place; images are preprocessed once, up front."""
+    torch.manual_seed(settings.optim.seed)
+    losses = WeightedLossSum(settings.loss_weights)
+    own_classifier = nn.Linear(gallery.embed_dim, data.num_classes).to(device)
+    trainable = nn.ModuleDict({"model": model, "own_classifier": own_classifier})
+    gallery_classifier = gallery.classifier(device)
+    scale = gallery.logit_scale
+    inputs = to_model_input(data.train.images, data.mean, data.std, resolution, device, settings.channels_last)
+    labels = torch.as_tensor(data.train.labels, device=device)
+    targets = torch.as_tensor(np.asarray(gallery.train), device=device)
+
+    def step(batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
+        context = LossContext(
+            query_embeddings=model(batch),
+            labels=batch_labels,
+            own_classifier=lambda embeddings: own_classifier(scale * embeddings),
+            gallery_classifier=gallery_classifier,
+            gallery_embeddings=targets[index],
+        )
+        return losses(context)
+
+    return fit(trainable, inputs, labels, step, settings.optim, on_epoch)

@@ -1,0 +1,16 @@
+"""Data sources for searches: decoded once, split deterministically, held as uint8 arrays."""
+
+from workers.datasets.registry import list_sources, load_retrieval_data, register_source
+from workers.datasets.splits import stratified_split
+from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData
+
+__all__ = [
+    "DataError",
+    "DataRequest",
+    "ImageSet",
+    "RetrievalData",
+    "list_sources",
+    "load_retrieval_data",
+    "register_source",
+    "stratified_split",
+]

@@ -1,0 +1,112 @@
+"""Fashion-MNIST from local files first (Debian's dataset-fashion-mnist), optionally downloaded.
+
+Machines with internet may fetch the four files from the official mirror; each download is
+checked against the SHA-256 below before it is used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from workers.datasets.types import DataError
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+CLASS_NAMES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+MEAN, STD = (0.2860,), (0.3530,)
+FILES = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+HOW_TO_GET = (
+    "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
+    f"{DEBIAN_DIR}), point data.root at a folder holding the four *-ubyte.gz files, or set "
+    "data.download: true on a machine with internet"
+)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CMPNAS_CACHE", Path.home() / ".cache" / "cmpnas")) / "fashion-mnist"
+
+
+def locate(root: str | Path | None, download: bool) -> Path:
+    """The folder holding all four files: ``root`` if given, else Debian's folder, else the cache."""
+    candidates = [Path(root).expanduser()] if root else [DEBIAN_DIR, default_cache_dir()]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in FILES):
+            return folder
+    if download:
+        target = candidates[0] if root else default_cache_dir()
+        fetch(target)
+        return target
+    searched = ", ".join(str(folder) for folder in candidates)
+    raise DataError(f"Fashion-MNIST not found (searched {searched}): {HOW_TO_GET}")
+
+
+def fetch(target: Path, base_url: str = OFFICIAL_URL) -> None:
+    """Download the files missing from ``target`` and verify each against its SHA-256."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name, expected in FILES.items():
+        path = target / name
+        if path.is_file():
+            continue
+        partial = path.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(base_url + name, timeout=60) as response, partial.open("wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"could not download {base_url + name} ({error}); {HOW_TO_GET}") from error
+        actual = _sha256(partial)
+        if actual != expected:
+            partial.unlink()
+            raise DataError(f"downloaded {name} has SHA-256 {actual}, expected {expected}: not used")
+        partial.rename(path)
+
+
+def load_arrays(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images, labels), 'test': (images, labels)} with images as uint8 (N, 1, 28, 28)."""
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", magic=2051)
+        labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", magic=2049)
+        if len(images) != len(labels):
+            raise DataError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels; {HOW_TO_GET}")
+        out[split] = (images[:, None, :, :], labels.astype(np.int64))
+    return out
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path} is truncated or not a gzip file ({error}); {HOW_TO_GET}") from error
+    if len(raw) < 8 or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(f"{path} is not an IDX file (bad magic number); {HOW_TO_GET}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape))
+    if len(raw) - offset != expected:
+        raise DataError(f"{path} holds {len(raw) - offset} bytes of data, expected {expected}: truncated; {HOW_TO_GET}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,46 @@
+"""User data: one subfolder per class or identity, images in any format Pillow reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workers.datasets.types import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Decode every image once, resized to ``image_size`` square, as uint8 (N, C, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root={str(root)!r} is not a folder; give a folder with one subfolder per class")
+    if channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    class_dirs = sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
+    images, labels, class_names = [], [], []
+    mode = "L" if channels == 1 else "RGB"
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            continue
+        label = len(class_names)
+        class_names.append(class_dir.name)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    decoded = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"{file} could not be decoded as an image ({error}); remove or replace it") from error
+            array = np.asarray(decoded, dtype=np.uint8)
+            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(
+            f"data.root={str(root)!r} holds no images in class subfolders "
+            f"(expected ROOT/<class>/<image> with suffixes {sorted(IMAGE_SUFFIXES)})"
+        )
+    return np.stack(images), np.array(labels, dtype=np.int64), tuple(class_names)

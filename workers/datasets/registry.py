@@ -1,0 +1,82 @@
+"""Named data sources behind one factory, ``load_retrieval_data``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from workers.datasets import fashion_mnist
+from workers.datasets.image_folder import load_image_folder
+from workers.datasets.splits import stratified_split
+from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData, channel_statistics
+
+DataSource = Callable[[DataRequest], RetrievalData]
+_SOURCES: dict[str, DataSource] = {}
+
+
+def register_source(name: str) -> Callable[[DataSource], DataSource]:
+    def decorator(source: DataSource) -> DataSource:
+        _SOURCES[name] = source
+        return source
+
+    return decorator
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def load_retrieval_data(source: str, request: DataRequest) -> RetrievalData:
+    if source not in _SOURCES:
+        raise DataError(f"unknown data.source '{source}': allowed values are {list_sources()}")
+    return _SOURCES[source](request)
+
+
+@register_source("fashion_mnist")
+def _fashion_mnist(request: DataRequest) -> RetrievalData:
+    """Fine-tune on a stratified subset of the train split; query and gallery from the test split."""
+    arrays = fashion_mnist.load_arrays(fashion_mnist.locate(request.root, request.download))
+    train_images, train_labels = arrays["train"]
+    test_images, test_labels = arrays["test"]
+    train_size = len(train_labels) if request.train_size is None else request.train_size
+    (train_index,) = stratified_split(train_labels, [train_size], request.seed)
+    query_index, gallery_index = stratified_split(test_labels, [request.query_size, request.gallery_size], request.seed)
+    test = ImageSet(test_images, test_labels)
+    return RetrievalData(
+        name="fashion_mnist",
+        train=ImageSet(train_images, train_labels).subset(train_index),
+        query=test.subset(query_index),
+        gallery=test.subset(gallery_index),
+        class_names=fashion_mnist.CLASS_NAMES,
+        mean=fashion_mnist.MEAN,
+        std=fashion_mnist.STD,
+    )
+
+
+@register_source("image_folder")
+def _image_folder(request: DataRequest) -> RetrievalData:
+    """Query and gallery drawn first, then the train split from what is left (all of it by default)."""
+    if request.root is None:
+        raise DataError("data.root is required for data.source 'image_folder': the folder of class subfolders")
+    images, labels, class_names = load_image_folder(request.root, request.image_size, request.channels)
+    remaining = len(labels) - request.query_size - request.gallery_size
+    if remaining < 1:
+        raise DataError(
+            f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves no "
+            f"training images out of {len(labels)} in {request.root}; lower them"
+        )
+    train_size = remaining if request.train_size is None else request.train_size
+    query_index, gallery_index, train_index = stratified_split(
+        labels, [request.query_size, request.gallery_size, train_size], request.seed
+    )
+    everything = ImageSet(images, labels)
+    train = everything.subset(train_index)
+    mean, std = channel_statistics(train.images)
+    return RetrievalData(
+        name=f"image_folder:{request.root}",
+        train=train,
+        query=everything.subset(query_index),
+        gallery=everything.subset(gallery_index),
+        class_names=class_names,
+        mean=mean,
+        std=std,
+    )

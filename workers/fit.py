@@ -1,0 +1,79 @@
+"""The training loop shared by the gallery model and every candidate query model."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    seed: int = 0
+
+
+def fit(
+    trainable: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    step_loss: StepLoss,
+    settings: OptimSettings,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """AdamW with linear warm-up and cosine decay per step; ``inputs`` already preprocessed.
+
+    ``step_loss(batch_inputs, batch_labels, batch_indices)`` returns the loss and named parts
+    to average over the epoch; indices let a loss look up per-image targets (e.g. cached gallery
+    embeddings). ``on_epoch(epoch, stats)`` runs after every epoch (1-based) in eval-ready state.
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(
+        [p for p in trainable.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = max(1, math.ceil(len(labels) / settings.batch_size))
+    total_steps = steps_per_epoch * settings.epochs
+    warmup = max(1, int(settings.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))),
+    )
+    history = []
+    for epoch in range(1, settings.epochs + 1):
+        trainable.train()
+        order = torch.randperm(len(labels), generator=generator).to(inputs.device)
+        sums: dict[str, float] = {}
+        seen = 0
+        started = time.perf_counter()
+        for start in range(0, len(labels), settings.batch_size):
+            index = order[start : start + settings.batch_size]
+            loss, parts = step_loss(inputs[index], labels[index], index)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower training.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            count = len(index)
+            seen += count
+            for name, value in {"loss": loss.item(), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value * count
+        elapsed = time.perf_counter() - started
+        stats = {name: total / seen for name, total in sums.items()}
+        stats.update(epoch_seconds=elapsed, images_per_second=seen / elapsed)
+        trainable.eval()
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    return history

@@ -1,0 +1,96 @@
+"""The Ray Tune trainable: one candidate architecture, fine-tuned and measured.
+
+Everything a trial needs that is the same for all trials (data, gallery embeddings, settings)
+arrives once through the object store via ``tune.with_parameters``; the trial config carries
+only the architecture. Each epoch reports cross-model metrics and a checkpoint; the last epoch
+adds homogeneous metrics, FLOPs, parameters and latency.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity, measure_cpu_latency_ms
+from search_space import ArchSpec, build_query_model
+from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
+from workers.datasets import RetrievalData
+from workers.gallery_embeddings import GalleryEmbeddings
+from workers.preprocess import embed_images, pick_device
+
+MODEL_FILE = "model.safetensors"
+SPEC_FILE = "arch.json"
+
+
+@dataclass(frozen=True)
+class SharedTrialInputs:
+    data: RetrievalData
+    gallery: GalleryEmbeddings
+    training: CandidateTrainingSettings
+    paragon_flops: int
+    threads_per_trial: int = 1
+    measure_latency: bool = True
+
+
+def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
+    from ray import tune
+
+    torch.set_num_threads(max(1, shared.threads_per_trial))
+    started = time.perf_counter()
+    spec = ArchSpec.from_json(config["arch"])
+    device = pick_device()
+    model = build_query_model(spec).to(device)
+    if shared.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data, gallery = shared.data, shared.gallery
+    evaluator = RetrievalEvaluator()
+    epochs = shared.training.optim.epochs
+
+    def embed(split: str):
+        return embed_images(model, getattr(data, split).images, data.mean, data.std, spec.resolution, device,
+                            channels_last=shared.training.channels_last)
+
+    def on_epoch(epoch: int, stats: dict[str, float]) -> None:
+        query_embeddings = embed("query")
+        cross = evaluator.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels)
+        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross.as_dict("cross")}
+        if epoch == epochs:
+            homogeneous = evaluator.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels)
+            metrics.update(homogeneous.as_dict("homo"))
+            metrics.update(_cost_metrics(model, spec, shared))
+            metrics["trial_seconds"] = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as folder:
+            _save_candidate(Path(folder), model, spec)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch)
+
+
+def _cost_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInputs) -> dict[str, Any]:
+    input_shape = (spec.in_chans, spec.resolution, spec.resolution)
+    complexity = count_complexity(model, input_shape)
+    metrics: dict[str, Any] = {
+        "flops": complexity.flops,
+        "mflops": complexity.mflops,
+        "params": complexity.params,
+        "cost_reduction": shared.paragon_flops / max(1, complexity.flops),
+        "flops_convention": FLOPS_CONVENTION,
+        "flops_skipped_ops": json.dumps(complexity.skipped_ops, sort_keys=True),
+    }
+    if shared.measure_latency:
+        metrics["latency_ms"] = measure_cpu_latency_ms(model, input_shape)
+    return metrics
+
+
+def _save_candidate(folder: Path, model: torch.nn.Module, spec: ArchSpec) -> None:
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / MODEL_FILE), metadata={"arch": spec.to_json()})
+    (folder / SPEC_FILE).write_text(spec.to_json())
