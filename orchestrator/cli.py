@@ -15,7 +15,8 @@ app = typer.Typer(help="Compatibility-aware neural architecture search for heter
                   no_args_is_help=True, pretty_exceptions_enable=False)
 gallery_app = typer.Typer(help="The frozen gallery (paragon) model.", no_args_is_help=True)
 app.add_typer(gallery_app, name="gallery")
-console = Console()
+# Outside a terminal rich would wrap tables at 80 columns; logs and CI output read better wider.
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; default: the embedded configs/quickstart.yaml")
 SetOption = typer.Option(None, "--set", help="override a field, e.g. --set search.num_candidates=16 (repeatable)")

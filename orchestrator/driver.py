@@ -11,6 +11,7 @@ Order of work in one search:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -36,6 +37,9 @@ from workers.preprocess import pick_device
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
 SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
+# Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
+# here and its "snapshotting too often" warning would flood the terminal.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 class OutputDirError(RuntimeError):

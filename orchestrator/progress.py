@@ -23,6 +23,14 @@ class RichProgressCallback(Callback):
         self.started = time.monotonic()
         self.live: Live | None = None
 
+    # Tune pickles its callbacks with the experiment state; a terminal handle cannot travel.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "console": None, "live": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
     def setup(self, **info):
         self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
         self.live.start()

@@ -55,6 +55,15 @@ class SearchTracker:
     def open_existing(cls, tracking_uri: str, experiment: str) -> SearchTracker:
         return cls(tracking_uri, experiment, create=False)
 
+    # Tune pickles its callbacks with the experiment state: keep the address, rebuild the client.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
         self.parent_run_id = run.info.run_id
