@@ -132,7 +132,9 @@ class ResourcesConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides when set")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db"
+    )
     experiment: str = "cmpnas-quickstart"
     run_name: str | None = None
 

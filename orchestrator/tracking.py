@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -33,17 +32,20 @@ FINAL_METRICS = (
 )
 
 
-def resolve_tracking_uri(configured: str) -> str:
-    """MLflow's standard environment variable wins over the config, as MLflow users expect."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """An explicit ``tracking.uri`` first, then MLflow's ``MLFLOW_TRACKING_URI``, then local sqlite."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 class SearchTracker:
     """The parent run of one search and the helpers to write it."""
 
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
+        # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:

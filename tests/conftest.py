@@ -29,6 +29,15 @@ def tiny_tree(tmp_path, **sections) -> dict:
     return tree
 
 
+@pytest.fixture(scope="session", autouse=True)
+def run_in_scratch_directory(tmp_path_factory):
+    """MLflow puts a sqlite store's artifacts under ./mlruns: keep them out of the checkout."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(scope="session")
 def gallery_dir(tmp_path_factory):
     """A folder holding a trained tiny gallery checkpoint, shared by every test that needs one."""

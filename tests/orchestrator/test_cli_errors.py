@@ -1,6 +1,6 @@
 """Bad input through the real CLI: a clear error naming the cause, exit code 2, nothing lost."""
 
-import mlflow
+from mlflow.tracking import MlflowClient
 import yaml
 from typer.testing import CliRunner
 
@@ -27,16 +27,15 @@ def test_missing_data_set_is_a_clear_error(tmp_path):
 
 
 def test_corrupt_gallery_checkpoint_is_refused_and_recorded_runs_are_kept(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment("cmpnas-test")
-    with mlflow.start_run(run_name="earlier") as earlier:
-        mlflow.log_metric("cross_r1", 80.0)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("cmpnas-test")
+    earlier = client.create_run(experiment_id, run_name="earlier")
+    client.log_metric(earlier.info.run_id, "cross_r1", 80.0)
     (tmp_path / "gallery.safetensors").write_bytes(b"\x80\x04 definitely not a checkpoint")
     result = _invoke(tmp_path)
     assert result.exit_code == 2
     assert "gallery.safetensors" in result.output and "not a readable safetensors checkpoint" in result.output
-    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    runs = client.search_runs([experiment_id])
     assert [run.info.run_id for run in runs] == [earlier.info.run_id]
     assert runs[0].data.metrics["cross_r1"] == 80.0
 

@@ -53,9 +53,11 @@ def mlflow_server(tmp_path):
 
 def test_search_records_everything_on_a_tracking_server(mlflow_server, gallery_dir, tmp_path, monkeypatch):
     url, artifact_root = mlflow_server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow's standard variable wins over the config
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow's standard variable, as server users set it
+    monkeypatch.chdir(tmp_path)
     tree = tiny_tree(tmp_path, gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")},
-                     search={"num_candidates": 2, "strategy": "random"}, training={"epochs": 1})
+                     search={"num_candidates": 2, "strategy": "random"}, training={"epochs": 1},
+                     tracking={"uri": None})
     outcome = run_search(validate_config(tree), Console(quiet=True))
     tracker = SearchTracker.open_existing(url, "cmpnas-test")
     children = tracker.child_runs(outcome.parent_run_id)
