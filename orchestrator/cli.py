@@ -23,12 +23,13 @@ SetOption = typer.Option(None, "--set", help="override a field, e.g. --set searc
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.driver import OutputDirError
+    from orchestrator.driver import OutputDirError, ResourceRequestError
     from search_space import OutOfSpaceError, SpecFormatError
     from workers.checkpoint import CheckpointError
     from workers.datasets import DataError
 
-    return ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, OutputDirError
+    return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, OutputDirError,
+            ResourceRequestError)
 
 
 def _fail(error: BaseException) -> None:

@@ -31,7 +31,7 @@ class DataConfig(_Section):
     source: str = Field("fashion_mnist", description="a registered data source")
     root: str | None = Field(None, description="folder of the data; default: the source's standard places")
     download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
-    train_size: PositiveInt | None = Field(12000, description="training images (stratified subset); null: all")
+    train_size: PositiveInt | None = Field(10000, description="training images (stratified subset); null: all")
     query_size: PositiveInt = 2000
     gallery_size: PositiveInt = 8000
     image_size: PositiveInt = Field(28, description="image folders are resized to this square size")

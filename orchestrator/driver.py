@@ -120,94 +120,145 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     log(f"paragon: R@1 {paragon_metrics.recall_at_1:.2f}, mAP {paragon_metrics.mean_average_precision:.2f}, "
         f"{paragon_cost.mflops:.1f} MFLOPs")
 
-    tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
-    run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent_run_id = tracker.start_parent(
-        run_name,
-        params=flatten(config.model_dump(mode="json")),
-        tags={"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
-              "flops_convention": FLOPS_CONVENTION, "dataset": data.name, "gallery_backbone": gallery_checkpoint.model.arch.backbone},
-    )
-    log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
+    started_ray = connect_ray(config)
     try:
-        tracker.log_dict(parent_run_id, config.model_dump(mode="json"), "config.json")
-        tracker.log_metrics(parent_run_id, {
-            **{f"paragon_{k.split('_', 1)[1]}": v for k, v in paragon_metrics.as_dict("p").items()},
-            "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
-            "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
-        })
-        tracker.log_params(parent_run_id, {"paragon_flops_skipped_ops": paragon_cost.skipped_ops, **data.summary()})
-
-        started = time.perf_counter()
-        _run_trials(config, space, data, gallery, paragon_cost.flops, tracker, parent_run_id, output_dir, console)
-        tracker.log_metrics(parent_run_id, {"stage_trials_seconds": time.perf_counter() - started})
-
-        started = time.perf_counter()
-        report = collect_report(tracker, parent_run_id)
-        tag_front(tracker, report)
-        for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
-            tracker.log_artifact(parent_run_id, path)
-        tracker.log_metrics(parent_run_id, {
-            "stage_pareto_seconds": time.perf_counter() - started,
-            "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
-        })
-    except BaseException:
-        tracker.end_run(parent_run_id, "FAILED")
-        raise
-    tracker.end_run(parent_run_id, "FINISHED")
+        tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
+        run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+        parent_run_id = tracker.start_parent(
+            run_name,
+            tags={"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
+                  "flops_convention": FLOPS_CONVENTION, "dataset": data.name,
+                  "gallery_backbone": gallery_checkpoint.model.arch.backbone},
+        )
+        log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
+        try:
+            status, report = _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics,
+                                           paragon_cost, timings, tracker, parent_run_id, output_dir, console)
+        except BaseException:
+            tracker.end_run(parent_run_id, "FAILED")
+            raise
+        tracker.end_run(parent_run_id, status)
+    finally:
+        if started_ray:
+            ray.shutdown()
     render_table(report, console)
+    if status != "FINISHED":
+        console.print(f"[bold yellow]the search stopped before all candidates finished (parent run {status})[/]")
     console.print(f"Pareto table: {output_dir / 'pareto.csv'}; plot: {output_dir / 'pareto.png'}; "
                   f"open the runs with `mlflow ui --backend-store-uri {tracker.tracking_uri}`")
     return SearchOutcome(parent_run_id, report, output_dir, gallery.images_embedded)
 
 
-def _run_trials(config, space, data, gallery, paragon_flops, tracker, parent_run_id, output_dir, console) -> None:
+def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics, paragon_cost, timings,
+                  tracker, parent_run_id, output_dir, console) -> tuple[str, ParetoReport]:
+    """Everything recorded under the parent run; returns its final status and the report."""
+    tracker.log_params(parent_run_id, {
+        **flatten(config.model_dump(mode="json")), "paragon_flops_skipped_ops": paragon_cost.skipped_ops,
+        "preprocess_mean": list(gallery_checkpoint.mean), "preprocess_std": list(gallery_checkpoint.std),
+        **data.summary(),
+    })
+    tracker.log_dict(parent_run_id, config.model_dump(mode="json"), "config.json")
+    tracker.log_metrics(parent_run_id, {
+        "paragon_r1": paragon_metrics.recall_at_1, "paragon_r5": paragon_metrics.recall_at_5,
+        "paragon_map": paragon_metrics.mean_average_precision,
+        "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
+        "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
+    })
+
+    started = time.perf_counter()
+    searcher = create_searcher(space, config.search, SEARCH_METRIC, SEARCH_MODE,
+                               flops_constraint(space, config.search.max_mflops))
+    results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, tracker, parent_run_id, output_dir,
+                          console)
+    complete = results.num_terminated + results.num_errors == len(results)
+    tracker.log_metrics(parent_run_id, {
+        "stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
+        "trials_failed": results.num_errors, "strategy_results_observed": searcher.observed,
+    })
+
+    started = time.perf_counter()
+    report = collect_report(tracker, parent_run_id)
+    tag_front(tracker, report)
+    for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
+        tracker.log_artifact(parent_run_id, path)
+    tracker.log_metrics(parent_run_id, {
+        "stage_pareto_seconds": time.perf_counter() - started,
+        "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+    })
+    return ("FINISHED" if complete else "KILLED"), report
+
+
+def connect_ray(config: CmpnasConfig) -> bool:
+    """Start a local Ray (or join ``ray.address``) and check a trial fits on some node.
+
+    Returns whether this call started Ray, i.e. whether the caller must shut it down.
+    """
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus if config.ray.address is None else None,
+                 include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        check_trial_fits(config.resources)
+    except ResourceRequestError:
+        if started:
+            ray.shutdown()
+        raise
+    return started
+
+
+class ResourceRequestError(RuntimeError):
+    """A trial asks for more than any node of the Ray cluster has: it would wait forever."""
+
+
+def check_trial_fits(resources) -> None:
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    for field, key, wanted in (("resources.cpus_per_trial", "CPU", resources.cpus_per_trial),
+                               ("resources.gpus_per_trial", "GPU", resources.gpus_per_trial)):
+        largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        if wanted > largest:
+            raise ResourceRequestError(
+                f"{field}={wanted} but the largest node of the Ray cluster has {largest:g} {key}s: trials would "
+                f"never start; lower {field}" + (" (no GPU is visible to Ray here)" if key == "GPU" and not largest else "")
+            )
+
+
+def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console):
     resources = config.resources
-    threads = max(1, math.ceil(resources.cpus_per_trial))
     shared = SharedTrialInputs(
         data=data,
         gallery=gallery,
         training=CandidateTrainingSettings(
             optim=OptimSettings(epochs=config.training.epochs, batch_size=config.training.batch_size,
-                                lr=config.training.lr, weight_decay=config.training.weight_decay, seed=config.search.seed),
+                                lr=config.training.lr, weight_decay=config.training.weight_decay,
+                                seed=config.search.seed),
             loss_weights=dict(config.training.loss_weights),
             channels_last=config.training.channels_last,
         ),
         paragon_flops=paragon_flops,
-        threads_per_trial=threads,
+        threads_per_trial=max(1, math.ceil(resources.cpus_per_trial)),
         measure_latency=resources.measure_latency,
     )
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus if config.ray.address is None else None,
-                 include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(run_candidate_trial, shared=shared),
-            {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
-        )
-        searcher = create_searcher(space, config.search, flops_constraint(space, config.search.max_mflops))
-        callbacks = [
-            MlflowTrialCallback(tracker, parent_run_id),
-            RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
-        ]
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
-                num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
-                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=f"search-{parent_run_id[:8]}",
-                storage_path=str(output_dir / "ray_results"),
-                callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=0,
-            ),
-        )
-        tuner.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_candidate_trial, shared=shared),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
+            num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"search-{parent_run_id[:8]}",
+            storage_path=str(output_dir / "ray_results"),
+            callbacks=[
+                MlflowTrialCallback(tracker, parent_run_id),
+                RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
+            ],
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit()

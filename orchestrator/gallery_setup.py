@@ -39,7 +39,7 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
                                           f"{stats['images_per_second']:.0f} images/s"),
     )
     info = {"dataset": data.name, "train_images": len(data.train), "epochs": settings.optim.epochs,
-            "class_names": list(data.class_names)}
+            "class_names": list(data.class_names), "split": split_identity(config)}
     save_gallery(path, model, data.mean, data.std, info)
     checkpoint = load_gallery(path, device)
     log(f"saved gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
@@ -57,14 +57,39 @@ def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.devi
     if not path.is_file():
         return train_and_save_gallery(config, data, device, log)
     checkpoint = load_gallery(path, device)
-    check_gallery_fits(checkpoint, data, path)
+    check_gallery_fits(checkpoint, config, data, path)
     log(f"using gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
     return checkpoint
 
 
-def check_gallery_fits(checkpoint: GalleryCheckpoint, data: RetrievalData, path: Path) -> None:
+def split_identity(config: CmpnasConfig) -> dict:
+    """What decides which images land in the query and gallery splits."""
+    data = config.data
+    return {"source": data.source, "root": data.root, "seed": data.seed, "query_size": data.query_size,
+            "gallery_size": data.gallery_size}
+
+
+def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data: RetrievalData, path: Path) -> None:
+    """Refuse a checkpoint made for other data, another split, or another gallery configuration.
+
+    A reused gallery model must not have trained on today's query or gallery images: where the
+    train split comes from the same pool as query and gallery (image folders), the split must be
+    the one it was trained with.
+    """
     arch = checkpoint.model.arch
+    info = checkpoint.info
     problems = []
+    for field, configured, recorded in (("gallery.backbone", config.gallery.backbone, arch.backbone),
+                                        ("gallery.embed_dim", config.gallery.embed_dim, arch.embed_dim),
+                                        ("gallery.stem_stride", config.gallery.stem_stride, arch.stem_stride)):
+        if configured != recorded:
+            problems.append(f"{field} is {configured!r} but the checkpoint's is {recorded!r}")
+    if info.get("dataset") != data.name or list(info.get("class_names", [])) != list(data.class_names):
+        problems.append(f"it was trained on {info.get('dataset')!r} with classes {info.get('class_names')}, "
+                        f"this search uses {data.name!r} with classes {list(data.class_names)}")
+    elif config.data.source == "image_folder" and info.get("split") != split_identity(config):
+        problems.append("it was trained on another split of this image folder (data.seed, data.query_size or "
+                        "data.gallery_size differ), so it may have seen today's query and gallery images")
     if arch.in_chans != data.in_chans:
         problems.append(f"it takes {arch.in_chans}-channel images, the data has {data.in_chans} (data.channels)")
     if arch.num_classes != data.num_classes:

@@ -8,7 +8,9 @@ thread and never depends on a process-global "active run".
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from ray.tune import Callback
 
 from search_space import ArchSpec
 from workers.trial import MODEL_FILE, SPEC_FILE
+
+logger = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "cmpnas.trial_id"
@@ -66,10 +70,9 @@ class SearchTracker:
         self.__dict__.update(state)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
-    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
         self.parent_run_id = run.info.run_id
-        self.log_params(self.parent_run_id, params)
         return self.parent_run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -104,6 +107,21 @@ class SearchTracker:
         )
 
 
+def _tracking_must_not_fail_trials(hook):
+    """Tune treats an exception in a callback as a failure of the trial it was about, and would
+    re-run a finished candidate because its MLflow upload failed. Log the error instead."""
+
+    @functools.wraps(hook)
+    def guarded(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - any tracking error, e.g. a server outage
+            logger.exception("MLflow tracking failed in %s; the search goes on", hook.__name__)
+            return None
+
+    return guarded
+
+
 class MlflowTrialCallback(Callback):
     """Tune callback: one child run per trial, per-epoch metrics, final metrics and the model."""
 
@@ -111,7 +129,9 @@ class MlflowTrialCallback(Callback):
         self.tracker = tracker
         self.parent_run_id = parent_run_id
         self.run_ids: dict[str, str] = {}
+        self.ended: set[str] = set()
 
+    @_tracking_must_not_fail_trials
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.run_ids:
             return
@@ -124,6 +144,7 @@ class MlflowTrialCallback(Callback):
         self.run_ids[trial.trial_id] = run.info.run_id
         self.tracker.log_params(run.info.run_id, architecture_params(spec))
 
+    @_tracking_must_not_fail_trials
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
@@ -137,6 +158,7 @@ class MlflowTrialCallback(Callback):
                 {"flops_convention": result.get("flops_convention", ""), "flops_skipped_ops": result.get("flops_skipped_ops", "")},
             )
 
+    @_tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
@@ -148,7 +170,9 @@ class MlflowTrialCallback(Callback):
                     if (Path(folder) / name).is_file():
                         self.tracker.log_artifact(run_id, Path(folder) / name, "model")
         self.tracker.end_run(run_id, "FINISHED")
+        self.ended.add(trial.trial_id)
 
+    @_tracking_must_not_fail_trials
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
@@ -157,6 +181,15 @@ class MlflowTrialCallback(Callback):
         message = Path(error_file).read_text()[-4000:] if error_file and Path(error_file).is_file() else "trial failed"
         self.tracker.set_tag(run_id, "error", message[-5000:])
         self.tracker.end_run(run_id, "FAILED")
+        self.ended.add(trial.trial_id)
+
+    @_tracking_must_not_fail_trials
+    def on_experiment_end(self, trials, **info):
+        """Trials still open when the experiment stops (interrupted, search ended) are KILLED."""
+        for trial_id, run_id in self.run_ids.items():
+            if trial_id not in self.ended:
+                self.tracker.end_run(run_id, "KILLED")
+                self.ended.add(trial_id)
 
 
 def architecture_params(spec: ArchSpec) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from workers.datasets import RetrievalData
-from workers.fit import EpochCallback, OptimSettings, fit
+from workers.fit import EpochCallback, OptimSettings, StateSink, fit
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.losses import LossContext, WeightedLossSum
 from workers.preprocess import to_model_input
@@ -30,8 +31,13 @@ def fine_tune_candidate(
     settings: CandidateTrainingSettings,
     device: torch.device,
     on_epoch: EpochCallback | None = None,
+    state_sink: StateSink | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` (and its own classifier) in place; images are preprocessed once, up front."""
+    """Train ``model`` (and its own classifier) in place; images are preprocessed once, up front.
+
+    ``state_sink`` and ``resume`` pass the training state in and out, as in ``fit``.
+    """
     torch.manual_seed(settings.optim.seed)
     losses = WeightedLossSum(settings.loss_weights)
     own_classifier = nn.Linear(gallery.embed_dim, data.num_classes).to(device)
@@ -52,4 +58,4 @@ def fine_tune_candidate(
         )
         return losses(context)
 
-    return fit(trainable, inputs, labels, step, settings.optim, on_epoch)
+    return fit(trainable, inputs, labels, step, settings.optim, on_epoch, state_sink, resume)

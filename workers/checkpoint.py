@@ -24,9 +24,10 @@ class CheckpointError(RuntimeError):
 def fingerprint(state: dict[str, torch.Tensor], model_metadata: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(model_metadata, sort_keys=True).encode())
     for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # Flattened first: a 0-d tensor cannot be viewed as bytes.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
+StateSink = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,17 @@ def fit(
     step_loss: StepLoss,
     settings: OptimSettings,
     on_epoch: EpochCallback | None = None,
+    state_sink: StateSink | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """AdamW with linear warm-up and cosine decay per step; ``inputs`` already preprocessed.
 
     ``step_loss(batch_inputs, batch_labels, batch_indices)`` returns the loss and named parts
     to average over the epoch; indices let a loss look up per-image targets (e.g. cached gallery
-    embeddings). ``on_epoch(epoch, stats)`` runs after every epoch (1-based) in eval-ready state.
+    embeddings). After every epoch (1-based), ``state_sink`` gets the full training state (weights
+    of ``trainable``, optimizer, schedule, shuffling RNG, epoch) and then ``on_epoch(epoch, stats)``
+    runs with the modules in eval mode. Passing such a state as ``resume`` continues after its
+    epoch exactly as if training had not stopped.
     """
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(
@@ -49,8 +56,15 @@ def fit(
         optimizer,
         lambda step: (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))),
     )
+    first_epoch = 1
+    if resume is not None:
+        trainable.load_state_dict(resume["trainable"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        first_epoch = int(resume["epoch"]) + 1
     history = []
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(first_epoch, settings.epochs + 1):
         trainable.train()
         order = torch.randperm(len(labels), generator=generator).to(inputs.device)
         sums: dict[str, float] = {}
@@ -60,7 +74,7 @@ def fit(
             index = order[start : start + settings.batch_size]
             loss, parts = step_loss(inputs[index], labels[index], index)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower training.lr")
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -74,6 +88,11 @@ def fit(
         stats.update(epoch_seconds=elapsed, images_per_second=seen / elapsed)
         trainable.eval()
         history.append(stats)
+        if state_sink is not None:
+            # A snapshot: state_dict() tensors are the live ones, which the next epoch would change.
+            state_sink(copy.deepcopy({"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                      "epoch": epoch}))
         if on_epoch is not None:
             on_epoch(epoch, stats)
     return history

@@ -3,7 +3,8 @@
 Everything a trial needs that is the same for all trials (data, gallery embeddings, settings)
 arrives once through the object store via ``tune.with_parameters``; the trial config carries
 only the architecture. Each epoch reports cross-model metrics and a checkpoint; the last epoch
-adds homogeneous metrics, FLOPs, parameters and latency.
+adds homogeneous metrics, FLOPs, parameters and latency. A retried trial resumes after the last
+epoch it checkpointed, so no epoch is reported twice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from workers.preprocess import embed_images, pick_device
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "arch.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
         return embed_images(model, getattr(data, split).images, data.mean, data.std, spec.resolution, device,
                             channels_last=shared.training.channels_last)
 
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            # Our own file of tensors and plain containers: weights_only loading executes no code.
+            resume = torch.load(Path(folder) / TRAINER_STATE_FILE, map_location=device, weights_only=True)
+    latest_state: dict[str, Any] = {}
+
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
         query_embeddings = embed("query")
         cross = evaluator.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels)
@@ -67,9 +77,11 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
             metrics["trial_seconds"] = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as folder:
             _save_candidate(Path(folder), model, spec)
+            torch.save(latest_state, Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch)
+    fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
+                        state_sink=latest_state.update, resume=resume)
 
 
 def _cost_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInputs) -> dict[str, Any]:

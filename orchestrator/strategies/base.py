@@ -8,6 +8,7 @@ their proposer, like Optuna's samplers.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 from abc import ABC, abstractmethod
@@ -18,6 +19,7 @@ from ray.tune.search import Searcher
 from search_space import ArchSpec, SearchSpace
 
 Constraint = Callable[[ArchSpec], bool]
+logger = logging.getLogger(__name__)
 
 
 class Proposer(ABC):
@@ -30,10 +32,6 @@ class Proposer(ABC):
 
     def observe(self, spec: ArchSpec, score: float) -> None:
         """A completed evaluation (higher score is better); default: ignore."""
-
-
-class SearchExhausted(RuntimeError):
-    """No new spec satisfying the constraint could be found."""
 
 
 class ArchitectureSearcher(Searcher):
@@ -49,12 +47,16 @@ class ArchitectureSearcher(Searcher):
         max_attempts: int = 200,
     ):
         super().__init__(metric=metric, mode=mode)
+        if mode not in (None, "max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.proposer = proposer
         self.constraint = constraint
         self.max_attempts = max_attempts
         self.rng = random.Random(seed)
         self.proposed: dict[str, ArchSpec] = {}
         self.seen: set[str] = set()
+        self.exhausted = False
+        self._observed = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         """Tune passes TuneConfig's metric and mode here; the search space is ours, not Tune's."""
@@ -66,7 +68,14 @@ class ArchitectureSearcher(Searcher):
             self._mode = mode
         return True
 
-    def suggest(self, trial_id: str) -> dict | None:
+    @property
+    def observed(self) -> int:
+        """Completed trials whose score reached the proposer."""
+        return self._observed
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """A new spec, or ``Searcher.FINISHED`` when no new spec meets the constraint: the search
+        then ends early with the candidates it has, rather than failing."""
         for _ in range(self.max_attempts):
             spec = self.proposer.propose(self.rng)
             if spec.arch_id in self.seen:
@@ -76,25 +85,31 @@ class ArchitectureSearcher(Searcher):
                 continue
             self.proposed[trial_id] = spec
             return {"arch": spec.to_json()}
-        raise SearchExhausted(
-            f"no new architecture satisfying the constraint in {self.max_attempts} proposals; "
-            "relax search.max_mflops or lower search.num_candidates"
+        logger.warning(
+            "no new architecture satisfying the constraint in %d proposals: ending the search early; "
+            "relax search.max_mflops or lower search.num_candidates", self.max_attempts,
         )
+        self.exhausted = True
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.metric is None or self.mode is None:
+            raise RuntimeError("the searcher needs a metric and a mode to learn from results")
         spec = self.proposed.pop(trial_id, None)
         if spec is None or error or not result or self.metric not in result:
             return
         score = float(result[self.metric])
         self.proposer.observe(spec, score if self.mode == "max" else -score)
+        self._observed += 1
 
     def get_state(self) -> dict:
-        return {"proposer": self.proposer, "rng": self.rng.getstate(), "proposed": self.proposed, "seen": self.seen}
+        return {"proposer": self.proposer, "rng": self.rng.getstate(), "proposed": self.proposed, "seen": self.seen,
+                "observed": self._observed}
 
     def set_state(self, state: dict) -> None:
         self.proposer = state["proposer"]
         self.rng.setstate(state["rng"])
-        self.proposed, self.seen = state["proposed"], state["seen"]
+        self.proposed, self.seen, self._observed = state["proposed"], state["seen"], state["observed"]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:

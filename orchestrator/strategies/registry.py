@@ -24,9 +24,12 @@ STRATEGIES: dict[str, ProposerFactory] = {
 }
 
 
-def create_searcher(space: SearchSpace, config: SearchConfig, constraint: Constraint | None = None) -> ArchitectureSearcher:
-    """The configured strategy; Tune sets its metric and mode from ``TuneConfig``."""
+def create_searcher(
+    space: SearchSpace, config: SearchConfig, metric: str, mode: str, constraint: Constraint | None = None
+) -> ArchitectureSearcher:
+    """The configured strategy, scored by ``metric`` (Tune only forwards TuneConfig's metric to
+    searchers when it owns the search space, which it does not here)."""
     if config.strategy not in STRATEGIES:
         raise ValueError(f"unknown search.strategy {config.strategy!r}; allowed values are {sorted(STRATEGIES)}")
     proposer = STRATEGIES[config.strategy](space, config)
-    return ArchitectureSearcher(proposer, seed=config.seed, constraint=constraint)
+    return ArchitectureSearcher(proposer, seed=config.seed, metric=metric, mode=mode, constraint=constraint)

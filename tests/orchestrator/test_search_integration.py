@@ -49,6 +49,13 @@ def test_gallery_embedded_once_per_search_whatever_the_trial_count(finished_sear
     assert len(tracker.child_runs(outcome.parent_run_id)) == config.search.num_candidates > 1
 
 
+def test_the_strategy_learns_from_every_finished_trial(finished_search):
+    config, outcome, tracker, _ = finished_search
+    metrics = tracker.client.get_run(outcome.parent_run_id).data.metrics
+    assert metrics["strategy_results_observed"] == config.search.num_candidates
+    assert metrics["trials_failed"] == 0
+
+
 def test_one_child_run_per_candidate_with_epochs_flops_and_cross_model_metrics(finished_search):
     config, outcome, tracker, _ = finished_search
     parent_metrics = tracker.client.get_run(outcome.parent_run_id).data.metrics

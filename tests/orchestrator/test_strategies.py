@@ -1,7 +1,8 @@
 import pytest
-
 from orchestrator.config import SearchConfig
-from orchestrator.strategies import STRATEGIES, SearchExhausted, create_searcher
+from ray.tune.search import Searcher
+
+from orchestrator.strategies import STRATEGIES, create_searcher
 from search_space import ArchSpec, create_space
 
 SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
@@ -9,8 +10,7 @@ SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_strategy_suggests_unique_in_space_specs(strategy):
-    searcher = create_searcher(SPACE, SearchConfig(strategy=strategy, seed=1))
-    searcher.set_search_properties("cross_map", "max", {})
+    searcher = create_searcher(SPACE, SearchConfig(strategy=strategy, seed=1), "cross_map", "max")
     specs = []
     for index in range(12):
         spec = ArchSpec.from_json(searcher.suggest(f"t{index}")["arch"])
@@ -18,14 +18,24 @@ def test_every_strategy_suggests_unique_in_space_specs(strategy):
         searcher.on_trial_complete(f"t{index}", {"cross_map": float(spec.resolution)})
     assert all(SPACE.contains(spec) for spec in specs)
     assert len({spec.arch_id for spec in specs}) == len(specs)
+    assert searcher.observed == 12
+
+
+def test_results_reach_the_proposer_without_tune_setting_search_properties():
+    # Tune forwards TuneConfig's metric only when it owns the search space; ours must not need it.
+    searcher = create_searcher(SPACE, SearchConfig(strategy="evolution"), "cross_map", "max")
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"cross_map": 50.0})
+    searcher.suggest("b")
+    searcher.on_trial_complete("b", {"cross_map": 60.0}, error=True)
+    assert searcher.observed == 1 and searcher.proposer.population[0][1] == 50.0
 
 
 def test_evolution_breeds_from_the_best_of_its_population():
     config = SearchConfig(strategy="evolution", seed=0,
                           evolution={"population_size": 4, "sample_size": 4, "mutation_probability": 0.05,
                                      "crossover_probability": 0.0})
-    searcher = create_searcher(SPACE, config)
-    searcher.set_search_properties("cross_map", "max", {})
+    searcher = create_searcher(SPACE, config, "cross_map", "max")
     population = []
     for index in range(4):
         spec = ArchSpec.from_json(searcher.suggest(f"p{index}")["arch"])
@@ -37,23 +47,23 @@ def test_evolution_breeds_from_the_best_of_its_population():
     assert 1 <= differences <= 4, "a child is a light mutation of the tournament winner"
 
 
-def test_constraint_filters_proposals_and_exhaustion_is_clear():
-    small = create_searcher(SPACE, SearchConfig(strategy="random"), constraint=lambda spec: spec.resolution == 20)
+def test_constraint_filters_proposals_and_exhaustion_ends_the_search(caplog):
+    small = create_searcher(SPACE, SearchConfig(strategy="random"), "cross_map", "max",
+                            constraint=lambda spec: spec.resolution == 20)
     for index in range(5):
         assert ArchSpec.from_json(small.suggest(str(index))["arch"]).resolution == 20
-    impossible = create_searcher(SPACE, SearchConfig(strategy="random"), constraint=lambda spec: False)
-    with pytest.raises(SearchExhausted, match="max_mflops"):
-        impossible.suggest("x")
+    impossible = create_searcher(SPACE, SearchConfig(strategy="random"), "cross_map", "max",
+                                 constraint=lambda spec: False)
+    assert impossible.suggest("x") == Searcher.FINISHED
+    assert impossible.exhausted and "max_mflops" in caplog.text
 
 
 def test_searcher_state_survives_save_and_restore(tmp_path):
-    searcher = create_searcher(SPACE, SearchConfig(strategy="evolution", seed=3))
-    searcher.set_search_properties("cross_map", "max", {})
+    searcher = create_searcher(SPACE, SearchConfig(strategy="evolution", seed=3), "cross_map", "max")
     for index in range(3):
         searcher.suggest(str(index))
         searcher.on_trial_complete(str(index), {"cross_map": float(index)})
     searcher.save(str(tmp_path / "state.pkl"))
-    restored = create_searcher(SPACE, SearchConfig(strategy="evolution", seed=99))
-    restored.set_search_properties("cross_map", "max", {})
+    restored = create_searcher(SPACE, SearchConfig(strategy="evolution", seed=99), "cross_map", "max")
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.suggest("next") == searcher.suggest("next")

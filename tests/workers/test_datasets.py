@@ -91,3 +91,20 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "bad" / "a" / "x.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="could not be decoded"):
         load_retrieval_data("image_folder", DataRequest(root=str(tmp_path / "bad")))
+
+
+def test_sizes_that_do_not_fit_name_the_fields():
+    with pytest.raises(DataError, match=r"data.query_size=6000 \+ data.gallery_size=6000"):
+        load_retrieval_data("fashion_mnist", DataRequest(query_size=6000, gallery_size=6000))
+    with pytest.raises(DataError, match="data.train_size=70000"):
+        load_retrieval_data("fashion_mnist", DataRequest(train_size=70000))
+    with pytest.raises(DataError, match="data.image_size and data.channels"):
+        load_retrieval_data("fashion_mnist", DataRequest(image_size=64))
+
+
+def test_a_query_class_without_gallery_images_is_refused(tmp_path):
+    _write_folder(tmp_path / "few", ["big", "small"], per_class=30)
+    for extra in sorted((tmp_path / "few" / "small").iterdir())[3:]:
+        extra.unlink()
+    with pytest.raises(DataError, match=r"\['small'\] have query images but none in the gallery"):
+        load_retrieval_data("image_folder", DataRequest(root=str(tmp_path / "few"), query_size=10, gallery_size=2))

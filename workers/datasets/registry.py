@@ -28,16 +28,34 @@ def list_sources() -> list[str]:
 def load_retrieval_data(source: str, request: DataRequest) -> RetrievalData:
     if source not in _SOURCES:
         raise DataError(f"unknown data.source '{source}': allowed values are {list_sources()}")
-    return _SOURCES[source](request)
+    data = _SOURCES[source](request)
+    missing = sorted(set(data.query.labels.tolist()) - set(data.gallery.labels.tolist()))
+    if missing:
+        names = [data.class_names[label] for label in missing[:10]]
+        raise DataError(f"classes {names} have query images but none in the gallery split: raise data.gallery_size "
+                        "or drop classes with very few images")
+    return data
+
+
+def _check_sizes(available: int, pool: str, **sizes: int) -> None:
+    if sum(sizes.values()) > available:
+        fields = " + ".join(f"data.{name}={size}" for name, size in sizes.items())
+        raise DataError(f"{fields} asks for more than the {available} images of the {pool}; lower them")
 
 
 @register_source("fashion_mnist")
 def _fashion_mnist(request: DataRequest) -> RetrievalData:
     """Fine-tune on a stratified subset of the train split; query and gallery from the test split."""
+    if request.image_size != 28 or request.channels != 1:
+        raise DataError("data.image_size and data.channels apply to image folders; Fashion-MNIST is 28x28 "
+                        "grayscale: leave them at 28 and 1")
     arrays = fashion_mnist.load_arrays(fashion_mnist.locate(request.root, request.download))
     train_images, train_labels = arrays["train"]
     test_images, test_labels = arrays["test"]
     train_size = len(train_labels) if request.train_size is None else request.train_size
+    _check_sizes(len(train_labels), "Fashion-MNIST train split", train_size=train_size)
+    _check_sizes(len(test_labels), "Fashion-MNIST test split", query_size=request.query_size,
+                 gallery_size=request.gallery_size)
     (train_index,) = stratified_split(train_labels, [train_size], request.seed)
     query_index, gallery_index = stratified_split(test_labels, [request.query_size, request.gallery_size], request.seed)
     test = ImageSet(test_images, test_labels)
@@ -65,6 +83,8 @@ def _image_folder(request: DataRequest) -> RetrievalData:
             f"training images out of {len(labels)} in {request.root}; lower them"
         )
     train_size = remaining if request.train_size is None else request.train_size
+    _check_sizes(len(labels), f"image folder {request.root}", query_size=request.query_size,
+                 gallery_size=request.gallery_size, train_size=train_size)
     query_index, gallery_index, train_index = stratified_split(
         labels, [request.query_size, request.gallery_size, train_size], request.seed
     )
