@@ -103,6 +103,62 @@ def pareto(
         _fail(error)
 
 
+@app.command()
+def export(
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    experiment: str = typer.Option(None, help="default: tracking.experiment of the config"),
+    tracking_uri: str = typer.Option(None, help="default: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite"),
+    search_run_id: str = typer.Option(None, help="parent run of a search; default: the latest search"),
+    run_id: str = typer.Option(None, help="export this one candidate run instead of the Pareto front"),
+    max_mflops: float = typer.Option(None, help="export the best candidate (cross-model mAP) within this budget"),
+    output: Path = typer.Option(None, help="default: export.output_dir, else OUTPUT_DIR/export"),
+    gallery: Path = typer.Option(None, help="gallery checkpoint; default: the search's"),
+    no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
+) -> None:
+    """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest."""
+    try:
+        settings = load_config(config, overrides)
+        from orchestrator.export import ExportError, ExportRequest, export_candidates
+        from orchestrator.tracking import resolve_tracking_uri
+
+        request = ExportRequest(
+            tracking_uri=tracking_uri or resolve_tracking_uri(settings.tracking.uri),
+            experiment=experiment or settings.tracking.experiment,
+            model_name=settings.export.registered_model_name,
+            output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
+            search_run_id=search_run_id, run_id=run_id, max_mflops=max_mflops, gallery_checkpoint=gallery,
+            register=not no_register,
+        )
+        for model in export_candidates(request, console.log):
+            registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""
+            console.print(f"{model.arch_id}: {model.folder}{registered}")
+    except (*_user_errors(), ExportError) as error:
+        _fail(error)
+
+
+@app.command("verify-compat")
+def verify_compat(
+    query_model: Path = typer.Option(..., help="an export folder (with compatibility.json)"),
+    gallery: Path = typer.Option(..., help="the gallery checkpoint in production"),
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    force: bool = typer.Option(False, help="measure even if the gallery fingerprint differs from the manifest's"),
+) -> None:
+    """Recompute cross-model metrics of an exported query model against a gallery checkpoint."""
+    try:
+        settings = load_config(config, overrides)
+        from orchestrator.export import ExportError, verify_compatibility
+
+        manifest, metrics = verify_compatibility(query_model, gallery, settings, force)
+        recorded = manifest["metrics"]["cross_model"]
+        console.print(f"cross-model R@1 {metrics.recall_at_1:.2f} (recorded {recorded['r1']:.2f}), "
+                      f"mAP {metrics.mean_average_precision:.2f} (recorded {recorded['map']:.2f}) "
+                      f"on {metrics.num_queries} queries against {metrics.num_gallery} gallery images")
+    except (*_user_errors(), ExportError) as error:
+        _fail(error)
+
+
 def main() -> None:
     app(prog_name="cmpnas")
 

@@ -139,6 +139,11 @@ class TrackingConfig(_Section):
     run_name: str | None = None
 
 
+class ExportConfig(_Section):
+    registered_model_name: str = Field("cmpnas-query", min_length=1, description="MLflow Model Registry name")
+    output_dir: str | None = Field(None, description="where packages go; null: OUTPUT_DIR/export")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins a cluster")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of the local Ray instance; default: all")
@@ -153,6 +158,7 @@ class CmpnasConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
+    export: ExportConfig = ExportConfig()
     output_dir: str = "outputs/quickstart"
 
     @property

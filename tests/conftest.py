@@ -60,3 +60,20 @@ def tiny_data(gallery_dir):
     from orchestrator.driver import load_data
 
     return load_data(validate_config(tiny_tree(gallery_dir)))
+
+
+@pytest.fixture(scope="session")
+def finished_search(gallery_dir, tmp_path_factory):
+    """One tiny real search (local Ray, sqlite MLflow), shared by the tests that read its records."""
+    from rich.console import Console
+
+    from orchestrator.config import validate_config
+    from orchestrator.driver import run_search
+    from orchestrator.tracking import SearchTracker
+
+    folder = tmp_path_factory.mktemp("search")
+    config = validate_config(tiny_tree(folder, gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")}))
+    console = Console(record=True, width=160)
+    outcome = run_search(config, console)
+    tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
+    return config, outcome, tracker, console.export_text()

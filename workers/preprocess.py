@@ -20,10 +20,16 @@ def to_model_input(
     batch = batch.to(device, non_blocking=True).float().div_(255.0)
     mean_t = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
-    batch = (batch - mean_t) / std_t
+    batch = normalize_and_resize(batch, mean_t, std_t, resolution)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def normalize_and_resize(images01: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, resolution: int) -> torch.Tensor:
+    """[0, 1]-scaled images -> normalised, resized model input. Exported models embed this step."""
+    batch = (images01 - mean) / std
     if batch.shape[-1] != resolution or batch.shape[-2] != resolution:
         batch = F.interpolate(batch, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+    return batch
 
 
 @torch.inference_mode()

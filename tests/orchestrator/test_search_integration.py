@@ -3,30 +3,15 @@
 import json
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from evaluators import pareto_front
 from orchestrator.cli import app
-from orchestrator.config import validate_config
-from orchestrator.driver import run_search
-from orchestrator.tracking import PARETO_TAG, SearchTracker
+from orchestrator.tracking import PARETO_TAG
 from search_space import ArchSpec, create_space
-from tests.conftest import tiny_tree
 from workers.gallery import load_gallery
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def finished_search(gallery_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("search")
-    tree = tiny_tree(folder, gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")})
-    config = validate_config(tree)
-    console = Console(record=True, width=160)
-    outcome = run_search(config, console)
-    tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
-    return config, outcome, tracker, console.export_text()
 
 
 def test_parent_run_records_config_paragon_and_gallery_fingerprint(finished_search, gallery_dir):

@@ -1,0 +1,58 @@
+"""Checks an export must pass before anything is recorded: format parity and recorded accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluators import RetrievalEvaluator, RetrievalMetrics
+from orchestrator.export.errors import ExportError
+from orchestrator.export.package import ONNX_FILE, TORCHSCRIPT_FILE
+
+PARITY_TOLERANCE = 1e-4
+
+
+def onnx_session(folder: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+
+
+def embed_with_onnx(session, images01: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    chunks = [session.run(None, {"images": np.ascontiguousarray(images01[i : i + batch_size], dtype=np.float32)})[0]
+              for i in range(0, len(images01), batch_size)]
+    return np.concatenate(chunks)
+
+
+def check_parity(model: torch.nn.Module, folder: Path, input_shape: tuple[int, int, int], seed: int = 0) -> dict:
+    """Max |difference| of ONNX Runtime and TorchScript embeddings from PyTorch's on fresh inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(6, *input_shape, generator=generator)
+    with torch.inference_mode():
+        reference = model(images).numpy()
+        scripted = torch.jit.load(str(folder / TORCHSCRIPT_FILE))(images).numpy()
+    differences = {
+        "onnxruntime": float(np.abs(embed_with_onnx(onnx_session(folder), images.numpy()) - reference).max()),
+        "torchscript": float(np.abs(scripted - reference).max()),
+    }
+    for runtime, difference in differences.items():
+        if not difference <= PARITY_TOLERANCE:
+            raise ExportError(f"{runtime} embeddings differ from PyTorch by {difference:.2e} "
+                              f"(> {PARITY_TOLERANCE:g}); the export is not faithful")
+    return differences
+
+
+def cross_model_metrics(session, query_images01: np.ndarray, query_labels: np.ndarray,
+                        gallery_embeddings: np.ndarray, gallery_labels: np.ndarray) -> RetrievalMetrics:
+    queries = embed_with_onnx(session, query_images01)
+    return RetrievalEvaluator().evaluate(queries, query_labels, gallery_embeddings, gallery_labels)
+
+
+def check_recorded_recall(measured: RetrievalMetrics, recorded_r1: float, what: str) -> None:
+    """Equal up to one query changing its nearest neighbour through float rounding."""
+    tolerance = 100.0 / measured.num_queries + 1e-9
+    if abs(measured.recall_at_1 - recorded_r1) > tolerance:
+        raise ExportError(f"{what}: cross-model R@1 {measured.recall_at_1:.2f} differs from the recorded "
+                          f"{recorded_r1:.2f} by more than one query ({tolerance:.3f} points)")

@@ -1,0 +1,5 @@
+"""The one error type of export and verification; messages name the cause and the fix."""
+
+
+class ExportError(RuntimeError):
+    """An export or compatibility check that cannot be done, or that failed its checks."""

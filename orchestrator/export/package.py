@@ -1,0 +1,129 @@
+"""An exported query model: ONNX, TorchScript and safetensors beside a compatibility manifest.
+
+The exported graph takes float32 images scaled to [0, 1] (pixel / 255) at the data's image size
+and does the rest itself: normalisation and resizing to the candidate's resolution, exactly as
+in training. A consumer needs no cmpnas code, only the manifest's input description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evaluators import FLOPS_CONVENTION
+from orchestrator.export.errors import ExportError
+from search_space import ArchSpec, build_query_model
+from workers.preprocess import normalize_and_resize
+
+MANIFEST_FILE = "compatibility.json"
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_VERSION = 1
+
+
+class DeployableQueryModel(nn.Module):
+    """Preprocessing plus the query network, as one module to export."""
+
+    def __init__(self, network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], resolution: int):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.resolution = resolution
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(normalize_and_resize(images, self.mean, self.std, self.resolution))
+
+
+def load_candidate(weights_path: Path, spec_path: Path) -> tuple[ArchSpec, nn.Module]:
+    from safetensors.torch import load_file
+
+    spec = ArchSpec.from_json(spec_path.read_text())
+    network = build_query_model(spec)
+    try:
+        network.load_state_dict(load_file(str(weights_path)))
+    except Exception as error:  # noqa: BLE001 - safetensors and torch raise several types
+        raise ExportError(f"candidate weights {weights_path} do not load into {spec.arch_id}: {error}") from error
+    return spec, network.eval()
+
+
+def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[int, int, int]) -> None:
+    """ONNX (dynamic batch), TorchScript (traced) and safetensors weights of the network."""
+    from safetensors.torch import save_file
+
+    example = torch.rand(2, *input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(folder / ONNX_FILE), input_names=["images"],
+                          output_names=["embeddings"], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                          dynamo=True, opset_version=18, verbose=False)
+        traced = torch.jit.trace(model, example)
+    traced.save(str(folder / TORCHSCRIPT_FILE))
+    state = {name: tensor.detach().contiguous() for name, tensor in model.network.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+
+
+def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int, mean, std,
+                   gallery_backbone: str, gallery_fingerprint: str, version: str, folder: Path) -> dict[str, Any]:
+    metrics = candidate_run.data.metrics
+    search_metrics = search_run.data.metrics
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "cmpnas_version": version,
+        "mlflow": {"candidate_run_id": candidate_run.info.run_id, "search_run_id": search_run.info.run_id},
+        "gallery": {"model": gallery_backbone, "fingerprint": gallery_fingerprint},
+        "embedding": {"dim": spec.embed_dim, "normalization": "l2", "similarity": "inner product (cosine)"},
+        "input": {
+            "layout": "NCHW", "dtype": "float32", "channels": spec.in_chans, "height": image_size, "width": image_size,
+            "scale": "pixel / 255 (values in [0, 1])",
+            "inside_the_model": f"normalise with mean {list(mean)} and std {list(std)}, then bilinear resize "
+                                f"(antialiased) to {spec.resolution}x{spec.resolution}",
+            "mean": list(mean), "std": list(std), "model_resolution": spec.resolution,
+        },
+        "architecture": spec.to_dict(),
+        "arch_id": spec.arch_id,
+        "cost": {
+            "flops": int(metrics["final_flops"]), "mflops": metrics["final_mflops"],
+            "flops_convention": FLOPS_CONVENTION,
+            "flops_skipped_ops": json.loads(candidate_run.data.params.get("flops_skipped_ops", "{}") or "{}"),
+            "params": int(metrics["final_params"]), "latency_ms_cpu_batch1": metrics.get("final_latency_ms"),
+            "cost_reduction_vs_paragon": metrics.get("final_cost_reduction"),
+        },
+        "metrics": {
+            "cross_model": {"r1": metrics["final_cross_r1"], "r5": metrics.get("final_cross_r5"),
+                            "map": metrics["final_cross_map"]},
+            "homogeneous": {"r1": metrics.get("final_homo_r1"), "r5": metrics.get("final_homo_r5"),
+                            "map": metrics.get("final_homo_map")},
+            "paragon": {"r1": search_metrics.get("paragon_r1"), "map": search_metrics.get("paragon_map")},
+        },
+        "files": {name: _sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE)},
+    }
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of an export folder, after checking every file against its recorded SHA-256."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ExportError(f"{folder} is not a cmpnas export: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ExportError(f"{path} is corrupt ({error}); export the model again") from error
+    for name, expected in files.items():
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder / name} is missing; the export is incomplete, export it again")
+        if _sha256(folder / name) != expected:
+            raise ExportError(f"{folder / name} does not match its SHA-256 in {MANIFEST_FILE}: the export is corrupt")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

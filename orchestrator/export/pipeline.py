@@ -1,0 +1,134 @@
+"""``cmpnas export``: select candidates, package them, check them, and only then record them.
+
+Every check runs on a staging copy before the first write to the tracking store or the output
+folder, so a failed export leaves both as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from orchestrator.config import validate_config
+from orchestrator.export.checks import check_parity, check_recorded_recall, cross_model_metrics, onnx_session
+from orchestrator.export.errors import ExportError
+from orchestrator.export.package import MANIFEST_FILE, DeployableQueryModel, build_manifest, load_candidate, write_formats
+from orchestrator.export.registry import register_export
+from orchestrator.export.selection import select_runs
+from orchestrator.tracking import SearchTracker
+from workers.checkpoint import CheckpointError
+from workers.gallery import GalleryCheckpoint, load_gallery
+from workers.preprocess import embed_images
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    output_dir: Path | None = None
+    search_run_id: str | None = None
+    run_id: str | None = None
+    max_mflops: float | None = None
+    gallery_checkpoint: Path | None = None
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    run_id: str
+    arch_id: str
+    folder: Path
+    manifest: dict
+    parity: dict[str, float]
+    onnx_cross_r1: float
+    version: str | None = None
+    alias: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
+    from orchestrator.driver import cmpnas_version, load_data
+
+    try:
+        tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
+    except LookupError as error:
+        raise ExportError(str(error)) from error
+    search, runs = select_runs(tracker, request.search_run_id, request.run_id, request.max_mflops)
+    config = _search_config(tracker, search.info.run_id)
+    gallery = _search_gallery(request.gallery_checkpoint or config.gallery_checkpoint_path, search)
+    output_dir = Path(request.output_dir or Path(config.output_dir) / "export").resolve()
+    log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
+
+    data = load_data(config)
+    gallery_embeddings = embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std,
+                                      gallery.model.arch.image_size)
+    query01 = data.query.images.astype(np.float32) / 255.0
+    input_shape = (data.in_chans, data.image_size, data.image_size)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        staged = []
+        for run in runs:
+            source = Path(tracker.client.download_artifacts(run.info.run_id, "model", str(staging / run.info.run_id)))
+            spec, network = load_candidate(source / "model.safetensors", source / "arch.json")
+            model = DeployableQueryModel(network, gallery.mean, gallery.std, spec.resolution).eval()
+            folder = staging / spec.arch_id
+            folder.mkdir()
+            write_formats(model, folder, input_shape)
+            parity = check_parity(model, folder, input_shape)
+            measured = cross_model_metrics(onnx_session(folder), query01, data.query.labels, gallery_embeddings,
+                                           data.gallery.labels)
+            check_recorded_recall(measured, run.data.metrics["final_cross_r1"], f"candidate {spec.arch_id}")
+            manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
+                                      mean=gallery.mean, std=gallery.std, gallery_backbone=gallery.model.arch.backbone,
+                                      gallery_fingerprint=gallery.fingerprint, version=cmpnas_version(), folder=folder)
+            (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
+                f"{measured.recall_at_1:.2f} (recorded {run.data.metrics['final_cross_r1']:.2f})")
+            staged.append((run, folder, manifest, parity, measured.recall_at_1))
+
+        exported = []
+        for run, folder, manifest, parity, r1 in staged:
+            final = output_dir / manifest["arch_id"]
+            if final.exists():
+                shutil.rmtree(final)
+            folder.rename(final)
+            version = alias = None
+            if request.register:
+                version, alias = register_export(tracker, request.model_name, run, final, manifest, request.max_mflops)
+            exported.append(ExportedModel(run.info.run_id, manifest["arch_id"], final, manifest, parity, r1,
+                                          version, alias))
+        return exported
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _search_config(tracker: SearchTracker, search_run_id: str):
+    folder = tempfile.mkdtemp(prefix="cmpnas-config-")
+    try:
+        path = tracker.client.download_artifacts(search_run_id, "config.json", folder)
+        return validate_config(json.loads(Path(path).read_text()), source=f"config.json of run {search_run_id}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _search_gallery(path: Path, search) -> GalleryCheckpoint:
+    try:
+        gallery = load_gallery(path, torch.device("cpu"))
+    except CheckpointError as error:
+        raise ExportError(f"gallery checkpoint of the search: {error}") from error
+    recorded = search.data.tags.get("gallery_fingerprint")
+    if gallery.fingerprint != recorded:
+        raise ExportError(f"gallery checkpoint {path} has fingerprint {gallery.fingerprint[:12]}, but search "
+                          f"{search.info.run_id} ran against {str(recorded)[:12]}: pass the search's gallery checkpoint")
+    return gallery

@@ -1,0 +1,46 @@
+"""``cmpnas verify-compat``: is an exported query model still compatible with this gallery model?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluators import RetrievalMetrics
+from orchestrator.config import CmpnasConfig
+from orchestrator.export.checks import cross_model_metrics, onnx_session
+from orchestrator.export.errors import ExportError
+from orchestrator.export.package import read_manifest
+from workers.checkpoint import CheckpointError
+from workers.gallery import load_gallery
+from workers.preprocess import embed_images
+
+
+def verify_compatibility(query_model: Path, gallery_checkpoint: Path, config: CmpnasConfig,
+                         force: bool = False) -> tuple[dict, RetrievalMetrics]:
+    """(manifest, cross-model metrics recomputed on the data of ``config``)."""
+    from orchestrator.driver import load_data
+
+    manifest = read_manifest(Path(query_model))
+    try:
+        gallery = load_gallery(gallery_checkpoint, torch.device("cpu"))
+    except CheckpointError as error:
+        raise ExportError(str(error)) from error
+    expected = manifest["gallery"]["fingerprint"]
+    if gallery.fingerprint != expected and not force:
+        raise ExportError(
+            f"gallery checkpoint {gallery_checkpoint} has fingerprint {gallery.fingerprint[:12]}, the query model "
+            f"was made compatible with {expected[:12]} ({manifest['gallery']['model']}): its embeddings would not be "
+            "comparable. Use the matching gallery checkpoint, or --force to measure anyway"
+        )
+    data = load_data(config)
+    wanted = manifest["input"]
+    if (data.in_chans, data.image_size) != (wanted["channels"], wanted["height"]):
+        raise ExportError(f"the data has {data.in_chans}-channel {data.image_size}px images, the model expects "
+                          f"{wanted['channels']}-channel {wanted['height']}px; set data.* to match")
+    gallery_embeddings = embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std,
+                                      gallery.model.arch.image_size)
+    metrics = cross_model_metrics(onnx_session(Path(query_model)), data.query.images.astype(np.float32) / 255.0,
+                                  data.query.labels, gallery_embeddings, data.gallery.labels)
+    return manifest, metrics
