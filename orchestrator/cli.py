@@ -38,10 +38,14 @@ def _fail(error: BaseException) -> None:
 
 
 @app.command()
-def search(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> None:
+def search(
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    address: Optional[str] = typer.Option(None, help="join a Ray cluster: 'auto' or ray://host:10001 (ray.address)"),
+) -> None:
     """Run a search: gallery model, candidates on Ray Tune, results and Pareto front in MLflow."""
     try:
-        settings = load_config(config, overrides)
+        settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
         from orchestrator.driver import run_search
 
         run_search(settings, console)

@@ -85,6 +85,7 @@ class TrainingConfig(_Section):
     lr: PositiveFloat = 3e-3
     weight_decay: float = Field(0.05, ge=0)
     channels_last: bool = Field(True, description="about 2x faster depthwise convolutions on CPU")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast when a trial runs on a GPU; ignored on CPU")
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
     )
@@ -147,6 +148,11 @@ class ExportConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins a cluster")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of the local Ray instance; default: all")
+    storage_path: str | None = Field(
+        None, description="Tune results and checkpoints: a folder every node sees, or a URI (s3://, gs://); "
+                          "null: OUTPUT_DIR/ray_results"
+    )
+    ship_code: bool = Field(True, description="send cmpnas's packages to a joined cluster in the runtime environment")
 
 
 class CmpnasConfig(_Section):

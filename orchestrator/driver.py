@@ -10,6 +10,7 @@ Order of work in one search:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -36,6 +37,7 @@ from workers.gallery_embeddings import compute_gallery_embeddings
 from workers.preprocess import pick_device
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
+logger = logging.getLogger(__name__)
 SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
 # here and its "snapshotting too often" warning would flood the terminal.
@@ -195,10 +197,12 @@ def connect_ray(config: CmpnasConfig) -> bool:
     """
     started = not ray.is_initialized()
     if started:
-        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus if config.ray.address is None else None,
+        joining = config.ray.address is not None
+        ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus,
+                 runtime_env=code_runtime_env() if joining and config.ray.ship_code else None,
                  include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        check_trial_fits(config.resources)
+        check_trial_fits(config.resources, strict=config.ray.address is None)
     except ResourceRequestError:
         if started:
             ray.shutdown()
@@ -206,20 +210,35 @@ def connect_ray(config: CmpnasConfig) -> bool:
     return started
 
 
+def code_runtime_env() -> dict:
+    """cmpnas's own packages, uploaded by Ray to every node of a joined cluster (its dependencies
+    come with the node image, as with any Ray job)."""
+    import evaluators
+    import orchestrator
+    import search_space
+    import workers
+
+    return {"py_modules": [str(Path(package.__file__).parent) for package in (orchestrator, workers, search_space,
+                                                                               evaluators)]}
+
+
 class ResourceRequestError(RuntimeError):
     """A trial asks for more than any node of the Ray cluster has: it would wait forever."""
 
 
-def check_trial_fits(resources) -> None:
+def check_trial_fits(resources, strict: bool = True) -> None:
+    """Refuse a trial no node can hold; on a joined cluster (which may autoscale) only warn."""
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     for field, key, wanted in (("resources.cpus_per_trial", "CPU", resources.cpus_per_trial),
                                ("resources.gpus_per_trial", "GPU", resources.gpus_per_trial)):
         largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
         if wanted > largest:
-            raise ResourceRequestError(
-                f"{field}={wanted} but the largest node of the Ray cluster has {largest:g} {key}s: trials would "
-                f"never start; lower {field}" + (" (no GPU is visible to Ray here)" if key == "GPU" and not largest else "")
-            )
+            message = (f"{field}={wanted} but the largest node of the Ray cluster has {largest:g} {key}s: trials "
+                       f"would never start; lower {field}"
+                       + (" (no GPU is visible to Ray here)" if key == "GPU" and not largest else ""))
+            if strict:
+                raise ResourceRequestError(message)
+            logger.warning("%s (unless the cluster autoscales)", message)
 
 
 def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console):
@@ -233,6 +252,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
                                 seed=config.search.seed),
             loss_weights=dict(config.training.loss_weights),
             channels_last=config.training.channels_last,
+            mixed_precision=config.training.mixed_precision,
         ),
         paragon_flops=paragon_flops,
         threads_per_trial=max(1, math.ceil(resources.cpus_per_trial)),
@@ -251,7 +271,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         ),
         run_config=tune.RunConfig(
             name=f"search-{parent_run_id[:8]}",
-            storage_path=str(output_dir / "ray_results"),
+            storage_path=config.ray.storage_path or str(output_dir / "ray_results"),
             callbacks=[
                 MlflowTrialCallback(tracker, parent_run_id),
                 RichProgressCallback(console, config.search.num_candidates, config.training.epochs),

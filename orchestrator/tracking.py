@@ -30,9 +30,11 @@ ROLE_TAG = "cmpnas.role"
 PARETO_TAG = "pareto"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
+# Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
+FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id")
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds",
+    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb",
 )
 
 
@@ -153,10 +155,7 @@ class MlflowTrialCallback(Callback):
         self.tracker.log_metrics(run_id, {key: result[key] for key in EPOCH_METRICS if key in result}, step=epoch)
         if all(key in result for key in ("flops", "homo_r1")):
             self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in FINAL_METRICS if key in result})
-            self.tracker.log_params(
-                run_id,
-                {"flops_convention": result.get("flops_convention", ""), "flops_skipped_ops": result.get("flops_skipped_ops", "")},
-            )
+            self.tracker.log_params(run_id, {key: result.get(key, "") for key in FINAL_PARAMS})
 
     @_tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -21,6 +21,7 @@ class CandidateTrainingSettings:
     optim: OptimSettings
     loss_weights: dict[str, float] = field(default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0})
     channels_last: bool = True
+    mixed_precision: bool = False
 
 
 def fine_tune_candidate(
@@ -48,14 +49,17 @@ def fine_tune_candidate(
     labels = torch.as_tensor(data.train.labels, device=device)
     targets = torch.as_tensor(np.asarray(gallery.train), device=device)
 
+    autocast = settings.mixed_precision and device.type == "cuda"
+
     def step(batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
-        context = LossContext(
-            query_embeddings=model(batch),
-            labels=batch_labels,
-            own_classifier=lambda embeddings: own_classifier(scale * embeddings),
-            gallery_classifier=gallery_classifier,
-            gallery_embeddings=targets[index],
-        )
-        return losses(context)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            context = LossContext(
+                query_embeddings=model(batch),
+                labels=batch_labels,
+                own_classifier=lambda embeddings: own_classifier(scale * embeddings),
+                gallery_classifier=gallery_classifier,
+                gallery_embeddings=targets[index],
+            )
+            return losses(context)
 
     return fit(trainable, inputs, labels, step, settings.optim, on_epoch, state_sink, resume)

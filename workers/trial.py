@@ -74,7 +74,9 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
             homogeneous = evaluator.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels)
             metrics.update(homogeneous.as_dict("homo"))
             metrics.update(_cost_metrics(model, spec, shared))
-            metrics["trial_seconds"] = time.perf_counter() - started
+            metrics.update(trial_seconds=time.perf_counter() - started, device=str(device), node_id=_node_id())
+            if device.type == "cuda":
+                metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with tempfile.TemporaryDirectory() as folder:
             _save_candidate(Path(folder), model, spec)
             torch.save(latest_state, Path(folder) / TRAINER_STATE_FILE)
@@ -82,6 +84,12 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
 
     fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
                         state_sink=latest_state.update, resume=resume)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _cost_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInputs) -> dict[str, Any]:
