@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +53,6 @@ class ExportedModel:
     onnx_cross_r1: float
     version: str | None = None
     alias: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
