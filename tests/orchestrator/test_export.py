@@ -193,6 +193,13 @@ def test_verify_compat_recomputes_and_refuses_mismatched_or_corrupt_inputs(expor
     (corrupt / ONNX_FILE).write_bytes(bytes(raw))
     with pytest.raises(ExportError, match="corrupt"):
         verify_compatibility(corrupt, gallery_dir / "gallery.safetensors", config)
+    other_size = tmp_path / "other-size"
+    shutil.copytree(model.folder, other_size)
+    manifest = json.loads((other_size / MANIFEST_FILE).read_text())
+    manifest["input"].update(height=64, width=64)
+    (other_size / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="the model expects 1-channel 64px"):
+        verify_compatibility(other_size, gallery_dir / "gallery.safetensors", config)
 
 
 def test_export_candidates_belong_to_the_search(exported):
