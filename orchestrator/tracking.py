@@ -57,7 +57,6 @@ class SearchTracker:
         if existing is None and not create:
             raise LookupError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
         self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
-        self.parent_run_id: str | None = None
 
     @classmethod
     def open_existing(cls, tracking_uri: str, experiment: str) -> SearchTracker:
@@ -65,8 +64,7 @@ class SearchTracker:
 
     # Tune pickles its callbacks with the experiment state: keep the address, rebuild the client.
     def __getstate__(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id}
+        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -74,8 +72,7 @@ class SearchTracker:
 
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
-        self.parent_run_id = run.info.run_id
-        return self.parent_run_id
+        return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         batch = [Param(key, _param_value(value)) for key, value in params.items()]

@@ -7,7 +7,6 @@ gene vectors, so every strategy sees the same interface whatever the space looks
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -73,10 +72,6 @@ class SearchSpace:
             stages=tuple(stages),
             embed_dim=self.embed_dim,
         )
-
-    @property
-    def cardinality(self) -> int:
-        return math.prod(len(choices) for _, choices in self.genes())
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self, spec: ArchSpec) -> ArchSpec:

@@ -84,7 +84,3 @@ class WeightedLossSum(nn.Module):
         parts = {name: loss(context) for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, {f"loss_{name}": value.item() for name, value in parts.items()}
-
-    @property
-    def uses_compatibility(self) -> bool:
-        return any(name != OwnClassifierLoss.name for name in self.weights)

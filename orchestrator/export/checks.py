@@ -10,6 +10,9 @@ import torch
 from evaluators import RetrievalEvaluator, RetrievalMetrics
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import ONNX_FILE, TORCHSCRIPT_FILE
+from workers.datasets import RetrievalData
+from workers.gallery import GalleryCheckpoint
+from workers.preprocess import embed_images
 
 PARITY_TOLERANCE = 1e-4
 
@@ -44,10 +47,15 @@ def check_parity(model: torch.nn.Module, folder: Path, input_shape: tuple[int, i
     return differences
 
 
-def cross_model_metrics(session, query_images01: np.ndarray, query_labels: np.ndarray,
-                        gallery_embeddings: np.ndarray, gallery_labels: np.ndarray) -> RetrievalMetrics:
-    queries = embed_with_onnx(session, query_images01)
-    return RetrievalEvaluator().evaluate(queries, query_labels, gallery_embeddings, gallery_labels)
+def embed_gallery_split(gallery: GalleryCheckpoint, data: RetrievalData) -> np.ndarray:
+    """The gallery model's embeddings of the gallery split: what the exported query model is searched against."""
+    return embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std, gallery.model.arch.image_size)
+
+
+def cross_model_metrics(session, data: RetrievalData, gallery_embeddings: np.ndarray) -> RetrievalMetrics:
+    """The ONNX query model on the query split (fed pixel / 255, as a consumer would) against the gallery."""
+    queries = embed_with_onnx(session, data.query.images.astype(np.float32) / 255.0)
+    return RetrievalEvaluator().evaluate(queries, data.query.labels, gallery_embeddings, data.gallery.labels)
 
 
 def check_recorded_recall(measured: RetrievalMetrics, recorded_r1: float, what: str) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from orchestrator.config import validate_config
-from orchestrator.export.checks import check_parity, check_recorded_recall, cross_model_metrics, onnx_session
+from orchestrator.export.checks import (
+    check_parity, check_recorded_recall, cross_model_metrics, embed_gallery_split, onnx_session,
+)
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import MANIFEST_FILE, DeployableQueryModel, build_manifest, load_candidate, write_formats
 from orchestrator.export.registry import register_export
@@ -25,7 +26,6 @@ from orchestrator.export.selection import select_runs
 from orchestrator.tracking import SearchTracker
 from workers.checkpoint import CheckpointError
 from workers.gallery import GalleryCheckpoint, load_gallery
-from workers.preprocess import embed_images
 
 Log = Callable[[str], None]
 
@@ -69,9 +69,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
     log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
 
     data = load_data(config)
-    gallery_embeddings = embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std,
-                                      gallery.model.arch.image_size)
-    query01 = data.query.images.astype(np.float32) / 255.0
+    gallery_embeddings = embed_gallery_split(gallery, data)
     input_shape = (data.in_chans, data.image_size, data.image_size)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
@@ -85,8 +83,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
             folder.mkdir()
             write_formats(model, folder, input_shape)
             parity = check_parity(model, folder, input_shape)
-            measured = cross_model_metrics(onnx_session(folder), query01, data.query.labels, gallery_embeddings,
-                                           data.gallery.labels)
+            measured = cross_model_metrics(onnx_session(folder), data, gallery_embeddings)
             check_recorded_recall(measured, run.data.metrics["final_cross_r1"], f"candidate {spec.arch_id}")
             manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
                                       mean=gallery.mean, std=gallery.std, gallery_backbone=gallery.model.arch.backbone,

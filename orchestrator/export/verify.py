@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from evaluators import RetrievalMetrics
 from orchestrator.config import CmpnasConfig
-from orchestrator.export.checks import cross_model_metrics, onnx_session
+from orchestrator.export.checks import cross_model_metrics, embed_gallery_split, onnx_session
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import read_manifest
 from workers.checkpoint import CheckpointError
 from workers.gallery import load_gallery
-from workers.preprocess import embed_images
 
 
 def verify_compatibility(query_model: Path, gallery_checkpoint: Path, config: CmpnasConfig,
@@ -39,8 +37,5 @@ def verify_compatibility(query_model: Path, gallery_checkpoint: Path, config: Cm
     if (data.in_chans, data.image_size) != (wanted["channels"], wanted["height"]):
         raise ExportError(f"the data has {data.in_chans}-channel {data.image_size}px images, the model expects "
                           f"{wanted['channels']}-channel {wanted['height']}px; set data.* to match")
-    gallery_embeddings = embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std,
-                                      gallery.model.arch.image_size)
-    metrics = cross_model_metrics(onnx_session(Path(query_model)), data.query.images.astype(np.float32) / 255.0,
-                                  data.query.labels, gallery_embeddings, data.gallery.labels)
+    metrics = cross_model_metrics(onnx_session(Path(query_model)), data, embed_gallery_split(gallery, data))
     return manifest, metrics
