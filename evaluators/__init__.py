@@ -1,6 +1,7 @@
-"""Evaluators: retrieval metrics on FAISS, model complexity and latency, Pareto math."""
+"""Evaluators: retrieval metrics on FAISS, model complexity and latency, Pareto math and hypervolume."""
 
 from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity, measure_cpu_latency_ms
+from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
 from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
@@ -14,6 +15,7 @@ __all__ = [
     "count_complexity",
     "dominates",
     "faiss_gpu_count",
+    "hypervolume_2d",
     "measure_cpu_latency_ms",
     "pareto_front",
 ]
