@@ -89,6 +89,17 @@ class TrainingConfig(_Section):
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
     )
+    mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
+        "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
+                               "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
+                               "supernet's weights, no training (screening)"
+    )
+    finetune_epochs: PositiveInt = Field(1, description="fine-tuning epochs of a candidate in mode inherit")
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs one candidate trains for in this mode (0: evaluated as inherited)."""
+        return {"scratch": self.epochs, "inherit": self.finetune_epochs, "inherit_zero_shot": 0}[self.mode]
 
     @field_validator("loss_weights")
     @classmethod
@@ -101,6 +112,23 @@ class TrainingConfig(_Section):
         if not any(value.values()):
             raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
         return value
+
+
+class SupernetConfig(_Section):
+    checkpoint: str | None = Field(
+        None, description="supernet weights written by `cmpnas supernet train` and read by the inherit modes; "
+                          "default: OUTPUT_DIR/supernet.safetensors"
+    )
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(0.05, ge=0)
+    num_random_subnets: int = Field(2, ge=0, description="random subnets per step, besides the largest and smallest")
+    distillation: bool = Field(True, description="in-place distillation from the largest subnet")
+    distillation_weight: float = Field(1.0, ge=0, description="weight of the distillation term when it is on")
+    calibration_images: PositiveInt = Field(2000, description="training images to recalibrate batch norm of a subnet")
+    cpus: PositiveFloat = Field(1, description="CPUs of the supernet training task (also its torch threads)")
+    gpus: float = Field(0, ge=0, le=1, description="GPUs of the supernet training task (0 or 1)")
 
 
 class EvolutionConfig(_Section):
@@ -160,6 +188,7 @@ class CmpnasConfig(_Section):
     gallery: GalleryConfig = GalleryConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     training: TrainingConfig = TrainingConfig()
+    supernet: SupernetConfig = SupernetConfig()
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -170,6 +199,10 @@ class CmpnasConfig(_Section):
     @property
     def gallery_checkpoint_path(self) -> Path:
         return Path(self.gallery.checkpoint) if self.gallery.checkpoint else Path(self.output_dir) / "gallery.safetensors"
+
+    @property
+    def supernet_checkpoint_path(self) -> Path:
+        return Path(self.supernet.checkpoint) if self.supernet.checkpoint else Path(self.output_dir) / "supernet.safetensors"
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:

@@ -28,6 +28,7 @@ from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
 from orchestrator.strategies import create_searcher
+from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
 from orchestrator.tracking import MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
 from search_space import ArchSpec, SearchSpace, build_query_model, create_space
 from workers.candidate_training import CandidateTrainingSettings
@@ -99,6 +100,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     console = console or Console()
     log = console.log
     output_dir = prepare_output_dir(config)
+    require_supernet_checkpoint(config)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -112,6 +114,10 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     timings["stage_gallery_model_seconds"] = time.perf_counter() - started
     space = create_space(config.search_space.name, embed_dim=gallery_checkpoint.model.arch.embed_dim,
                          in_chans=data.in_chans)
+    supernet = load_supernet_for_search(config, space, gallery_checkpoint.fingerprint)
+    if supernet is not None:
+        log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
+            f"(fingerprint {supernet.fingerprint[:12]})")
 
     gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
     timings["stage_gallery_embedding_seconds"] = gallery.seconds
@@ -130,12 +136,14 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
             run_name,
             tags={"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
                   "flops_convention": FLOPS_CONVENTION, "dataset": data.name,
-                  "gallery_backbone": gallery_checkpoint.model.arch.backbone},
+                  "gallery_backbone": gallery_checkpoint.model.arch.backbone, "training_mode": config.training.mode,
+                  **({"supernet_fingerprint": supernet.fingerprint} if supernet is not None else {})},
         )
         log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
         try:
             status, report = _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics,
-                                           paragon_cost, timings, tracker, parent_run_id, output_dir, console)
+                                           paragon_cost, timings, tracker, parent_run_id, output_dir, console,
+                                           supernet_state=supernet.state if supernet is not None else None)
         except BaseException:
             tracker.end_run(parent_run_id, "FAILED")
             raise
@@ -152,7 +160,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
 
 
 def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics, paragon_cost, timings,
-                  tracker, parent_run_id, output_dir, console) -> tuple[str, ParetoReport]:
+                  tracker, parent_run_id, output_dir, console, supernet_state=None) -> tuple[str, ParetoReport]:
     """Everything recorded under the parent run; returns its final status and the report."""
     tracker.log_params(parent_run_id, {
         **flatten(config.model_dump(mode="json")), "paragon_flops_skipped_ops": paragon_cost.skipped_ops,
@@ -171,7 +179,7 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     searcher = create_searcher(space, config.search, SEARCH_METRIC, SEARCH_MODE,
                                flops_constraint(space, config.search.max_mflops))
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, tracker, parent_run_id, output_dir,
-                          console)
+                          console, supernet_state)
     complete = results.num_terminated + results.num_errors == len(results)
     tracker.log_metrics(parent_run_id, {
         "stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
@@ -241,13 +249,14 @@ def check_trial_fits(resources, strict: bool = True) -> None:
             logger.warning("%s (unless the cluster autoscales)", message)
 
 
-def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console):
+def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console,
+                supernet_state=None):
     resources = config.resources
     shared = SharedTrialInputs(
         data=data,
         gallery=gallery,
         training=CandidateTrainingSettings(
-            optim=OptimSettings(epochs=config.training.epochs, batch_size=config.training.batch_size,
+            optim=OptimSettings(epochs=config.training.trial_epochs, batch_size=config.training.batch_size,
                                 lr=config.training.lr, weight_decay=config.training.weight_decay,
                                 seed=config.search.seed),
             loss_weights=dict(config.training.loss_weights),
@@ -257,6 +266,9 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         paragon_flops=paragon_flops,
         threads_per_trial=max(1, math.ceil(resources.cpus_per_trial)),
         measure_latency=resources.measure_latency,
+        mode=config.training.mode,
+        supernet_state=supernet_state,
+        calibration_images=config.supernet.calibration_images,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_candidate_trial, shared=shared),
@@ -274,7 +286,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
             storage_path=config.ray.storage_path or str(output_dir / "ray_results"),
             callbacks=[
                 MlflowTrialCallback(tracker, parent_run_id),
-                RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
+                RichProgressCallback(console, config.search.num_candidates, config.training.trial_epochs),
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -31,10 +31,10 @@ PARETO_TAG = "pareto"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
 # Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
-FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id")
+FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb",
+    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds",
 )
 
 
