@@ -74,6 +74,10 @@ def main() -> None:
     parser.add_argument("--gallery", type=Path, default=None,
                         help="reuse this gallery checkpoint (default: trained on first use, not counted in trials)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--modes", default=",".join(MODES), help="modes to run now (comma-separated)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="MODE=RUN_ID",
+                        help="take a mode's results from an earlier search's parent run in this folder's MLflow "
+                             "(its FINISHED candidates only), e.g. after an interrupted bench")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cmpnas-supernet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,16 +106,23 @@ def main() -> None:
     wall["supernet"] = time.perf_counter() - started
     gallery = gallery or build_config(workdir, None, args.overrides, "scratch").gallery_checkpoint_path
 
-    parents = {}
-    for mode in MODES:
+    parents = dict(item.split("=", 1) for item in args.reuse)
+    config = build_config(workdir, gallery, args.overrides, "scratch")
+    for mode in [m for m in args.modes.split(",") if m and m not in parents]:
         config = build_config(workdir, gallery, args.overrides, mode)
         started = time.perf_counter()
         parents[mode] = run_search(config, console).parent_run_id
         wall[mode] = time.perf_counter() - started
+        console.print(f"{mode}: parent run {parents[mode]}, {wall[mode]:.0f} s")
 
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
+    if set(parents) != set(MODES):
+        console.print(f"ran {sorted(parents)}; pass the others with --reuse MODE=RUN_ID to get the report: {parents}")
+        return
+    finished = {mode: [run for run in tracker.child_runs(parents[mode]) if run.info.status == "FINISHED"]
+                for mode in MODES}
     paragon_flops = tracker.client.get_run(parents["scratch"]).data.metrics["paragon_flops"]
-    curves = {mode: hypervolume_curve(tracker.child_runs(parents[mode]), paragon_flops) for mode in MODES}
+    curves = {mode: hypervolume_curve(finished[mode], paragon_flops) for mode in MODES}
     target = curves["scratch"][-1][1]
     scratch_total = curves["scratch"][-1][0]
 
@@ -142,14 +153,13 @@ def main() -> None:
             cost = reach + (supernet.cpu_seconds if mode != "scratch" else 0.0)
             with_supernet = f"{scratch_total / cost:.2f}x ({cost:.0f} CPU-s)"
         lines.append(f"| {mode} | {len(curve)} | {curve[-1][0]:.0f} | {curve[-1][1] / 1e6:.2f} | {reached} | {ratio} | "
-                     f"{with_supernet} | {wall[mode]:.0f} |")
+                     f"{with_supernet} | {wall.get(mode, float('nan')):.0f} |")
     lines += ["", "Hypervolume after each finished trial (cumulative trial CPU-s: HV in mAP-points x MFLOPs):"]
     for mode in MODES:
         lines.append(f"- {mode}: " + ", ".join(f"{spent:.0f}: {volume / 1e6:.2f}" for spent, volume, _ in curves[mode]))
     lines.append("")
     lines.append("Per candidate (same order in every mode), final cross-model mAP:")
-    by_arch = {mode: {run.data.params["arch_id"]: run.data.metrics for run in tracker.child_runs(parents[mode])}
-               for mode in MODES}
+    by_arch = {mode: {run.data.params["arch_id"]: run.data.metrics for run in finished[mode]} for mode in MODES}
     lines.append("| arch | MFLOPs | " + " | ".join(f"{m} mAP | {m} CPU-s" for m in MODES) + " |")
     lines.append("|---|---|" + "---|---|" * len(MODES))
     for arch_id, metrics in by_arch["scratch"].items():
