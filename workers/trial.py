@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity, measure_cpu_latency_ms
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
 from search_space import ArchSpec, build_query_model
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
 from workers.datasets import RetrievalData
@@ -38,6 +38,7 @@ class SharedTrialInputs:
     paragon_flops: int
     threads_per_trial: int = 1
     measure_latency: bool = True
+    task: str = "retrieval"  # evaluators.tasks: which metrics every epoch reports
 
 
 def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
@@ -51,7 +52,7 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     if shared.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data, gallery = shared.data, shared.gallery
-    evaluator = RetrievalEvaluator()
+    task = create_task(shared.task)
     epochs = shared.training.optim.epochs
 
     def embed(split: str):
@@ -68,11 +69,11 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
 
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
         query_embeddings = embed("query")
-        cross = evaluator.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels)
-        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross.as_dict("cross")}
+        cross = task.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")
+        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross}
         if epoch == epochs:
-            homogeneous = evaluator.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels)
-            metrics.update(homogeneous.as_dict("homo"))
+            metrics.update(task.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels,
+                                         "homo"))
             metrics.update(_cost_metrics(model, spec, shared))
             metrics.update(trial_seconds=time.perf_counter() - started, device=str(device), node_id=_node_id())
             if device.type == "cuda":
