@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--fixed-backbone", default=None, help="timm model of the fixed rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the table over the search's candidates")
+    parser.add_argument("--render-only", action="store_true",
+                        help="no training: render the table and plot from the rows a previous run saved")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -289,7 +291,8 @@ def main() -> None:
     device = pick_device()
     data = load_data(config)
     checkpoint = obtain_gallery(config, data, device, console.log)
-    gallery = compute_gallery_embeddings(checkpoint, data, device)
+    gallery = cached_gallery_embeddings(workdir / f"{args.domain}_gallery_embeddings.pkl", checkpoint, data, device,
+                                        compute_gallery_embeddings)
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment) if run_id else None
     if tracker is not None:
         recorded = tracker.client.get_run(run_id).data.tags.get("gallery_fingerprint")
@@ -298,18 +301,40 @@ def main() -> None:
     ctx = TableContext(domain, config, data, checkpoint, gallery, create_task(config.evaluation.task),
                        count_complexity(checkpoint.model, (data.in_chans, data.image_size, data.image_size)).flops,
                        device, args, run_id, tracker)
-    for name in args.recipes.split(","):
-        recipe_started = time.perf_counter()
-        print(f"recipe {name}", flush=True)
-        ctx.rows.extend(RECIPES[name](ctx))
-        ctx.timings[name] = time.perf_counter() - recipe_started
-    markdown = render(ctx, time.perf_counter() - started)
+    saved = workdir / f"{args.domain}_table.json"
+    if args.render_only:
+        state = json.loads(saved.read_text())
+        ctx.rows = [Row(**{**row, "spread": {k: tuple(v) for k, v in row["spread"].items()}}) for row in state["rows"]]
+        ctx.timings = state["timings"]
+    else:
+        for name in args.recipes.split(","):
+            recipe_started = time.perf_counter()
+            print(f"recipe {name}", flush=True)
+            ctx.rows.extend(RECIPES[name](ctx))
+            ctx.timings[name] = time.perf_counter() - recipe_started
+            # Saved after every recipe: an interrupted run keeps what it measured (--render-only).
+            saved.write_text(json.dumps({"rows": [asdict(row) for row in ctx.rows], "timings": ctx.timings}, indent=1))
+    markdown = render(ctx, time.perf_counter() - started if not args.render_only else sum(ctx.timings.values()))
     print(markdown)
     (workdir / f"{args.domain}_table.md").write_text(markdown)
-    (workdir / f"{args.domain}_table.json").write_text(json.dumps([asdict(row) for row in ctx.rows], indent=1))
     if args.plot:
         plot(ctx, args.plot)
         print(f"plot: {args.plot}")
+
+
+def cached_gallery_embeddings(path: Path, checkpoint, data, device, compute):
+    """The gallery model's embeddings of the splits, kept in the workdir for reruns of the same gallery."""
+    import pickle
+
+    if path.is_file():
+        with path.open("rb") as handle:
+            cached = pickle.load(handle)  # our own file, written below
+        if cached.fingerprint == checkpoint.fingerprint and len(cached.train) == len(data.train):
+            return cached
+    gallery = compute(checkpoint, data, device)
+    with path.open("wb") as handle:
+        pickle.dump(gallery, handle)
+    return gallery
 
 
 def render(ctx: TableContext, seconds: float) -> str:
