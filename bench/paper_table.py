@@ -283,7 +283,7 @@ def main() -> None:
 
     console = Console(width=150)
     run_id = args.from_run
-    if run_id is None and "cmpnas" in args.recipes:
+    if run_id is None and "cmpnas" in args.recipes and not args.render_only:
         search_started = time.perf_counter()
         run_id = run_search(config, console).parent_run_id
         print(f"search {run_id}: {time.perf_counter() - search_started:.0f} s", flush=True)
@@ -291,8 +291,8 @@ def main() -> None:
     device = pick_device()
     data = load_data(config)
     checkpoint = obtain_gallery(config, data, device, console.log)
-    gallery = cached_gallery_embeddings(workdir / f"{args.domain}_gallery_embeddings.pkl", checkpoint, data, device,
-                                        compute_gallery_embeddings)
+    gallery = None if args.render_only else cached_gallery_embeddings(
+        workdir / f"{args.domain}_gallery_embeddings.pkl", checkpoint, data, device, compute_gallery_embeddings)
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment) if run_id else None
     if tracker is not None:
         recorded = tracker.client.get_run(run_id).data.tags.get("gallery_fingerprint")
