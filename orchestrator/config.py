@@ -144,8 +144,16 @@ class EvolutionConfig(_Section):
         return self
 
 
+class EvaluationConfig(_Section):
+    task: Literal["retrieval", "verification"] = Field(
+        "retrieval", description="retrieval: R@1, R@5, mAP; verification: those plus TAR@FAR 1e-2/1e-3 and rank-1"
+    )
+
+
 class SearchConfig(_Section):
     strategy: Literal["random", "evolution"] = "evolution"
+    metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
+                                                 "evaluation.task report")
     num_candidates: PositiveInt = 8
     max_concurrent: PositiveInt = Field(2, description="trials running at once")
     seed: int = 0
@@ -189,6 +197,7 @@ class CmpnasConfig(_Section):
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     training: TrainingConfig = TrainingConfig()
     supernet: SupernetConfig = SupernetConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -241,9 +250,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
     try:
-        return CmpnasConfig.model_validate(tree)
+        config = CmpnasConfig.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e) for e in error.errors())) from None
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(f"  - {problem}" for problem in problems))
+    return config
+
+
+def cross_field_problems(config: CmpnasConfig) -> list[str]:
+    """Rules that tie fields of different sections together."""
+    from evaluators.tasks import list_tasks, searchable_metrics
+
+    problems = []
+    allowed = searchable_metrics(config.evaluation.task)
+    if config.search.metric not in allowed:
+        elsewhere = [task for task in list_tasks() if config.search.metric in searchable_metrics(task)]
+        hint = f"; or set evaluation.task to {elsewhere[0]!r}, whose trials report it" if elsewhere else ""
+        problems.append(f"search.metric: {config.search.metric!r} is not reported by the trials of evaluation.task="
+                        f"{config.evaluation.task!r}; allowed values are {list(allowed)}{hint}")
+    return problems
 
 
 def _describe(error: dict[str, Any]) -> str:

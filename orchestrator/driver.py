@@ -22,7 +22,7 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task
 from orchestrator.config import CmpnasConfig
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
@@ -39,7 +39,8 @@ from workers.preprocess import pick_device
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
 logger = logging.getLogger(__name__)
-SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
+# The metric is config.search.metric; every metric a task reports (evaluators.tasks) is maximised.
+SEARCH_MODE = "max"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
 # here and its "snapshotting too often" warning would flood the terminal.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -102,6 +103,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     output_dir = prepare_output_dir(config)
     require_supernet_checkpoint(config)
     timings: dict[str, float] = {}
+    search_started = time.perf_counter()
 
     started = time.perf_counter()
     data = load_data(config)
@@ -122,13 +124,17 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
     timings["stage_gallery_embedding_seconds"] = gallery.seconds
     log(f"gallery model embedded {gallery.images_embedded} images once for the whole search ({gallery.seconds:.1f}s)")
-    paragon_metrics = RetrievalEvaluator().evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels)
+    paragon_metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
+                                                                   data.gallery.labels, "paragon")
     paragon_cost = count_complexity(gallery_checkpoint.model, (data.in_chans, data.image_size, data.image_size))
     gallery_checkpoint.model.to("cpu")
-    log(f"paragon: R@1 {paragon_metrics.recall_at_1:.2f}, mAP {paragon_metrics.mean_average_precision:.2f}, "
-        f"{paragon_cost.mflops:.1f} MFLOPs")
+    searched = config.search.metric.removeprefix("cross_")
+    log(f"paragon: R@1 {paragon_metrics['paragon_r1']:.2f}, mAP {paragon_metrics['paragon_map']:.2f}, "
+        f"{searched} {paragon_metrics['paragon_' + searched]:.2f}, {paragon_cost.mflops:.1f} MFLOPs")
 
+    started = time.perf_counter()
     started_ray = connect_ray(config)
+    timings["stage_ray_start_seconds"] = time.perf_counter() - started
     try:
         tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
         run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -147,6 +153,9 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
         except BaseException:
             tracker.end_run(parent_run_id, "FAILED")
             raise
+        # Tracking time overlaps the other stages (MLflow calls made during them).
+        tracker.log_metrics(parent_run_id, {"stage_tracking_seconds": tracker.seconds_in_calls,
+                                            "search_wall_seconds": time.perf_counter() - search_started})
         tracker.end_run(parent_run_id, status)
     finally:
         if started_ray:
@@ -169,14 +178,13 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     })
     tracker.log_dict(parent_run_id, config.model_dump(mode="json"), "config.json")
     tracker.log_metrics(parent_run_id, {
-        "paragon_r1": paragon_metrics.recall_at_1, "paragon_r5": paragon_metrics.recall_at_5,
-        "paragon_map": paragon_metrics.mean_average_precision,
+        **paragon_metrics,
         "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
         "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
     })
 
     started = time.perf_counter()
-    searcher = create_searcher(space, config.search, SEARCH_METRIC, SEARCH_MODE,
+    searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
                                flops_constraint(space, config.search.max_mflops))
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, tracker, parent_run_id, output_dir,
                           console, supernet_state)
@@ -187,7 +195,7 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     })
 
     started = time.perf_counter()
-    report = collect_report(tracker, parent_run_id)
+    report = collect_report(tracker, parent_run_id, config.search.metric)
     tag_front(tracker, report)
     for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
         tracker.log_artifact(parent_run_id, path)
@@ -269,6 +277,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         mode=config.training.mode,
         supernet_state=supernet_state,
         calibration_images=config.supernet.calibration_images,
+        task=config.evaluation.task,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_candidate_trial, shared=shared),
@@ -277,7 +286,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
+            metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
             raise LookupError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
@@ -68,7 +70,8 @@ class SearchTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri), self)
 
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
@@ -104,6 +107,29 @@ class SearchTracker:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=10000
         )
+
+
+class _TimedClient:
+    """An MlflowClient that adds the wall time of every call to its tracker's ``seconds_in_calls``,
+    so a search can say what tracking cost it."""
+
+    def __init__(self, client: MlflowClient, tracker: SearchTracker):
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self._tracker.seconds_in_calls += time.perf_counter() - started
+
+        return timed
 
 
 def _tracking_must_not_fail_trials(hook):
@@ -149,9 +175,12 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.tracker.log_metrics(run_id, {key: result[key] for key in EPOCH_METRICS if key in result}, step=epoch)
+        # Beside the fixed names, every metric of the evaluation task (cross_*, homo_*; see evaluators.tasks).
+        epoch_keys = [key for key in result if key in EPOCH_METRICS or key.startswith("cross_")]
+        self.tracker.log_metrics(run_id, {key: result[key] for key in epoch_keys}, step=epoch)
         if all(key in result for key in ("flops", "homo_r1")):
-            self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in FINAL_METRICS if key in result})
+            final_keys = [key for key in result if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))]
+            self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in final_keys})
             self.tracker.log_params(run_id, {key: result.get(key, "") for key in FINAL_PARAMS})
 
     @_tracking_must_not_fail_trials
