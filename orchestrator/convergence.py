@@ -51,9 +51,12 @@ class SearchConvergenceCallback(Callback):
         self.points: list[tuple[float, float]] = []
         self.pairs: list[tuple[float, float]] = []
         self.ended = 0
+        self.stopped_early = 0
 
     @_tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if not is_final_result(trial.last_result):
+            self.stopped_early += 1
         self._record(trial, trial.last_result)
 
     @_tracking_must_not_fail_trials

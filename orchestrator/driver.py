@@ -28,7 +28,7 @@ from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
 from orchestrator.budget_report import best_per_budget, record_budget_sweep
-from orchestrator.convergence import SearchConvergenceCallback, is_final_result
+from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.early_stopping import create_scheduler
 from orchestrator.strategies import create_searcher
 from orchestrator.strategies.cost import FlopsCounter, WithinBudget
@@ -188,7 +188,7 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     tracker.log_metrics(parent_run_id, {
         "stage_pareto_seconds": time.perf_counter() - started,
         "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
-        "trials_stopped_early": sum(result.error is None and not is_final_result(result.metrics) for result in results),
+        "trials_stopped_early": convergence.stopped_early,
     })
     if config.search.budgets_mflops:
         picks = best_per_budget(report, config.search.budgets_mflops)

@@ -222,3 +222,27 @@ def test_strategy_options_that_cannot_work_are_refused_naming_the_field():
     with pytest.raises(ConfigError, match="grace_period"):
         validate_config({"search": {"scheduler": "asha", "asha": {"grace_period": 3}}, "training": {"epochs": 3}})
     assert validate_config({"search": {"budgets_mflops": [3.0, 1.0]}}).search.proposal_limit_mflops == 3.0
+
+
+def test_a_trial_stopped_early_ends_finished_tagged_and_outside_the_report(tmp_path):
+    from orchestrator.pareto_report import collect_report
+    from orchestrator.tracking import STOPPED_EARLY_TAG, MlflowTrialCallback
+
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "stopped")
+    parent = tracker.start_parent("search", tags={})
+    callback = MlflowTrialCallback(tracker, parent)
+    spec = SPACE.smallest()
+    final = {"epoch": 2, "cross_map": 50.0, "cross_r1": 60.0, "flops": 900000, "mflops": 0.9, "homo_r1": 55.0}
+    trials = {"full": SimpleNamespace(trial_id="full", config={"arch": spec.to_json()}, checkpoint=None,
+                                      last_result=final),
+              "stopped": SimpleNamespace(trial_id="stopped", config={"arch": SPACE.largest().to_json()},
+                                         checkpoint=None, last_result={"epoch": 1, "cross_map": 10.0})}
+    for trial in trials.values():
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, trial.last_result)
+        callback.on_trial_complete(0, [], trial)
+    runs = {run.data.tags["cmpnas.trial_id"]: run for run in tracker.child_runs(parent)}
+    assert runs["stopped"].info.status == "FINISHED" and runs["stopped"].data.tags[STOPPED_EARLY_TAG] == "true"
+    assert runs["stopped"].data.metrics["stopped_at_epoch"] == 1
+    assert STOPPED_EARLY_TAG not in runs["full"].data.tags
+    assert [row.run_id for row in collect_report(tracker, parent).candidates] == [runs["full"].info.run_id]
