@@ -23,13 +23,13 @@ from ray import tune
 from rich.console import Console
 
 from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity
+from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.early_stopping import create_scheduler
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
-from orchestrator.budget_report import best_per_budget, record_budget_sweep
-from orchestrator.convergence import SearchConvergenceCallback
-from orchestrator.early_stopping import create_scheduler
 from orchestrator.strategies import create_searcher
 from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from orchestrator.tracking import MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
