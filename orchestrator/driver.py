@@ -22,15 +22,19 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.early_stopping import create_scheduler
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
 from orchestrator.strategies import create_searcher
 from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
+from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from orchestrator.tracking import MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
-from search_space import ArchSpec, SearchSpace, build_query_model, create_space
+from search_space import SearchSpace, create_space
 from workers.candidate_training import CandidateTrainingSettings
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.fit import OptimSettings
@@ -39,7 +43,8 @@ from workers.preprocess import pick_device
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
 logger = logging.getLogger(__name__)
-SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
+# The metric is config.search.metric; every metric a task reports (evaluators.tasks) is maximised.
+SEARCH_MODE = "max"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
 # here and its "snapshotting too often" warning would flood the terminal.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -84,16 +89,11 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
     return load_retrieval_data(data.source, request)
 
 
-def flops_constraint(space: SearchSpace, max_mflops: float | None):
+def flops_constraint(space: SearchSpace, max_mflops: float | None, counter: FlopsCounter | None = None):
     """A predicate for proposals, or None; FLOPs measured with fvcore on the built candidate."""
     if max_mflops is None:
         return None
-
-    def within_budget(spec: ArchSpec) -> bool:
-        model = build_query_model(spec)
-        return count_complexity(model, (spec.in_chans, spec.resolution, spec.resolution)).mflops <= max_mflops
-
-    return within_budget
+    return WithinBudget(counter or FlopsCounter(), max_mflops)
 
 
 def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOutcome:
@@ -102,6 +102,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     output_dir = prepare_output_dir(config)
     require_supernet_checkpoint(config)
     timings: dict[str, float] = {}
+    search_started = time.perf_counter()
 
     started = time.perf_counter()
     data = load_data(config)
@@ -122,13 +123,17 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
     timings["stage_gallery_embedding_seconds"] = gallery.seconds
     log(f"gallery model embedded {gallery.images_embedded} images once for the whole search ({gallery.seconds:.1f}s)")
-    paragon_metrics = RetrievalEvaluator().evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels)
+    paragon_metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
+                                                                   data.gallery.labels, "paragon")
     paragon_cost = count_complexity(gallery_checkpoint.model, (data.in_chans, data.image_size, data.image_size))
     gallery_checkpoint.model.to("cpu")
-    log(f"paragon: R@1 {paragon_metrics.recall_at_1:.2f}, mAP {paragon_metrics.mean_average_precision:.2f}, "
-        f"{paragon_cost.mflops:.1f} MFLOPs")
+    searched = config.search.metric.removeprefix("cross_")
+    log(f"paragon: R@1 {paragon_metrics['paragon_r1']:.2f}, mAP {paragon_metrics['paragon_map']:.2f}, "
+        f"{searched} {paragon_metrics['paragon_' + searched]:.2f}, {paragon_cost.mflops:.1f} MFLOPs")
 
+    started = time.perf_counter()
     started_ray = connect_ray(config)
+    timings["stage_ray_start_seconds"] = time.perf_counter() - started
     try:
         tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
         run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -147,6 +152,9 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
         except BaseException:
             tracker.end_run(parent_run_id, "FAILED")
             raise
+        # Tracking time overlaps the other stages (MLflow calls made during them).
+        tracker.log_metrics(parent_run_id, {"stage_tracking_seconds": tracker.seconds_in_calls,
+                                            "search_wall_seconds": time.perf_counter() - search_started})
         tracker.end_run(parent_run_id, status)
     finally:
         if started_ray:
@@ -169,17 +177,19 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     })
     tracker.log_dict(parent_run_id, config.model_dump(mode="json"), "config.json")
     tracker.log_metrics(parent_run_id, {
-        "paragon_r1": paragon_metrics.recall_at_1, "paragon_r5": paragon_metrics.recall_at_5,
-        "paragon_map": paragon_metrics.mean_average_precision,
+        **paragon_metrics,
         "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
         "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
     })
 
     started = time.perf_counter()
-    searcher = create_searcher(space, config.search, SEARCH_METRIC, SEARCH_MODE,
-                               flops_constraint(space, config.search.max_mflops))
+    counter, predictions = FlopsCounter(), {}
+    searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
+                               flops_constraint(space, config.search.proposal_limit_mflops, counter),
+                               cost=counter, predictions=predictions)
+    convergence = SearchConvergenceCallback(tracker, parent_run_id, paragon_cost.mflops, predictions)
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, tracker, parent_run_id, output_dir,
-                          console, supernet_state)
+                          console, supernet_state, extra_callbacks=[convergence])
     complete = results.num_terminated + results.num_errors == len(results)
     tracker.log_metrics(parent_run_id, {
         "stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
@@ -187,14 +197,22 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     })
 
     started = time.perf_counter()
-    report = collect_report(tracker, parent_run_id)
+    report = collect_report(tracker, parent_run_id, config.search.metric)
     tag_front(tracker, report)
     for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
         tracker.log_artifact(parent_run_id, path)
     tracker.log_metrics(parent_run_id, {
         "stage_pareto_seconds": time.perf_counter() - started,
         "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+        "trials_stopped_early": convergence.stopped_early,
     })
+    if config.search.budgets_mflops:
+        picks = best_per_budget(report, config.search.budgets_mflops)
+        record_budget_sweep(tracker, parent_run_id, picks, output_dir)
+        for pick in picks:
+            console.log(f"budget {pick.budget_mflops:g} MFLOPs ({pick.alias}): "
+                        + (f"{pick.best.arch_id}, {pick.best.mflops:.3f} MFLOPs, cross-model mAP "
+                           f"{pick.best.cross_map:.2f}" if pick.best else "no finished candidate within it"))
     return ("FINISHED" if complete else "KILLED"), report
 
 
@@ -250,7 +268,7 @@ def check_trial_fits(resources, strict: bool = True) -> None:
 
 
 def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console,
-                supernet_state=None):
+                supernet_state=None, extra_callbacks=()):
     resources = config.resources
     shared = SharedTrialInputs(
         data=data,
@@ -269,6 +287,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         mode=config.training.mode,
         supernet_state=supernet_state,
         calibration_images=config.supernet.calibration_images,
+        task=config.evaluation.task,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_candidate_trial, shared=shared),
@@ -277,7 +296,8 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
+            metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
+            scheduler=create_scheduler(config.search, max(1, config.training.trial_epochs)),
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
@@ -287,6 +307,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
             callbacks=[
                 MlflowTrialCallback(tracker, parent_run_id),
                 RichProgressCallback(console, config.search.num_candidates, config.training.trial_epochs),
+                *extra_callbacks,
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

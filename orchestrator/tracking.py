@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "cmpnas.trial_id"
 ROLE_TAG = "cmpnas.role"
 PARETO_TAG = "pareto"
+# A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
+STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
 # Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
@@ -52,7 +55,8 @@ class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
             raise LookupError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
@@ -68,7 +72,8 @@ class SearchTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri), self)
 
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
@@ -104,6 +109,29 @@ class SearchTracker:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=10000
         )
+
+
+class _TimedClient:
+    """An MlflowClient that adds the wall time of every call to its tracker's ``seconds_in_calls``,
+    so a search can say what tracking cost it."""
+
+    def __init__(self, client: MlflowClient, tracker: SearchTracker):
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self._tracker.seconds_in_calls += time.perf_counter() - started
+
+        return timed
 
 
 def _tracking_must_not_fail_trials(hook):
@@ -149,9 +177,12 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.tracker.log_metrics(run_id, {key: result[key] for key in EPOCH_METRICS if key in result}, step=epoch)
+        # Beside the fixed names, every metric of the evaluation task (cross_*, homo_*; see evaluators.tasks).
+        epoch_keys = [key for key in result if key in EPOCH_METRICS or key.startswith("cross_")]
+        self.tracker.log_metrics(run_id, {key: result[key] for key in epoch_keys}, step=epoch)
         if all(key in result for key in ("flops", "homo_r1")):
-            self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in FINAL_METRICS if key in result})
+            final_keys = [key for key in result if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))]
+            self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in final_keys})
             self.tracker.log_params(run_id, {key: result.get(key, "") for key in FINAL_PARAMS})
 
     @_tracking_must_not_fail_trials
@@ -165,6 +196,11 @@ class MlflowTrialCallback(Callback):
                 for name in (MODEL_FILE, SPEC_FILE):
                     if (Path(folder) / name).is_file():
                         self.tracker.log_artifact(run_id, Path(folder) / name, "model")
+        last = getattr(trial, "last_result", None) or {}
+        if not all(key in last for key in ("flops", "homo_r1")):
+            self.tracker.set_tag(run_id, STOPPED_EARLY_TAG, "true")
+            if "epoch" in last:
+                self.tracker.log_metrics(run_id, {"stopped_at_epoch": last["epoch"]})
         self.tracker.end_run(run_id, "FINISHED")
         self.ended.add(trial.trial_id)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity, measure_cpu_latency_ms
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
 from workers.bn_calibration import recalibrate_batch_norm
@@ -45,6 +45,7 @@ class SharedTrialInputs:
     mode: str = "scratch"
     supernet_state: dict[str, torch.Tensor] | None = None
     calibration_images: int = 2000
+    task: str = "retrieval"  # evaluators.tasks: which metrics every epoch reports
 
 
 def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
@@ -57,7 +58,7 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     device = pick_device()
     model = _initial_model(spec, shared, device)
     data, gallery = shared.data, shared.gallery
-    evaluator = RetrievalEvaluator()
+    task = create_task(shared.task)
     epochs = shared.training.optim.epochs
 
     def embed(split: str):
@@ -74,11 +75,11 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
 
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
         query_embeddings = embed("query")
-        cross = evaluator.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels)
-        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross.as_dict("cross")}
+        cross = task.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")
+        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross}
         if epoch == epochs:
-            homogeneous = evaluator.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels)
-            metrics.update(homogeneous.as_dict("homo"))
+            metrics.update(task.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels,
+                                         "homo"))
             metrics.update(_cost_metrics(model, spec, shared))
             # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
             metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
