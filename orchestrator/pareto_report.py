@@ -57,7 +57,7 @@ def collect_report(tracker: SearchTracker, parent_run_id: str) -> ParetoReport:
     rows = []
     for run in tracker.child_runs(parent_run_id):
         metrics = run.data.metrics
-        if run.info.status != "FINISHED" or "final_mflops" not in metrics:
+        if run.info.status != "FINISHED" or "final_mflops" not in metrics or run.data.tags.get("cmpnas.superseded") == "true":
             continue
         rows.append(
             CandidateRow(
