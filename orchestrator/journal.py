@@ -37,6 +37,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from orchestrator.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, SearchTracker, _param_value
 
@@ -281,7 +282,7 @@ class TrackingJournal:
             return
         run_id = self.run_id(ref)
         if run_id is None:
-            raise MlflowException(f"no MLflow run for {ref}", error_code="RESOURCE_DOES_NOT_EXIST")
+            raise MlflowException(f"no MLflow run for {ref}", error_code=RESOURCE_DOES_NOT_EXIST)
         if op == "log_params":
             batch = [Param(key, value) for key, value in args["params"].items()]
             for start in range(0, len(batch), 100):
