@@ -29,12 +29,12 @@ from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.journal import JOURNAL_FOLDER, PARENT, TrackingJournal, TrackingUnavailableError, is_transient
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
-from orchestrator.strategies import create_searcher
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
+from orchestrator.strategies import create_searcher
 from orchestrator.tracking import TRIAL_ID_TAG, MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
 from search_space import ArchSpec, SearchSpace, build_query_model, create_space
-from workers.checkpoint import CheckpointError
 from workers.candidate_training import CandidateTrainingSettings
+from workers.checkpoint import CheckpointError
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.fit import OptimSettings
 from workers.gallery_embeddings import compute_gallery_embeddings
@@ -214,7 +214,7 @@ def open_search_state(config: CmpnasConfig, output_dir: Path, tracking_uri: str,
 def open_tracker(tracking_uri: str, experiment: str) -> SearchTracker:
     try:
         return SearchTracker(tracking_uri, experiment)
-    except Exception as error:  # noqa: BLE001 - classified: only an outage becomes a user-facing error
+    except Exception as error:  # classified: only an outage becomes a user-facing error
         if is_transient(error):
             raise TrackingUnavailableError(
                 f"the tracking server at {tracking_uri} cannot be reached ({str(error).splitlines()[0][:300]}); "

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import threading
+import typing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,12 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from orchestrator.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, SearchTracker, _param_value
+from orchestrator.tracking import (
+    PARENT_RUN_TAG,
+    TRIAL_ID_TAG,
+    SearchTracker,
+    _param_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ def is_transient(error: BaseException) -> bool:
 class TrackingJournal:
     """The MLflow writer of one search: journal first, then send; ``folder=None`` sends directly."""
 
-    _open: dict[Path, TrackingJournal] = {}
+    _open: typing.ClassVar[dict[Path, TrackingJournal]] = {}
     _open_lock = threading.Lock()
 
     def __init__(self, tracker: SearchTracker, parent_run_id: str, folder: Path | None,

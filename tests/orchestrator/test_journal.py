@@ -7,9 +7,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
+from orchestrator.config import ConfigError, validate_config
 from orchestrator.journal import PARENT, RetryPolicy, TrackingJournal, is_transient, trial_ref
 from orchestrator.search_state import CHANGEABLE_ON_RESUME, check_resume_config
-from orchestrator.config import ConfigError, validate_config
 from orchestrator.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, SearchTracker
 from tests.conftest import tiny_tree
 
