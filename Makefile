@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[cpu,dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[cpu,dev,faces]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.

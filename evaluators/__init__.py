@@ -1,21 +1,31 @@
-"""Evaluators: retrieval metrics on FAISS, model complexity and latency, Pareto math and hypervolume."""
+"""Evaluators: retrieval and verification metrics on FAISS, model complexity and latency, Pareto math and hypervolume."""
 
 from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity, measure_cpu_latency_ms
 from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
 from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
+from evaluators.tasks import EvaluationTask, create_task, list_tasks, searchable_metrics
+from evaluators.verification import OperatingPoint, VerificationEvaluator, VerificationMetrics, tar_at_far
 
 __all__ = [
     "FLOPS_CONVENTION",
     "ComplexityReport",
+    "EvaluationTask",
     "FaissInnerProductKNN",
+    "OperatingPoint",
     "RetrievalEvaluator",
     "RetrievalMetrics",
+    "VerificationEvaluator",
+    "VerificationMetrics",
     "count_complexity",
+    "create_task",
     "dominates",
     "faiss_gpu_count",
     "hypervolume_2d",
+    "list_tasks",
     "measure_cpu_latency_ms",
     "pareto_front",
+    "searchable_metrics",
+    "tar_at_far",
 ]

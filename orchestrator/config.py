@@ -99,6 +99,17 @@ class TrainingConfig(_Section):
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
     )
+    mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
+        "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
+                               "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
+                               "supernet's weights, no training (screening)"
+    )
+    finetune_epochs: PositiveInt = Field(1, description="fine-tuning epochs of a candidate in mode inherit")
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs one candidate trains for in this mode (0: evaluated as inherited)."""
+        return {"scratch": self.epochs, "inherit": self.finetune_epochs, "inherit_zero_shot": 0}[self.mode]
 
     @field_validator("loss_weights")
     @classmethod
@@ -111,6 +122,23 @@ class TrainingConfig(_Section):
         if not any(value.values()):
             raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
         return value
+
+
+class SupernetConfig(_Section):
+    checkpoint: str | None = Field(
+        None, description="supernet weights written by `cmpnas supernet train` and read by the inherit modes; "
+                          "default: OUTPUT_DIR/supernet.safetensors"
+    )
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(0.05, ge=0)
+    num_random_subnets: int = Field(2, ge=0, description="random subnets per step, besides the largest and smallest")
+    distillation: bool = Field(True, description="in-place distillation from the largest subnet")
+    distillation_weight: float = Field(1.0, ge=0, description="weight of the distillation term when it is on")
+    calibration_images: PositiveInt = Field(2000, description="training images to recalibrate batch norm of a subnet")
+    cpus: PositiveFloat = Field(1, description="CPUs of the supernet training task (also its torch threads)")
+    gpus: float = Field(0, ge=0, le=1, description="GPUs of the supernet training task (0 or 1)")
 
 
 class EvolutionConfig(_Section):
@@ -126,8 +154,16 @@ class EvolutionConfig(_Section):
         return self
 
 
+class EvaluationConfig(_Section):
+    task: Literal["retrieval", "verification"] = Field(
+        "retrieval", description="retrieval: R@1, R@5, mAP; verification: those plus TAR@FAR 1e-2/1e-3 and rank-1"
+    )
+
+
 class SearchConfig(_Section):
     strategy: Literal["random", "evolution"] = "evolution"
+    metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
+                                                 "evaluation.task report")
     num_candidates: PositiveInt = 8
     max_concurrent: PositiveInt = Field(2, description="trials running at once")
     seed: int = 0
@@ -174,6 +210,8 @@ class CmpnasConfig(_Section):
     gallery: GalleryConfig = GalleryConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     training: TrainingConfig = TrainingConfig()
+    supernet: SupernetConfig = SupernetConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -184,6 +222,10 @@ class CmpnasConfig(_Section):
     @property
     def gallery_checkpoint_path(self) -> Path:
         return Path(self.gallery.checkpoint) if self.gallery.checkpoint else Path(self.output_dir) / "gallery.safetensors"
+
+    @property
+    def supernet_checkpoint_path(self) -> Path:
+        return Path(self.supernet.checkpoint) if self.supernet.checkpoint else Path(self.output_dir) / "supernet.safetensors"
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
@@ -222,9 +264,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
     try:
-        return CmpnasConfig.model_validate(tree)
+        config = CmpnasConfig.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e) for e in error.errors())) from None
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(f"  - {problem}" for problem in problems))
+    return config
+
+
+def cross_field_problems(config: CmpnasConfig) -> list[str]:
+    """Rules that tie fields of different sections together."""
+    from evaluators.tasks import list_tasks, searchable_metrics
+
+    problems = []
+    allowed = searchable_metrics(config.evaluation.task)
+    if config.search.metric not in allowed:
+        elsewhere = [task for task in list_tasks() if config.search.metric in searchable_metrics(task)]
+        hint = f"; or set evaluation.task to {elsewhere[0]!r}, whose trials report it" if elsewhere else ""
+        problems.append(f"search.metric: {config.search.metric!r} is not reported by the trials of evaluation.task="
+                        f"{config.evaluation.task!r}; allowed values are {list(allowed)}{hint}")
+    return problems
 
 
 def flatten_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

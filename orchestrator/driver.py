@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from evaluators import FLOPS_CONVENTION, RetrievalEvaluator, count_complexity
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task
 from orchestrator.config import CmpnasConfig
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.journal import JOURNAL_FOLDER, PARENT, TrackingJournal, TrackingUnavailableError, is_transient
@@ -31,6 +31,7 @@ from orchestrator.pareto_report import ParetoReport, collect_report, render_tabl
 from orchestrator.progress import RichProgressCallback
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
 from orchestrator.strategies import create_searcher
+from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
 from orchestrator.tracking import TRIAL_ID_TAG, MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
 from search_space import ArchSpec, SearchSpace, build_query_model, create_space
 from workers.candidate_training import CandidateTrainingSettings
@@ -42,7 +43,8 @@ from workers.preprocess import pick_device
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
 logger = logging.getLogger(__name__)
-SEARCH_METRIC, SEARCH_MODE = "cross_map", "max"
+# The metric is config.search.metric; every metric a task reports (evaluators.tasks) is maximised.
+SEARCH_MODE = "max"
 SEARCH_ID_TAG = "cmpnas.search_id"
 SUPERSEDED_TAG = "cmpnas.superseded"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
@@ -108,15 +110,18 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
     console = console or Console()
     log = console.log
     output_dir = prepare_output_dir(config)
+    require_supernet_checkpoint(config)
     tracking_uri = resolve_tracking_uri(config.tracking.uri)
     state = open_search_state(config, output_dir, tracking_uri, resume)
     if state.phase == "trials_done":
         log("every trial of this search has ended; recording its Pareto front")
         tracker = open_tracker(tracking_uri, state.experiment)
         journal = open_journal(tracker, state, output_dir)
-        report = finalize_search(tracker, journal, state, output_dir, config.tracking.outage_wait_s, console)
+        report = finalize_search(tracker, journal, state, output_dir, config.tracking.outage_wait_s, console,
+                                 config.search.metric)
         return SearchOutcome(state.parent_run_id, report, output_dir, 0)
     timings: dict[str, float] = {}
+    search_started = time.perf_counter()
 
     started = time.perf_counter()
     data = load_data(config)
@@ -135,23 +140,33 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         )
     space = create_space(config.search_space.name, embed_dim=gallery_checkpoint.model.arch.embed_dim,
                          in_chans=data.in_chans)
+    supernet = load_supernet_for_search(config, space, gallery_checkpoint.fingerprint)
+    if supernet is not None:
+        log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
+            f"(fingerprint {supernet.fingerprint[:12]})")
 
     gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
     timings["stage_gallery_embedding_seconds"] = gallery.seconds
     log(f"gallery model embedded {gallery.images_embedded} images once for the whole search ({gallery.seconds:.1f}s)")
-    paragon_metrics = RetrievalEvaluator().evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels)
+    paragon_metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
+                                                                   data.gallery.labels, "paragon")
     paragon_cost = count_complexity(gallery_checkpoint.model, (data.in_chans, data.image_size, data.image_size))
     gallery_checkpoint.model.to("cpu")
-    log(f"paragon: R@1 {paragon_metrics.recall_at_1:.2f}, mAP {paragon_metrics.mean_average_precision:.2f}, "
-        f"{paragon_cost.mflops:.1f} MFLOPs")
+    searched = config.search.metric.removeprefix("cross_")
+    log(f"paragon: R@1 {paragon_metrics['paragon_r1']:.2f}, mAP {paragon_metrics['paragon_map']:.2f}, "
+        f"{searched} {paragon_metrics['paragon_' + searched]:.2f}, {paragon_cost.mflops:.1f} MFLOPs")
 
+    started = time.perf_counter()
     started_ray = connect_ray(config)
+    timings["stage_ray_start_seconds"] = time.perf_counter() - started
     try:
         tracker = open_tracker(tracking_uri, config.tracking.experiment)
         run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
                 "flops_convention": FLOPS_CONVENTION, "dataset": data.name,
-                "gallery_backbone": gallery_checkpoint.model.arch.backbone, SEARCH_ID_TAG: state.search_id}
+                "gallery_backbone": gallery_checkpoint.model.arch.backbone, "training_mode": config.training.mode,
+                **({"supernet_fingerprint": supernet.fingerprint} if supernet is not None else {}),
+                SEARCH_ID_TAG: state.search_id}
         state = attach_parent_run(tracker, state, run_name, tags, config, output_dir)
         state.gallery_fingerprint = gallery.fingerprint
         state.save(output_dir)
@@ -164,13 +179,19 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
         try:
             status, report = _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics,
-                                           paragon_cost, timings, tracker, journal, state, output_dir, console)
+                                           paragon_cost, timings, tracker, journal, state, output_dir, console,
+                                           supernet_state=supernet.state if supernet is not None else None)
         except TrackingUnavailableError:
             raise  # nothing failed: the records wait in the journal for `cmpnas sync`
         except BaseException:
             journal.set_status(PARENT, "FAILED")
             journal.flush()
             raise
+        # Tracking time overlaps the other stages (MLflow calls made during them); one row per session.
+        journal.log_metrics(PARENT, {"stage_tracking_seconds": tracker.seconds_in_calls,
+                                     "search_wall_seconds": time.perf_counter() - search_started},
+                            step=state.sessions - 1, key=f"parent/wall/{state.sessions}")
+        journal.flush()
     finally:
         if started_ray:
             ray.shutdown()
@@ -244,7 +265,7 @@ def attach_parent_run(tracker: SearchTracker, state: SearchState, run_name: str,
 
 
 def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics, paragon_cost, timings,
-                  tracker, journal, state, output_dir, console) -> tuple[str, ParetoReport]:
+                  tracker, journal, state, output_dir, console, supernet_state=None) -> tuple[str, ParetoReport]:
     """Everything recorded under the parent run; returns its final status and the report.
 
     Each record has a journal key, so a resumed search does not log it twice.
@@ -258,16 +279,16 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     journal.log_artifact(PARENT, config_file, key="parent/config.json")
     journal.log_metrics(PARENT, {
-        "paragon_r1": paragon_metrics.recall_at_1, "paragon_r5": paragon_metrics.recall_at_5,
-        "paragon_map": paragon_metrics.mean_average_precision,
+        **paragon_metrics,
         "paragon_flops": paragon_cost.flops, "paragon_mflops": paragon_cost.mflops,
         "paragon_params": paragon_cost.params, "gallery_images_embedded": gallery.images_embedded, **timings,
     }, key="parent/paragon")
 
     started = time.perf_counter()
-    searcher = create_searcher(space, config.search, SEARCH_METRIC, SEARCH_MODE,
+    searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
                                flops_constraint(space, config.search.max_mflops))
-    results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, journal, state, console)
+    results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, journal, state, console,
+                          supernet_state)
     complete = results.num_terminated + results.num_errors == len(results)
     summary = {"stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
                "trials_failed": results.num_errors}
@@ -280,7 +301,8 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     else:
         state = state.moved_to("interrupted")
     state.save(output_dir)
-    report = finalize_search(tracker, journal, state, output_dir, config.tracking.outage_wait_s, console)
+    report = finalize_search(tracker, journal, state, output_dir, config.tracking.outage_wait_s, console,
+                             config.search.metric)
     return ("FINISHED" if complete else "KILLED"), report
 
 
@@ -298,7 +320,7 @@ def _trial_id(result) -> str:
 
 
 def finalize_search(tracker: SearchTracker, journal: TrackingJournal, state: SearchState, output_dir: Path,
-                    outage_wait_s: float, console: Console) -> ParetoReport:
+                    outage_wait_s: float, console: Console, metric: str = "cross_map") -> ParetoReport:
     """Send what is journaled, then select and record the Pareto front from MLflow.
 
     Needs the tracking server: if it stays unreachable for ``outage_wait_s`` the records stay in
@@ -319,7 +341,7 @@ def finalize_search(tracker: SearchTracker, journal: TrackingJournal, state: Sea
     try:
         started = time.perf_counter()
         _supersede_orphan_runs(tracker, journal, state)
-        report = collect_report(tracker, state.parent_run_id)
+        report = collect_report(tracker, state.parent_run_id, metric)
         tag_front(tracker, report)
         for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
             journal.log_artifact(PARENT, path)
@@ -406,13 +428,13 @@ def check_trial_fits(resources, strict: bool = True) -> None:
             logger.warning("%s (unless the cluster autoscales)", message)
 
 
-def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, console):
+def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, console, supernet_state=None):
     resources = config.resources
     shared = SharedTrialInputs(
         data=data,
         gallery=gallery,
         training=CandidateTrainingSettings(
-            optim=OptimSettings(epochs=config.training.epochs, batch_size=config.training.batch_size,
+            optim=OptimSettings(epochs=config.training.trial_epochs, batch_size=config.training.batch_size,
                                 lr=config.training.lr, weight_decay=config.training.weight_decay,
                                 seed=config.search.seed),
             loss_weights=dict(config.training.loss_weights),
@@ -422,6 +444,10 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, 
         paragon_flops=paragon_flops,
         threads_per_trial=max(1, math.ceil(resources.cpus_per_trial)),
         measure_latency=resources.measure_latency,
+        mode=config.training.mode,
+        supernet_state=supernet_state,
+        calibration_images=config.supernet.calibration_images,
+        task=config.evaluation.task,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_candidate_trial, shared=shared),
@@ -438,7 +464,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, 
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=SEARCH_METRIC, mode=SEARCH_MODE, search_alg=searcher,
+            metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
@@ -447,7 +473,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, 
             storage_path=storage_path,
             callbacks=[
                 MlflowTrialCallback(journal.tracker, journal.parent_run_id, journal),
-                RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
+                RichProgressCallback(console, config.search.num_candidates, config.training.trial_epochs),
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -17,7 +17,9 @@ from rich.table import Table
 from evaluators import FLOPS_CONVENTION, pareto_front
 from orchestrator.tracking import PARETO_TAG, SearchTracker
 
-OBJECTIVES = (("cross_map", "max"), ("mflops", "min"))
+# The accuracy objective is the search's own metric (``search.metric``, cross_map by default).
+OBJECTIVES = (("score", "max"), ("mflops", "min"))
+DEFAULT_METRIC = "cross_map"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class CandidateRow:
     cross_map: float
     homo_r1: float
     latency_ms: float
+    score: float = math.nan  # the searched metric (ParetoReport.metric)
     pareto: bool = False
 
 
@@ -40,20 +43,28 @@ class ParagonRow:
     params: int
     r1: float
     map: float
+    score: float = math.nan
 
 
 @dataclass(frozen=True)
 class ParetoReport:
     candidates: list[CandidateRow]
     paragon: ParagonRow | None
+    metric: str = DEFAULT_METRIC
 
     @property
     def front(self) -> list[CandidateRow]:
         return sorted((row for row in self.candidates if row.pareto), key=lambda row: row.mflops)
 
 
-def collect_report(tracker: SearchTracker, parent_run_id: str) -> ParetoReport:
-    """Finished child runs with final metrics, marked on the front by (max cross mAP, min FLOPs)."""
+def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | None = None) -> ParetoReport:
+    """Finished child runs with final metrics, marked on the front by (max ``metric``, min FLOPs).
+
+    ``metric`` defaults to the search's own (its ``search.metric`` parameter; cross_map for
+    searches recorded before that field existed).
+    """
+    parent_run = tracker.client.get_run(parent_run_id)
+    metric = metric or parent_run.data.params.get("search.metric", DEFAULT_METRIC)
     rows = []
     for run in tracker.child_runs(parent_run_id):
         metrics = run.data.metrics
@@ -70,16 +81,18 @@ def collect_report(tracker: SearchTracker, parent_run_id: str) -> ParetoReport:
                 cross_map=metrics.get("final_cross_map", math.nan),
                 homo_r1=metrics.get("final_homo_r1", math.nan),
                 latency_ms=metrics.get("final_latency_ms", math.nan),
+                score=metrics.get(f"final_{metric}", math.nan),
             )
         )
     front = set(pareto_front([[getattr(row, name) for name, _ in OBJECTIVES] for row in rows], [s for _, s in OBJECTIVES]))
     rows = [CandidateRow(**{**asdict(row), "pareto": index in front}) for index, row in enumerate(rows)]
-    parent = tracker.client.get_run(parent_run_id).data.metrics
+    parent = parent_run.data.metrics
     paragon = None
     if "paragon_mflops" in parent:
         paragon = ParagonRow(parent["paragon_mflops"], int(parent.get("paragon_params", 0)),
-                             parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan))
-    return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon)
+                             parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan),
+                             parent.get("paragon_" + metric.removeprefix("cross_"), math.nan))
+    return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, metric)
 
 
 def tag_front(tracker: SearchTracker, report: ParetoReport) -> None:
@@ -91,11 +104,12 @@ def write_csv(report: ParetoReport, path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run_id", "arch_id", "mflops", "params", "cost_reduction", "cross_r1", "cross_map",
-                         "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon"])
+                         "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon", "searched_metric", "searched_value"])
         for row in report.candidates:
             writer.writerow([row.run_id, row.arch_id, f"{row.mflops:.4f}", row.params, f"{row.cost_reduction:.2f}",
                              f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
-                             f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}"])
+                             f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}", report.metric,
+                             f"{row.score:.2f}"])
     return path
 
 
@@ -107,15 +121,15 @@ def write_plot(report: ParetoReport, path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     others = [row for row in report.candidates if not row.pareto]
-    axes.scatter([r.mflops for r in others], [r.cross_map for r in others], c="0.6", label="candidates")
+    axes.scatter([r.mflops for r in others], [r.score for r in others], c="0.6", label="candidates")
     front = report.front
-    axes.plot([r.mflops for r in front], [r.cross_map for r in front], "o-", c="tab:red", label="Pareto front")
+    axes.plot([r.mflops for r in front], [r.score for r in front], "o-", c="tab:red", label="Pareto front")
     if report.paragon:
-        axes.scatter([report.paragon.mflops], [report.paragon.map], marker="*", s=200, c="tab:blue",
+        axes.scatter([report.paragon.mflops], [report.paragon.score], marker="*", s=200, c="tab:blue",
                      label="paragon (gallery/gallery)")
     axes.set_xscale("log")
     axes.set_xlabel("query model MFLOPs (fvcore, 1 multiply-add = 1 flop)")
-    axes.set_ylabel("cross-model mAP (%)")
+    axes.set_ylabel(f"{report.metric} (%)")
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -125,17 +139,22 @@ def write_plot(report: ParetoReport, path: Path) -> Path:
 
 
 def render_table(report: ParetoReport, console: Console, only_front: bool = True) -> None:
-    table = Table(title="Pareto front (max cross-model mAP, min FLOPs)" if only_front else "All candidates")
-    for column in ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", "homo R@1", "gap R@1", "latency ms"):
+    table = Table(title=f"Pareto front (max {report.metric}, min FLOPs)" if only_front else "All candidates")
+    # A searched metric other than R@1 and mAP (e.g. cross_tar_far_1e-2) gets its own column.
+    extra = report.metric not in ("cross_r1", "cross_map")
+    columns = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
+               "homo R@1", "gap R@1", "latency ms")
+    for column in columns:
         table.add_column(column, justify="right" if column != "arch" else "left")
     if report.paragon:
         p = report.paragon
         table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-                      f"{p.r1:.2f}", "0.00", "", style="bold blue")
+                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", style="bold blue")
     for row in report.front if only_front else report.candidates:
         table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
-                      f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
-                      f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", style="bold" if row.pareto else None)
+                      f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", *((f"{row.score:.2f}",) if extra else ()),
+                      f"{row.homo_r1:.2f}", f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}",
+                      style="bold" if row.pareto else None)
     console.print(table)
     console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points.")
 

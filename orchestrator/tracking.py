@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ PARETO_TAG = "pareto"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
 # Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
-FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id")
+FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb",
+    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds",
 )
 
 
@@ -53,7 +54,8 @@ class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
             raise LookupError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
@@ -69,7 +71,8 @@ class SearchTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.seconds_in_calls = 0.0
+        self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri), self)
 
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
@@ -105,6 +108,29 @@ class SearchTracker:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=10000
         )
+
+
+class _TimedClient:
+    """An MlflowClient that adds the wall time of every call to its tracker's ``seconds_in_calls``,
+    so a search can say what tracking cost it."""
+
+    def __init__(self, client: MlflowClient, tracker: SearchTracker):
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self._tracker.seconds_in_calls += time.perf_counter() - started
+
+        return timed
 
 
 def _tracking_must_not_fail_trials(hook):
@@ -199,11 +225,12 @@ class MlflowTrialCallback(Callback):
 
         ref = trial_ref(trial.trial_id)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.journal.log_metrics(ref, {key: result[key] for key in EPOCH_METRICS if key in result}, step=epoch,
-                                 key=f"{ref}/epoch/{epoch}")
+        # Beside the fixed names, every metric of the evaluation task (cross_*, homo_*; see evaluators.tasks).
+        epoch_keys = [key for key in result if key in EPOCH_METRICS or key.startswith("cross_")]
+        self.journal.log_metrics(ref, {key: result[key] for key in epoch_keys}, step=epoch, key=f"{ref}/epoch/{epoch}")
         if all(key in result for key in ("flops", "homo_r1")):
-            self.journal.log_metrics(ref, {f"final_{key}": result[key] for key in FINAL_METRICS if key in result},
-                                     key=f"{ref}/final")
+            final_keys = [key for key in result if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))]
+            self.journal.log_metrics(ref, {f"final_{key}": result[key] for key in final_keys}, key=f"{ref}/final")
             self.journal.log_params(ref, {key: result.get(key, "") for key in FINAL_PARAMS}, key=f"{ref}/final-params")
 
     @_tracking_must_not_fail_trials

@@ -41,7 +41,9 @@ class GalleryEmbeddingNet(nn.Module):
         self.arch = arch
         self.backbone = timm.create_model(arch.backbone, pretrained=False, in_chans=arch.in_chans, num_classes=0)
         _adapt_stem(self.backbone, arch.stem_stride)
-        self.embedding = nn.Linear(self.backbone.num_features, arch.embed_dim)
+        # Models with a pre-logits head (MobileNetV3: conv_head) output head_hidden_size features.
+        features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.embedding = nn.Linear(features, arch.embed_dim)
         self.classifier = nn.Linear(arch.embed_dim, arch.num_classes)
         self.images_embedded = 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workers.datasets import fashion_mnist
+from workers.datasets import fashion_mnist, orl_faces
 from workers.datasets.image_folder import load_image_folder
 from workers.datasets.splits import stratified_split
 from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData, channel_statistics
@@ -93,6 +93,39 @@ def _image_folder(request: DataRequest) -> RetrievalData:
     mean, std = channel_statistics(train.images)
     return RetrievalData(
         name=f"image_folder:{request.root}",
+        train=train,
+        query=everything.subset(query_index),
+        gallery=everything.subset(gallery_index),
+        class_names=class_names,
+        mean=mean,
+        std=std,
+    )
+
+
+@register_source("orl_faces")
+def _orl_faces(request: DataRequest) -> RetrievalData:
+    """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
+
+    Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
+    give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
+    """
+    images, labels, class_names = orl_faces.load_faces(orl_faces.locate(request.root), request.image_size,
+                                                       request.channels)
+    train_size = len(labels) - request.query_size - request.gallery_size if request.train_size is None \
+        else request.train_size
+    if train_size < 1:
+        raise DataError(f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves "
+                        f"no training images out of the {len(labels)} ORL faces; lower them")
+    _check_sizes(len(labels), "ORL faces", query_size=request.query_size, gallery_size=request.gallery_size,
+                 train_size=train_size)
+    query_index, gallery_index, train_index = stratified_split(
+        labels, [request.query_size, request.gallery_size, train_size], request.seed
+    )
+    everything = ImageSet(images, labels)
+    train = everything.subset(train_index)
+    mean, std = channel_statistics(train.images)
+    return RetrievalData(
+        name="orl_faces",
         train=train,
         query=everything.subset(query_index),
         gallery=everything.subset(gallery_index),

