@@ -27,7 +27,8 @@ def sync_search(output_dir: str | Path, tracking_uri: str | None, wait_s: float,
     journal = open_journal(tracker, state, output_dir)
     before = journal.pending
     if state.phase == "trials_done":
-        finalize_search(tracker, journal, state, output_dir, wait_s, console)
+        finalize_search(tracker, journal, state, output_dir, wait_s, console,
+                        state.config.get("search", {}).get("metric", "cross_map"))
         return (f"sent {before} journaled writes to {uri}; every trial had ended: Pareto front recorded, "
                 f"parent run {state.parent_run_id} FINISHED")
     if not journal.drain(wait_s):
