@@ -25,7 +25,8 @@ from orchestrator.journal import JOURNAL_FOLDER, JOURNAL_FILE
 from orchestrator.search_state import SearchState
 from tests.conftest import _free_port, tiny_tree
 
-pytestmark = pytest.mark.integration
+# Each test runs two or three tiny searches as processes; the first also waits for the session's gallery.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 EPOCHS, CANDIDATES = 2, 3
 EPOCH_METRICS = ("loss", "cross_r1", "cross_map")
 
@@ -49,7 +50,7 @@ def start_cli(tmp_path, *args) -> subprocess.Popen:
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "COLUMNS": "200"})
+                                   env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
     process.log = log
     return process
 
@@ -231,14 +232,15 @@ def restartable_mlflow_server(tmp_path):
         def start(self):
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                             start_new_session=True)
-            for _ in range(240):
+            deadline = time.monotonic() + 240  # a loaded CI machine can take minutes to import mlflow
+            while time.monotonic() < deadline:
                 try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                         if response.status == 200:
                             return
                 except OSError:
                     time.sleep(0.25)
-            raise AssertionError("mlflow server did not become healthy in 60 s")
+            raise AssertionError("mlflow server did not become healthy in 240 s")
 
         def stop(self):
             if self.process is not None:
