@@ -160,15 +160,75 @@ class EvaluationConfig(_Section):
     )
 
 
+class Nsga2Config(_Section):
+    """Optuna's NSGAIISampler settings (two objectives: cross-model mAP up, MFLOPs down)."""
+
+    population_size: PositiveInt = Field(4, ge=2, description="trials per generation")
+    mutation_probability: float | None = Field(None, gt=0, le=1, description="per-gene; null: 1 / number of genes")
+    crossover_probability: float = Field(0.9, ge=0, le=1)
+    swapping_probability: float = Field(0.5, ge=0, le=1, description="uniform crossover: per-gene swap probability")
+
+
+class AshaConfig(_Section):
+    """Ray Tune's ASHAScheduler on the per-epoch cross-model mAP (time attribute: epoch)."""
+
+    grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="keep the top 1/reduction_factor at each rung")
+
+
+class PredictorConfig(_Section):
+    """Accuracy predictor that pre-screens proposals (ridge regression on one-hot genes)."""
+
+    enabled: bool = False
+    candidates_per_proposal: PositiveInt = Field(8, description="proposals screened; the best predicted is tried")
+    min_observations: PositiveInt = Field(4, ge=2, description="evaluated candidates before screening starts")
+    l2: PositiveFloat = Field(1.0, description="ridge penalty")
+
+
 class SearchConfig(_Section):
-    strategy: Literal["random", "evolution"] = "evolution"
+    strategy: Literal["random", "evolution", "nsga2"] = "evolution"
     metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
                                                  "evaluation.task report")
     num_candidates: PositiveInt = 8
     max_concurrent: PositiveInt = Field(2, description="trials running at once")
     seed: int = 0
     max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore MFLOPs)")
+    budgets_mflops: list[PositiveFloat] | None = Field(
+        None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
+    )
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on cross_map")
     evolution: EvolutionConfig = EvolutionConfig()
+    nsga2: Nsga2Config = Nsga2Config()
+    asha: AshaConfig = AshaConfig()
+    predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("budgets_mflops")
+    @classmethod
+    def _distinct_budgets(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one budget, or null for no budget sweep")
+        if len(set(value)) != len(value):
+            raise ValueError("budgets must be distinct")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _budgets_and_predictor_fit_the_strategy(self) -> SearchConfig:
+        if self.budgets_mflops and self.max_mflops is not None and max(self.budgets_mflops) > self.max_mflops:
+            raise ValueError(f"budgets_mflops {self.budgets_mflops} exceed max_mflops={self.max_mflops}: "
+                             "raise max_mflops, drop it (the largest budget then bounds proposals) or lower the budgets")
+        if self.predictor.enabled and self.strategy == "nsga2":
+            raise ValueError("predictor.enabled works with the random and evolution strategies; "
+                             "NSGA-II proposes through Optuna's sampler")
+        return self
+
+    @property
+    def proposal_limit_mflops(self) -> float | None:
+        """FLOPs bound of every proposal: max_mflops, else the largest budget of a sweep."""
+        if self.max_mflops is not None:
+            return self.max_mflops
+        return max(self.budgets_mflops) if self.budgets_mflops else None
 
 
 class ResourcesConfig(_Section):
@@ -218,6 +278,13 @@ class CmpnasConfig(_Section):
     ray: RayConfig = RayConfig()
     export: ExportConfig = ExportConfig()
     output_dir: str = Field("outputs/quickstart", min_length=1)
+
+    @model_validator(mode="after")
+    def _asha_can_stop_something(self) -> CmpnasConfig:
+        if self.search.scheduler == "asha" and self.search.asha.grace_period >= self.training.epochs:
+            raise ValueError(f"search.asha.grace_period={self.search.asha.grace_period} must be below "
+                             f"training.epochs={self.training.epochs} for ASHA to stop any trial early")
+        return self
 
     @property
     def gallery_checkpoint_path(self) -> Path:

@@ -24,7 +24,10 @@ from ray import tune
 from rich.console import Console
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.early_stopping import create_scheduler
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.journal import JOURNAL_FOLDER, PARENT, TrackingJournal, TrackingUnavailableError, is_transient
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
@@ -32,8 +35,9 @@ from orchestrator.progress import RichProgressCallback
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
 from orchestrator.strategies import create_searcher
 from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
+from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from orchestrator.tracking import TRIAL_ID_TAG, MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
-from search_space import ArchSpec, SearchSpace, build_query_model, create_space
+from search_space import SearchSpace, create_space
 from workers.candidate_training import CandidateTrainingSettings
 from workers.checkpoint import CheckpointError
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
@@ -91,16 +95,11 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
     return load_retrieval_data(data.source, request)
 
 
-def flops_constraint(space: SearchSpace, max_mflops: float | None):
+def flops_constraint(space: SearchSpace, max_mflops: float | None, counter: FlopsCounter | None = None):
     """A predicate for proposals, or None; FLOPs measured with fvcore on the built candidate."""
     if max_mflops is None:
         return None
-
-    def within_budget(spec: ArchSpec) -> bool:
-        model = build_query_model(spec)
-        return count_complexity(model, (spec.in_chans, spec.resolution, spec.resolution)).mflops <= max_mflops
-
-    return within_budget
+    return WithinBudget(counter or FlopsCounter(), max_mflops)
 
 
 def run_search(config: CmpnasConfig, console: Console | None = None, resume: bool = False) -> SearchOutcome:
@@ -285,15 +284,19 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     }, key="parent/paragon")
 
     started = time.perf_counter()
+    counter, predictions = FlopsCounter(), {}
     searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
-                               flops_constraint(space, config.search.max_mflops))
+                               flops_constraint(space, config.search.proposal_limit_mflops, counter),
+                               cost=counter, predictions=predictions)
+    convergence = SearchConvergenceCallback(tracker, state.parent_run_id, paragon_cost.mflops, predictions)
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, journal, state, console,
-                          supernet_state)
+                          supernet_state, extra_callbacks=[convergence])
     complete = results.num_terminated + results.num_errors == len(results)
     summary = {"stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
                "trials_failed": results.num_errors}
     if state.sessions == 1:  # a restored experiment runs Tune's copy of the searcher, not this one
         summary["strategy_results_observed"] = searcher.observed
+        summary["trials_stopped_early"] = convergence.stopped_early
     state.trial_ids = sorted(_trial_id(result) for result in results)
     if complete:
         journal.log_metrics(PARENT, {**summary, "search_sessions": state.sessions}, key="parent/summary")
@@ -303,6 +306,13 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     state.save(output_dir)
     report = finalize_search(tracker, journal, state, output_dir, config.tracking.outage_wait_s, console,
                              config.search.metric)
+    if config.search.budgets_mflops:
+        picks = best_per_budget(report, config.search.budgets_mflops)
+        record_budget_sweep(tracker, state.parent_run_id, picks, output_dir)
+        for pick in picks:
+            console.log(f"budget {pick.budget_mflops:g} MFLOPs ({pick.alias}): "
+                        + (f"{pick.best.arch_id}, {pick.best.mflops:.3f} MFLOPs, cross-model mAP "
+                           f"{pick.best.cross_map:.2f}" if pick.best else "no finished candidate within it"))
     return ("FINISHED" if complete else "KILLED"), report
 
 
@@ -428,7 +438,8 @@ def check_trial_fits(resources, strict: bool = True) -> None:
             logger.warning("%s (unless the cluster autoscales)", message)
 
 
-def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, console, supernet_state=None):
+def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, console, supernet_state=None,
+                extra_callbacks=()):
     resources = config.resources
     shared = SharedTrialInputs(
         data=data,
@@ -465,6 +476,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, 
         trainable,
         tune_config=tune.TuneConfig(
             metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
+            scheduler=create_scheduler(config.search, max(1, config.training.trial_epochs)),
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
@@ -474,6 +486,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, journal, state, 
             callbacks=[
                 MlflowTrialCallback(journal.tracker, journal.parent_run_id, journal),
                 RichProgressCallback(console, config.search.num_candidates, config.training.trial_epochs),
+                *extra_callbacks,
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -30,6 +30,8 @@ TRIAL_ID_TAG = "cmpnas.trial_id"
 ROLE_TAG = "cmpnas.role"
 RETRIES_TAG = "cmpnas.retries"
 PARETO_TAG = "pareto"
+# A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
+STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
 # Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
@@ -244,6 +246,11 @@ class MlflowTrialCallback(Callback):
                 for name in (MODEL_FILE, SPEC_FILE):
                     if (Path(folder) / name).is_file():
                         self.journal.log_artifact(ref, Path(folder) / name, "model", key=f"{ref}/model/{name}")
+        last = getattr(trial, "last_result", None) or {}
+        if not all(key in last for key in ("flops", "homo_r1")):
+            self.journal.set_tags(ref, {STOPPED_EARLY_TAG: "true"})
+            if "epoch" in last:
+                self.journal.log_metrics(ref, {"stopped_at_epoch": last["epoch"]}, key=f"{ref}/stopped")
         self.journal.set_status(ref, "FINISHED")
         self.ended.add(trial.trial_id)
 
