@@ -102,6 +102,12 @@ def _bad_values(field) -> st.SearchStrategy:
             st.fixed_dictionaries({"bct_influence": st.one_of(NON_FINITE, NON_NUMERIC_TEXT)}),
             st.just({"own_classifier": 0.0, "bct_influence": 0.0}),
         )
+    if typing.get_origin(base) is list:  # e.g. search.budgets_mflops: positive numbers
+        return st.one_of(
+            st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2), NON_NUMERIC_TEXT,
+            st.lists(st.floats(max_value=0), min_size=1, max_size=3),
+            st.lists(NON_NUMERIC_TEXT, min_size=1, max_size=3), st.lists(NON_FINITE, min_size=1, max_size=2),
+        )
     raise AssertionError(f"no bad-value strategy for {field.annotation}")
 
 
