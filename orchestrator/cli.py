@@ -26,12 +26,22 @@ SetOption = typer.Option(None, "--set", help="override a field, e.g. --set searc
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.driver import OutputDirError, ResourceRequestError
+    from orchestrator.search_state import ResumeError
     from search_space import OutOfSpaceError, SpecFormatError
     from workers.checkpoint import CheckpointError
     from workers.datasets import DataError
 
     return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, OutputDirError,
-            ResourceRequestError)
+            ResourceRequestError, ResumeError)
+
+
+# Exit status when results are safe in the local journal but not yet in MLflow: retry later.
+EXIT_TRACKING_UNAVAILABLE = 3
+
+
+def _tracking_unavailable(error: BaseException) -> None:
+    console.print(f"[bold yellow]tracking unavailable:[/] {error}", markup=True, highlight=False)
+    raise typer.Exit(code=EXIT_TRACKING_UNAVAILABLE)
 
 
 def _fail(error: BaseException) -> None:
@@ -44,15 +54,60 @@ def search(
     config: Optional[Path] = ConfigOption,
     overrides: Optional[list[str]] = SetOption,
     address: Optional[str] = typer.Option(None, help="join a Ray cluster: 'auto' or ray://host:10001 (ray.address)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted search recorded in output_dir: "
+                                "same MLflow parent run, finished trials kept (see docs/reliability.md)"),
 ) -> None:
     """Run a search: gallery model, candidates on Ray Tune, results and Pareto front in MLflow."""
+    from orchestrator.journal import TrackingUnavailableError
+
     try:
-        settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
+        extra = [*(overrides or []), *([f"ray.address={address}"] if address else [])]
+        settings = load_config(config, extra)
+        if resume and config is None:
+            settings = _recorded_config(settings, extra)
         from orchestrator.driver import run_search
 
-        run_search(settings, console)
+        run_search(settings, console, resume=resume)
     except _user_errors() as error:
         _fail(error)
+    except TrackingUnavailableError as error:
+        _tracking_unavailable(error)
+
+
+def _recorded_config(settings, overrides: list[str]):
+    """Without --config, a resume continues with the configuration the search was started with
+    (found in output_dir, which --set output_dir=... may point at), plus the --set overrides."""
+    from orchestrator.config import apply_override, validate_config
+    from orchestrator.search_state import SearchState
+
+    recorded = SearchState.load(settings.output_dir)
+    if recorded is None:
+        return settings
+    tree = dict(recorded.config)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return validate_config(tree, source=f"the configuration recorded in {settings.output_dir}")
+
+
+@app.command()
+def sync(
+    output_dir: Path = typer.Option(..., help="the output_dir of the search whose journal to send"),
+    tracking_uri: Optional[str] = typer.Option(None, help="default: the URI the search was recording to"),
+    wait: float = typer.Option(30.0, help="seconds to keep retrying an unreachable tracking server"),
+) -> None:
+    """Send a search's journaled MLflow records (idempotent) and, once its trials have all ended,
+    record its Pareto front."""
+    from orchestrator.journal import TrackingUnavailableError
+
+    try:
+        from orchestrator.sync import sync_search
+
+        summary = sync_search(output_dir, tracking_uri, wait, console)
+        console.print(summary)
+    except _user_errors() as error:
+        _fail(error)
+    except TrackingUnavailableError as error:
+        _tracking_unavailable(error)
 
 
 @gallery_app.command("train")

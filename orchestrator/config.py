@@ -24,7 +24,16 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are never meaningful here (a learning rate of inf trains to NaN for hours).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        # Names and paths end up in file systems and MLflow: a NUL byte is refused there, too late.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class DataConfig(_Section):
@@ -63,7 +72,8 @@ class GalleryConfig(_Section):
     def _known_backbone(cls, value: str) -> str:
         import timm
 
-        if not timm.list_models(value):
+        # An exact name: list_models() would also accept a pattern such as 'res*'.
+        if not timm.is_model(value):
             raise ValueError(f"{value!r} is not a timm model; see timm.list_models() (e.g. 'resnet18')")
         return value
 
@@ -232,8 +242,12 @@ class TrackingConfig(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db"
     )
-    experiment: str = "cmpnas-quickstart"
+    experiment: str = Field("cmpnas-quickstart", min_length=1)
     run_name: str | None = None
+    outage_wait_s: float = Field(
+        60, ge=0, description="at the end of a search, how long to wait for an unreachable tracking server before "
+                              "leaving the journaled records to `cmpnas sync`"
+    )
 
 
 class ExportConfig(_Section):
@@ -263,7 +277,7 @@ class CmpnasConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     export: ExportConfig = ExportConfig()
-    output_dir: str = "outputs/quickstart"
+    output_dir: str = Field("outputs/quickstart", min_length=1)
 
     @model_validator(mode="after")
     def _asha_can_stop_something(self) -> CmpnasConfig:
@@ -338,6 +352,18 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
         problems.append(f"search.metric: {config.search.metric!r} is not reported by the trials of evaluation.task="
                         f"{config.evaluation.task!r}; allowed values are {list(allowed)}{hint}")
     return problems
+
+
+def flatten_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: the dotted names that errors and overrides use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_fields(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _describe(error: dict[str, Any]) -> str:

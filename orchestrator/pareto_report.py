@@ -68,7 +68,7 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
     rows = []
     for run in tracker.child_runs(parent_run_id):
         metrics = run.data.metrics
-        if run.info.status != "FINISHED" or "final_mflops" not in metrics:
+        if run.info.status != "FINISHED" or "final_mflops" not in metrics or run.data.tags.get("cmpnas.superseded") == "true":
             continue
         rows.append(
             CandidateRow(

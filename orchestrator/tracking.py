@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 PARENT_RUN_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "cmpnas.trial_id"
 ROLE_TAG = "cmpnas.role"
+RETRIES_TAG = "cmpnas.retries"
 PARETO_TAG = "pareto"
 # A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
 STOPPED_EARLY_TAG = "cmpnas.stopped_early"
@@ -150,78 +151,132 @@ def _tracking_must_not_fail_trials(hook):
 
 
 class MlflowTrialCallback(Callback):
-    """Tune callback: one child run per trial, per-epoch metrics, final metrics and the model."""
+    """Tune callback: one child run per trial, per-epoch metrics, final metrics and the model.
 
-    def __init__(self, tracker: SearchTracker, parent_run_id: str):
+    Writes go through a ``TrackingJournal``: with a journal folder they are recorded locally first
+    and survive a tracking-server outage or a driver crash; each logical record (a trial's run,
+    one epoch's metrics, its final metrics) is written once per search, whatever is replayed,
+    retried or resumed. A trial met again (retried, or resumed after the driver died) re-attaches
+    to its child run, found by the ``cmpnas.trial_id`` tag under the parent run.
+    """
+
+    def __init__(self, tracker: SearchTracker, parent_run_id: str, journal=None):
+        from orchestrator.journal import TrackingJournal
+
         self.tracker = tracker
         self.parent_run_id = parent_run_id
-        self.run_ids: dict[str, str] = {}
+        self.journal = journal or TrackingJournal(tracker, parent_run_id, folder=None)
+        self.started: set[str] = set()
         self.ended: set[str] = set()
+
+    # Tune pickles its callbacks into the experiment (tuner.pkl). A journaled callback is restored
+    # onto the journal the resuming driver opened, with the tracking URI of the resume.
+    def __getstate__(self) -> dict[str, Any]:
+        if self.journal.folder is None:
+            return {**self.__dict__, "journal": None}
+        return {"journal_folder": str(self.journal.folder), "parent_run_id": self.parent_run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from orchestrator.journal import TrackingJournal
+
+        if "journal_folder" not in state:
+            self.__dict__.update(state)
+            self.journal = TrackingJournal(self.tracker, self.parent_run_id, folder=None)
+            return
+        journal = TrackingJournal.opened(Path(state["journal_folder"]))
+        if journal is None or journal.parent_run_id != state["parent_run_id"]:
+            raise RuntimeError(f"restore the search with `cmpnas search --resume`: the tracking journal "
+                               f"{state['journal_folder']} must be opened by the resuming driver first")
+        self.__init__(journal.tracker, journal.parent_run_id, journal)
+
+    @property
+    def run_ids(self) -> dict[str, str | None]:
+        """MLflow run ids of the trials this callback started (None while not yet sent)."""
+        from orchestrator.journal import trial_ref
+
+        return {trial_id: self.journal.run_id(trial_ref(trial_id)) for trial_id in self.started}
 
     @_tracking_must_not_fail_trials
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.run_ids:
-            return
+        from orchestrator.journal import trial_ref
+
+        ref = trial_ref(trial.trial_id)
         spec = ArchSpec.from_json(trial.config["arch"])
-        run = self.tracker.client.create_run(
-            self.tracker.experiment_id,
-            run_name=f"{spec.arch_id}-{trial.trial_id}",
-            tags={PARENT_RUN_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: "candidate"},
+        self.started.add(trial.trial_id)
+        self.ended.discard(trial.trial_id)
+        created = self.journal.create_run(
+            ref, f"{spec.arch_id}-{trial.trial_id}",
+            {PARENT_RUN_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: "candidate"},
+            key=f"{ref}/run",
         )
-        self.run_ids[trial.trial_id] = run.info.run_id
-        self.tracker.log_params(run.info.run_id, architecture_params(spec))
+        self.journal.log_params(ref, architecture_params(spec), key=f"{ref}/architecture")
+        if not created:  # retried, or resumed after an interruption that ended its run KILLED
+            self.journal.set_status(ref, "RUNNING")
+
+    @_tracking_must_not_fail_trials
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        from orchestrator.journal import trial_ref
+
+        self.journal.set_tags(trial_ref(trial.trial_id), {
+            RETRIES_TAG: str(getattr(trial, "num_failures", 0)), "cmpnas.last_retry_error": _error_text(trial),
+        })
 
     @_tracking_must_not_fail_trials
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
+        from orchestrator.journal import trial_ref
+
+        ref = trial_ref(trial.trial_id)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         # Beside the fixed names, every metric of the evaluation task (cross_*, homo_*; see evaluators.tasks).
         epoch_keys = [key for key in result if key in EPOCH_METRICS or key.startswith("cross_")]
-        self.tracker.log_metrics(run_id, {key: result[key] for key in epoch_keys}, step=epoch)
+        self.journal.log_metrics(ref, {key: result[key] for key in epoch_keys}, step=epoch, key=f"{ref}/epoch/{epoch}")
         if all(key in result for key in ("flops", "homo_r1")):
             final_keys = [key for key in result if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))]
-            self.tracker.log_metrics(run_id, {f"final_{key}": result[key] for key in final_keys})
-            self.tracker.log_params(run_id, {key: result.get(key, "") for key in FINAL_PARAMS})
+            self.journal.log_metrics(ref, {f"final_{key}": result[key] for key in final_keys}, key=f"{ref}/final")
+            self.journal.log_params(ref, {key: result.get(key, "") for key in FINAL_PARAMS}, key=f"{ref}/final-params")
 
     @_tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
+        from orchestrator.journal import trial_ref
+
+        ref = trial_ref(trial.trial_id)
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 for name in (MODEL_FILE, SPEC_FILE):
                     if (Path(folder) / name).is_file():
-                        self.tracker.log_artifact(run_id, Path(folder) / name, "model")
+                        self.journal.log_artifact(ref, Path(folder) / name, "model", key=f"{ref}/model/{name}")
         last = getattr(trial, "last_result", None) or {}
         if not all(key in last for key in ("flops", "homo_r1")):
-            self.tracker.set_tag(run_id, STOPPED_EARLY_TAG, "true")
+            self.journal.set_tags(ref, {STOPPED_EARLY_TAG: "true"})
             if "epoch" in last:
-                self.tracker.log_metrics(run_id, {"stopped_at_epoch": last["epoch"]})
-        self.tracker.end_run(run_id, "FINISHED")
+                self.journal.log_metrics(ref, {"stopped_at_epoch": last["epoch"]}, key=f"{ref}/stopped")
+        self.journal.set_status(ref, "FINISHED")
         self.ended.add(trial.trial_id)
 
     @_tracking_must_not_fail_trials
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        error_file = getattr(trial, "error_file", None)
-        message = Path(error_file).read_text()[-4000:] if error_file and Path(error_file).is_file() else "trial failed"
-        self.tracker.set_tag(run_id, "error", message[-5000:])
-        self.tracker.end_run(run_id, "FAILED")
+        from orchestrator.journal import trial_ref
+
+        ref = trial_ref(trial.trial_id)
+        self.journal.set_tags(ref, {"error": _error_text(trial)})
+        self.journal.set_status(ref, "FAILED")
         self.ended.add(trial.trial_id)
 
     @_tracking_must_not_fail_trials
     def on_experiment_end(self, trials, **info):
         """Trials still open when the experiment stops (interrupted, search ended) are KILLED."""
-        for trial_id, run_id in self.run_ids.items():
-            if trial_id not in self.ended:
-                self.tracker.end_run(run_id, "KILLED")
-                self.ended.add(trial_id)
+        from orchestrator.journal import trial_ref
+
+        for trial_id in sorted(self.started - self.ended):
+            self.journal.set_status(trial_ref(trial_id), "KILLED")
+            self.ended.add(trial_id)
+        self.journal.flush()
+
+
+def _error_text(trial) -> str:
+    error_file = getattr(trial, "error_file", None)
+    return Path(error_file).read_text()[-4000:] if error_file and Path(error_file).is_file() else "trial failed"
 
 
 def architecture_params(spec: ArchSpec) -> dict[str, Any]:

@@ -25,6 +25,13 @@ def verify_compatibility(query_model: Path, gallery_checkpoint: Path, config: Cm
         gallery = load_gallery(gallery_checkpoint, torch.device("cpu"))
     except CheckpointError as error:
         raise ExportError(str(error)) from error
+    query_dim, gallery_dim = manifest["embedding"]["dim"], gallery.model.arch.embed_dim
+    if query_dim != gallery_dim:  # not even --force: the two embeddings cannot be compared at all
+        raise ExportError(
+            f"gallery checkpoint {gallery_checkpoint} embeds into {gallery_dim} dimensions, the query model "
+            f"{query_model} into {query_dim}: they cannot be compatible. Use the gallery checkpoint the model "
+            "was searched against"
+        )
     expected = manifest["gallery"]["fingerprint"]
     if gallery.fingerprint != expected and not force:
         raise ExportError(

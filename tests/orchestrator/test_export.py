@@ -202,6 +202,17 @@ def test_verify_compat_recomputes_and_refuses_mismatched_or_corrupt_inputs(expor
         verify_compatibility(other_size, gallery_dir / "gallery.safetensors", config)
 
 
+def test_verify_compat_refuses_a_gallery_of_another_embedding_dimension_even_with_force(exported, tmp_path):
+    from workers.gallery import GalleryArchitecture, GalleryEmbeddingNet, save_gallery
+
+    config, _, _, models = exported
+    narrow = tmp_path / "narrow.safetensors"
+    arch = GalleryArchitecture(backbone="resnet10t", embed_dim=16, num_classes=10, in_chans=1, image_size=28)
+    save_gallery(narrow, GalleryEmbeddingNet(arch), (0.5,), (0.25,), {})
+    with pytest.raises(ExportError, match=r"embeds into 16 dimensions, the query model .* into 128"):
+        verify_compatibility(models[0].folder, narrow, config, force=True)
+
+
 def test_export_candidates_belong_to_the_search(exported):
     _, outcome, tracker, models = exported
     for model in models:

@@ -1,0 +1,134 @@
+"""The tracking journal on a real MLflow store: outage, replay, crash between send and record."""
+
+import json
+import logging
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+from orchestrator.config import ConfigError, validate_config
+from orchestrator.journal import PARENT, RetryPolicy, TrackingJournal, is_transient, trial_ref
+from orchestrator.search_state import CHANGEABLE_ON_RESUME, check_resume_config
+from orchestrator.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, SearchTracker
+from tests.conftest import tiny_tree
+
+FAST = RetryPolicy(first_delay_s=0.01, max_delay_s=0.05)
+
+
+def _journal(tmp_path, parent=None):
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "journal")
+    parent = parent or tracker.start_parent("search", tags={})
+    return TrackingJournal(tracker, parent, tmp_path / "journal", FAST), tracker, parent
+
+
+def _record_trial(journal, trial_id="t1", epochs=2):
+    ref = trial_ref(trial_id)
+    journal.create_run(ref, f"arch-{trial_id}", {PARENT_RUN_TAG: journal.parent_run_id, TRIAL_ID_TAG: trial_id},
+                       key=f"{ref}/run")
+    for epoch in range(1, epochs + 1):
+        journal.log_metrics(ref, {"cross_r1": 10.0 * epoch}, step=epoch, key=f"{ref}/epoch/{epoch}")
+    journal.log_params(ref, {"arch_id": f"arch-{trial_id}"}, key=f"{ref}/arch")
+    journal.set_status(ref, "FINISHED")
+
+
+class _Outage:
+    """Makes the store unreachable the way a stopped server does (a refused connection)."""
+
+    def __init__(self, client):
+        self.client, self.saved = client, {}
+
+    def __enter__(self):
+        def refused(*args, **kwargs):
+            raise MlflowException("API request failed: Connection refused", error_code=TEMPORARILY_UNAVAILABLE)
+
+        for name in ("create_run", "log_batch", "set_tag", "set_terminated", "update_run", "search_runs",
+                     "log_artifact"):
+            self.saved[name] = getattr(self.client, name)
+            setattr(self.client, name, refused)
+        return self
+
+    def __exit__(self, *exc):
+        for name, method in self.saved.items():
+            setattr(self.client, name, method)
+
+
+def test_writes_during_an_outage_are_kept_and_sent_once_when_the_server_is_back(tmp_path, caplog):
+    journal, tracker, parent = _journal(tmp_path)
+    with _Outage(tracker.client), caplog.at_level(logging.WARNING):
+        _record_trial(journal)
+        assert journal.pending == 5
+        assert not journal.drain(0.1)
+    assert "tracking server unreachable" in caplog.text
+    assert tracker.child_runs(parent) == []
+    assert journal.drain(5)
+    reopened = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert reopened.pending == 0 and reopened.drain(1)
+    (run,) = tracker.child_runs(parent)
+    assert run.info.status == "FINISHED" and run.data.params["arch_id"] == "arch-t1"
+    history = tracker.client.get_metric_history(run.info.run_id, "cross_r1")
+    assert [(point.step, point.value) for point in history] == [(1, 10.0), (2, 20.0)]
+
+
+def test_replay_after_a_crash_between_send_and_done_duplicates_nothing(tmp_path):
+    journal, tracker, parent = _journal(tmp_path)
+    _record_trial(journal)
+    assert journal.pending == 0
+    # The driver died after MLflow accepted the writes but before their "done" lines were written.
+    lines = journal.path.read_text().splitlines()
+    journal.path.write_text("\n".join(line for line in lines if '"done"' not in line) + "\n")
+    replayed = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert replayed.pending == 5
+    assert replayed.drain(5)
+    (run,) = tracker.child_runs(parent)
+    history = tracker.client.get_metric_history(run.info.run_id, "cross_r1")
+    assert sorted(point.step for point in history) == [1, 2]
+
+
+def test_a_logical_record_is_written_once_per_search_across_restarts(tmp_path):
+    journal, tracker, parent = _journal(tmp_path)
+    _record_trial(journal)
+    again = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert not again.log_metrics(trial_ref("t1"), {"cross_r1": 99.0}, step=2, key=f"{trial_ref('t1')}/epoch/2")
+    assert not again.create_run(trial_ref("t1"), "dup", {}, key=f"{trial_ref('t1')}/run")
+    (run,) = tracker.child_runs(parent)
+    assert [point.value for point in tracker.client.get_metric_history(run.info.run_id, "cross_r1")] == [10.0, 20.0]
+
+
+def test_a_refused_write_is_recorded_and_does_not_block_the_rest(tmp_path, caplog):
+    journal, tracker, parent = _journal(tmp_path)
+    journal.log_params(PARENT, {"lr": 0.1})
+    with caplog.at_level(logging.ERROR):
+        journal.log_params(PARENT, {"lr": 0.2})  # MLflow params are immutable: refused for good
+    journal.log_metrics(PARENT, {"after": 1.0})
+    assert journal.pending == 0
+    records = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    assert sum("rejected" in record for record in records) == 1
+    assert tracker.client.get_run(parent).data.metrics["after"] == 1.0
+    assert "refused journal entry" in caplog.text
+
+
+def test_a_half_written_last_line_is_skipped(tmp_path):
+    journal, tracker, parent = _journal(tmp_path)
+    journal.log_metrics(PARENT, {"a": 1.0})
+    with journal.path.open("a") as handle:
+        handle.write('{"entry": "cut-sh')
+    assert TrackingJournal(tracker, parent, tmp_path / "journal", FAST).pending == 0
+
+
+def test_outage_errors_are_retried_and_bad_requests_are_not():
+    assert is_transient(MlflowException("down", error_code=TEMPORARILY_UNAVAILABLE))
+    assert is_transient(ConnectionRefusedError())
+    assert not is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+
+
+def test_resume_refuses_a_changed_search_and_names_the_field(tmp_path):
+    recorded = validate_config(tiny_tree(tmp_path)).model_dump(mode="json")
+    moved = validate_config(tiny_tree(tmp_path, tracking={"uri": "http://tracking:5000"},
+                                      ray={"num_cpus": 1})).model_dump(mode="json")
+    assert check_resume_config(recorded, moved) == ["ray.num_cpus", "tracking.uri"]
+    assert {"ray.num_cpus", "tracking.uri"} <= CHANGEABLE_ON_RESUME
+    changed = validate_config(tiny_tree(tmp_path, search={"num_candidates": 9},
+                                        training={"loss_weights": {"own_classifier": 2.0}})).model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"search.num_candidates was 3, now 9.*training.loss_weights.own_classifier"):
+        check_resume_config(recorded, changed)
