@@ -3,13 +3,14 @@
 Logged with ``step`` = trials ended so far, so MLflow's metric chart of the parent run shows the
 search converging:
 
-* ``hypervolume``: area dominated by the fully trained candidates in (cross-model mAP, MFLOPs),
-  bounded by the reference point (mAP 0, paragon MFLOPs), in mAP-points x MFLOPs (see
+* ``hypervolume``: area dominated by the fully trained candidates in (search metric, default
+  cross-model mAP; MFLOPs), bounded by the reference point (metric 0, paragon MFLOPs), in
+  metric-points x MFLOPs (see
   ``evaluators.hypervolume``); ``hypervolume_fraction`` divides it by 100 x paragon MFLOPs, the
   area of a perfect zero-cost model, so searches with different paragons compare;
 * ``front_size``: candidates on the running Pareto front;
 * ``predictor_spearman``: Spearman correlation between the accuracy predictor's forecast, made
-  before each trial ran, and the cross-model mAP the trial measured (from 3 pairs on);
+  before each trial ran, and the search metric the trial measured (from 3 pairs on);
   ``predictor_pairs`` and ``predictor_predictions`` count the pairs and the forecasts made.
 
 Trials that ASHA stopped early or that failed add no point (their accuracy is not final and their
@@ -43,8 +44,11 @@ def is_final_result(result: dict | None) -> bool:
 
 class SearchConvergenceCallback(Callback):
     def __init__(self, tracker: SearchTracker, parent_run_id: str, paragon_mflops: float,
-                 predictions: dict[str, float] | None = None):
+                 predictions: dict[str, float] | None = None, metric: str = ACCURACY):
+        """``metric``: the search metric (search.metric), the accuracy axis of the front and what
+        the predictor forecasts."""
         self.tracker = tracker
+        self.metric = metric
         self.parent_run_id = parent_run_id
         self.reference = hypervolume_reference(paragon_mflops)
         self.predictions = predictions if predictions is not None else {}
@@ -65,11 +69,11 @@ class SearchConvergenceCallback(Callback):
 
     def _record(self, trial, result: dict | None) -> None:
         self.ended += 1
-        if is_final_result(result):
-            self.points.append((float(result[ACCURACY]), float(result[COST])))
+        if is_final_result(result) and self.metric in result:
+            self.points.append((float(result[self.metric]), float(result[COST])))
             arch_id = ArchSpec.from_json(trial.config["arch"]).arch_id
             if arch_id in self.predictions:
-                self.pairs.append((self.predictions[arch_id], float(result[ACCURACY])))
+                self.pairs.append((self.predictions[arch_id], float(result[self.metric])))
         self.tracker.log_metrics(self.parent_run_id, self.metrics(), step=self.ended)
 
     def metrics(self) -> dict[str, float]:

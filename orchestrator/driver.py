@@ -288,7 +288,8 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
                                flops_constraint(space, config.search.proposal_limit_mflops, counter),
                                cost=counter, predictions=predictions)
-    convergence = SearchConvergenceCallback(tracker, state.parent_run_id, paragon_cost.mflops, predictions)
+    convergence = SearchConvergenceCallback(tracker, state.parent_run_id, paragon_cost.mflops, predictions,
+                                            metric=config.search.metric)
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, journal, state, console,
                           supernet_state, extra_callbacks=[convergence])
     complete = results.num_terminated + results.num_errors == len(results)
