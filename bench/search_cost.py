@@ -53,6 +53,7 @@ def main() -> None:
     workdir = args.workdir.resolve()
     domain = "fashion" if "quickstart" in args.config.name else args.config.stem
 
+    import numpy as np
     import torch
 
     from orchestrator.config import load_config
@@ -85,7 +86,7 @@ def main() -> None:
     model = checkpoint.model.eval()
     per_trial_images = len(data.train) + len(data.gallery)  # each trial's targets and its evaluation gallery
     timed = min(per_trial_images, args.sample or per_trial_images)
-    images = __import__("numpy").concatenate([data.train.images, data.gallery.images])[:timed]
+    images = np.concatenate([data.train.images, data.gallery.images])[:timed]
     started = time.perf_counter()
     embed_images(model, images, checkpoint.mean, checkpoint.std, model.arch.image_size)
     per_trial_seconds = (time.perf_counter() - started) * per_trial_images / timed
