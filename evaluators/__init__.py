@@ -1,9 +1,11 @@
-"""Evaluators: retrieval and verification metrics on FAISS, model complexity and latency, Pareto math and hypervolume."""
+"""Evaluators: retrieval and verification metrics on FAISS, model complexity and latency, Pareto math,
+hypervolume, rank correlation."""
 
 from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity, measure_cpu_latency_ms
 from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
+from evaluators.rank_correlation import spearman
 from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
 from evaluators.tasks import EvaluationTask, create_task, list_tasks, searchable_metrics
 from evaluators.verification import OperatingPoint, VerificationEvaluator, VerificationMetrics, tar_at_far
@@ -28,4 +30,5 @@ __all__ = [
     "pareto_front",
     "searchable_metrics",
     "tar_at_far",
+    "spearman",
 ]

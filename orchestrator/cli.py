@@ -15,6 +15,8 @@ app = typer.Typer(help="Compatibility-aware neural architecture search for heter
                   no_args_is_help=True, pretty_exceptions_enable=False)
 gallery_app = typer.Typer(help="The frozen gallery (paragon) model.", no_args_is_help=True)
 app.add_typer(gallery_app, name="gallery")
+supernet_app = typer.Typer(help="The weight-sharing supernet that candidates can inherit from.", no_args_is_help=True)
+app.add_typer(supernet_app, name="supernet")
 # Outside a terminal rich would wrap tables at 80 columns; logs and CI output read better wider.
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -74,6 +76,21 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
         console.print(f"paragon (gallery/gallery): R@1 {metrics.recall_at_1:.2f}, R@5 {metrics.recall_at_5:.2f}, "
                       f"mAP {metrics.mean_average_precision:.2f}")
     except _user_errors() as error:
+        _fail(error)
+
+
+@supernet_app.command("train")
+def supernet_train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption,
+                   address: Optional[str] = typer.Option(None, help="join a Ray cluster (ray.address)")) -> None:
+    """Train the compatible supernet once and save it to supernet.checkpoint (or OUTPUT_DIR/supernet.safetensors)."""
+    try:
+        settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
+        from orchestrator.supernet_job import SupernetTrainingError, train_supernet_job
+
+        train_supernet_job(settings, console)
+    except _user_errors() as error:
+        _fail(error)
+    except SupernetTrainingError as error:
         _fail(error)
 
 

@@ -89,6 +89,17 @@ class TrainingConfig(_Section):
     loss_weights: dict[str, float] = Field(
         default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
     )
+    mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
+        "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
+                               "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
+                               "supernet's weights, no training (screening)"
+    )
+    finetune_epochs: PositiveInt = Field(1, description="fine-tuning epochs of a candidate in mode inherit")
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs one candidate trains for in this mode (0: evaluated as inherited)."""
+        return {"scratch": self.epochs, "inherit": self.finetune_epochs, "inherit_zero_shot": 0}[self.mode]
 
     @field_validator("loss_weights")
     @classmethod
@@ -101,6 +112,23 @@ class TrainingConfig(_Section):
         if not any(value.values()):
             raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
         return value
+
+
+class SupernetConfig(_Section):
+    checkpoint: str | None = Field(
+        None, description="supernet weights written by `cmpnas supernet train` and read by the inherit modes; "
+                          "default: OUTPUT_DIR/supernet.safetensors"
+    )
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(0.05, ge=0)
+    num_random_subnets: int = Field(2, ge=0, description="random subnets per step, besides the largest and smallest")
+    distillation: bool = Field(True, description="in-place distillation from the largest subnet")
+    distillation_weight: float = Field(1.0, ge=0, description="weight of the distillation term when it is on")
+    calibration_images: PositiveInt = Field(2000, description="training images to recalibrate batch norm of a subnet")
+    cpus: PositiveFloat = Field(1, description="CPUs of the supernet training task (also its torch threads)")
+    gpus: float = Field(0, ge=0, le=1, description="GPUs of the supernet training task (0 or 1)")
 
 
 class EvolutionConfig(_Section):
@@ -122,15 +150,75 @@ class EvaluationConfig(_Section):
     )
 
 
+class Nsga2Config(_Section):
+    """Optuna's NSGAIISampler settings (two objectives: cross-model mAP up, MFLOPs down)."""
+
+    population_size: PositiveInt = Field(4, ge=2, description="trials per generation")
+    mutation_probability: float | None = Field(None, gt=0, le=1, description="per-gene; null: 1 / number of genes")
+    crossover_probability: float = Field(0.9, ge=0, le=1)
+    swapping_probability: float = Field(0.5, ge=0, le=1, description="uniform crossover: per-gene swap probability")
+
+
+class AshaConfig(_Section):
+    """Ray Tune's ASHAScheduler on the per-epoch cross-model mAP (time attribute: epoch)."""
+
+    grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="keep the top 1/reduction_factor at each rung")
+
+
+class PredictorConfig(_Section):
+    """Accuracy predictor that pre-screens proposals (ridge regression on one-hot genes)."""
+
+    enabled: bool = False
+    candidates_per_proposal: PositiveInt = Field(8, description="proposals screened; the best predicted is tried")
+    min_observations: PositiveInt = Field(4, ge=2, description="evaluated candidates before screening starts")
+    l2: PositiveFloat = Field(1.0, description="ridge penalty")
+
+
 class SearchConfig(_Section):
-    strategy: Literal["random", "evolution"] = "evolution"
+    strategy: Literal["random", "evolution", "nsga2"] = "evolution"
     metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
                                                  "evaluation.task report")
     num_candidates: PositiveInt = 8
     max_concurrent: PositiveInt = Field(2, description="trials running at once")
     seed: int = 0
     max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore MFLOPs)")
+    budgets_mflops: list[PositiveFloat] | None = Field(
+        None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
+    )
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on cross_map")
     evolution: EvolutionConfig = EvolutionConfig()
+    nsga2: Nsga2Config = Nsga2Config()
+    asha: AshaConfig = AshaConfig()
+    predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("budgets_mflops")
+    @classmethod
+    def _distinct_budgets(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one budget, or null for no budget sweep")
+        if len(set(value)) != len(value):
+            raise ValueError("budgets must be distinct")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _budgets_and_predictor_fit_the_strategy(self) -> SearchConfig:
+        if self.budgets_mflops and self.max_mflops is not None and max(self.budgets_mflops) > self.max_mflops:
+            raise ValueError(f"budgets_mflops {self.budgets_mflops} exceed max_mflops={self.max_mflops}: "
+                             "raise max_mflops, drop it (the largest budget then bounds proposals) or lower the budgets")
+        if self.predictor.enabled and self.strategy == "nsga2":
+            raise ValueError("predictor.enabled works with the random and evolution strategies; "
+                             "NSGA-II proposes through Optuna's sampler")
+        return self
+
+    @property
+    def proposal_limit_mflops(self) -> float | None:
+        """FLOPs bound of every proposal: max_mflops, else the largest budget of a sweep."""
+        if self.max_mflops is not None:
+            return self.max_mflops
+        return max(self.budgets_mflops) if self.budgets_mflops else None
 
 
 class ResourcesConfig(_Section):
@@ -168,6 +256,7 @@ class CmpnasConfig(_Section):
     gallery: GalleryConfig = GalleryConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     training: TrainingConfig = TrainingConfig()
+    supernet: SupernetConfig = SupernetConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -176,9 +265,20 @@ class CmpnasConfig(_Section):
     export: ExportConfig = ExportConfig()
     output_dir: str = "outputs/quickstart"
 
+    @model_validator(mode="after")
+    def _asha_can_stop_something(self) -> CmpnasConfig:
+        if self.search.scheduler == "asha" and self.search.asha.grace_period >= self.training.epochs:
+            raise ValueError(f"search.asha.grace_period={self.search.asha.grace_period} must be below "
+                             f"training.epochs={self.training.epochs} for ASHA to stop any trial early")
+        return self
+
     @property
     def gallery_checkpoint_path(self) -> Path:
         return Path(self.gallery.checkpoint) if self.gallery.checkpoint else Path(self.output_dir) / "gallery.safetensors"
+
+    @property
+    def supernet_checkpoint_path(self) -> Path:
+        return Path(self.supernet.checkpoint) if self.supernet.checkpoint else Path(self.output_dir) / "supernet.safetensors"
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:

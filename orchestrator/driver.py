@@ -23,13 +23,18 @@ from ray import tune
 from rich.console import Console
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.early_stopping import create_scheduler
 from orchestrator.gallery_setup import obtain_gallery
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
 from orchestrator.strategies import create_searcher
+from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
+from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from orchestrator.tracking import MlflowTrialCallback, SearchTracker, flatten, resolve_tracking_uri
-from search_space import ArchSpec, SearchSpace, build_query_model, create_space
+from search_space import SearchSpace, create_space
 from workers.candidate_training import CandidateTrainingSettings
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.fit import OptimSettings
@@ -84,22 +89,18 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
     return load_retrieval_data(data.source, request)
 
 
-def flops_constraint(space: SearchSpace, max_mflops: float | None):
+def flops_constraint(space: SearchSpace, max_mflops: float | None, counter: FlopsCounter | None = None):
     """A predicate for proposals, or None; FLOPs measured with fvcore on the built candidate."""
     if max_mflops is None:
         return None
-
-    def within_budget(spec: ArchSpec) -> bool:
-        model = build_query_model(spec)
-        return count_complexity(model, (spec.in_chans, spec.resolution, spec.resolution)).mflops <= max_mflops
-
-    return within_budget
+    return WithinBudget(counter or FlopsCounter(), max_mflops)
 
 
 def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOutcome:
     console = console or Console()
     log = console.log
     output_dir = prepare_output_dir(config)
+    require_supernet_checkpoint(config)
     timings: dict[str, float] = {}
     search_started = time.perf_counter()
 
@@ -114,6 +115,10 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
     timings["stage_gallery_model_seconds"] = time.perf_counter() - started
     space = create_space(config.search_space.name, embed_dim=gallery_checkpoint.model.arch.embed_dim,
                          in_chans=data.in_chans)
+    supernet = load_supernet_for_search(config, space, gallery_checkpoint.fingerprint)
+    if supernet is not None:
+        log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
+            f"(fingerprint {supernet.fingerprint[:12]})")
 
     gallery = compute_gallery_embeddings(gallery_checkpoint, data, device)
     timings["stage_gallery_embedding_seconds"] = gallery.seconds
@@ -136,12 +141,14 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
             run_name,
             tags={"gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
                   "flops_convention": FLOPS_CONVENTION, "dataset": data.name,
-                  "gallery_backbone": gallery_checkpoint.model.arch.backbone},
+                  "gallery_backbone": gallery_checkpoint.model.arch.backbone, "training_mode": config.training.mode,
+                  **({"supernet_fingerprint": supernet.fingerprint} if supernet is not None else {})},
         )
         log(f"MLflow: experiment '{config.tracking.experiment}', parent run {parent_run_id} at {tracker.tracking_uri}")
         try:
             status, report = _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics,
-                                           paragon_cost, timings, tracker, parent_run_id, output_dir, console)
+                                           paragon_cost, timings, tracker, parent_run_id, output_dir, console,
+                                           supernet_state=supernet.state if supernet is not None else None)
         except BaseException:
             tracker.end_run(parent_run_id, "FAILED")
             raise
@@ -161,7 +168,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None) -> SearchOu
 
 
 def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metrics, paragon_cost, timings,
-                  tracker, parent_run_id, output_dir, console) -> tuple[str, ParetoReport]:
+                  tracker, parent_run_id, output_dir, console, supernet_state=None) -> tuple[str, ParetoReport]:
     """Everything recorded under the parent run; returns its final status and the report."""
     tracker.log_params(parent_run_id, {
         **flatten(config.model_dump(mode="json")), "paragon_flops_skipped_ops": paragon_cost.skipped_ops,
@@ -176,10 +183,13 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     })
 
     started = time.perf_counter()
+    counter, predictions = FlopsCounter(), {}
     searcher = create_searcher(space, config.search, config.search.metric, SEARCH_MODE,
-                               flops_constraint(space, config.search.max_mflops))
+                               flops_constraint(space, config.search.proposal_limit_mflops, counter),
+                               cost=counter, predictions=predictions)
+    convergence = SearchConvergenceCallback(tracker, parent_run_id, paragon_cost.mflops, predictions)
     results = _run_trials(config, data, gallery, paragon_cost.flops, searcher, tracker, parent_run_id, output_dir,
-                          console)
+                          console, supernet_state, extra_callbacks=[convergence])
     complete = results.num_terminated + results.num_errors == len(results)
     tracker.log_metrics(parent_run_id, {
         "stage_trials_seconds": time.perf_counter() - started, "trials_started": len(results),
@@ -194,7 +204,15 @@ def _track_search(config, space, data, gallery, gallery_checkpoint, paragon_metr
     tracker.log_metrics(parent_run_id, {
         "stage_pareto_seconds": time.perf_counter() - started,
         "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+        "trials_stopped_early": convergence.stopped_early,
     })
+    if config.search.budgets_mflops:
+        picks = best_per_budget(report, config.search.budgets_mflops)
+        record_budget_sweep(tracker, parent_run_id, picks, output_dir)
+        for pick in picks:
+            console.log(f"budget {pick.budget_mflops:g} MFLOPs ({pick.alias}): "
+                        + (f"{pick.best.arch_id}, {pick.best.mflops:.3f} MFLOPs, cross-model mAP "
+                           f"{pick.best.cross_map:.2f}" if pick.best else "no finished candidate within it"))
     return ("FINISHED" if complete else "KILLED"), report
 
 
@@ -249,13 +267,14 @@ def check_trial_fits(resources, strict: bool = True) -> None:
             logger.warning("%s (unless the cluster autoscales)", message)
 
 
-def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console):
+def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_run_id, output_dir, console,
+                supernet_state=None, extra_callbacks=()):
     resources = config.resources
     shared = SharedTrialInputs(
         data=data,
         gallery=gallery,
         training=CandidateTrainingSettings(
-            optim=OptimSettings(epochs=config.training.epochs, batch_size=config.training.batch_size,
+            optim=OptimSettings(epochs=config.training.trial_epochs, batch_size=config.training.batch_size,
                                 lr=config.training.lr, weight_decay=config.training.weight_decay,
                                 seed=config.search.seed),
             loss_weights=dict(config.training.loss_weights),
@@ -265,6 +284,9 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         paragon_flops=paragon_flops,
         threads_per_trial=max(1, math.ceil(resources.cpus_per_trial)),
         measure_latency=resources.measure_latency,
+        mode=config.training.mode,
+        supernet_state=supernet_state,
+        calibration_images=config.supernet.calibration_images,
         task=config.evaluation.task,
     )
     trainable = tune.with_resources(
@@ -275,6 +297,7 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
         trainable,
         tune_config=tune.TuneConfig(
             metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
+            scheduler=create_scheduler(config.search, max(1, config.training.trial_epochs)),
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
@@ -283,7 +306,8 @@ def _run_trials(config, data, gallery, paragon_flops, searcher, tracker, parent_
             storage_path=config.ray.storage_path or str(output_dir / "ray_results"),
             callbacks=[
                 MlflowTrialCallback(tracker, parent_run_id),
-                RichProgressCallback(console, config.search.num_candidates, config.training.epochs),
+                RichProgressCallback(console, config.search.num_candidates, config.training.trial_epochs),
+                *extra_callbacks,
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -57,7 +57,8 @@ class RichProgressCallback(Callback):
         self._update(trial, **fields)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(trial, status="done")
+        stopped = "homo_r1" not in (trial.last_result or {})
+        self._update(trial, status="stopped early" if stopped else "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trial, status="failed")
@@ -69,7 +70,7 @@ class RichProgressCallback(Callback):
             self.live = None
 
     def _render(self) -> Table:
-        done = sum(row["status"] == "done" for row in self.rows.values())
+        done = sum(row["status"] in ("done", "stopped early") for row in self.rows.values())
         elapsed = time.monotonic() - self.started
         table = Table(title=f"cmpnas search: {done}/{self.total_trials} candidates done, {elapsed:.0f}s")
         for column in ("trial", "status", "arch", "epoch", "cross R@1", "cross mAP", "MFLOPs"):

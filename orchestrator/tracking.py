@@ -29,13 +29,15 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "cmpnas.trial_id"
 ROLE_TAG = "cmpnas.role"
 PARETO_TAG = "pareto"
+# A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
+STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # Logged on every epoch; everything else in a trial result is logged once, at the end.
 EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
 # Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
-FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id")
+FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb",
+    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds",
 )
 
 
@@ -194,6 +196,11 @@ class MlflowTrialCallback(Callback):
                 for name in (MODEL_FILE, SPEC_FILE):
                     if (Path(folder) / name).is_file():
                         self.tracker.log_artifact(run_id, Path(folder) / name, "model")
+        last = getattr(trial, "last_result", None) or {}
+        if not all(key in last for key in ("flops", "homo_r1")):
+            self.tracker.set_tag(run_id, STOPPED_EARLY_TAG, "true")
+            if "epoch" in last:
+                self.tracker.log_metrics(run_id, {"stopped_at_epoch": last["epoch"]})
         self.tracker.end_run(run_id, "FINISHED")
         self.ended.add(trial.trial_id)
 

@@ -1,8 +1,10 @@
 """The Ray Tune trainable: one candidate architecture, fine-tuned and measured.
 
-Everything a trial needs that is the same for all trials (data, gallery embeddings, settings)
-arrives once through the object store via ``tune.with_parameters``; the trial config carries
-only the architecture. Each epoch reports cross-model metrics and a checkpoint; the last epoch
+Everything a trial needs that is the same for all trials (data, gallery embeddings, settings,
+the supernet's weights in the inherit modes) arrives once through the object store via
+``tune.with_parameters``; the trial config carries only the architecture. A candidate starts from
+random weights (mode ``scratch``) or from its slice of the supernet with recalibrated batch norm
+(``inherit``: then fine-tuned; ``inherit_zero_shot``: evaluated as is, reported as epoch 0). Each epoch reports cross-model metrics and a checkpoint; the last epoch
 adds homogeneous metrics, FLOPs, parameters and latency. A retried trial resumes after the last
 epoch it checkpointed, so no epoch is reported twice.
 """
@@ -20,10 +22,12 @@ import torch
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
 from search_space import ArchSpec, build_query_model
+from search_space.supernet import extract_subnet
+from workers.bn_calibration import recalibrate_batch_norm
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.preprocess import embed_images, pick_device
+from workers.preprocess import embed_images, pick_device, to_model_input
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "arch.json"
@@ -38,6 +42,9 @@ class SharedTrialInputs:
     paragon_flops: int
     threads_per_trial: int = 1
     measure_latency: bool = True
+    mode: str = "scratch"
+    supernet_state: dict[str, torch.Tensor] | None = None
+    calibration_images: int = 2000
     task: str = "retrieval"  # evaluators.tasks: which metrics every epoch reports
 
 
@@ -46,11 +53,10 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
 
     torch.set_num_threads(max(1, shared.threads_per_trial))
     started = time.perf_counter()
+    started_cpu = time.process_time()
     spec = ArchSpec.from_json(config["arch"])
     device = pick_device()
-    model = build_query_model(spec).to(device)
-    if shared.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _initial_model(spec, shared, device)
     data, gallery = shared.data, shared.gallery
     task = create_task(shared.task)
     epochs = shared.training.optim.epochs
@@ -75,7 +81,9 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
             metrics.update(task.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels,
                                          "homo"))
             metrics.update(_cost_metrics(model, spec, shared))
-            metrics.update(trial_seconds=time.perf_counter() - started, device=str(device), node_id=_node_id())
+            # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
+            metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
+                           device=str(device), node_id=_node_id(), mode=shared.mode)
             if device.type == "cuda":
                 metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with tempfile.TemporaryDirectory() as folder:
@@ -83,8 +91,29 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
             torch.save(latest_state, Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    if epochs == 0:
+        on_epoch(0, {})
+        return
     fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
                         state_sink=latest_state.update, resume=resume)
+
+
+def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:
+    """Random weights (scratch) or the supernet's slice with batch norm recalibrated on training images."""
+    if shared.mode == "scratch":
+        model = build_query_model(spec).to(device)
+    else:
+        if shared.supernet_state is None:
+            raise ValueError(f"training.mode={shared.mode!r} needs the supernet's weights, none were passed")
+        model = extract_subnet(shared.supernet_state, spec).to(device)
+    if shared.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if shared.mode != "scratch":
+        data = shared.data
+        inputs = to_model_input(data.train.images, data.mean, data.std, spec.resolution, device,
+                                shared.training.channels_last)
+        recalibrate_batch_norm(model, inputs, shared.calibration_images, seed=shared.training.optim.seed)
+    return model
 
 
 def _node_id() -> str:

@@ -30,6 +30,9 @@ class Proposer(ABC):
     def propose(self, rng: random.Random) -> ArchSpec:
         """A spec of ``space`` to evaluate next."""
 
+    def suggested(self, spec: ArchSpec) -> None:
+        """``spec`` became a trial (new and within the constraint); default: ignore."""
+
     def observe(self, spec: ArchSpec, score: float) -> None:
         """A completed evaluation (higher score is better); default: ignore."""
 
@@ -84,6 +87,7 @@ class ArchitectureSearcher(Searcher):
             if self.constraint is not None and not self.constraint(spec):
                 continue
             self.proposed[trial_id] = spec
+            self.proposer.suggested(spec)
             return {"arch": spec.to_json()}
         logger.warning(
             "no new architecture satisfying the constraint in %d proposals: ending the search early; "
@@ -93,6 +97,11 @@ class ArchitectureSearcher(Searcher):
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A trial that ASHA stopped early arrives here with its last (per-epoch) result: its
+        score at that epoch reaches the proposer. ASHA stopped it for trailing its peers at the
+        same epoch, so its lower-fidelity score ranks it low, where a full run would most likely have
+        left it too; dropping it would throw away the one measurement of a candidate that
+        de-duplication never proposes again."""
         if self.metric is None or self.mode is None:
             raise RuntimeError("the searcher needs a metric and a mode to learn from results")
         spec = self.proposed.pop(trial_id, None)

@@ -14,7 +14,7 @@ def test_embedded_default_loads_and_overrides_apply():
     ("tree", "expected"),
     [
         ({"search": {"stratgy": "random"}}, r"search.stratgy: unknown field; allowed fields here are \[.*'strategy'"),
-        ({"search": {"strategy": "grid"}}, r"search.strategy: .*'random' or 'evolution'"),
+        ({"search": {"strategy": "grid"}}, r"search.strategy: .*'random', 'evolution' or 'nsga2'"),
         ({"search_space": {"name": "vit"}}, r"search_space.name: .*allowed values are \['mnv3_28', 'mnv3_64'\]"),
         ({"data": {"source": "imagenet"}}, r"data.source: .*allowed values are"),
         ({"training": {"loss_weights": {"triplet": 1}}}, r"training.loss_weights: .*allowed values are"),

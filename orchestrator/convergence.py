@@ -1,0 +1,86 @@
+"""Search convergence on the parent run, after every trial that ends: hypervolume and predictor quality.
+
+Logged with ``step`` = trials ended so far, so MLflow's metric chart of the parent run shows the
+search converging:
+
+* ``hypervolume``: area dominated by the fully trained candidates in (cross-model mAP, MFLOPs),
+  bounded by the reference point (mAP 0, paragon MFLOPs), in mAP-points x MFLOPs (see
+  ``evaluators.hypervolume``); ``hypervolume_fraction`` divides it by 100 x paragon MFLOPs, the
+  area of a perfect zero-cost model, so searches with different paragons compare;
+* ``front_size``: candidates on the running Pareto front;
+* ``predictor_spearman``: Spearman correlation between the accuracy predictor's forecast, made
+  before each trial ran, and the cross-model mAP the trial measured (from 3 pairs on);
+  ``predictor_pairs`` and ``predictor_predictions`` count the pairs and the forecasts made.
+
+Trials that ASHA stopped early or that failed add no point (their accuracy is not final and their
+cost unmeasured) but do advance the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ray.tune import Callback
+
+from evaluators import hypervolume_2d, pareto_front, spearman
+from orchestrator.tracking import SearchTracker, _tracking_must_not_fail_trials
+from search_space import ArchSpec
+
+ACCURACY, COST = "cross_map", "mflops"
+SENSES = ("max", "min")
+MIN_SPEARMAN_PAIRS = 3
+
+
+def hypervolume_reference(paragon_mflops: float) -> tuple[float, float]:
+    """cmpnas's reference point: no accuracy, the paragon's cost."""
+    return (0.0, paragon_mflops)
+
+
+def is_final_result(result: dict | None) -> bool:
+    """The last epoch's result: it carries cost and homogeneous metrics (workers/trial.py)."""
+    return bool(result) and all(key in result for key in (COST, "homo_r1", ACCURACY))
+
+
+class SearchConvergenceCallback(Callback):
+    def __init__(self, tracker: SearchTracker, parent_run_id: str, paragon_mflops: float,
+                 predictions: dict[str, float] | None = None):
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.reference = hypervolume_reference(paragon_mflops)
+        self.predictions = predictions if predictions is not None else {}
+        self.points: list[tuple[float, float]] = []
+        self.pairs: list[tuple[float, float]] = []
+        self.ended = 0
+        self.stopped_early = 0
+
+    @_tracking_must_not_fail_trials
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not is_final_result(trial.last_result):
+            self.stopped_early += 1
+        self._record(trial, trial.last_result)
+
+    @_tracking_must_not_fail_trials
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, None)
+
+    def _record(self, trial, result: dict | None) -> None:
+        self.ended += 1
+        if is_final_result(result):
+            self.points.append((float(result[ACCURACY]), float(result[COST])))
+            arch_id = ArchSpec.from_json(trial.config["arch"]).arch_id
+            if arch_id in self.predictions:
+                self.pairs.append((self.predictions[arch_id], float(result[ACCURACY])))
+        self.tracker.log_metrics(self.parent_run_id, self.metrics(), step=self.ended)
+
+    def metrics(self) -> dict[str, float]:
+        volume = hypervolume_2d(self.points, self.reference, SENSES)
+        metrics = {"hypervolume": volume, "hypervolume_fraction": volume / (100.0 * self.reference[1]),
+                   "front_size": float(len(pareto_front(self.points, SENSES)))}
+        if self.predictions:
+            metrics["predictor_predictions"] = float(len(self.predictions))
+        if len(self.pairs) >= MIN_SPEARMAN_PAIRS:
+            correlation = spearman([p for p, _ in self.pairs], [m for _, m in self.pairs])
+            if not math.isnan(correlation):
+                metrics["predictor_spearman"] = correlation
+            metrics["predictor_pairs"] = float(len(self.pairs))
+        return metrics

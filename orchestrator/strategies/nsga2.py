@@ -1,0 +1,132 @@
+"""NSGA-II over the search space, through Ray Tune's Optuna integration and Optuna's own sampler.
+
+Two objectives, cross-model mAP (max) and fvcore MFLOPs (min); the Optuna study sees one
+categorical parameter per gene, asked define-by-run, and the trial config stays ``{"arch": ...}``
+(plus the gene values Ray's OptunaSearch adds). cmpnas adds three things around the sampler:
+
+* FLOPs constraint, through Optuna's trial constraints (``Trial.set_constraint``, key ``flops``:
+  MFLOPs - limit, feasible when <= 0). The FLOPs of a proposal are known before training, so an
+  over-budget proposal is never trained: it is told to the study at once as complete with
+  accuracy 0, and the next proposal is asked. NSGA-II's constrained domination ranks every
+  feasible trial above it and infeasible ones by their violation.
+* De-duplication: a proposal already evaluated is told the recorded objective values again (same
+  architecture, same result) without a trial; one still running is told PRUNED.
+* Trials without both objectives (ASHA stopped them, or they failed) are told PRUNED or FAIL,
+  never with a partial value: NSGA-II then selects parents from fully trained candidates only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.strategies.cost import FlopsCounter
+from search_space import ArchSpec, SearchSpace
+
+logger = logging.getLogger(__name__)
+CONSTRAINT_KEY = "flops"
+
+
+class GeneSpace:
+    """Define-by-run search space: one categorical per gene; returns the architecture as config."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial) -> dict[str, str]:
+        values = [trial.suggest_categorical(name, list(choices)) for name, choices in self.space.genes()]
+        return {"arch": self.space.from_genes(values).to_json()}
+
+
+def create_nsga2_sampler(population_size: int, mutation_probability: float | None, crossover_probability: float,
+                         swapping_probability: float, seed: int) -> optuna.samplers.NSGAIISampler:
+    return optuna.samplers.NSGAIISampler(
+        population_size=population_size, mutation_prob=mutation_probability, crossover_prob=crossover_probability,
+        swapping_prob=swapping_probability, seed=seed,
+    )
+
+
+class Nsga2Searcher(OptunaSearch):
+    """OptunaSearch on a two-objective study: ``accuracy_metric`` (max) and ``cost_metric`` (min).
+
+    Tune checks every per-epoch result for the searcher's ``metric``, but the cost arrives with
+    the last epoch only; so Tune is shown the accuracy metric alone, and the searcher reads both
+    objectives from the final result itself (``objectives``).
+    """
+
+    def __init__(self, space: SearchSpace, sampler: optuna.samplers.BaseSampler, accuracy_metric: str,
+                 cost_metric: str, cost: FlopsCounter, max_mflops: float | None = None, max_attempts: int = 200):
+        super().__init__(space=GeneSpace(space), metric=[accuracy_metric, cost_metric], mode=["max", "min"],
+                         sampler=sampler)
+        self.objectives = [accuracy_metric, cost_metric]
+        self._metric, self._mode = accuracy_metric, "max"
+        self.arch_space = space
+        self.cost = cost
+        self.max_mflops = max_mflops
+        self.max_attempts = max_attempts
+        self.known: dict[str, list[float] | None] = {}  # arch_id -> objective values; None: not (yet) measured
+        self.arch_of_trial: dict[str, str] = {}
+        self.exhausted = False
+        self._observed = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        """Objectives are fixed at construction; Tune's single metric only drives its scheduler."""
+        return True
+
+    @property
+    def observed(self) -> int:
+        """Trials told to Optuna with both objectives measured."""
+        return self._observed
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(self.max_attempts):
+            config = super().suggest(trial_id)
+            spec = ArchSpec.from_json(config["arch"])
+            ot_trial = self._ot_trials[trial_id]
+            mflops = self.cost(spec)
+            violation = mflops - self.max_mflops if self.max_mflops is not None else 0.0
+            if self.max_mflops is not None:
+                ot_trial.set_constraint(CONSTRAINT_KEY, violation)
+            ot_trial.set_user_attr("arch_id", spec.arch_id)
+            if spec.arch_id in self.known:
+                values = self.known[spec.arch_id]
+                self._tell_without_trial(trial_id, values, TrialState.COMPLETE if values else TrialState.PRUNED)
+            elif violation > 0:
+                values = [0.0, mflops]  # accuracy unmeasured: the constraint decides its rank anyway
+                self.known[spec.arch_id] = values
+                self._tell_without_trial(trial_id, values, TrialState.COMPLETE)
+            else:
+                self.known[spec.arch_id] = None
+                self.arch_of_trial[trial_id] = spec.arch_id
+                return config
+        logger.warning("NSGA-II proposed no new architecture within search.max_mflops in %d asks: ending the "
+                       "search early; relax search.max_mflops or lower search.num_candidates", self.max_attempts)
+        self.exhausted = True
+        return Searcher.FINISHED
+
+    def _tell_without_trial(self, trial_id: str, values: list[float] | None, state: TrialState) -> None:
+        ot_trial = self._ot_trials.pop(trial_id)
+        self._ot_study.tell(ot_trial, values if state == TrialState.COMPLETE else None, state=state)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Optuna takes no intermediate values in a multi-objective study."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        arch_id = self.arch_of_trial.pop(trial_id, None)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        measured = bool(result) and not error and all(metric in result for metric in self.objectives)
+        if measured:
+            values = [float(result[metric]) for metric in self.objectives]
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=TrialState.COMPLETE)
+            if arch_id is not None:
+                self.known[arch_id] = values
+            self._observed += 1
+        else:
+            self._ot_study.tell(self._ot_trials[trial_id], None,
+                                state=TrialState.FAIL if error else TrialState.PRUNED)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,248 @@
+"""Strategies without trials: NSGA-II through OptunaSearch, budget sweep, predictor screening,
+convergence metrics. A cheap additive cost stands in for fvcore where only the arithmetic of a
+strategy is under test; the integration test measures real FLOPs."""
+
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+from ray.tune.search import Searcher
+from scipy.stats import spearmanr
+
+from evaluators import spearman
+from orchestrator.budget_report import best_per_budget
+from orchestrator.config import ConfigError, SearchConfig, validate_config
+from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.pareto_report import CandidateRow, ParetoReport
+from orchestrator.strategies import create_searcher
+from orchestrator.strategies.budget_sweep import BudgetInfeasibleError, BudgetSweepProposer, shrink_to_budget
+from orchestrator.strategies.predictor import RidgeAccuracyPredictor
+from orchestrator.strategies.random_search import RandomProposer
+from orchestrator.strategies.screening import PredictorScreenedProposer
+from orchestrator.tracking import SearchTracker
+from search_space import ArchSpec, create_space
+
+SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
+
+
+def additive_cost(spec: ArchSpec) -> float:
+    """Grows with every gene, like FLOPs: the sum of choice indices, 0 for the smallest architecture."""
+    return float(sum(choices.index(value) for (_, choices), value in zip(SPACE.genes(), SPACE.to_genes(spec))))
+
+
+def accuracy_of(spec: ArchSpec) -> float:
+    return 40.0 + additive_cost(spec) / 4
+
+
+# -- NSGA-II -------------------------------------------------------------------------------------
+
+def nsga2(max_mflops=None, population=4, seed=0, cost=additive_cost):
+    config = SearchConfig(strategy="nsga2", seed=seed, max_mflops=max_mflops, nsga2={"population_size": population})
+    return create_searcher(SPACE, config, "cross_map", "max", cost=cost)
+
+
+def test_nsga2_runs_optunas_sampler_and_learns_from_both_objectives():
+    searcher = nsga2()
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    assert searcher._ot_study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    seen = set()
+    for index in range(10):
+        config = searcher.suggest(f"t{index}")
+        spec = ArchSpec.from_json(config["arch"])
+        assert SPACE.contains(spec) and spec.arch_id not in seen
+        seen.add(spec.arch_id)
+        # Tune sees per-epoch results without the cost; the final one carries both objectives.
+        searcher.on_trial_result(f"t{index}", {"cross_map": 1.0, "epoch": 1})
+        searcher.on_trial_complete(f"t{index}", {"cross_map": accuracy_of(spec), "mflops": additive_cost(spec)})
+    complete = searcher._ot_study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert searcher.observed == 10 and len(complete) >= 10
+    generations = {t.system_attrs.get("NSGAIISampler:generation", 0) for t in complete}
+    assert max(generations) >= 1, "after a population of results NSGA-II breeds a new generation"
+
+
+def test_nsga2_never_trains_over_budget_proposals_and_prunes_unmeasured_trials():
+    searcher = nsga2(max_mflops=12.0)
+    first = ArchSpec.from_json(searcher.suggest("a")["arch"])
+    second = ArchSpec.from_json(searcher.suggest("b")["arch"])
+    third = ArchSpec.from_json(searcher.suggest("c")["arch"])
+    assert all(additive_cost(spec) <= 12.0 for spec in (first, second, third))
+    searcher.on_trial_complete("a", {"cross_map": 50.0, "mflops": additive_cost(first)})
+    searcher.on_trial_complete("b", {"cross_map": 30.0, "epoch": 1})  # stopped by ASHA: no cost reported
+    searcher.on_trial_complete("c", None, error=True)
+    trials = searcher._ot_study.get_trials()
+    states = [trials[searcher._ot_trials[trial_id].number].state for trial_id in "abc"]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
+    infeasible = [t for t in searcher._ot_study.get_trials() if t.constraints["flops"] > 0]
+    assert infeasible and all(t.state == optuna.trial.TrialState.COMPLETE for t in infeasible)
+    assert searcher.observed == 1
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in searcher._ot_study.get_trials())
+
+
+def test_nsga2_ends_the_search_when_nothing_fits(caplog):
+    searcher = nsga2(max_mflops=0.5, cost=lambda spec: additive_cost(spec) + 1.0)
+    searcher.max_attempts = 20
+    assert searcher.suggest("a") == Searcher.FINISHED and searcher.exhausted
+    assert "max_mflops" in caplog.text
+
+
+def test_nsga2_state_survives_save_and_restore(tmp_path):
+    searcher = nsga2(seed=5)
+    for index in range(3):
+        spec = ArchSpec.from_json(searcher.suggest(str(index))["arch"])
+        searcher.on_trial_complete(str(index), {"cross_map": accuracy_of(spec), "mflops": additive_cost(spec)})
+    searcher.save(str(tmp_path / "nsga2.pkl"))
+    restored = nsga2(seed=99)
+    restored.restore(str(tmp_path / "nsga2.pkl"))
+    assert restored.observed == 3 and restored.known == searcher.known
+
+
+# -- budget sweep ---------------------------------------------------------------------------------
+
+def test_shrink_to_budget_keeps_fitting_specs_and_shrinks_the_rest():
+    rng = random.Random(0)
+    largest = SPACE.largest()
+    assert shrink_to_budget(SPACE, SPACE.smallest(), 0.0, additive_cost, rng) == SPACE.smallest()
+    for budget in (0.0, 5.0, 20.0):
+        shrunk = shrink_to_budget(SPACE, largest, budget, additive_cost, rng)
+        assert SPACE.contains(shrunk) and additive_cost(shrunk) <= budget
+        assert additive_cost(shrunk) > budget - 2, "bisection keeps as much of the proposal as fits"
+
+
+def test_budget_sweep_targets_every_budget_in_turn_and_shares_evaluations():
+    budgets = [3.0, 10.0, 30.0]
+    config = SearchConfig(strategy="evolution", budgets_mflops=budgets, seed=2,
+                          evolution={"population_size": 2, "sample_size": 2})
+    searcher = create_searcher(SPACE, config, "cross_map", "max", cost=additive_cost)
+    sweep = searcher.proposer
+    assert isinstance(sweep, BudgetSweepProposer)
+    costs = []
+    for index in range(9):
+        spec = ArchSpec.from_json(searcher.suggest(str(index))["arch"])
+        costs.append(additive_cost(spec))
+        searcher.on_trial_complete(str(index), {"cross_map": accuracy_of(spec)})
+    for turn, cost in enumerate(costs):
+        assert cost <= budgets[turn % 3], (turn, costs)
+    observed = [proposer.observed for proposer in sweep.proposers]
+    assert observed[0] < observed[1] <= observed[2] and observed[0] >= 3, "cheap candidates count for larger budgets"
+
+
+def test_budgets_below_the_smallest_architecture_are_refused():
+    with pytest.raises(BudgetInfeasibleError, match="budgets_mflops"):
+        create_searcher(SPACE, SearchConfig(budgets_mflops=[0.01, 5.0]), "cross_map", "max",
+                        cost=lambda spec: additive_cost(spec) + 1.0)
+
+
+def _row(run_id, mflops, cross_map):
+    return CandidateRow(run_id, run_id, mflops, 1, 1.0, cross_map, cross_map, cross_map, 1.0, score=cross_map)
+
+
+def test_best_per_budget_counts_each_candidate_for_every_budget_it_fits():
+    report = ParetoReport([_row("a", 0.9, 50.0), _row("b", 1.8, 60.0), _row("c", 2.9, 55.0)], None)
+    picks = best_per_budget(report, [3.0, 1.0, 2.0, 0.5])
+    assert [(p.budget_mflops, p.best.run_id if p.best else None) for p in picks] == [
+        (0.5, None), (1.0, "a"), (2.0, "b"), (3.0, "b")]
+    assert [p.alias for p in picks] == ["budget-500kflops", "budget-1000kflops", "budget-2000kflops",
+                                        "budget-3000kflops"]
+
+
+# -- predictor ------------------------------------------------------------------------------------
+
+def test_ridge_predictor_ranks_an_additive_target_correctly():
+    rng = random.Random(0)
+    train = [SPACE.sample(rng) for _ in range(60)]
+    test = [SPACE.sample(rng) for _ in range(30)]
+    predictor = RidgeAccuracyPredictor(SPACE, l2=0.1).fit(train, [accuracy_of(spec) for spec in train])
+    predicted = predictor.predict(test)
+    assert spearman(predicted, [accuracy_of(spec) for spec in test]) > 0.95
+    with pytest.raises(RuntimeError, match="predict before fit"):
+        RidgeAccuracyPredictor(SPACE).predict(test)
+
+
+def test_screening_proposes_the_best_predicted_and_records_it_before_the_trial():
+    predictions = {}
+    screened = PredictorScreenedProposer(RandomProposer(SPACE), RidgeAccuracyPredictor(SPACE, l2=0.1),
+                                         candidates_per_proposal=16, min_observations=20,
+                                         constraint=lambda spec: additive_cost(spec) <= 25, predictions=predictions)
+    rng = random.Random(1)
+    for _ in range(20):  # before min_observations: the wrapped proposer unchanged, no forecasts
+        spec = screened.propose(rng)
+        screened.suggested(spec)
+        screened.observe(spec, accuracy_of(spec))
+    assert predictions == {}
+    unscreened = [accuracy_of(SPACE.sample(random.Random(seed))) for seed in range(16)]
+    chosen = []
+    for _ in range(5):
+        spec = screened.propose(rng)
+        screened.suggested(spec)
+        chosen.append(spec)
+        assert spec.arch_id in predictions and additive_cost(spec) <= 25
+        screened.observe(spec, accuracy_of(spec))
+    assert np.mean([accuracy_of(spec) for spec in chosen]) > np.mean(unscreened)
+
+
+def test_spearman_matches_scipy_with_ties_and_is_nan_without_order():
+    rng = random.Random(3)
+    first = [rng.choice([1, 2, 3, 4]) for _ in range(25)]
+    second = [x + rng.random() * 3 for x in first]
+    assert spearman(first, second) == pytest.approx(spearmanr(first, second).statistic)
+    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])) and math.isnan(spearman([1.0], [2.0]))
+
+
+# -- convergence on the parent run ----------------------------------------------------------------
+
+def test_hypervolume_and_predictor_spearman_are_logged_after_each_ended_trial(tmp_path):
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "convergence")
+    parent = tracker.start_parent("search", tags={})
+    specs = [SPACE.sample(random.Random(seed)) for seed in range(4)]
+    predictions = {specs[0].arch_id: 10.0, specs[1].arch_id: 20.0, specs[3].arch_id: 30.0}
+    callback = SearchConvergenceCallback(tracker, parent, paragon_mflops=60.0, predictions=predictions)
+    results = [{"cross_map": 40.0, "mflops": 2.0, "homo_r1": 1.0}, {"cross_map": 50.0, "mflops": 3.0, "homo_r1": 1.0},
+               {"cross_map": 20.0, "epoch": 1}, {"cross_map": 55.0, "mflops": 4.0, "homo_r1": 1.0}]
+    for spec, result in zip(specs, results):
+        callback.on_trial_complete(0, [], SimpleNamespace(config={"arch": spec.to_json()}, last_result=result))
+    callback.on_trial_error(0, [], SimpleNamespace(config={"arch": specs[0].to_json()}, last_result=None))
+    history = tracker.client.get_metric_history(parent, "hypervolume")
+    assert [point.step for point in history] == [1, 2, 3, 4, 5]
+    values = [point.value for point in history]
+    assert values == sorted(values), "adding candidates never lowers the hypervolume"
+    assert values[0] == pytest.approx(40.0 * (60.0 - 2.0))
+    assert values[2] == values[1], "a stopped trial adds no point"
+    spearman_history = tracker.client.get_metric_history(parent, "predictor_spearman")
+    assert [(p.step, p.value) for p in spearman_history] == [(4, pytest.approx(1.0)), (5, pytest.approx(1.0))]
+
+
+def test_strategy_options_that_cannot_work_are_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="budgets_mflops"):
+        validate_config({"search": {"max_mflops": 2.0, "budgets_mflops": [1.0, 3.0]}})
+    with pytest.raises(ConfigError, match="predictor.enabled"):
+        validate_config({"search": {"strategy": "nsga2", "predictor": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="grace_period"):
+        validate_config({"search": {"scheduler": "asha", "asha": {"grace_period": 3}}, "training": {"epochs": 3}})
+    assert validate_config({"search": {"budgets_mflops": [3.0, 1.0]}}).search.proposal_limit_mflops == 3.0
+
+
+def test_a_trial_stopped_early_ends_finished_tagged_and_outside_the_report(tmp_path):
+    from orchestrator.pareto_report import collect_report
+    from orchestrator.tracking import STOPPED_EARLY_TAG, MlflowTrialCallback
+
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "stopped")
+    parent = tracker.start_parent("search", tags={})
+    callback = MlflowTrialCallback(tracker, parent)
+    spec = SPACE.smallest()
+    final = {"epoch": 2, "cross_map": 50.0, "cross_r1": 60.0, "flops": 900000, "mflops": 0.9, "homo_r1": 55.0}
+    trials = {"full": SimpleNamespace(trial_id="full", config={"arch": spec.to_json()}, checkpoint=None,
+                                      last_result=final),
+              "stopped": SimpleNamespace(trial_id="stopped", config={"arch": SPACE.largest().to_json()},
+                                         checkpoint=None, last_result={"epoch": 1, "cross_map": 10.0})}
+    for trial in trials.values():
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, trial.last_result)
+        callback.on_trial_complete(0, [], trial)
+    runs = {run.data.tags["cmpnas.trial_id"]: run for run in tracker.child_runs(parent)}
+    assert runs["stopped"].info.status == "FINISHED" and runs["stopped"].data.tags[STOPPED_EARLY_TAG] == "true"
+    assert runs["stopped"].data.metrics["stopped_at_epoch"] == 1
+    assert STOPPED_EARLY_TAG not in runs["full"].data.tags
+    assert [row.run_id for row in collect_report(tracker, parent).candidates] == [runs["full"].info.run_id]

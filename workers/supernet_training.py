@@ -1,0 +1,112 @@
+"""Train a weight-sharing supernet against the frozen gallery (sandwich rule, in-place distillation).
+
+Every step samples the largest, the smallest and ``num_random_subnets`` uniform subnets of the
+space (the sandwich rule), runs each on the batch at its own input resolution, and sums their
+compatibility losses (the same ``WeightedLossSum`` as candidate fine-tuning, against the same
+cached gallery embeddings and frozen gallery classifier). With distillation on, every subnet but
+the largest is also pulled towards the largest one's embedding of the same image (in-place
+distillation: the teacher is the supernet itself, detached). One backward pass per step, so all
+sampled subnets update the shared weights together.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_space.supernet import ElasticSupernet, sandwich_specs
+from workers.datasets import RetrievalData
+from workers.fit import EpochCallback, OptimSettings, StateSink, fit
+from workers.gallery_embeddings import GalleryEmbeddings
+from workers.losses import LossContext, WeightedLossSum
+from workers.preprocess import to_model_input
+
+
+@dataclass(frozen=True)
+class SupernetTrainingSettings:
+    optim: OptimSettings
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0})
+    num_random_subnets: int = 2
+    distillation_weight: float = 1.0
+    channels_last: bool = True
+    mixed_precision: bool = False
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity to the largest subnet's (detached) embedding of the same image."""
+    return (1.0 - F.cosine_similarity(student, teacher.detach(), dim=1)).mean()
+
+
+def train_supernet(
+    supernet: ElasticSupernet,
+    data: RetrievalData,
+    gallery: GalleryEmbeddings,
+    settings: SupernetTrainingSettings,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+    state_sink: StateSink | None = None,
+    resume: dict[str, Any] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``supernet`` in place; per-epoch stats average every sampled subnet's summed losses.
+
+    Stats name the largest and the smallest subnet's parts separately (``largest_loss_*``,
+    ``smallest_loss_*``) so the curves show both ends of the space. ``state_sink``/``resume`` as
+    in ``fit``; the subnets sampled at each step follow from the seed and the step number, so a
+    resumed run samples the same subnets as an uninterrupted one.
+    """
+    torch.manual_seed(settings.optim.seed)
+    space = supernet.space
+    losses = WeightedLossSum(settings.loss_weights)
+    own_classifier = nn.Linear(gallery.embed_dim, data.num_classes).to(device)
+    trainable = nn.ModuleDict({"supernet": supernet, "own_classifier": own_classifier})
+    gallery_classifier = gallery.classifier(device)
+    scale = gallery.logit_scale
+    # Every resolution preprocessed once, exactly as a candidate of that resolution would see it.
+    inputs = {resolution: to_model_input(data.train.images, data.mean, data.std, resolution, device,
+                                         settings.channels_last)
+              for resolution in space.resolutions}
+    labels = torch.as_tensor(data.train.labels, device=device)
+    targets = torch.as_tensor(np.asarray(gallery.train), device=device)
+    autocast = settings.mixed_precision and device.type == "cuda"
+    steps_per_epoch = max(1, math.ceil(len(labels) / settings.optim.batch_size))
+    step_counter = [steps_per_epoch * int(resume["epoch"]) if resume is not None else 0]
+
+    def step(_batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
+        rng = random.Random(f"{settings.optim.seed}:{step_counter[0]}")
+        step_counter[0] += 1
+        total = torch.zeros((), device=device)
+        parts: dict[str, float] = {}
+        teacher = None
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            for position, spec in enumerate(sandwich_specs(space, rng, settings.num_random_subnets)):
+                embeddings = supernet(inputs[spec.resolution][index], spec)
+                context = LossContext(
+                    query_embeddings=embeddings,
+                    labels=batch_labels,
+                    own_classifier=lambda e: own_classifier(scale * e),
+                    gallery_classifier=gallery_classifier,
+                    gallery_embeddings=targets[index],
+                )
+                loss, loss_parts = losses(context)
+                if position == 0:
+                    teacher = embeddings.detach()
+                elif settings.distillation_weight > 0:
+                    distill = distillation_loss(embeddings, teacher)
+                    loss = loss + settings.distillation_weight * distill
+                    parts["loss_distillation"] = parts.get("loss_distillation", 0.0) + distill.item()
+                if position < 2:
+                    end = "largest" if position == 0 else "smallest"
+                    parts.update({f"{end}_{name}": value for name, value in loss_parts.items()})
+                total = total + loss.float()
+        if "loss_distillation" in parts:
+            parts["loss_distillation"] /= max(1, settings.num_random_subnets + 1)
+        return total, parts
+
+    return fit(trainable, inputs[max(space.resolutions)], labels, step, settings.optim, on_epoch, state_sink, resume)
