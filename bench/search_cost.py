@@ -46,11 +46,14 @@ def main() -> None:
     parser.add_argument("--run-id", default=None, help="default: the latest search of the config's experiment")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--threads", type=int, default=2, help="threads for the recompute measurement")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="time the recompute on this many images and scale (default: one trial's worth)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     workdir = args.workdir.resolve()
     domain = "fashion" if "quickstart" in args.config.name else args.config.stem
 
+    import numpy as np
     import torch
 
     from orchestrator.config import load_config
@@ -82,10 +85,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = checkpoint.model.eval()
     per_trial_images = len(data.train) + len(data.gallery)  # each trial's targets and its evaluation gallery
+    timed = min(per_trial_images, args.sample or per_trial_images)
+    images = np.concatenate([data.train.images, data.gallery.images])[:timed]
     started = time.perf_counter()
-    for split in ("train", "gallery"):
-        embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std, model.arch.image_size)
-    per_trial_seconds = time.perf_counter() - started
+    embed_images(model, images, checkpoint.mean, checkpoint.std, model.arch.image_size)
+    per_trial_seconds = (time.perf_counter() - started) * per_trial_images / timed
     cached_images = int(metrics["gallery_images_embedded"])
     cached_seconds = metrics["stage_gallery_embedding_seconds"]
     once = len(data.train) + len(data.query) + len(data.gallery)
@@ -113,8 +117,8 @@ def main() -> None:
         f"{'equal' if cached_images == once else 'NOT equal'} to one pass over the splits), {cached_seconds:.0f} s "
         "in the search",
         f"- recomputed per trial instead: {trials} x ({len(data.train):,} train targets + {len(data.gallery):,} "
-        f"gallery) + {len(data.query):,} query = {recompute_images:,} images; one trial's worth measured now: "
-        f"{per_trial_seconds:.1f} s, so {trials * per_trial_seconds:.0f} s of gallery-model time in total "
+        f"gallery) + {len(data.query):,} query = {recompute_images:,} images; one trial's worth, timed now on "
+        f"{timed:,} images{' and scaled' if timed < per_trial_images else ''}: {per_trial_seconds:.1f} s, so {trials * per_trial_seconds:.0f} s of gallery-model time in total "
         f"({recompute_images / cached_images:.1f}x the passes of the cache), {trials * per_trial_seconds / slots:.0f} s "
         f"of wall time at {slots} slots",
         "",
