@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from workers.datasets import fashion_mnist, orl_faces
 from workers.datasets.image_folder import load_image_folder
 from workers.datasets.splits import stratified_split
@@ -76,15 +78,32 @@ def _image_folder(request: DataRequest) -> RetrievalData:
     if request.root is None:
         raise DataError("data.root is required for data.source 'image_folder': the folder of class subfolders")
     images, labels, class_names = load_image_folder(request.root, request.image_size, request.channels)
-    remaining = len(labels) - request.query_size - request.gallery_size
-    if remaining < 1:
-        raise DataError(
-            f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves no "
-            f"training images out of {len(labels)} in {request.root}; lower them"
-        )
-    train_size = remaining if request.train_size is None else request.train_size
-    _check_sizes(len(labels), f"image folder {request.root}", query_size=request.query_size,
-                 gallery_size=request.gallery_size, train_size=train_size)
+    return _split_one_pool(f"image_folder:{request.root}", f"image folder {request.root}", images, labels,
+                           class_names, request)
+
+
+@register_source("orl_faces")
+def _orl_faces(request: DataRequest) -> RetrievalData:
+    """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
+
+    Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
+    give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
+    """
+    images, labels, class_names = orl_faces.load_faces(orl_faces.locate(request.root), request.image_size,
+                                                       request.channels)
+    return _split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request)
+
+
+def _split_one_pool(name: str, pool: str, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    request: DataRequest) -> RetrievalData:
+    """Stratified, disjoint query, gallery and train splits of one pool of images (train: the rest by default)."""
+    train_size = len(labels) - request.query_size - request.gallery_size if request.train_size is None \
+        else request.train_size
+    if train_size < 1:
+        raise DataError(f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves "
+                        f"no training images out of {len(labels)} in {pool}; lower them")
+    _check_sizes(len(labels), pool, query_size=request.query_size, gallery_size=request.gallery_size,
+                 train_size=train_size)
     query_index, gallery_index, train_index = stratified_split(
         labels, [request.query_size, request.gallery_size, train_size], request.seed
     )
@@ -92,7 +111,7 @@ def _image_folder(request: DataRequest) -> RetrievalData:
     train = everything.subset(train_index)
     mean, std = channel_statistics(train.images)
     return RetrievalData(
-        name=f"image_folder:{request.root}",
+        name=name,
         train=train,
         query=everything.subset(query_index),
         gallery=everything.subset(gallery_index),
@@ -100,9 +119,6 @@ def _image_folder(request: DataRequest) -> RetrievalData:
         mean=mean,
         std=std,
     )
-
-
-@register_source("orl_faces")
 def _orl_faces(request: DataRequest) -> RetrievalData:
     """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
 
