@@ -13,8 +13,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Decode every image once, resized to ``image_size`` square, as uint8 (N, C, H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={str(root)!r} is not a folder; give a folder with one subfolder per class")
@@ -22,7 +20,6 @@ def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple
         raise DataError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     class_dirs = sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
     images, labels, class_names = [], [], []
-    mode = "L" if channels == 1 else "RGB"
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
@@ -30,13 +27,7 @@ def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple
         label = len(class_names)
         class_names.append(class_dir.name)
         for file in files:
-            try:
-                with Image.open(file) as image:
-                    decoded = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-            except (UnidentifiedImageError, OSError) as error:
-                raise DataError(f"{file} could not be decoded as an image ({error}); remove or replace it") from error
-            array = np.asarray(decoded, dtype=np.uint8)
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            images.append(decode_image(file, image_size, channels, "remove or replace it"))
             labels.append(label)
     if not images:
         raise DataError(
@@ -44,3 +35,17 @@ def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple
             f"(expected ROOT/<class>/<image> with suffixes {sorted(IMAGE_SUFFIXES)})"
         )
     return np.stack(images), np.array(labels, dtype=np.int64), tuple(class_names)
+
+
+def decode_image(file: Path, image_size: int, channels: int, fix: str) -> np.ndarray:
+    """One image as uint8 (C, H, W), resized whole to ``image_size`` square; ``fix`` ends the error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            decoded = image.convert("L" if channels == 1 else "RGB").resize((image_size, image_size),
+                                                                            Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{file} could not be decoded as an image ({error}); {fix}") from error
+    array = np.asarray(decoded, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)

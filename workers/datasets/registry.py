@@ -119,33 +119,3 @@ def _split_one_pool(name: str, pool: str, images: np.ndarray, labels: np.ndarray
         mean=mean,
         std=std,
     )
-def _orl_faces(request: DataRequest) -> RetrievalData:
-    """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
-
-    Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
-    give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
-    """
-    images, labels, class_names = orl_faces.load_faces(orl_faces.locate(request.root), request.image_size,
-                                                       request.channels)
-    train_size = len(labels) - request.query_size - request.gallery_size if request.train_size is None \
-        else request.train_size
-    if train_size < 1:
-        raise DataError(f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves "
-                        f"no training images out of the {len(labels)} ORL faces; lower them")
-    _check_sizes(len(labels), "ORL faces", query_size=request.query_size, gallery_size=request.gallery_size,
-                 train_size=train_size)
-    query_index, gallery_index, train_index = stratified_split(
-        labels, [request.query_size, request.gallery_size, train_size], request.seed
-    )
-    everything = ImageSet(images, labels)
-    train = everything.subset(train_index)
-    mean, std = channel_statistics(train.images)
-    return RetrievalData(
-        name="orl_faces",
-        train=train,
-        query=everything.subset(query_index),
-        gallery=everything.subset(gallery_index),
-        class_names=class_names,
-        mean=mean,
-        std=std,
-    )
