@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,26 +94,43 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    process = subprocess.Popen(
-        [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServerProcess(tmp_path)
+    server.start()
     try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy in 60 s")
-        yield url, tmp_path / "server-artifacts"
+        yield server.url, tmp_path / "server-artifacts"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
+
+
+class MlflowServerProcess:
+    """A real `mlflow server` (sqlite store, served artifacts) on a fixed port: it can be stopped and
+    started again at the same address, as a restarted tracking server would be."""
+
+    def __init__(self, folder: Path):
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                        "--port", self.url.rsplit(":", 1)[1], "--workers", "1",
+                        "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                        "--artifacts-destination", str(folder / "server-artifacts"), "--serve-artifacts"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self, patience_s: float = 240) -> None:
+        # Its own process group, so stop() ends the server's workers too.
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + patience_s  # a loaded CI machine can take minutes to import mlflow
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        pytest.fail(f"mlflow server did not become healthy in {patience_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+            self.process = None

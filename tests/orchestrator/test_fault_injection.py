@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.journal import JOURNAL_FOLDER, JOURNAL_FILE
 from orchestrator.search_state import SearchState
-from tests.conftest import _free_port, tiny_tree
+from tests.conftest import MlflowServerProcess, tiny_tree
 
 # Each test runs two or three tiny searches as processes; the first also waits for the session's gallery.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -220,37 +219,9 @@ def test_the_driver_killed_at_a_random_point_resumes_without_loss_or_duplicates(
 @pytest.fixture
 def restartable_mlflow_server(tmp_path):
     """A real `mlflow server` on a fixed port and sqlite store, which the test can stop and start."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts"]
-
-    class Server:
-        process: subprocess.Popen | None = None
-
-        def start(self):
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
-            deadline = time.monotonic() + 240  # a loaded CI machine can take minutes to import mlflow
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                        if response.status == 200:
-                            return
-                except OSError:
-                    time.sleep(0.25)
-            raise AssertionError("mlflow server did not become healthy in 240 s")
-
-        def stop(self):
-            if self.process is not None:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=30)
-                self.process = None
-
-    server = Server()
+    server = MlflowServerProcess(tmp_path)
     server.start()
-    yield url, server
+    yield server.url, server
     server.stop()
 
 
