@@ -11,6 +11,12 @@ import torch
 from torch import nn
 
 
+def calibration_indices(available: int, num_images: int, seed: int = 0) -> torch.Tensor:
+    """The images (indices into ``available``) the recalibration uses: a seeded random subset."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(available, generator=generator)[: max(0, min(num_images, available))]
+
+
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, num_images: int = 2000,
                            batch_size: int = 256, seed: int = 0) -> int:
@@ -23,8 +29,7 @@ def recalibrate_batch_norm(model: nn.Module, inputs: torch.Tensor, num_images: i
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     if not norms or num_images < 1:
         return 0
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(inputs), generator=generator)[: min(num_images, len(inputs))].to(inputs.device)
+    chosen = calibration_indices(len(inputs), num_images, seed).to(inputs.device)
     was_training = model.training
     momenta = [norm.momentum for norm in norms]
     for norm in norms:

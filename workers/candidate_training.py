@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from workers.compatibility_targets import CompatibilityTargets
 from workers.datasets import RetrievalData
 from workers.fit import EpochCallback, OptimSettings, StateSink, fit
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.losses import LossContext, WeightedLossSum
+from workers.losses import WeightedLossSum
 from workers.preprocess import to_model_input
 
 
@@ -41,25 +41,13 @@ def fine_tune_candidate(
     """
     torch.manual_seed(settings.optim.seed)
     losses = WeightedLossSum(settings.loss_weights)
-    own_classifier = nn.Linear(gallery.embed_dim, data.num_classes).to(device)
-    trainable = nn.ModuleDict({"model": model, "own_classifier": own_classifier})
-    gallery_classifier = gallery.classifier(device)
-    scale = gallery.logit_scale
+    targets = CompatibilityTargets.build(data, gallery, device)
+    trainable = nn.ModuleDict({"model": model, "own_classifier": targets.own_classifier})
     inputs = to_model_input(data.train.images, data.mean, data.std, resolution, device, settings.channels_last)
-    labels = torch.as_tensor(data.train.labels, device=device)
-    targets = torch.as_tensor(np.asarray(gallery.train), device=device)
-
     autocast = settings.mixed_precision and device.type == "cuda"
 
     def step(batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            context = LossContext(
-                query_embeddings=model(batch),
-                labels=batch_labels,
-                own_classifier=lambda embeddings: own_classifier(scale * embeddings),
-                gallery_classifier=gallery_classifier,
-                gallery_embeddings=targets[index],
-            )
-            return losses(context)
+            return losses(targets.context(model(batch), batch_labels, index))
 
-    return fit(trainable, inputs, labels, step, settings.optim, on_epoch, state_sink, resume)
+    return fit(trainable, inputs, targets.labels, step, settings.optim, on_epoch, state_sink, resume)

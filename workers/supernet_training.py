@@ -16,16 +16,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from search_space.supernet import ElasticSupernet, sandwich_specs
+from workers.compatibility_targets import CompatibilityTargets
 from workers.datasets import RetrievalData
 from workers.fit import EpochCallback, OptimSettings, StateSink, fit
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.losses import LossContext, WeightedLossSum
+from workers.losses import WeightedLossSum
 from workers.preprocess import to_model_input
 
 
@@ -64,16 +64,13 @@ def train_supernet(
     torch.manual_seed(settings.optim.seed)
     space = supernet.space
     losses = WeightedLossSum(settings.loss_weights)
-    own_classifier = nn.Linear(gallery.embed_dim, data.num_classes).to(device)
-    trainable = nn.ModuleDict({"supernet": supernet, "own_classifier": own_classifier})
-    gallery_classifier = gallery.classifier(device)
-    scale = gallery.logit_scale
+    targets = CompatibilityTargets.build(data, gallery, device)
+    trainable = nn.ModuleDict({"supernet": supernet, "own_classifier": targets.own_classifier})
     # Every resolution preprocessed once, exactly as a candidate of that resolution would see it.
     inputs = {resolution: to_model_input(data.train.images, data.mean, data.std, resolution, device,
                                          settings.channels_last)
               for resolution in space.resolutions}
-    labels = torch.as_tensor(data.train.labels, device=device)
-    targets = torch.as_tensor(np.asarray(gallery.train), device=device)
+    labels = targets.labels
     autocast = settings.mixed_precision and device.type == "cuda"
     steps_per_epoch = max(1, math.ceil(len(labels) / settings.optim.batch_size))
     step_counter = [steps_per_epoch * int(resume["epoch"]) if resume is not None else 0]
@@ -87,14 +84,7 @@ def train_supernet(
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             for position, spec in enumerate(sandwich_specs(space, rng, settings.num_random_subnets)):
                 embeddings = supernet(inputs[spec.resolution][index], spec)
-                context = LossContext(
-                    query_embeddings=embeddings,
-                    labels=batch_labels,
-                    own_classifier=lambda e: own_classifier(scale * e),
-                    gallery_classifier=gallery_classifier,
-                    gallery_embeddings=targets[index],
-                )
-                loss, loss_parts = losses(context)
+                loss, loss_parts = losses(targets.context(embeddings, batch_labels, index))
                 if position == 0:
                     teacher = embeddings.detach()
                 elif settings.distillation_weight > 0:

@@ -23,7 +23,7 @@ import torch
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
-from workers.bn_calibration import recalibrate_batch_norm
+from workers.bn_calibration import calibration_indices, recalibrate_batch_norm
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
@@ -109,10 +109,12 @@ def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.devi
     if shared.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if shared.mode != "scratch":
+        # Only the calibration images are preprocessed: fine-tuning preprocesses the train split itself.
         data = shared.data
-        inputs = to_model_input(data.train.images, data.mean, data.std, spec.resolution, device,
+        chosen = calibration_indices(len(data.train.images), shared.calibration_images, shared.training.optim.seed)
+        inputs = to_model_input(data.train.images[chosen.numpy()], data.mean, data.std, spec.resolution, device,
                                 shared.training.channels_last)
-        recalibrate_batch_norm(model, inputs, shared.calibration_images, seed=shared.training.optim.seed)
+        recalibrate_batch_norm(model, inputs, len(inputs), seed=shared.training.optim.seed)
     return model
 
 
