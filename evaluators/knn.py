@@ -54,17 +54,48 @@ class FaissInnerProductKNN:
         return "gpu" if self.use_gpu else "cpu"
 
     def search(self, queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` gallery rows of highest inner product for each query, best first.
+
+        Builds an index for this one call; to search one gallery many times, ``build_index`` once.
+        """
+        return self.build_index(gallery).search(queries, k)
+
+    def build_index(self, gallery: np.ndarray) -> GalleryIndex:
+        """An index over a copy of ``gallery`` (later changes to the array do not reach it)."""
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        if gallery.ndim != 2:
+            raise ValueError(f"the gallery must be 2-D (rows x width), got shape {gallery.shape}")
+        index = self._faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery)
+        return GalleryIndex(self, index, gallery.shape[0], gallery.shape[1])
+
+
+class GalleryIndex:
+    """One gallery, indexed once, searched by any number of query batches."""
+
+    def __init__(self, backend: FaissInnerProductKNN, cpu_index, rows: int, width: int):
+        self._backend = backend
+        self._cpu_index = cpu_index
+        self._gpu_index = None
+        self.rows = rows
+        self.width = width
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` gallery rows of highest inner product for each query, best first."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-        if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        if queries.ndim != 2 or queries.shape[1] != self.width:
             raise ValueError(
-                f"queries and gallery must be 2-D with the same width, got {queries.shape} and {gallery.shape}"
+                f"queries and gallery must be 2-D with the same width, got {queries.shape} and "
+                f"{(self.rows, self.width)}"
             )
-        k = min(k, gallery.shape[0])
-        index = self._faiss.IndexFlatIP(gallery.shape[1])
-        if self.use_gpu and k <= GPU_MAX_K:
-            index = self._faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
-        index.add(gallery)
-        scores, indices = index.search(queries, k)
-        return scores, indices
+        k = min(k, self.rows)
+        return self._index_for(k).search(queries, k)
+
+    def _index_for(self, k: int):
+        # The GPU flat index serves k up to GPU_MAX_K; larger k (full rankings for mAP) stay on the CPU.
+        backend = self._backend
+        if not backend.use_gpu or k > GPU_MAX_K:
+            return self._cpu_index
+        if self._gpu_index is None:
+            self._gpu_index = backend._faiss.index_cpu_to_gpu(backend._gpu_resources, 0, self._cpu_index)
+        return self._gpu_index

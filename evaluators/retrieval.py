@@ -62,9 +62,10 @@ class RetrievalEvaluator:
 
         hits_at_1 = hits_at_5 = 0
         average_precisions = []
+        index = self.knn.build_index(gallery_embeddings)
         for start in range(0, len(query_labels), self.query_chunk):
             stop = start + self.query_chunk
-            _, ranking = self.knn.search(query_embeddings[start:stop], gallery_embeddings, len(gallery_labels))
+            _, ranking = index.search(query_embeddings[start:stop], len(gallery_labels))
             hits = gallery_labels[ranking] == query_labels[start:stop, None]
             hits_at_1 += int(hits[:, :1].any(axis=1).sum())
             hits_at_5 += int(hits[:, :5].any(axis=1).sum())

@@ -126,9 +126,10 @@ class VerificationEvaluator:
             raise ValueError("give image ids for both probes and enrolled images, or for neither")
         genuine_parts, impostor_parts = [], []
         rank1_hits = excluded = mated_probes = 0
+        index = self.knn.build_index(enrolled_embeddings)
         for start in range(0, len(probe_labels), self.probe_chunk):
             stop = start + self.probe_chunk
-            scores, ranking = self.knn.search(probe_embeddings[start:stop], enrolled_embeddings, len(enrolled_labels))
+            scores, ranking = index.search(probe_embeddings[start:stop], len(enrolled_labels))
             kept = np.ones_like(ranking, dtype=bool)
             if probe_ids is not None:
                 kept = np.asarray(enrolled_ids)[ranking] != np.asarray(probe_ids)[start:stop, None]

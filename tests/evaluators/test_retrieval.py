@@ -46,3 +46,17 @@ def test_knn_backend_falls_back_to_cpu_without_a_gpu():
     scores, indices = knn.search(_unit([[1, 0]]), _unit([[0, 1], [1, 0]]), k=5)
     assert indices.tolist() == [[1, 0]]
     assert scores[0, 0] == pytest.approx(1.0)
+
+
+def test_an_index_built_once_answers_every_batch_as_a_fresh_search_would():
+    rng = np.random.default_rng(1)
+    gallery, queries = _unit(rng.normal(size=(200, 8))), _unit(rng.normal(size=(50, 8)))
+    knn = FaissInnerProductKNN(use_gpu=False)
+    index = knn.build_index(gallery)
+    expected = knn.search(queries, gallery, k=10)[1]
+    batches = [index.search(queries[start:start + 16], k=10)[1] for start in range(0, 50, 16)]
+    assert np.array_equal(np.concatenate(batches), expected)
+    gallery[:] = 0  # the index holds its own copy
+    assert np.array_equal(index.search(queries, k=10)[1], expected)
+    with pytest.raises(ValueError, match="same width"):
+        index.search(queries[:, :4], k=3)

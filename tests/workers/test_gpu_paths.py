@@ -56,6 +56,10 @@ def test_faiss_uses_the_gpu_index_when_it_sees_a_gpu_and_the_cpu_past_its_k_limi
     big = np.random.default_rng(0).normal(size=(knn.GPU_MAX_K + 10, 4)).astype(np.float32)
     backend.search(big[:1], big, k=len(big))
     assert len(fake.moved) == 1, "k above the GPU limit must be served by the CPU index"
+    index = backend.build_index(gallery)
+    index.search(gallery[:1], k=2)
+    index.search(gallery[1:], k=2)
+    assert len(fake.moved) == 2, "one GPU copy per index, however many batches search it"
 
 
 def test_insisting_on_a_gpu_without_one_is_a_clear_error(monkeypatch):
