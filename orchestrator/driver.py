@@ -29,7 +29,15 @@ from orchestrator.config import CmpnasConfig
 from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.early_stopping import create_scheduler
 from orchestrator.gallery_setup import obtain_gallery
-from orchestrator.journal import JOURNAL_FOLDER, PARENT, TrackingJournal, TrackingUnavailableError, is_transient
+from orchestrator.journal import (
+    JOURNAL_FOLDER,
+    PARENT,
+    TrackingJournal,
+    TrackingUnavailableError,
+    is_transient,
+    retire_journal,
+    unsent_writes,
+)
 from orchestrator.pareto_report import ParetoReport, collect_report, render_table, tag_front, write_csv, write_plot
 from orchestrator.progress import RichProgressCallback
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
@@ -213,6 +221,15 @@ def open_search_state(config: CmpnasConfig, output_dir: Path, tracking_uri: str,
                 f"{output_dir} holds an unfinished search (parent run {recorded.parent_run_id}, {recorded.phase}): "
                 "continue it with `cmpnas search --resume`, or set output_dir to another folder for a new search"
             )
+        unsent = unsent_writes(output_dir / JOURNAL_FOLDER)
+        if unsent:
+            earlier = f" (parent run {recorded.parent_run_id})" if recorded is not None else ""
+            raise ResumeError(
+                f"{output_dir} holds {unsent} tracking writes of an earlier search{earlier} that never reached "
+                f"MLflow: send them with `cmpnas sync --output-dir {output_dir}`, or set output_dir to another "
+                "folder for a new search"
+            )
+        retire_journal(output_dir / JOURNAL_FOLDER)
         state = SearchState.new(requested, tracking_uri, config.tracking.experiment)
         state.save(output_dir)
         return state

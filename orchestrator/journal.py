@@ -82,6 +82,49 @@ def trial_id_of(ref: str) -> str | None:
     return ref.split(":", 1)[1] if ref.startswith("trial:") else None
 
 
+def read_journal(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every entry of a journal file by id, and the ids still to send, in order (empty if no file)."""
+    entries: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return entries, []
+    order: list[str] = []
+    finished: set[str] = set()
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # Only a write cut short by a crash can leave half a line, and only at the end.
+                logger.warning("%s: line %d is incomplete and was skipped", path, number)
+                continue
+            if "entry" in record:
+                entries[record["entry"]] = record
+                order.append(record["entry"])
+            else:
+                finished.add(record.get("done") or record.get("rejected"))
+    return entries, [entry_id for entry_id in order if entry_id not in finished]
+
+
+def unsent_writes(folder: Path) -> int:
+    """Writes journaled in ``folder`` that have neither reached MLflow nor been refused by it."""
+    return len(read_journal(Path(folder) / JOURNAL_FILE)[1])
+
+
+def retire_journal(folder: Path) -> None:
+    """Remove a journal whose every write reached MLflow, before a new search in the same output dir.
+
+    A journal belongs to one search: its keys (``parent/summary``, ...) and its ``PARENT`` refer to
+    that search's parent run, so a new search must not read them (it would skip its own keyed
+    records as already written).
+    """
+    folder = Path(folder).resolve()
+    if unsent_writes(folder):
+        raise ValueError(f"{folder} still holds unsent writes; send them with `cmpnas sync` first")
+    with TrackingJournal._open_lock:
+        TrackingJournal._open.pop(folder, None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def is_transient(error: BaseException) -> bool:
     """Worth retrying later: the server is down, restarting, overloaded or timing out."""
     if isinstance(error, MlflowException):
@@ -150,23 +193,7 @@ class TrackingJournal:
         return key in self._entries
 
     def _load(self) -> None:
-        if not self.path.is_file():
-            return
-        finished: set[str] = set()
-        with self.path.open() as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # Only a write cut short by a crash can leave half a line, and only at the end.
-                    logger.warning("%s: line %d is incomplete and was skipped", self.path, number)
-                    continue
-                if "entry" in record:
-                    self._entries[record["entry"]] = record
-                    self._pending.append(record["entry"])
-                else:
-                    finished.add(record.get("done") or record.get("rejected"))
-        self._pending = [entry_id for entry_id in self._pending if entry_id not in finished]
+        self._entries, self._pending = read_journal(self.path)
 
     def _append(self, record: dict[str, Any]) -> None:
         # One write() per line on an O_APPEND file: a killed process leaves whole lines behind.

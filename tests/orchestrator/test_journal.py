@@ -132,3 +132,50 @@ def test_resume_refuses_a_changed_search_and_names_the_field(tmp_path):
                                         training={"loss_weights": {"own_classifier": 2.0}})).model_dump(mode="json")
     with pytest.raises(ConfigError, match=r"search.num_candidates was 3, now 9.*training.loss_weights.own_classifier"):
         check_resume_config(recorded, changed)
+
+
+def _finished_search_journal(tmp_path, outage=False):
+    """A search that wrote its keyed summary through the journal of ``tmp_path/out``."""
+    from orchestrator.driver import open_journal, open_search_state
+
+    config = validate_config(tiny_tree(tmp_path))
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    tracker = SearchTracker(config.tracking.uri, config.tracking.experiment)
+    state = open_search_state(config, output_dir, config.tracking.uri, resume=False)
+    state.parent_run_id = tracker.start_parent("first", tags={})
+    state.phase = "finished"
+    state.save(output_dir)
+    journal = open_journal(tracker, state, output_dir)
+    journal.policy = FAST
+    if outage:
+        with _Outage(tracker.client):
+            journal.log_metrics(PARENT, {"search_wall_seconds": 1.0}, key="parent/wall/1")
+    else:
+        journal.log_metrics(PARENT, {"search_wall_seconds": 1.0}, key="parent/wall/1")
+    return config, output_dir, tracker, state
+
+
+def test_a_new_search_in_the_same_output_dir_records_its_own_keyed_writes(tmp_path):
+    from orchestrator.driver import open_journal, open_search_state
+
+    config, output_dir, tracker, first = _finished_search_journal(tmp_path)
+    second = open_search_state(config, output_dir, config.tracking.uri, resume=False)
+    second.parent_run_id = tracker.start_parent("second", tags={})
+    journal = open_journal(tracker, second, output_dir)
+    assert journal.log_metrics(PARENT, {"search_wall_seconds": 2.0}, key="parent/wall/1")
+    assert tracker.client.get_run(second.parent_run_id).data.metrics["search_wall_seconds"] == 2.0
+    assert tracker.client.get_run(first.parent_run_id).data.metrics["search_wall_seconds"] == 1.0
+
+
+def test_a_new_search_will_not_drop_an_earlier_searchs_unsent_writes(tmp_path):
+    from orchestrator.driver import open_search_state
+    from orchestrator.journal import JOURNAL_FILE, JOURNAL_FOLDER
+    from orchestrator.search_state import ResumeError
+
+    config, output_dir, _, first = _finished_search_journal(tmp_path, outage=True)
+    journal_file = output_dir / JOURNAL_FOLDER / JOURNAL_FILE
+    before = journal_file.read_text()
+    with pytest.raises(ResumeError, match=r"1 tracking writes .*`cmpnas sync --output-dir"):
+        open_search_state(config, output_dir, config.tracking.uri, resume=False)
+    assert journal_file.read_text() == before
