@@ -41,6 +41,16 @@ def test_the_strategy_learns_from_every_finished_trial(finished_search):
     assert metrics["trials_failed"] == 0
 
 
+def test_trials_run_in_reused_worker_processes_one_per_slot(finished_search):
+    config, outcome, _, _ = finished_search
+    # Tune's own saved experiment state: every trial's last result carries the worker's pid.
+    (state_file,) = outcome.output_dir.glob("ray_results/search-*/experiment_state-*.json")
+    trials = [json.loads(runtime) for _, runtime in json.loads(state_file.read_text())["trial_data"]]
+    pids = {trial["last_result"]["pid"] for trial in trials}
+    assert len(trials) == config.search.num_candidates > config.search.max_concurrent
+    assert len(pids) <= config.search.max_concurrent, "a new worker process per trial idles its slot at every start"
+
+
 def test_one_child_run_per_candidate_with_epochs_flops_and_cross_model_metrics(finished_search):
     config, outcome, tracker, _ = finished_search
     parent_metrics = tracker.client.get_run(outcome.parent_run_id).data.metrics
