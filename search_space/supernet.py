@@ -23,7 +23,7 @@ inherited weights copied in, so training, evaluation and export treat both alike
 from __future__ import annotations
 
 import random
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,7 @@ class ElasticSupernet(nn.Module):
                stride: int) -> torch.Tensor:
         shortcut = x
         mid_chs = make_divisible(in_chs * expand)
-        x = F.conv2d(x, block.conv_pw.weight[:mid_chs, :in_chs])
+        x = pointwise_conv(x, block.conv_pw.weight[:mid_chs, :in_chs])
         x = self._norm(block.bn1, x, mid_chs)
         dw_weight = centre_crop(block.conv_dw.weight[:mid_chs], kernel)
         # timm's static "same-style" padding for this kernel and stride (timm.layers.get_padding).
@@ -95,7 +95,7 @@ class ElasticSupernet(nn.Module):
         x = self._norm(block.bn2, x, mid_chs)
         if not isinstance(block.se, nn.Identity):
             x = self._squeeze_excite(block.se, x, mid_chs)
-        x = F.conv2d(x, block.conv_pwl.weight[:out_chs, :mid_chs])
+        x = pointwise_conv(x, block.conv_pwl.weight[:out_chs, :mid_chs])
         x = self._norm(block.bn3, x, out_chs)
         # The same rule as timm's InvertedResidual.has_skip, for the subnet's own shapes.
         return x + shortcut if in_chs == out_chs and stride == 1 else x
@@ -103,11 +103,11 @@ class ElasticSupernet(nn.Module):
     @staticmethod
     def _squeeze_excite(se: nn.Module, x: torch.Tensor, channels: int) -> torch.Tensor:
         reduced = se_reduced_channels(channels)
-        scale = x.mean((2, 3), keepdim=True)
-        scale = F.conv2d(scale, se.conv_reduce.weight[:reduced, :channels], se.conv_reduce.bias[:reduced])
+        scale = x.mean((2, 3))
+        scale = F.linear(scale, se.conv_reduce.weight[:reduced, :channels].flatten(1), se.conv_reduce.bias[:reduced])
         scale = se.act1(scale)
-        scale = F.conv2d(scale, se.conv_expand.weight[:channels, :reduced], se.conv_expand.bias[:channels])
-        return x * se.gate(scale)
+        scale = F.linear(scale, se.conv_expand.weight[:channels, :reduced].flatten(1), se.conv_expand.bias[:channels])
+        return x * se.gate(scale)[:, :, None, None]
 
     def _norm(self, bn: nn.Module, x: torch.Tensor, channels: int) -> torch.Tensor:
         """Batch norm (+ the layer's activation) over the first ``channels`` of a BatchNormAct2d."""
@@ -171,6 +171,22 @@ def slice_like(tensor: torch.Tensor, shape: torch.Size, name: str = "tensor") ->
     if tensor.dim() == 4:
         result = centre_crop(result, shape[-1])
     return result.clone()
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution (no bias) of ``x`` (N, C, H, W) with ``weight`` (O, C, 1, 1), as a matrix product.
+
+    Every subnet slices the shared weights to its own channel counts, so a supernet step meets
+    shapes no earlier step had. On CUDA a convolution pays for each new shape: with cuDNN a plan
+    per shape made sandwich steps take seconds, and without cuDNN PyTorch's fallback loops over the
+    images of the batch (measured on an H100; docs/benchmarks.md). A matrix product goes to cuBLAS
+    for any shape at once, and on the CPU it runs as fast as the convolution.
+    """
+    matrix = weight.flatten(1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.linear(x.permute(0, 2, 3, 1), matrix).permute(0, 3, 1, 2)
+    batch, channels, height, width = x.shape
+    return torch.matmul(matrix, x.reshape(batch, channels, height * width)).view(batch, -1, height, width)
 
 
 def centre_crop(weight: torch.Tensor, kernel: int) -> torch.Tensor:

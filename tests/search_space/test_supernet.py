@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from search_space import build_query_model, create_space, list_spaces
-from search_space.supernet import ElasticSupernet, SupernetMismatchError, extract_subnet, sandwich_specs
+from search_space.supernet import (
+    ElasticSupernet,
+    SupernetMismatchError,
+    extract_subnet,
+    pointwise_conv,
+    sandwich_specs,
+)
 from workers.bn_calibration import recalibrate_batch_norm
 
 SPACES = list_spaces()
@@ -42,6 +48,16 @@ def _supernet(name: str) -> ElasticSupernet:
 
 def _specs(space, count=4):
     return sandwich_specs(space, random.Random(1), count)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_product_equals_a_1x1_convolution_of_a_weight_slice(memory_format):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 16, 7, 5, generator=generator).contiguous(memory_format=memory_format)
+    weight = torch.randn(24, 32, 1, 1, generator=generator)[:20, :16]  # a slice, as a subnet takes it
+    result = pointwise_conv(images, weight)
+    torch.testing.assert_close(result, torch.nn.functional.conv2d(images, weight), rtol=1e-5, atol=1e-5)
+    assert result.is_contiguous(memory_format=memory_format)
 
 
 @pytest.mark.parametrize("name", SPACES)
