@@ -79,7 +79,9 @@ def finished_search(gallery_dir, tmp_path_factory):
     from orchestrator.tracking import SearchTracker
 
     folder = tmp_path_factory.mktemp("search")
-    config = validate_config(tiny_tree(folder, gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")}))
+    # Candidates on half the gallery's training images: the tests read records, not accuracy.
+    config = validate_config(tiny_tree(folder, data={"train_size": 1500},
+                                       gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")}))
     console = Console(record=True, width=160)
     outcome = run_search(config, console)
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
