@@ -77,19 +77,48 @@ class GalleryIndex:
         self._backend = backend
         self._cpu_index = cpu_index
         self._gpu_index = None
+        self._vectors: np.ndarray | None = None
         self.rows = rows
         self.width = width
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` gallery rows of highest inner product for each query, best first."""
+        queries = self._checked(queries)
+        k = min(k, self.rows)
+        if k == self.rows:
+            return self._rank_all(queries)
+        return self._index_for(k).search(queries, k)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Inner products of every query with every gallery row, in gallery order.
+
+        For metrics over the whole gallery, which need no neighbour search: one matrix product
+        on the CPU (the gallery rows are copied out of the index on first use).
+        """
+        queries = self._checked(queries)
+        if self._vectors is None:
+            self._vectors = self._cpu_index.reconstruct_n(0, self.rows)
+        return queries @ self._vectors.T
+
+    def _rank_all(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whole gallery in order for each query.
+
+        A full ranking is a sort, not a k-selection: FAISS's flat search keeps a k-heap per query,
+        which for k = the whole gallery is slower than one matrix product and a sort. Equal
+        scores keep gallery order.
+        """
+        scores = self.scores(queries)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), order
+
+    def _checked(self, queries: np.ndarray) -> np.ndarray:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.width:
             raise ValueError(
                 f"queries and gallery must be 2-D with the same width, got {queries.shape} and "
                 f"{(self.rows, self.width)}"
             )
-        k = min(k, self.rows)
-        return self._index_for(k).search(queries, k)
+        return queries
 
     def _index_for(self, k: int):
         # The GPU flat index serves k up to GPU_MAX_K; larger k (full rankings for mAP) stay on the CPU.

@@ -35,7 +35,14 @@ class RetrievalMetrics:
 
 
 class RetrievalEvaluator:
-    """Ranks the gallery for each query through a kNN backend and scores the ranking."""
+    """Scores each query's ranking of the gallery, with the scores from a kNN backend's index.
+
+    Every metric here depends only on where the same-label gallery items land in the ranking:
+    R@k asks whether the best of them is within the first k, AP averages precision at each of
+    them. So the whole gallery is never sorted: per query, the scores of its relevant items and
+    of the others are sorted apart, and each relevant item's rank is its place among the relevant
+    plus the other items that score strictly higher (equal scores count in the query's favour).
+    """
 
     def __init__(self, knn: FaissInnerProductKNN | None = None, query_chunk: int = 512):
         self.knn = knn or FaissInnerProductKNN()
@@ -54,10 +61,9 @@ class RetrievalEvaluator:
             raise ValueError("every embedding needs exactly one label")
         if len(query_labels) == 0 or len(gallery_labels) == 0:
             raise ValueError("retrieval needs at least one query and one gallery item")
-        gallery_counts = dict(zip(*np.unique(gallery_labels, return_counts=True)))
-        relevant = np.array([gallery_counts.get(label, 0) for label in query_labels])
-        if (relevant == 0).any():
-            missing = sorted(set(query_labels[relevant == 0].tolist()))
+        relevant_masks = {label: gallery_labels == label for label in np.unique(query_labels)}
+        missing = sorted(label.item() for label, mask in relevant_masks.items() if not mask.any())
+        if missing:
             raise ValueError(f"query labels {missing[:10]} have no item in the gallery; split the data so they do")
 
         hits_at_1 = hits_at_5 = 0
@@ -65,23 +71,27 @@ class RetrievalEvaluator:
         index = self.knn.build_index(gallery_embeddings)
         for start in range(0, len(query_labels), self.query_chunk):
             stop = start + self.query_chunk
-            _, ranking = index.search(query_embeddings[start:stop], len(gallery_labels))
-            hits = gallery_labels[ranking] == query_labels[start:stop, None]
-            hits_at_1 += int(hits[:, :1].any(axis=1).sum())
-            hits_at_5 += int(hits[:, :5].any(axis=1).sum())
-            average_precisions.append(_average_precision(hits, relevant[start:stop]))
+            for scores, label in zip(index.scores(query_embeddings[start:stop]), query_labels[start:stop]):
+                ranks = ranks_of_relevant(scores, relevant_masks[label])
+                hits_at_1 += int(ranks[0] <= 1)
+                hits_at_5 += int(ranks[0] <= 5)
+                average_precisions.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
         count = len(query_labels)
         return RetrievalMetrics(
             recall_at_1=100.0 * hits_at_1 / count,
             recall_at_5=100.0 * hits_at_5 / count,
-            mean_average_precision=100.0 * float(np.concatenate(average_precisions).mean()),
+            mean_average_precision=100.0 * float(np.mean(average_precisions)),
             num_queries=count,
             num_gallery=len(gallery_labels),
         )
 
 
-def _average_precision(hits: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """AP per row of a full ranking: mean of precision@rank over the ranks of relevant items."""
-    ranks = np.arange(1, hits.shape[1] + 1)
-    precision_at_hits = np.cumsum(hits, axis=1) / ranks * hits
-    return precision_at_hits.sum(axis=1) / relevant
+def ranks_of_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """1-based ranks, best first, of the ``relevant`` items when the gallery is ordered by ``scores``.
+
+    The i-th best relevant item ranks i plus the number of other items scoring strictly higher.
+    """
+    relevant_scores = -np.sort(-scores[relevant])
+    others = np.sort(scores[~relevant])
+    higher_others = len(others) - np.searchsorted(others, relevant_scores, side="right")
+    return np.arange(1, len(relevant_scores) + 1) + higher_others

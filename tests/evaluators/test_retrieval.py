@@ -60,3 +60,16 @@ def test_an_index_built_once_answers_every_batch_as_a_fresh_search_would():
     assert np.array_equal(index.search(queries, k=10)[1], expected)
     with pytest.raises(ValueError, match="same width"):
         index.search(queries[:, :4], k=3)
+
+
+def test_a_full_ranking_orders_the_whole_gallery_as_faiss_top_k_does_with_ties_in_gallery_order():
+    rng = np.random.default_rng(2)
+    gallery, queries = _unit(rng.normal(size=(120, 8))), _unit(rng.normal(size=(30, 8)))
+    index = FaissInnerProductKNN(use_gpu=False).build_index(gallery)
+    scores, ranking = index.search(queries, k=10_000)  # more than the gallery: every row, ranked
+    assert ranking.shape == (30, 120) and np.all(np.diff(scores, axis=1) <= 0)
+    top_scores, top = index.search(queries, k=100)  # FAISS's k-selection
+    assert np.array_equal(ranking[:, :100], top)
+    np.testing.assert_allclose(scores[:, :100], top_scores, atol=1e-6)
+    exact = FaissInnerProductKNN(use_gpu=False).build_index(np.array([[0, 1], [1, 0], [0, 1], [1, 0]], np.float32))
+    assert exact.search(np.array([[1, 0]], np.float32), k=4)[1].tolist() == [[1, 3, 0, 2]]
