@@ -49,8 +49,10 @@ def time_sandwich_steps(space, data, device, settings: SupernetTrainingSettings,
     """
     torch.manual_seed(1)
     supernet = ElasticSupernet(space).to(device).train()
+    if settings.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
     available = min(4096, len(data.train))
-    inputs = {r: to_model_input(data.train.images[:available], data.mean, data.std, r, device)
+    inputs = {r: to_model_input(data.train.images[:available], data.mean, data.std, r, device, settings.channels_last)
               for r in space.resolutions}
     rng = random.Random(12345)
     batch = settings.optim.batch_size
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--distillation-weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cudnn", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last tensors, as training.channels_last (the config's default) sets them")
     parser.add_argument("--probe-steps", type=int, default=20)
     parser.add_argument("--profile", type=Path, default=None,
                         help="also write torch.profiler tables of the probe with the chosen backend here")
@@ -131,7 +135,7 @@ def main() -> None:
     probe_settings = SupernetTrainingSettings(
         OptimSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed),
         QUICKSTART_LOSSES, num_random_subnets=args.num_random_subnets,
-        distillation_weight=args.distillation_weight, channels_last=False)
+        distillation_weight=args.distillation_weight, channels_last=args.channels_last)
 
     probes = {}
     backends = ("on", "off") if args.cudnn == "auto" else (args.cudnn,)
@@ -163,9 +167,11 @@ def main() -> None:
         OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       seed=args.seed),
         QUICKSTART_LOSSES, num_random_subnets=args.num_random_subnets,
-        distillation_weight=args.distillation_weight, channels_last=False)
+        distillation_weight=args.distillation_weight, channels_last=args.channels_last)
     torch.manual_seed(args.seed)
     supernet = ElasticSupernet(space).to(device)
+    if args.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
     history: list[dict] = []
     train_started, train_started_cpu = time.perf_counter(), time.process_time()
 

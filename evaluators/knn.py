@@ -121,7 +121,7 @@ class GalleryIndex:
         return queries
 
     def _index_for(self, k: int):
-        # The GPU flat index serves k up to GPU_MAX_K; larger k (full rankings for mAP) stay on the CPU.
+        # The GPU flat index serves k up to GPU_MAX_K; larger k stay on the CPU.
         backend = self._backend
         if not backend.use_gpu or k > GPU_MAX_K:
             return self._cpu_index
