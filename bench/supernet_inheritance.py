@@ -10,7 +10,7 @@ so other processes sharing the machine do not inflate it. Trials are taken in th
 finished; after each one the Pareto hypervolume of the finished candidates is computed with
 ``evaluators.hypervolume_2d`` over (cross-model mAP, FLOPs), reference point (mAP 0, paragon FLOPs).
 For every mode the bench reports the cumulative trial CPU-seconds at which that hypervolume first
-reaches the scratch search's final hypervolume, and the ratio to scratch's total.
+reaches the scratch search's final hypervolume, and its ratio to what scratch needs to reach it.
 
     .venv/bin/python bench/supernet_inheritance.py [--workdir DIR] [--gallery CKPT] [--set a.b=value ...]
 """
@@ -131,7 +131,8 @@ def main() -> None:
                     for mode in MODES}
     curves = {mode: hypervolume_curve(finished[mode], paragon_flops) for mode in MODES}
     target = curves["scratch"][-1][1]
-    scratch_total = curves["scratch"][-1][0]
+    # What each mode is compared on: the trial compute it needs to reach that hypervolume, scratch included.
+    scratch_reach = reach_of(curves["scratch"], target * (1 - 1e-9))
     # The cross-model metric saturates near the gallery's own level, so fronts differ by fractions of
     # a point; a 99% threshold, reached or not by each mode alike, shows the cost of "almost as good".
     near = NEAR_FRACTION * target
@@ -152,7 +153,7 @@ def main() -> None:
         f"scratch's final hypervolume {target / 1e6:.2f} (mAP-points x MFLOPs)",
         "",
         "| mode | trials | trial CPU-s total | final HV (% of target) | CPU-s to reach scratch's final HV | "
-        "less than scratch | incl. supernet | CPU-s to reach 99% of it (scratch: "
+        "less than scratch needs for it | incl. supernet | CPU-s to reach 99% of it (scratch: "
         f"{'-' if scratch_near is None else f'{scratch_near:.0f}'}) | search wall s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -166,9 +167,9 @@ def main() -> None:
             reached, ratio, with_supernet = "not reached", "-", "-"
         else:
             reached = f"{reach:.0f}"
-            ratio = f"{scratch_total / reach:.1f}x"
+            ratio = f"{scratch_reach / reach:.1f}x"
             cost = reach + (supernet.cpu_seconds if mode != "scratch" else 0.0)
-            with_supernet = f"{scratch_total / cost:.2f}x ({cost:.0f} CPU-s)"
+            with_supernet = f"{scratch_reach / cost:.2f}x ({cost:.0f} CPU-s)"
         lines.append(f"| {mode} | {len(curve)} | {curve[-1][0]:.0f} | {curve[-1][1] / 1e6:.2f} "
                      f"({100 * curve[-1][1] / target:.2f}%) | {reached} | {ratio} | {with_supernet} | {near_cell} | "
                      f"{search_walls[mode]:.0f} |")
