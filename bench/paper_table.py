@@ -277,7 +277,8 @@ def main() -> None:
 
     from rich.console import Console
 
-    from orchestrator.driver import load_data, run_search
+    from orchestrator.driver import run_search
+    from orchestrator.search_inputs import load_data
     from orchestrator.gallery_setup import obtain_gallery
     from orchestrator.tracking import SearchTracker
     from workers.gallery_embeddings import compute_gallery_embeddings

@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     from orchestrator.config import load_config
-    from orchestrator.driver import load_data
+    from orchestrator.search_inputs import load_data
     from orchestrator.tracking import SearchTracker
     from workers.gallery import load_gallery
     from workers.preprocess import embed_images

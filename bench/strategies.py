@@ -22,7 +22,8 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.config import load_config
-from orchestrator.driver import load_data, run_search
+from orchestrator.driver import run_search
+from orchestrator.search_inputs import load_data
 from orchestrator.gallery_setup import train_and_save_gallery
 from orchestrator.tracking import SearchTracker
 from workers.preprocess import pick_device

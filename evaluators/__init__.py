@@ -7,7 +7,7 @@ from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
 from evaluators.rank_correlation import spearman
 from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
-from evaluators.tasks import EvaluationTask, create_task, list_tasks, searchable_metrics
+from evaluators.tasks import EvaluationTask, create_task, list_tasks, register_task, searchable_metrics
 from evaluators.verification import OperatingPoint, VerificationEvaluator, VerificationMetrics, tar_at_far
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "list_tasks",
     "measure_cpu_latency_ms",
     "pareto_front",
+    "register_task",
     "searchable_metrics",
     "tar_at_far",
     "spearman",

@@ -9,6 +9,9 @@ may optimise any ``cross_`` metric of its task (``searchable_metrics``).
 - ``verification``: the retrieval metrics plus TAR at FAR 1e-2 and 1e-3 over all probe/enrolled
   pairs and rank-1 identification (``evaluators.verification``); queries are the probes, the
   gallery split the enrolled images.
+
+A task is a class decorated with ``register_task``, registered under its ``name``, the value of
+``evaluation.task`` (the rules of names and errors are those of ``search_space.registry``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from evaluators.retrieval import RetrievalEvaluator
 from evaluators.verification import DEFAULT_FARS, VerificationEvaluator
+from search_space.registry import Registry
 
 RETRIEVAL_METRICS = ("r1", "r5", "map")
 
@@ -36,6 +40,15 @@ class EvaluationTask(ABC):
                  gallery_labels: np.ndarray, prefix: str) -> dict[str, float]: ...
 
 
+TASKS: Registry[type[EvaluationTask]] = Registry("evaluation task", "evaluation.task")
+
+
+def register_task(task: type[EvaluationTask]) -> type[EvaluationTask]:
+    """Register ``task`` under its ``name``, the value of ``evaluation.task`` that selects it."""
+    return TASKS.register()(task)
+
+
+@register_task
 class RetrievalTask(EvaluationTask):
     name = "retrieval"
 
@@ -51,6 +64,7 @@ class RetrievalTask(EvaluationTask):
         return self.retrieval.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels).as_dict(prefix)
 
 
+@register_task
 class VerificationTask(RetrievalTask):
     name = "verification"
 
@@ -71,16 +85,11 @@ class VerificationTask(RetrievalTask):
         return metrics
 
 
-TASKS: dict[str, type[EvaluationTask]] = {task.name: task for task in (RetrievalTask, VerificationTask)}
-
-
 def list_tasks() -> list[str]:
-    return sorted(TASKS)
+    return TASKS.names()
 
 
 def create_task(name: str) -> EvaluationTask:
-    if name not in TASKS:
-        raise ValueError(f"unknown evaluation task {name!r}; allowed values are {list_tasks()}")
     return TASKS[name]()
 
 

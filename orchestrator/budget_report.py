@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from orchestrator.pareto_report import CandidateRow, ParetoReport
-from orchestrator.tracking import SearchTracker
-
-BUDGET_TAG = "budget_best"
+from orchestrator.journal import PARENT, TrackingJournal
+from orchestrator.tags import BUDGET_TAG
 
 
 @dataclass(frozen=True)
@@ -55,22 +54,25 @@ def write_budget_csv(picks: list[BudgetPick], path: Path) -> Path:
     return path
 
 
-def record_budget_sweep(tracker: SearchTracker, parent_run_id: str, picks: list[BudgetPick], output_dir: Path) -> Path:
+def record_budget_sweep(journal: TrackingJournal, picks: list[BudgetPick], output_dir: Path) -> Path:
     """Parent run: a tag and two metrics per budget and ``budget_sweep.csv``; each chosen child
-    run: tag ``budget_best`` listing the budgets it wins."""
+    run: tag ``budget_best`` listing the budgets it wins. Written through the search's journal,
+    so an outage of the tracking server loses none of it."""
     wins: dict[str, list[str]] = {}
     metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
     for pick in picks:
         key = pick.alias.replace("-", "_")
-        tracker.set_tag(parent_run_id, pick.alias, pick.best.run_id if pick.best else "none")
+        tags[pick.alias] = pick.best.run_id if pick.best else "none"
         if pick.best:
             metrics[f"{key}_cross_map"] = pick.best.cross_map
             metrics[f"{key}_mflops"] = pick.best.mflops
             wins.setdefault(pick.best.run_id, []).append(pick.alias)
     metrics["budgets_filled"] = float(sum(pick.best is not None for pick in picks))
-    tracker.log_metrics(parent_run_id, metrics)
+    journal.set_tags(PARENT, tags)
+    journal.log_metrics(PARENT, metrics)
     for run_id, aliases in wins.items():
-        tracker.set_tag(run_id, BUDGET_TAG, ",".join(aliases))
+        journal.set_tags(run_id, {BUDGET_TAG: ",".join(aliases)})  # a run id is its own journal reference
     path = write_budget_csv(picks, output_dir / "budget_sweep.csv")
-    tracker.log_artifact(parent_run_id, path)
+    journal.log_artifact(PARENT, path)
     return path

@@ -25,7 +25,8 @@ SetOption = typer.Option(None, "--set", help="override a field, e.g. --set searc
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.driver import OutputDirError, ResourceRequestError
+    from orchestrator.ray_cluster import ResourceRequestError
+    from orchestrator.search_inputs import OutputDirError
     from orchestrator.search_state import ResumeError
     from search_space import OutOfSpaceError, SpecFormatError
     from workers.checkpoint import CheckpointError
@@ -116,7 +117,7 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
     try:
         settings = load_config(config, overrides)
         from evaluators import RetrievalEvaluator
-        from orchestrator.driver import load_data, prepare_output_dir
+        from orchestrator.search_inputs import load_data, prepare_output_dir
         from orchestrator.gallery_setup import train_and_save_gallery
         from workers.preprocess import embed_images, pick_device
 
@@ -161,17 +162,14 @@ def pareto(
     try:
         settings = load_config(config)
         from orchestrator.pareto_report import collect_report, render_table
-        from orchestrator.tracking import ROLE_TAG, SearchTracker, resolve_tracking_uri
+        from orchestrator.tracking import SearchTracker, resolve_tracking_uri
 
         uri = tracking_uri or resolve_tracking_uri(settings.tracking.uri)
         name = experiment or settings.tracking.experiment
         tracker = SearchTracker.open_existing(uri, name)
+        run_id = run_id or tracker.latest_search_run_id()
         if run_id is None:
-            searches = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'",
-                                                  order_by=["attributes.start_time DESC"], max_results=1)
-            if not searches:
-                raise ConfigError(f"experiment '{name}' at {uri} has no cmpnas search runs; run `cmpnas search` first")
-            run_id = searches[0].info.run_id
+            raise ConfigError(f"experiment '{name}' at {uri} has no cmpnas search runs; run `cmpnas search` first")
         render_table(collect_report(tracker, run_id), console, only_front=not show_all)
     except _user_errors() as error:
         _fail(error)

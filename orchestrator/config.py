@@ -7,14 +7,18 @@ what is allowed there (``ConfigError``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from search_space import list_spaces
 from workers.datasets import list_sources
-from workers.losses import LOSSES
+from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES
+
+if TYPE_CHECKING:
+    from orchestrator.strategies import Strategy
+    from search_space.registry import Registry
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -96,9 +100,7 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.05, ge=0)
     channels_last: bool = Field(True, description="about 2x faster depthwise convolutions on CPU")
     mixed_precision: bool = Field(False, description="bfloat16 autocast when a trial runs on a GPU; ignored on CPU")
-    loss_weights: dict[str, float] = Field(
-        default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
-    )
+    loss_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
         "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
                                "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
@@ -155,9 +157,17 @@ class EvolutionConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    task: Literal["retrieval", "verification"] = Field(
-        "retrieval", description="retrieval: R@1, R@5, mAP; verification: those plus TAR@FAR 1e-2/1e-3 and rank-1"
+    task: str = Field(
+        "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
+                                 "TAR@FAR 1e-2/1e-3 and rank-1"
     )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from evaluators.tasks import TASKS
+
+        return TASKS.check(value)
 
 
 class Nsga2Config(_Section):
@@ -186,7 +196,7 @@ class PredictorConfig(_Section):
 
 
 class SearchConfig(_Section):
-    strategy: Literal["random", "evolution", "nsga2"] = "evolution"
+    strategy: str = Field("evolution", description="a registered search strategy")
     metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
                                                  "evaluation.task report")
     num_candidates: PositiveInt = 8
@@ -201,6 +211,11 @@ class SearchConfig(_Section):
     nsga2: Nsga2Config = Nsga2Config()
     asha: AshaConfig = AshaConfig()
     predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return _strategies().check(value)
 
     @field_validator("budgets_mflops")
     @classmethod
@@ -218,9 +233,11 @@ class SearchConfig(_Section):
         if self.budgets_mflops and self.max_mflops is not None and max(self.budgets_mflops) > self.max_mflops:
             raise ValueError(f"budgets_mflops {self.budgets_mflops} exceed max_mflops={self.max_mflops}: "
                              "raise max_mflops, drop it (the largest budget then bounds proposals) or lower the budgets")
-        if self.predictor.enabled and self.strategy == "nsga2":
-            raise ValueError("predictor.enabled works with the random and evolution strategies; "
-                             "NSGA-II proposes through Optuna's sampler")
+        if self.predictor.enabled and not _strategies()[self.strategy].supports_predictor:
+            screened = sorted(name for name, strategy in _strategies().items() if strategy.supports_predictor)
+            raise ValueError(f"predictor.enabled works with the strategies {screened}, whose proposals it screens; "
+                             f"strategy {self.strategy!r} proposes without it: disable the predictor or pick one of "
+                             "those")
         return self
 
     @property
@@ -354,16 +371,26 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
     return problems
 
 
-def flatten_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: the dotted names that errors and overrides use."""
+def flatten_fields(tree: dict[str, Any], prefix: str = "", keep_whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: the dotted names that errors and overrides use.
+
+    The dict values of keys named in ``keep_whole`` (e.g. ``loss_weights``) stay one leaf.
+    """
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_fields(value, f"{name}."))
+        if isinstance(value, dict) and value and key not in keep_whole:
+            flat.update(flatten_fields(value, f"{name}.", keep_whole))
         else:
             flat[name] = value
     return flat
+
+
+def _strategies() -> Registry[type[Strategy]]:
+    # Imported on first use: loading a config file should not wait for Ray and Optuna to import.
+    from orchestrator.strategies import STRATEGIES
+
+    return STRATEGIES
 
 
 def _describe(error: dict[str, Any]) -> str:

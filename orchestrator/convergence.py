@@ -14,18 +14,21 @@ search converging:
   ``predictor_pairs`` and ``predictor_predictions`` count the pairs and the forecasts made.
 
 Trials that ASHA stopped early or that failed add no point (their accuracy is not final and their
-cost unmeasured) but do advance the step.
+cost unmeasured; ``workers.trial_report.is_final_result``) but do advance the step. The metrics go
+through the search's journal, keyed by trial, so an outage of the tracking server loses none and a
+resumed search does not log a trial's step twice.
 """
 
 from __future__ import annotations
 
 import math
 
-from ray.tune import Callback
-
 from evaluators import hypervolume_2d, pareto_front, spearman
-from orchestrator.tracking import SearchTracker, _tracking_must_not_fail_trials
+from orchestrator.journal import PARENT, TrackingJournal
+from orchestrator.mlflow_callback import JournaledCallback, tracking_must_not_fail_trials
+from orchestrator.tracking import SearchTracker
 from search_space import ArchSpec
+from workers.trial_report import is_final_result
 
 ACCURACY, COST = "cross_map", "mflops"
 SENSES = ("max", "min")
@@ -37,19 +40,14 @@ def hypervolume_reference(paragon_mflops: float) -> tuple[float, float]:
     return (0.0, paragon_mflops)
 
 
-def is_final_result(result: dict | None) -> bool:
-    """The last epoch's result: it carries cost and homogeneous metrics (workers/trial.py)."""
-    return bool(result) and all(key in result for key in (COST, "homo_r1", ACCURACY))
-
-
-class SearchConvergenceCallback(Callback):
+class SearchConvergenceCallback(JournaledCallback):
     def __init__(self, tracker: SearchTracker, parent_run_id: str, paragon_mflops: float,
-                 predictions: dict[str, float] | None = None, metric: str = ACCURACY):
+                 predictions: dict[str, float] | None = None, metric: str = ACCURACY,
+                 journal: TrackingJournal | None = None):
         """``metric``: the search metric (search.metric), the accuracy axis of the front and what
         the predictor forecasts."""
-        self.tracker = tracker
+        super().__init__(tracker, parent_run_id, journal)
         self.metric = metric
-        self.parent_run_id = parent_run_id
         self.reference = hypervolume_reference(paragon_mflops)
         self.predictions = predictions if predictions is not None else {}
         self.points: list[tuple[float, float]] = []
@@ -57,13 +55,13 @@ class SearchConvergenceCallback(Callback):
         self.ended = 0
         self.stopped_early = 0
 
-    @_tracking_must_not_fail_trials
+    @tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not is_final_result(trial.last_result):
             self.stopped_early += 1
         self._record(trial, trial.last_result)
 
-    @_tracking_must_not_fail_trials
+    @tracking_must_not_fail_trials
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, None)
 
@@ -74,7 +72,8 @@ class SearchConvergenceCallback(Callback):
             arch_id = ArchSpec.from_json(trial.config["arch"]).arch_id
             if arch_id in self.predictions:
                 self.pairs.append((self.predictions[arch_id], float(result[self.metric])))
-        self.tracker.log_metrics(self.parent_run_id, self.metrics(), step=self.ended)
+        self.journal.log_metrics(PARENT, self.metrics(), step=self.ended,
+                                 key=f"{PARENT}/convergence/{getattr(trial, 'trial_id', self.ended)}")
 
     def metrics(self) -> dict[str, float]:
         volume = hypervolume_2d(self.points, self.reference, SENSES)

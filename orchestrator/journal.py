@@ -40,12 +40,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from orchestrator.tracking import (
-    PARENT_RUN_TAG,
-    TRIAL_ID_TAG,
-    SearchTracker,
-    _param_value,
-)
+from orchestrator.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
+from orchestrator.tracking import SearchTracker, now_ms, param_value
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +140,7 @@ class TrackingJournal:
         self.parent_run_id = parent_run_id
         self.folder = Path(folder).resolve() if folder is not None else None
         self.policy = policy
-        self.session = f"{int(time.time() * 1000):x}-{os.getpid()}"
+        self.session = f"{now_ms():x}-{os.getpid()}"
         self._lock = threading.RLock()
         self._sequence = 0
         self._entries: dict[str, dict[str, Any]] = {}
@@ -342,10 +338,10 @@ class TrackingJournal:
         return self.write("create_run", ref, {"run_name": run_name, "tags": tags}, key)
 
     def log_params(self, ref: str, params: dict[str, Any], key: str | None = None) -> bool:
-        return self.write("log_params", ref, {"params": {k: _param_value(v) for k, v in params.items()}}, key)
+        return self.write("log_params", ref, {"params": {k: param_value(v) for k, v in params.items()}}, key)
 
     def log_metrics(self, ref: str, metrics: dict[str, Any], step: int = 0, key: str | None = None) -> bool:
-        now = int(time.time() * 1000)
+        now = now_ms()
         rows = [[name, float(value), now, int(step)] for name, value in metrics.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
         return bool(rows) and self.write("log_metrics", ref, {"metrics": rows}, key)
@@ -355,7 +351,7 @@ class TrackingJournal:
 
     def set_status(self, ref: str, status: str, key: str | None = None) -> bool:
         RunStatus.from_string(status)  # a typo here is a bug, not an outage
-        return self.write("set_status", ref, {"status": status, "end_time": int(time.time() * 1000)}, key)
+        return self.write("set_status", ref, {"status": status, "end_time": now_ms()}, key)
 
     def log_artifact(self, ref: str, path: str | Path, artifact_path: str | None = None,
                      key: str | None = None) -> bool:

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluators import FLOPS_CONVENTION, pareto_front
-from orchestrator.tracking import PARETO_TAG, SearchTracker
+from orchestrator.tags import PARETO_TAG, SUPERSEDED_TAG
+from orchestrator.tracking import SearchTracker
 
 # The accuracy objective is the search's own metric (``search.metric``, cross_map by default).
 OBJECTIVES = (("score", "max"), ("mflops", "min"))
@@ -68,7 +69,7 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
     rows = []
     for run in tracker.child_runs(parent_run_id):
         metrics = run.data.metrics
-        if run.info.status != "FINISHED" or "final_mflops" not in metrics or run.data.tags.get("cmpnas.superseded") == "true":
+        if run.info.status != "FINISHED" or "final_mflops" not in metrics or run.data.tags.get(SUPERSEDED_TAG) == "true":
             continue
         rows.append(
             CandidateRow(

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from search_space import ArchSpec
+from workers.trial_report import is_final_result
 
 
 class RichProgressCallback(Callback):
@@ -57,8 +58,7 @@ class RichProgressCallback(Callback):
         self._update(trial, **fields)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        stopped = "homo_r1" not in (trial.last_result or {})
-        self._update(trial, status="stopped early" if stopped else "done")
+        self._update(trial, status="done" if is_final_result(trial.last_result) else "stopped early")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trial, status="failed")

@@ -19,14 +19,22 @@ import ray
 from ray import tune
 from rich.console import Console
 
+from orchestrator import cmpnas_version
 from orchestrator.config import CmpnasConfig
-from orchestrator.driver import ResourceRequestError, cmpnas_version, connect_ray, load_data, prepare_output_dir
-from orchestrator.gallery_setup import obtain_gallery
-from orchestrator.tracking import ROLE_TAG, SearchTracker, flatten, resolve_tracking_uri
-from search_space import create_space
+from orchestrator.ray_cluster import ResourceRequest, connect_ray
+from orchestrator.search_inputs import SearchInputs, prepare_output_dir, prepare_search_inputs
+from orchestrator.tags import (
+    DATASET_TAG,
+    ERROR_TAG,
+    GALLERY_FINGERPRINT_TAG,
+    ROLE_SUPERNET,
+    ROLE_TAG,
+    SEARCH_SPACE_TAG,
+    SUPERNET_FINGERPRINT_TAG,
+    VERSION_TAG,
+)
+from orchestrator.tracking import SearchTracker, config_params, resolve_tracking_uri
 from workers.fit import OptimSettings
-from workers.gallery_embeddings import compute_gallery_embeddings
-from workers.preprocess import pick_device
 from workers.supernet_checkpoint import load_supernet
 from workers.supernet_training import SupernetTrainingSettings
 from workers.supernet_trial import SUPERNET_FILE, SharedSupernetInputs, run_supernet_training
@@ -97,47 +105,38 @@ def supernet_training_settings(config: CmpnasConfig) -> SupernetTrainingSettings
     )
 
 
-def check_supernet_fits_cluster(config: CmpnasConfig) -> None:
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    for field, key, wanted in (("supernet.cpus", "CPU", config.supernet.cpus), ("supernet.gpus", "GPU", config.supernet.gpus)):
-        largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
-        if wanted > largest and config.ray.address is None:
-            raise ResourceRequestError(f"{field}={wanted} but the largest node of the Ray cluster has {largest:g} "
-                                       f"{key}s: the supernet training would never start; lower {field}")
+def supernet_resources(config: CmpnasConfig) -> ResourceRequest:
+    return ResourceRequest("the supernet training", config.supernet.cpus, config.supernet.gpus,
+                           "supernet.cpus", "supernet.gpus")
 
 
 def train_supernet_job(config: CmpnasConfig, console: Console | None = None) -> SupernetOutcome:
     console = console or Console()
     log = console.log
     output_dir = prepare_output_dir(config)
-    data = load_data(config)
-    log(f"data: {data.summary()}")
-    gallery_checkpoint = obtain_gallery(config, data, pick_device(), log)
-    space = create_space(config.search_space.name, embed_dim=gallery_checkpoint.model.arch.embed_dim,
-                         in_chans=data.in_chans)
-    gallery = compute_gallery_embeddings(gallery_checkpoint, data, pick_device())
-    gallery_checkpoint.model.to("cpu")
-    log(f"gallery model embedded {gallery.images_embedded} images ({gallery.seconds:.1f}s)")
+    inputs = prepare_search_inputs(config, log)
+    data, space = inputs.data, inputs.space
+    gallery = inputs.embed_gallery(log)
     settings = supernet_training_settings(config)
 
-    started_ray = connect_ray(config)
+    started_ray = connect_ray(config.ray, [supernet_resources(config)])
     try:
-        check_supernet_fits_cluster(config)
         tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
         run = tracker.client.create_run(
             tracker.experiment_id, run_name=f"supernet-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={ROLE_TAG: "supernet", "gallery_fingerprint": gallery.fingerprint, "cmpnas_version": cmpnas_version(),
-                  "dataset": data.name, "search_space": space.name},
+            tags={ROLE_TAG: ROLE_SUPERNET, GALLERY_FINGERPRINT_TAG: gallery.fingerprint, VERSION_TAG: cmpnas_version(),
+                  DATASET_TAG: data.name, SEARCH_SPACE_TAG: space.name},
         )
         run_id = run.info.run_id
-        tracker.log_params(run_id, {**flatten({"supernet": config.supernet.model_dump(mode="json")}),
+        tracker.log_params(run_id, {**config_params({"supernet": config.supernet.model_dump(mode="json")}),
                                     "training.loss_weights": dict(config.training.loss_weights),
                                     "search_space.name": space.name, "seed": config.search.seed, **data.summary()})
         log(f"training the supernet of '{space.name}' for {settings.optim.epochs} epochs "
             f"(largest + smallest + {settings.num_random_subnets} random subnets per step, distillation weight "
             f"{settings.distillation_weight:g}); MLflow run {run_id} at {tracker.tracking_uri}")
         try:
-            outcome = _fit_and_save(config, data, gallery, space.name, settings, tracker, run_id, output_dir, console)
+            outcome = _fit_and_save(config, inputs, settings, tracker=tracker, run_id=run_id, output_dir=output_dir,
+                                    console=console)
         except BaseException:
             tracker.end_run(run_id, "FAILED")
             raise
@@ -150,8 +149,11 @@ def train_supernet_job(config: CmpnasConfig, console: Console | None = None) -> 
     return outcome
 
 
-def _fit_and_save(config, data, gallery, space_name, settings, tracker, run_id, output_dir, console) -> SupernetOutcome:
-    shared = SharedSupernetInputs(data=data, gallery=gallery, space_name=space_name, training=settings,
+def _fit_and_save(config: CmpnasConfig, inputs: SearchInputs, settings: SupernetTrainingSettings, *,
+                  tracker: SearchTracker, run_id: str, output_dir: Path, console: Console) -> SupernetOutcome:
+    """One Tune trial trains the supernet; its checkpoint is copied to ``supernet.checkpoint`` and logged."""
+    shared = SharedSupernetInputs(data=inputs.data, gallery=inputs.embed_gallery(console.log),
+                                  space_name=inputs.space.name, training=settings,
                                   threads=max(1, math.ceil(config.supernet.cpus)))
     trainable = tune.with_resources(tune.with_parameters(run_supernet_training, shared=shared),
                                     {"cpu": config.supernet.cpus, "gpu": config.supernet.gpus})
@@ -169,7 +171,7 @@ def _fit_and_save(config, data, gallery, space_name, settings, tracker, run_id, 
     )
     result = tuner.fit()[0]
     if result.error is not None or result.checkpoint is None:
-        tracker.set_tag(run_id, "error", str(result.error)[-5000:])
+        tracker.set_tag(run_id, ERROR_TAG, str(result.error)[-5000:])
         raise SupernetTrainingError(f"supernet training failed: {result.error}")
     path = config.supernet_checkpoint_path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +184,6 @@ def _fit_and_save(config, data, gallery, space_name, settings, tracker, run_id, 
     final = result.metrics
     tracker.log_metrics(run_id, {"supernet_train_seconds": final["train_seconds"],
                                  "supernet_cpu_seconds": final["cpu_seconds"], "epochs": final["epoch"]})
-    tracker.set_tag(run_id, "supernet_fingerprint", checkpoint.fingerprint)
+    tracker.set_tag(run_id, SUPERNET_FINGERPRINT_TAG, checkpoint.fingerprint)
     tracker.log_artifact(run_id, path, "supernet")
     return SupernetOutcome(path, checkpoint.fingerprint, run_id, history, final["train_seconds"], final["cpu_seconds"])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.driver import finalize_search, open_journal, open_tracker
 from orchestrator.journal import TrackingUnavailableError
+from orchestrator.search_records import finalize_search, open_journal, open_tracker
 from orchestrator.search_state import ResumeError, SearchState
 
 
@@ -27,8 +27,8 @@ def sync_search(output_dir: str | Path, tracking_uri: str | None, wait_s: float,
     journal = open_journal(tracker, state, output_dir)
     before = journal.pending
     if state.phase == "trials_done":
-        finalize_search(tracker, journal, state, output_dir, wait_s, console,
-                        state.config.get("search", {}).get("metric", "cross_map"))
+        finalize_search(journal, state, output_dir, console, outage_wait_s=wait_s,
+                        metric=state.config.get("search", {}).get("metric", "cross_map"))
         return (f"sent {before} journaled writes to {uri}; every trial had ended: Pareto front recorded, "
                 f"parent run {state.parent_run_id} FINISHED")
     if not journal.drain(wait_s):

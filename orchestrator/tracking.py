@@ -1,16 +1,18 @@
-"""MLflow tracking of a search: one parent run, one child run per trial, driven from the driver.
+"""The MLflow client of a search: experiment, parent run, and the values MLflow accepts.
 
-Workers never talk to MLflow: the driver's Tune callback turns trial results into child runs,
-so tracking works the same for local and remote trials and needs credentials on one host only.
-All calls go through ``MlflowClient`` with explicit run ids, which is safe from Tune's callback
-thread and never depends on a process-global "active run".
+Workers never talk to MLflow: the driver's Tune callbacks (``orchestrator.mlflow_callback``,
+``orchestrator.convergence``) turn trial results into child runs through the search's
+``orchestrator.journal.TrackingJournal``, so tracking works the same for local and remote trials
+and needs credentials on one host only. All calls go through ``MlflowClient`` with explicit run
+ids, which is safe from Tune's callback thread and never depends on a process-global "active run".
+
+Layering, one way: ``tags`` <- ``tracking`` <- ``journal`` <- the callbacks.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -18,31 +20,13 @@ from typing import Any
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
 
-from search_space import ArchSpec
-from workers.trial import MODEL_FILE, SPEC_FILE
-
-logger = logging.getLogger(__name__)
-
-PARENT_RUN_TAG = "mlflow.parentRunId"
-TRIAL_ID_TAG = "cmpnas.trial_id"
-ROLE_TAG = "cmpnas.role"
-RETRIES_TAG = "cmpnas.retries"
-PARETO_TAG = "pareto"
-# A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
-STOPPED_EARLY_TAG = "cmpnas.stopped_early"
-# Logged on every epoch; everything else in a trial result is logged once, at the end.
-EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
-# Strings of the last result, logged as params: where and how the trial ran, what fvcore skipped.
-FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
-FINAL_METRICS = (
-    "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds",
-)
-
+from orchestrator.config import flatten_fields
+from orchestrator.tags import PARENT_RUN_TAG, ROLE_SEARCH, ROLE_TAG
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow refuses a param value longer than this.
+MAX_PARAM_LENGTH = 6000
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -50,8 +34,23 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def param_value(value: Any) -> str:
+    """A param as MLflow stores it: containers as sorted JSON, cut to MLflow's length limit."""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+def config_params(tree: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as params named by dotted field; the loss weights stay one param."""
+    return flatten_fields(tree, keep_whole=("loss_weights",))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class SearchTracker:
-    """The parent run of one search and the helpers to write it."""
+    """The experiment of a search and the helpers to write its runs directly (unjournaled)."""
 
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
@@ -77,25 +76,22 @@ class SearchTracker:
         self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri), self)
 
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: "search", **tags})
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE_TAG: ROLE_SEARCH, **tags})
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        batch = [Param(key, _param_value(value)) for key, value in params.items()]
+        batch = [Param(key, param_value(value)) for key, value in params.items()]
         for start in range(0, len(batch), 100):
             self.client.log_batch(run_id, params=batch[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         batch = [
-            Metric(key, float(value), _now_ms(), step)
+            Metric(key, float(value), now_ms(), step)
             for key, value in metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
-
-    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(run_id, data, artifact_file)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -110,6 +106,12 @@ class SearchTracker:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=10000
         )
+
+    def latest_search_run_id(self) -> str | None:
+        """The parent run of the experiment's most recent search, or None."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
 
 
 class _TimedClient:
@@ -133,178 +135,3 @@ class _TimedClient:
                 self._tracker.seconds_in_calls += time.perf_counter() - started
 
         return timed
-
-
-def _tracking_must_not_fail_trials(hook):
-    """Tune treats an exception in a callback as a failure of the trial it was about, and would
-    re-run a finished candidate because its MLflow upload failed. Log the error instead."""
-
-    @functools.wraps(hook)
-    def guarded(self, *args, **kwargs):
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception:  # noqa: BLE001 - any tracking error, e.g. a server outage
-            logger.exception("MLflow tracking failed in %s; the search goes on", hook.__name__)
-            return None
-
-    return guarded
-
-
-class MlflowTrialCallback(Callback):
-    """Tune callback: one child run per trial, per-epoch metrics, final metrics and the model.
-
-    Writes go through a ``TrackingJournal``: with a journal folder they are recorded locally first
-    and survive a tracking-server outage or a driver crash; each logical record (a trial's run,
-    one epoch's metrics, its final metrics) is written once per search, whatever is replayed,
-    retried or resumed. A trial met again (retried, or resumed after the driver died) re-attaches
-    to its child run, found by the ``cmpnas.trial_id`` tag under the parent run.
-    """
-
-    def __init__(self, tracker: SearchTracker, parent_run_id: str, journal=None):
-        from orchestrator.journal import TrackingJournal
-
-        self.tracker = tracker
-        self.parent_run_id = parent_run_id
-        self.journal = journal or TrackingJournal(tracker, parent_run_id, folder=None)
-        self.started: set[str] = set()
-        self.ended: set[str] = set()
-
-    # Tune pickles its callbacks into the experiment (tuner.pkl). A journaled callback is restored
-    # onto the journal the resuming driver opened, with the tracking URI of the resume.
-    def __getstate__(self) -> dict[str, Any]:
-        if self.journal.folder is None:
-            return {**self.__dict__, "journal": None}
-        return {"journal_folder": str(self.journal.folder), "parent_run_id": self.parent_run_id}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        from orchestrator.journal import TrackingJournal
-
-        if "journal_folder" not in state:
-            self.__dict__.update(state)
-            self.journal = TrackingJournal(self.tracker, self.parent_run_id, folder=None)
-            return
-        journal = TrackingJournal.opened(Path(state["journal_folder"]))
-        if journal is None or journal.parent_run_id != state["parent_run_id"]:
-            raise RuntimeError(f"restore the search with `cmpnas search --resume`: the tracking journal "
-                               f"{state['journal_folder']} must be opened by the resuming driver first")
-        self.__init__(journal.tracker, journal.parent_run_id, journal)
-
-    @property
-    def run_ids(self) -> dict[str, str | None]:
-        """MLflow run ids of the trials this callback started (None while not yet sent)."""
-        from orchestrator.journal import trial_ref
-
-        return {trial_id: self.journal.run_id(trial_ref(trial_id)) for trial_id in self.started}
-
-    @_tracking_must_not_fail_trials
-    def on_trial_start(self, iteration, trials, trial, **info):
-        from orchestrator.journal import trial_ref
-
-        ref = trial_ref(trial.trial_id)
-        spec = ArchSpec.from_json(trial.config["arch"])
-        self.started.add(trial.trial_id)
-        self.ended.discard(trial.trial_id)
-        created = self.journal.create_run(
-            ref, f"{spec.arch_id}-{trial.trial_id}",
-            {PARENT_RUN_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: "candidate"},
-            key=f"{ref}/run",
-        )
-        self.journal.log_params(ref, architecture_params(spec), key=f"{ref}/architecture")
-        if not created:  # retried, or resumed after an interruption that ended its run KILLED
-            self.journal.set_status(ref, "RUNNING")
-
-    @_tracking_must_not_fail_trials
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        from orchestrator.journal import trial_ref
-
-        self.journal.set_tags(trial_ref(trial.trial_id), {
-            RETRIES_TAG: str(getattr(trial, "num_failures", 0)), "cmpnas.last_retry_error": _error_text(trial),
-        })
-
-    @_tracking_must_not_fail_trials
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from orchestrator.journal import trial_ref
-
-        ref = trial_ref(trial.trial_id)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        # Beside the fixed names, every metric of the evaluation task (cross_*, homo_*; see evaluators.tasks).
-        epoch_keys = [key for key in result if key in EPOCH_METRICS or key.startswith("cross_")]
-        self.journal.log_metrics(ref, {key: result[key] for key in epoch_keys}, step=epoch, key=f"{ref}/epoch/{epoch}")
-        if all(key in result for key in ("flops", "homo_r1")):
-            final_keys = [key for key in result if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))]
-            self.journal.log_metrics(ref, {f"final_{key}": result[key] for key in final_keys}, key=f"{ref}/final")
-            self.journal.log_params(ref, {key: result.get(key, "") for key in FINAL_PARAMS}, key=f"{ref}/final-params")
-
-    @_tracking_must_not_fail_trials
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        from orchestrator.journal import trial_ref
-
-        ref = trial_ref(trial.trial_id)
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                for name in (MODEL_FILE, SPEC_FILE):
-                    if (Path(folder) / name).is_file():
-                        self.journal.log_artifact(ref, Path(folder) / name, "model", key=f"{ref}/model/{name}")
-        last = getattr(trial, "last_result", None) or {}
-        if not all(key in last for key in ("flops", "homo_r1")):
-            self.journal.set_tags(ref, {STOPPED_EARLY_TAG: "true"})
-            if "epoch" in last:
-                self.journal.log_metrics(ref, {"stopped_at_epoch": last["epoch"]}, key=f"{ref}/stopped")
-        self.journal.set_status(ref, "FINISHED")
-        self.ended.add(trial.trial_id)
-
-    @_tracking_must_not_fail_trials
-    def on_trial_error(self, iteration, trials, trial, **info):
-        from orchestrator.journal import trial_ref
-
-        ref = trial_ref(trial.trial_id)
-        self.journal.set_tags(ref, {"error": _error_text(trial)})
-        self.journal.set_status(ref, "FAILED")
-        self.ended.add(trial.trial_id)
-
-    @_tracking_must_not_fail_trials
-    def on_experiment_end(self, trials, **info):
-        """Trials still open when the experiment stops (interrupted, search ended) are KILLED."""
-        from orchestrator.journal import trial_ref
-
-        for trial_id in sorted(self.started - self.ended):
-            self.journal.set_status(trial_ref(trial_id), "KILLED")
-            self.ended.add(trial_id)
-        self.journal.flush()
-
-
-def _error_text(trial) -> str:
-    error_file = getattr(trial, "error_file", None)
-    return Path(error_file).read_text()[-4000:] if error_file and Path(error_file).is_file() else "trial failed"
-
-
-def architecture_params(spec: ArchSpec) -> dict[str, Any]:
-    params: dict[str, Any] = {"arch_id": spec.arch_id, "arch_json": spec.to_json(), "space": spec.space,
-                              "resolution": spec.resolution, "embed_dim": spec.embed_dim}
-    for index, stage in enumerate(spec.stages):
-        for gene in ("depth", "kernel", "expand", "width"):
-            params[f"stage{index}_{gene}"] = getattr(stage, gene)
-    return params
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key != "loss_weights":
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _param_value(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else str(value)
-    return text[:6000]
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from search_space.spec import ArchSpec, StageSpec
 
 STAGE_GENES = ("depth", "kernel", "expand", "width")
-ACTIVATIONS = ("relu", "hard_swish")
 
 
 class OutOfSpaceError(ValueError):

@@ -51,7 +51,7 @@ def gallery_dir(tmp_path_factory):
     from rich.console import Console
 
     from orchestrator.config import validate_config
-    from orchestrator.driver import load_data
+    from orchestrator.search_inputs import load_data
     from orchestrator.gallery_setup import train_and_save_gallery
     from workers.preprocess import pick_device
 
@@ -64,7 +64,7 @@ def gallery_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(gallery_dir):
     from orchestrator.config import validate_config
-    from orchestrator.driver import load_data
+    from orchestrator.search_inputs import load_data
 
     return load_data(validate_config(tiny_tree(gallery_dir)))
 

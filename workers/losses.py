@@ -1,7 +1,8 @@
 """Compatibility losses: each a small class over one base, combined by weight from the config.
 
 Every loss sees the same ``LossContext`` and takes what it needs from it, so adding a loss is
-one class and one registry entry.
+one class decorated with ``register_loss``; its ``name`` is the key of ``training.loss_weights``
+(the rules of names and errors are those of ``search_space.registry``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from search_space.registry import Registry
+
+# One default for the config and the trainers alike, so that a trainer called directly (a bench
+# script, a test) trains as a search does.
+DEFAULT_LOSS_WEIGHTS = {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
 
 
 @dataclass
@@ -35,6 +42,15 @@ class CompatibilityLoss(nn.Module, ABC):
     def forward(self, context: LossContext) -> torch.Tensor: ...
 
 
+LOSSES: Registry[type[CompatibilityLoss]] = Registry("loss", "training.loss_weights")
+
+
+def register_loss(loss: type[CompatibilityLoss]) -> type[CompatibilityLoss]:
+    """Register ``loss`` under its ``name``, the key that ``training.loss_weights`` gives it a weight by."""
+    return LOSSES.register()(loss)
+
+
+@register_loss
 class OwnClassifierLoss(CompatibilityLoss):
     """Cross-entropy of the candidate's own classifier: learns the task, not compatibility."""
 
@@ -44,6 +60,7 @@ class OwnClassifierLoss(CompatibilityLoss):
         return F.cross_entropy(context.own_classifier(context.query_embeddings), context.labels)
 
 
+@register_loss
 class BCTInfluenceLoss(CompatibilityLoss):
     """BCT influence loss: the candidate's embedding through the frozen gallery classifier."""
 
@@ -53,6 +70,7 @@ class BCTInfluenceLoss(CompatibilityLoss):
         return F.cross_entropy(context.gallery_classifier(context.query_embeddings), context.labels)
 
 
+@register_loss
 class CosineAlignmentLoss(CompatibilityLoss):
     """1 - cosine similarity to the gallery model's embedding of the same image."""
 
@@ -60,11 +78,6 @@ class CosineAlignmentLoss(CompatibilityLoss):
 
     def forward(self, context: LossContext) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(context.query_embeddings, context.gallery_embeddings, dim=1)).mean()
-
-
-LOSSES: dict[str, type[CompatibilityLoss]] = {
-    loss.name: loss for loss in (OwnClassifierLoss, BCTInfluenceLoss, CosineAlignmentLoss)
-}
 
 
 class WeightedLossSum(nn.Module):

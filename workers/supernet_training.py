@@ -25,14 +25,14 @@ from workers.compatibility_targets import CompatibilityTargets
 from workers.datasets import RetrievalData
 from workers.fit import EpochCallback, OptimSettings, StateSink, fit
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.losses import WeightedLossSum
+from workers.losses import DEFAULT_LOSS_WEIGHTS, WeightedLossSum
 from workers.preprocess import to_model_input
 
 
 @dataclass(frozen=True)
 class SupernetTrainingSettings:
     optim: OptimSettings
-    loss_weights: dict[str, float] = field(default_factory=lambda: {"own_classifier": 1.0, "bct_influence": 1.0})
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     num_random_subnets: int = 2
     distillation_weight: float = 1.0
     channels_last: bool = True

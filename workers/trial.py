@@ -4,8 +4,8 @@ Everything a trial needs that is the same for all trials (data, gallery embeddin
 the supernet's weights in the inherit modes) arrives once through the object store via
 ``tune.with_parameters``; the trial config carries only the architecture. A candidate starts from
 random weights (mode ``scratch``) or from its slice of the supernet with recalibrated batch norm
-(``inherit``: then fine-tuned; ``inherit_zero_shot``: evaluated as is, reported as epoch 0). Each epoch reports cross-model metrics and a checkpoint; the last epoch
-adds homogeneous metrics, FLOPs, parameters and latency. A retried trial resumes after the last
+(``inherit``: then fine-tuned; ``inherit_zero_shot``: evaluated as is, reported as epoch 0). What each epoch reports, and what makes the last epoch's result final, is defined in
+``workers.trial_report``. A retried trial resumes after the last
 epoch it checkpointed, so no epoch is reported twice.
 """
 
@@ -28,9 +28,8 @@ from workers.candidate_training import CandidateTrainingSettings, fine_tune_cand
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.preprocess import embed_images, pick_device, to_model_input
+from workers.trial_report import MODEL_FILE, SPEC_FILE
 
-MODEL_FILE = "model.safetensors"
-SPEC_FILE = "arch.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from orchestrator import cmpnas_version
 from orchestrator.config import validate_config
 from orchestrator.export.checks import (
     check_parity, check_recorded_recall, cross_model_metrics, embed_gallery_split, onnx_session,
@@ -23,9 +24,11 @@ from orchestrator.export.errors import ExportError
 from orchestrator.export.package import MANIFEST_FILE, DeployableQueryModel, build_manifest, load_candidate, write_formats
 from orchestrator.export.registry import register_export
 from orchestrator.export.selection import select_runs
+from orchestrator.tags import GALLERY_FINGERPRINT_TAG
 from orchestrator.tracking import SearchTracker
 from workers.checkpoint import CheckpointError
 from workers.gallery import GalleryCheckpoint, load_gallery
+from workers.trial_report import MODEL_FILE, SPEC_FILE
 
 Log = Callable[[str], None]
 
@@ -56,7 +59,7 @@ class ExportedModel:
 
 
 def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
-    from orchestrator.driver import cmpnas_version, load_data
+    from orchestrator.search_inputs import load_data
 
     try:
         tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
@@ -77,7 +80,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
         staged = []
         for run in runs:
             source = Path(tracker.client.download_artifacts(run.info.run_id, "model", str(staging / run.info.run_id)))
-            spec, network = load_candidate(source / "model.safetensors", source / "arch.json")
+            spec, network = load_candidate(source / MODEL_FILE, source / SPEC_FILE)
             model = DeployableQueryModel(network, gallery.mean, gallery.std, spec.resolution).eval()
             folder = staging / spec.arch_id
             folder.mkdir()
@@ -123,7 +126,7 @@ def _search_gallery(path: Path, search) -> GalleryCheckpoint:
         gallery = load_gallery(path, torch.device("cpu"))
     except CheckpointError as error:
         raise ExportError(f"gallery checkpoint of the search: {error}") from error
-    recorded = search.data.tags.get("gallery_fingerprint")
+    recorded = search.data.tags.get(GALLERY_FINGERPRINT_TAG)
     if gallery.fingerprint != recorded:
         raise ExportError(f"gallery checkpoint {path} has fingerprint {gallery.fingerprint[:12]}, but search "
                           f"{search.info.run_id} ran against {str(recorded)[:12]}: pass the search's gallery checkpoint")

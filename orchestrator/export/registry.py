@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from orchestrator.tags import GALLERY_FINGERPRINT_TAG
 from orchestrator.tracking import SearchTracker
 
 
@@ -30,7 +31,7 @@ def register_export(tracker: SearchTracker, model_name: str, candidate_run, fold
             raise
     version = client.create_model_version(
         model_name, source=f"{candidate_run.info.artifact_uri}/export", run_id=run_id,
-        tags={"gallery_fingerprint": manifest["gallery"]["fingerprint"], "arch_id": manifest["arch_id"],
+        tags={GALLERY_FINGERPRINT_TAG: manifest["gallery"]["fingerprint"], "arch_id": manifest["arch_id"],
               "mflops": f"{manifest['cost']['mflops']:.4f}",
               "cross_r1": f"{manifest['metrics']['cross_model']['r1']:.2f}"},
         description=f"{manifest['arch_id']}: {manifest['cost']['mflops']:.2f} MFLOPs, cross-model R@1 "

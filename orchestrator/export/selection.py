@@ -5,15 +5,15 @@ from __future__ import annotations
 from mlflow.exceptions import MlflowException
 
 from orchestrator.export.errors import ExportError
-from orchestrator.tracking import PARENT_RUN_TAG, PARETO_TAG, ROLE_TAG, SearchTracker
+from orchestrator.tags import PARENT_RUN_TAG, PARETO_TAG, ROLE_CANDIDATE, ROLE_SEARCH, ROLE_TAG
+from orchestrator.tracking import SearchTracker
 
 
 def latest_search_run_id(tracker: SearchTracker) -> str:
-    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
+    run_id = tracker.latest_search_run_id()
+    if run_id is None:
         raise ExportError(f"experiment has no cmpnas search runs at {tracker.tracking_uri}; run `cmpnas search` first")
-    return runs[0].info.run_id
+    return run_id
 
 
 def get_run(tracker: SearchTracker, run_id: str):
@@ -29,13 +29,13 @@ def select_runs(tracker: SearchTracker, search_run_id: str | None, run_id: str |
     """(search run, candidate runs to export), all finished and with final metrics."""
     if run_id is not None:
         candidate = get_run(tracker, run_id)
-        if candidate.data.tags.get(ROLE_TAG) != "candidate":
-            raise ExportError(f"run {run_id} is not a cmpnas candidate run (tag {ROLE_TAG}=candidate)")
+        if candidate.data.tags.get(ROLE_TAG) != ROLE_CANDIDATE:
+            raise ExportError(f"run {run_id} is not a cmpnas candidate run (tag {ROLE_TAG}={ROLE_CANDIDATE})")
         _require_finished(candidate)
         return get_run(tracker, candidate.data.tags[PARENT_RUN_TAG]), [candidate]
     search = get_run(tracker, search_run_id or latest_search_run_id(tracker))
-    if search.data.tags.get(ROLE_TAG) != "search":
-        raise ExportError(f"run {search.info.run_id} is not a cmpnas search run (tag {ROLE_TAG}=search)")
+    if search.data.tags.get(ROLE_TAG) != ROLE_SEARCH:
+        raise ExportError(f"run {search.info.run_id} is not a cmpnas search run (tag {ROLE_TAG}={ROLE_SEARCH})")
     finished = [run for run in tracker.child_runs(search.info.run_id)
                 if run.info.status == "FINISHED" and "final_mflops" in run.data.metrics]
     if max_mflops is not None:

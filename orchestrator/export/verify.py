@@ -18,7 +18,7 @@ from workers.gallery import load_gallery
 def verify_compatibility(query_model: Path, gallery_checkpoint: Path, config: CmpnasConfig,
                          force: bool = False) -> tuple[dict, RetrievalMetrics]:
     """(manifest, cross-model metrics recomputed on the data of ``config``)."""
-    from orchestrator.driver import load_data
+    from orchestrator.search_inputs import load_data
 
     manifest = read_manifest(Path(query_model))
     try:

@@ -2,8 +2,8 @@
 
 A ``Proposer`` only knows the search space: it proposes a spec and observes scores. The
 ``ArchitectureSearcher`` wraps any proposer for Tune: it de-duplicates, applies an optional
-constraint (e.g. a FLOPs budget), and feeds completed trials back. Strategies differ only in
-their proposer, like Optuna's samplers.
+constraint (e.g. a FLOPs budget), and feeds completed trials back. Proposer-based strategies
+(``ProposerStrategy``) differ only in their proposer, like Optuna's samplers.
 """
 
 from __future__ import annotations

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from typing import TYPE_CHECKING
 
 from orchestrator.strategies.base import Proposer
+from orchestrator.strategies.proposer_strategy import ProposerStrategy
+from orchestrator.strategies.registry import register_strategy
 from search_space import ArchSpec, SearchSpace
+
+if TYPE_CHECKING:  # the config validates names against the strategy registry: no import at run time
+    from orchestrator.config import SearchConfig
 
 
 class RegularizedEvolutionProposer(Proposer):
@@ -49,3 +55,18 @@ class RegularizedEvolutionProposer(Proposer):
     def _tournament(self, rng: random.Random) -> ArchSpec:
         contestants = rng.sample(list(self.population), self.sample_size)
         return max(contestants, key=lambda member: member[1])[0]
+
+
+@register_strategy
+class EvolutionStrategy(ProposerStrategy):
+    name = "evolution"
+
+    def create_proposer(self, space: SearchSpace, config: SearchConfig) -> RegularizedEvolutionProposer:
+        evolution = config.evolution
+        return RegularizedEvolutionProposer(
+            space,
+            population_size=evolution.population_size,
+            sample_size=evolution.sample_size,
+            mutation_probability=evolution.mutation_probability,
+            crossover_probability=evolution.crossover_probability,
+        )

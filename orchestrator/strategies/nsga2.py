@@ -25,10 +25,13 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.strategies.cost import FlopsCounter
+from orchestrator.strategies.registry import register_strategy
+from orchestrator.strategies.strategy import SearchRequest, Strategy
 from search_space import ArchSpec, SearchSpace
 
 logger = logging.getLogger(__name__)
 CONSTRAINT_KEY = "flops"
+COST_METRIC = "mflops"  # the FLOPs a trial reports with its final result: NSGA-II's second objective
 
 
 class GeneSpace:
@@ -130,3 +133,19 @@ class Nsga2Searcher(OptunaSearch):
             self._ot_study.tell(self._ot_trials[trial_id], None,
                                 state=TrialState.FAIL if error else TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+@register_strategy
+class Nsga2Strategy(Strategy):
+    """Proposes through Optuna's sampler, so no accuracy predictor screens it; a budget sweep only
+    bounds its proposals by the largest budget (``search.proposal_limit_mflops``)."""
+
+    name = "nsga2"
+
+    def create_searcher(self, request: SearchRequest) -> Nsga2Searcher:
+        config = request.config
+        nsga2 = config.nsga2
+        sampler = create_nsga2_sampler(nsga2.population_size, nsga2.mutation_probability, nsga2.crossover_probability,
+                                       nsga2.swapping_probability, config.seed)
+        return Nsga2Searcher(request.space, sampler, accuracy_metric=request.metric, cost_metric=COST_METRIC,
+                             cost=request.cost, max_mflops=config.proposal_limit_mflops)

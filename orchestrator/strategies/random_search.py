@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from orchestrator.strategies.base import Proposer
-from search_space import ArchSpec
+from orchestrator.strategies.proposer_strategy import ProposerStrategy
+from orchestrator.strategies.registry import register_strategy
+from search_space import ArchSpec, SearchSpace
+
+if TYPE_CHECKING:  # the config validates names against the strategy registry: no import at run time
+    from orchestrator.config import SearchConfig
 
 
 class RandomProposer(Proposer):
     def propose(self, rng: random.Random) -> ArchSpec:
         return self.space.sample(rng)
+
+
+@register_strategy
+class RandomStrategy(ProposerStrategy):
+    name = "random"
+
+    def create_proposer(self, space: SearchSpace, config: SearchConfig) -> RandomProposer:
+        return RandomProposer(space)

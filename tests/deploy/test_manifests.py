@@ -217,7 +217,7 @@ def test_trials_fit_the_gpu_worker_group():
         for group in spec["workerGroupSpecs"]:
             limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
             cpus, gpus = float(limits["cpu"]), float(limits.get(GPU, 0))
-            # Like orchestrator.driver.check_trial_fits: one node must hold a whole trial.
+            # Like orchestrator.ray_cluster.check_fits: one node must hold a whole trial.
             if cpus >= resources["cpus_per_trial"] and gpus >= resources["gpus_per_trial"]:
                 per_node = min(cpus // resources["cpus_per_trial"],
                                gpus // resources["gpus_per_trial"] if resources["gpus_per_trial"] else cpus)

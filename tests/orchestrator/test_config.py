@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.config import DEFAULT_CONFIG, ConfigError, load_config, validate_config
+from orchestrator.config import DEFAULT_CONFIG, ConfigError, flatten_fields, load_config, validate_config
 
 
 def test_embedded_default_loads_and_overrides_apply():
@@ -14,7 +14,10 @@ def test_embedded_default_loads_and_overrides_apply():
     ("tree", "expected"),
     [
         ({"search": {"stratgy": "random"}}, r"search.stratgy: unknown field; allowed fields here are \[.*'strategy'"),
-        ({"search": {"strategy": "grid"}}, r"search.strategy: .*'random', 'evolution' or 'nsga2'"),
+        ({"search": {"strategy": "grid"}},
+         r"search.strategy: unknown search.strategy 'grid'; allowed values are \['evolution', 'nsga2', 'random'\]"),
+        ({"evaluation": {"task": "ranking"}},
+         r"evaluation.task: unknown evaluation.task 'ranking'; allowed values are \['retrieval', 'verification'\]"),
         ({"search_space": {"name": "vit"}}, r"search_space.name: .*allowed values are \['mnv3_28', 'mnv3_64'\]"),
         ({"data": {"source": "imagenet"}}, r"data.source: .*allowed values are"),
         ({"training": {"loss_weights": {"triplet": 1}}}, r"training.loss_weights: .*allowed values are"),
@@ -42,3 +45,42 @@ def test_bad_files_and_overrides_are_clear(tmp_path):
         load_config(None, ["search.num_candidates"])
     with pytest.raises(ConfigError, match="search.num_candidates"):
         load_config(None, ["search.num_candidates=-3"])
+
+
+@pytest.fixture
+def registered_at_runtime():
+    """A strategy and an evaluation task that a user registers, unregistered again afterwards."""
+    from evaluators.tasks import TASKS, RetrievalTask, register_task
+    from orchestrator.strategies import STRATEGIES, Strategy, register_strategy
+
+    @register_strategy
+    class ReplayStrategy(Strategy):
+        name = "replay"
+
+        def create_searcher(self, request):
+            raise NotImplementedError
+
+    @register_task
+    class ReidentificationTask(RetrievalTask):
+        name = "reidentification"
+
+    yield
+    STRATEGIES.unregister("replay")
+    TASKS.unregister("reidentification")
+
+
+def test_strategy_and_task_are_validated_against_their_registries(registered_at_runtime):
+    config = validate_config({"search": {"strategy": "replay"}, "evaluation": {"task": "reidentification"}})
+    assert (config.search.strategy, config.evaluation.task) == ("replay", "reidentification")
+    # The predictor rule asks the strategy, not a list of names.
+    with pytest.raises(ConfigError, match=r"search: predictor.enabled works with the strategies "
+                                          r"\['evolution', 'random'\].*strategy 'replay'"):
+        validate_config({"search": {"strategy": "replay", "predictor": {"enabled": True}}})
+
+
+def test_flatten_fields_keeps_the_named_dicts_whole():
+    tree = {"training": {"epochs": 3, "loss_weights": {"own_classifier": 1.0}}, "output_dir": "out"}
+    assert flatten_fields(tree) == {"training.epochs": 3, "training.loss_weights.own_classifier": 1.0,
+                                    "output_dir": "out"}
+    assert flatten_fields(tree, keep_whole=("loss_weights",)) == {
+        "training.epochs": 3, "training.loss_weights": {"own_classifier": 1.0}, "output_dir": "out"}

@@ -19,8 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from evaluators import list_tasks
 from orchestrator.config import CmpnasConfig, ConfigError, validate_config
+from orchestrator.strategies import list_strategies
+from search_space import list_spaces
 from tests.conftest import tiny_tree
+from workers.datasets import list_sources
 
 EXAMPLES = 300
 ADVERSARIAL_TEXT = st.sampled_from([
@@ -112,7 +116,9 @@ def _bad_values(field) -> st.SearchStrategy:
 
 
 # Fields whose validators check names against registries: any other string is bad, too.
-REGISTRY_FIELDS = {("data", "source"), ("gallery", "backbone"), ("search_space", "name")}
+REGISTRY_FIELDS = {("data", "source"), ("gallery", "backbone"), ("search_space", "name"), ("search", "strategy"),
+                   ("evaluation", "task")}
+REGISTERED_NAMES = {*list_sources(), "resnet10t", *list_spaces(), *list_strategies(), *list_tasks()}
 SCHEMA = _fields()
 
 
@@ -136,7 +142,7 @@ def bad_configs(draw) -> tuple[dict, str]:
         return tree, key
     if path in REGISTRY_FIELDS and draw(st.booleans()):
         value = draw(st.one_of(ADVERSARIAL_TEXT, st.text(min_size=1, max_size=20)).filter(
-            lambda name: name not in ("fashion_mnist", "image_folder", "resnet10t", "mnv3_28", "mnv3_64")))
+            lambda name: name not in REGISTERED_NAMES))
         if path == ("gallery", "backbone"):
             import timm
 

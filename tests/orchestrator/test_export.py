@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.driver import load_data
+from orchestrator.search_inputs import load_data
 from orchestrator.export import ExportError, ExportRequest, export_candidates, verify_compatibility
 from orchestrator.export.package import MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE
-from orchestrator.tracking import PARENT_RUN_TAG
+from orchestrator.tags import PARENT_RUN_TAG
 from workers.gallery import load_gallery, save_gallery
 from workers.preprocess import embed_images
 

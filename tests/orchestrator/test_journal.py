@@ -10,7 +10,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UN
 from orchestrator.config import ConfigError, validate_config
 from orchestrator.journal import PARENT, RetryPolicy, TrackingJournal, is_transient, trial_ref
 from orchestrator.search_state import CHANGEABLE_ON_RESUME, check_resume_config
-from orchestrator.tracking import PARENT_RUN_TAG, TRIAL_ID_TAG, SearchTracker
+from orchestrator.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
+from orchestrator.tracking import SearchTracker
 from tests.conftest import tiny_tree
 
 FAST = RetryPolicy(first_delay_s=0.01, max_delay_s=0.05)
@@ -136,7 +137,8 @@ def test_resume_refuses_a_changed_search_and_names_the_field(tmp_path):
 
 def _finished_search_journal(tmp_path, outage=False):
     """A search that wrote its keyed summary through the journal of ``tmp_path/out``."""
-    from orchestrator.driver import open_journal, open_search_state
+    from orchestrator.driver import open_search_state
+    from orchestrator.search_records import open_journal
 
     config = validate_config(tiny_tree(tmp_path))
     output_dir = tmp_path / "out"
@@ -157,7 +159,8 @@ def _finished_search_journal(tmp_path, outage=False):
 
 
 def test_a_new_search_in_the_same_output_dir_records_its_own_keyed_writes(tmp_path):
-    from orchestrator.driver import open_journal, open_search_state
+    from orchestrator.driver import open_search_state
+    from orchestrator.search_records import open_journal
 
     config, output_dir, tracker, first = _finished_search_journal(tmp_path)
     second = open_search_state(config, output_dir, config.tracking.uri, resume=False)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from evaluators import pareto_front
 from orchestrator.cli import app
-from orchestrator.tracking import PARETO_TAG
+from orchestrator.tags import PARETO_TAG
 from search_space import ArchSpec, create_space
 from workers.gallery import load_gallery
 

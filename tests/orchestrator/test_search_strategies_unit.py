@@ -226,7 +226,8 @@ def test_strategy_options_that_cannot_work_are_refused_naming_the_field():
 
 def test_a_trial_stopped_early_ends_finished_tagged_and_outside_the_report(tmp_path):
     from orchestrator.pareto_report import collect_report
-    from orchestrator.tracking import STOPPED_EARLY_TAG, MlflowTrialCallback
+    from orchestrator.mlflow_callback import MlflowTrialCallback
+    from orchestrator.tags import STOPPED_EARLY_TAG
 
     tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "stopped")
     parent = tracker.start_parent("search", tags={})

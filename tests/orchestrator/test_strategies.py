@@ -1,8 +1,12 @@
+import random
+
 import pytest
-from orchestrator.config import SearchConfig
 from ray.tune.search import Searcher
 
-from orchestrator.strategies import STRATEGIES, create_searcher
+from orchestrator.config import SearchConfig
+from orchestrator.strategies import (
+    STRATEGIES, ArchitectureSearcher, Proposer, ProposerStrategy, Strategy, create_searcher, register_strategy,
+)
 from search_space import ArchSpec, create_space
 
 SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
@@ -15,7 +19,8 @@ def test_every_strategy_suggests_unique_in_space_specs(strategy):
     for index in range(12):
         spec = ArchSpec.from_json(searcher.suggest(f"t{index}")["arch"])
         specs.append(spec)
-        searcher.on_trial_complete(f"t{index}", {"cross_map": float(spec.resolution)})
+        # Every trial's final result carries its FLOPs: NSGA-II's second objective, ignored by the others.
+        searcher.on_trial_complete(f"t{index}", {"cross_map": float(spec.resolution), "mflops": 1.0})
     assert all(SPACE.contains(spec) for spec in specs)
     assert len({spec.arch_id for spec in specs}) == len(specs)
     assert searcher.observed == 12
@@ -67,3 +72,43 @@ def test_searcher_state_survives_save_and_restore(tmp_path):
     restored = create_searcher(SPACE, SearchConfig(strategy="evolution", seed=99), "cross_map", "max")
     restored.restore(str(tmp_path / "state.pkl"))
     assert restored.suggest("next") == searcher.suggest("next")
+
+
+def test_every_builtin_strategy_is_registered_by_its_module():
+    assert sorted(STRATEGIES) == ["evolution", "nsga2", "random"]
+    for name, strategy in STRATEGIES.items():
+        assert issubclass(strategy, Strategy) and strategy.name == name
+        assert strategy.supports_predictor == issubclass(strategy, ProposerStrategy)
+
+
+def test_an_unknown_strategy_names_the_field_and_the_allowed_values():
+    unchecked = SearchConfig.model_construct(strategy="grid")  # as if validation had been skipped
+    with pytest.raises(ValueError, match=r"unknown search.strategy 'grid'; allowed values are "
+                                         r"\['evolution', 'nsga2', 'random'\]"):
+        create_searcher(SPACE, unchecked, "cross_map", "max")
+
+
+class UsersProposer(Proposer):
+    def propose(self, rng: random.Random) -> ArchSpec:
+        return self.space.sample(rng)
+
+
+@pytest.fixture
+def users_strategy():
+    @register_strategy
+    class UsersStrategy(ProposerStrategy):
+        name = "users_strategy"
+
+        def create_proposer(self, space, config):
+            return UsersProposer(space)
+
+    yield UsersStrategy
+    STRATEGIES.unregister("users_strategy")
+
+
+def test_a_strategy_registered_at_runtime_is_configured_and_searches_like_a_builtin(users_strategy):
+    config = SearchConfig(strategy="users_strategy", predictor={"enabled": True})
+    searcher = create_searcher(SPACE, config, "cross_map", "max")
+    assert isinstance(searcher, ArchitectureSearcher)
+    assert isinstance(searcher.proposer.inner, UsersProposer), "the predictor screens its proposals"
+    assert SPACE.contains(ArchSpec.from_json(searcher.suggest("t0")["arch"]))

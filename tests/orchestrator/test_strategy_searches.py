@@ -13,7 +13,8 @@ from rich.console import Console
 from orchestrator.budget_report import BUDGET_TAG
 from orchestrator.config import validate_config
 from orchestrator.driver import run_search
-from orchestrator.tracking import PARETO_TAG, STOPPED_EARLY_TAG, SearchTracker
+from orchestrator.tags import PARETO_TAG, STOPPED_EARLY_TAG
+from orchestrator.tracking import SearchTracker
 from tests.conftest import tiny_tree
 
 pytestmark = pytest.mark.integration

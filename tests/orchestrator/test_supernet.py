@@ -11,10 +11,12 @@ from typer.testing import CliRunner
 from evaluators import RetrievalEvaluator
 from orchestrator.cli import app
 from orchestrator.config import validate_config
-from orchestrator.driver import load_data, run_search
+from orchestrator.driver import run_search
+from orchestrator.search_inputs import load_data
 from orchestrator.supernet_job import supernet_training_settings
 from orchestrator.supernet_setup import load_supernet_for_search
-from orchestrator.tracking import ROLE_TAG, SearchTracker
+from orchestrator.tags import ROLE_TAG
+from orchestrator.tracking import SearchTracker
 from search_space import create_space
 from search_space.supernet import ElasticSupernet, extract_subnet
 from tests.conftest import tiny_tree

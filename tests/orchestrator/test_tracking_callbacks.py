@@ -3,7 +3,8 @@
 import logging
 from types import SimpleNamespace
 
-from orchestrator.tracking import MlflowTrialCallback, SearchTracker
+from orchestrator.mlflow_callback import MlflowTrialCallback
+from orchestrator.tracking import SearchTracker
 from search_space import create_space
 
 
@@ -40,3 +41,25 @@ def test_a_tracking_failure_is_logged_and_does_not_fail_the_trial(tmp_path, capl
     with caplog.at_level(logging.ERROR):
         assert callback.on_trial_result(0, [], _trial("a"), {"epoch": 1, "cross_r1": 1.0}) is None
     assert "tracking failed in on_trial_result" in caplog.text
+
+
+def test_restored_callbacks_write_to_the_resuming_drivers_journal(tmp_path):
+    # Tune pickles its callbacks into the experiment; a resume unpickles them in a new driver.
+    import pickle
+
+    from orchestrator.convergence import SearchConvergenceCallback
+    from orchestrator.journal import TrackingJournal
+
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "callbacks")
+    parent = tracker.start_parent("search", tags={})
+    journal = TrackingJournal.open(tracker, parent, tmp_path / "journal")
+    trials = MlflowTrialCallback(tracker, parent, journal)
+    trials.on_trial_start(0, [], _trial("a"))
+    convergence = SearchConvergenceCallback(tracker, parent, paragon_mflops=60.0, journal=journal)
+    convergence.points.append((50.0, 2.0))
+    restored_trials, restored_convergence = pickle.loads(pickle.dumps(trials)), pickle.loads(pickle.dumps(convergence))
+    assert restored_trials.journal is journal and restored_convergence.journal is journal
+    # Trial "a" may have finished after the snapshot: the new session must not end it KILLED.
+    restored_trials.on_experiment_end([])
+    assert [run.info.status for run in tracker.child_runs(parent)] == ["RUNNING"]
+    assert restored_convergence.points == [(50.0, 2.0)]

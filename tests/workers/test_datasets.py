@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.datasets import DataError, DataRequest, load_retrieval_data, stratified_split
+from workers.datasets import (
+    DataError, DataRequest, list_sources, load_retrieval_data, register_source, stratified_split,
+)
 from workers.datasets import fashion_mnist
 
 
@@ -108,3 +110,15 @@ def test_a_query_class_without_gallery_images_is_refused(tmp_path):
         extra.unlink()
     with pytest.raises(DataError, match=r"\['small'\] have query images but none in the gallery"):
         load_retrieval_data("image_folder", DataRequest(root=str(tmp_path / "few"), query_size=10, gallery_size=2))
+
+
+def test_an_unknown_source_names_the_field_and_the_registered_sources():
+    with pytest.raises(DataError, match=r"unknown data.source 'imagenet'; allowed values are "
+                                        r"\['fashion_mnist', 'image_folder', 'orl_faces'\]"):
+        load_retrieval_data("imagenet", DataRequest())
+
+
+def test_a_second_source_of_a_registered_name_is_refused():
+    with pytest.raises(ValueError, match="data source 'fashion_mnist' is registered twice"):
+        register_source("fashion_mnist")(lambda request: None)
+    assert list_sources() == ["fashion_mnist", "image_folder", "orl_faces"]

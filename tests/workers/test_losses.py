@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.losses import LOSSES, LossContext, WeightedLossSum
+from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES, CompatibilityLoss, LossContext, WeightedLossSum, register_loss
 
 
 def _context(query, gallery_embeddings, labels):
@@ -42,3 +42,28 @@ def test_weighted_sum_uses_only_non_zero_weights_and_rejects_unknown_names():
         WeightedLossSum({"triplet": 1.0})
     with pytest.raises(ValueError, match="non-zero"):
         WeightedLossSum({"own_classifier": 0.0})
+
+
+def test_a_second_loss_of_a_registered_name_is_refused():
+    class AnotherBCT(CompatibilityLoss):
+        name = "bct_influence"
+
+        def forward(self, context):
+            return context.query_embeddings.sum()
+
+    with pytest.raises(ValueError, match="loss 'bct_influence' is registered twice"):
+        register_loss(AnotherBCT)
+    assert LOSSES["bct_influence"] is not AnotherBCT
+
+
+def test_the_config_and_both_trainers_default_to_the_same_loss_weights():
+    from orchestrator.config import TrainingConfig
+    from workers.candidate_training import CandidateTrainingSettings
+    from workers.fit import OptimSettings
+    from workers.supernet_training import SupernetTrainingSettings
+
+    optim = OptimSettings(epochs=1, batch_size=1, lr=1e-3)
+    assert set(DEFAULT_LOSS_WEIGHTS) <= set(LOSSES)
+    assert TrainingConfig().loss_weights == DEFAULT_LOSS_WEIGHTS
+    assert CandidateTrainingSettings(optim).loss_weights == DEFAULT_LOSS_WEIGHTS
+    assert SupernetTrainingSettings(optim).loss_weights == DEFAULT_LOSS_WEIGHTS

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.datasets.types import DataError
+from workers.datasets.registry import register_source
+from workers.datasets.splits import check_split_sizes, stratified_split
+from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -34,6 +36,33 @@ HOW_TO_GET = (
     f"{DEBIAN_DIR}), point data.root at a folder holding the four *-ubyte.gz files, or set "
     "data.download: true on a machine with internet"
 )
+
+
+@register_source("fashion_mnist")
+def load_fashion_mnist(request: DataRequest) -> RetrievalData:
+    """Fine-tune on a stratified subset of the train split; query and gallery from the test split."""
+    if request.image_size != 28 or request.channels != 1:
+        raise DataError("data.image_size and data.channels apply to image folders; Fashion-MNIST is 28x28 "
+                        "grayscale: leave them at 28 and 1")
+    arrays = load_arrays(locate(request.root, request.download))
+    train_images, train_labels = arrays["train"]
+    test_images, test_labels = arrays["test"]
+    train_size = len(train_labels) if request.train_size is None else request.train_size
+    check_split_sizes(len(train_labels), "Fashion-MNIST train split", train_size=train_size)
+    check_split_sizes(len(test_labels), "Fashion-MNIST test split", query_size=request.query_size,
+                      gallery_size=request.gallery_size)
+    (train_index,) = stratified_split(train_labels, [train_size], request.seed)
+    query_index, gallery_index = stratified_split(test_labels, [request.query_size, request.gallery_size], request.seed)
+    test = ImageSet(test_images, test_labels)
+    return RetrievalData(
+        name="fashion_mnist",
+        train=ImageSet(train_images, train_labels).subset(train_index),
+        query=test.subset(query_index),
+        gallery=test.subset(gallery_index),
+        class_names=CLASS_NAMES,
+        mean=MEAN,
+        std=STD,
+    )
 
 
 def default_cache_dir() -> Path:

@@ -6,9 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.datasets.types import DataError
+from workers.datasets.registry import register_source
+from workers.datasets.splits import split_one_pool
+from workers.datasets.types import DataError, DataRequest, RetrievalData
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+@register_source("image_folder")
+def load_image_folder_source(request: DataRequest) -> RetrievalData:
+    """Query and gallery drawn first, then the train split from what is left (all of it by default)."""
+    if request.root is None:
+        raise DataError("data.root is required for data.source 'image_folder': the folder of class subfolders")
+    images, labels, class_names = load_image_folder(request.root, request.image_size, request.channels)
+    return split_one_pool(f"image_folder:{request.root}", f"image folder {request.root}", images, labels,
+                          class_names, request)
 
 
 def load_image_folder(root: str | Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

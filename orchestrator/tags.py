@@ -1,0 +1,47 @@
+"""Every MLflow tag cmpnas writes or searches by, in one place.
+
+Rules:
+* a run's kind is its ``ROLE_TAG``: ``ROLE_SEARCH`` (a search's parent run), ``ROLE_CANDIDATE``
+  (one trial), ``ROLE_SUPERNET`` (a supernet training);
+* child runs point at their parent with MLflow's own ``PARENT_RUN_TAG``, so the MLflow UI nests them;
+* boolean tags hold the strings ``"true"`` / ``"false"``;
+* tags are what later commands (``cmpnas pareto``, ``export``, a resumed search) look runs up by,
+  so a name here is part of the recorded format: rename one only with a migration.
+"""
+
+from __future__ import annotations
+
+# -- what a run is and where it belongs ------------------------------------------------------------
+PARENT_RUN_TAG = "mlflow.parentRunId"
+ROLE_TAG = "cmpnas.role"
+ROLE_SEARCH = "search"
+ROLE_CANDIDATE = "candidate"
+ROLE_SUPERNET = "supernet"
+# The search's own id (search_state.json): finds the parent run again after a crash before it was saved.
+SEARCH_ID_TAG = "cmpnas.search_id"
+# The Tune trial of a candidate run: a retried or resumed trial re-attaches to its run by it.
+TRIAL_ID_TAG = "cmpnas.trial_id"
+
+# -- how a candidate ended ----------------------------------------------------------------------------
+RETRIES_TAG = "cmpnas.retries"
+LAST_RETRY_ERROR_TAG = "cmpnas.last_retry_error"
+ERROR_TAG = "error"
+# A trial the scheduler (ASHA) stopped before its last epoch: FINISHED, but without final metrics.
+STOPPED_EARLY_TAG = "cmpnas.stopped_early"
+# A child run no trial will finish (its driver died before Tune recorded the trial).
+SUPERSEDED_TAG = "cmpnas.superseded"
+
+# -- what the search selected ---------------------------------------------------------------------------
+PARETO_TAG = "pareto"
+# On a candidate: the budget aliases of a budget sweep it wins (comma-separated).
+BUDGET_TAG = "budget_best"
+
+# -- provenance, on parent and supernet runs --------------------------------------------------------
+GALLERY_FINGERPRINT_TAG = "gallery_fingerprint"
+SUPERNET_FINGERPRINT_TAG = "supernet_fingerprint"
+VERSION_TAG = "cmpnas_version"
+DATASET_TAG = "dataset"
+FLOPS_CONVENTION_TAG = "flops_convention"
+GALLERY_BACKBONE_TAG = "gallery_backbone"
+TRAINING_MODE_TAG = "training_mode"
+SEARCH_SPACE_TAG = "search_space"

@@ -1,0 +1,108 @@
+"""The candidates of a search as one Ray Tune experiment: a new one, or the interrupted one continued.
+
+Rules:
+* what all trials share (data, gallery embeddings, training settings, the supernet's weights)
+  travels once through the object store (``tune.with_parameters``); a trial's config carries only
+  its architecture (``{"arch": spec_json}``);
+* trials reuse their Ray actors: a fresh actor per trial re-imports torch and re-fetches the
+  shared inputs, 8-14 s of idle slot per trial on a 2-core machine;
+* the Tune experiment lives at ``SearchState.tune_experiment_path``; a resumed search restores it
+  when Tune left a snapshot of its trials: finished trials stay finished, unfinished ones continue
+  from their last checkpoint, the searcher from its saved state, and trials that exhausted their
+  retries stay failed. Without a snapshot (a driver killed before Tune's first one) the
+  experiment starts again.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
+from orchestrator.early_stopping import create_scheduler
+from orchestrator.mlflow_callback import MlflowTrialCallback
+from orchestrator.progress import RichProgressCallback
+from orchestrator.search_context import SearchContext
+from workers.candidate_training import CandidateTrainingSettings
+from workers.fit import OptimSettings
+from workers.trial import SharedTrialInputs, run_candidate_trial
+
+# The metric is config.search.metric; every metric a task reports (evaluators.tasks) is maximised.
+SEARCH_MODE = "max"
+
+
+def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
+    config = ctx.config
+    training = config.training
+    return SharedTrialInputs(
+        data=ctx.inputs.data,
+        gallery=ctx.embeddings,
+        training=CandidateTrainingSettings(
+            optim=OptimSettings(epochs=training.trial_epochs, batch_size=training.batch_size, lr=training.lr,
+                                weight_decay=training.weight_decay, seed=config.search.seed),
+            loss_weights=dict(training.loss_weights),
+            channels_last=training.channels_last,
+            mixed_precision=training.mixed_precision,
+        ),
+        paragon_flops=ctx.paragon.cost.flops,
+        threads_per_trial=max(1, math.ceil(config.resources.cpus_per_trial)),
+        measure_latency=config.resources.measure_latency,
+        mode=training.mode,
+        supernet_state=ctx.supernet_state,
+        calibration_images=config.supernet.calibration_images,
+        task=config.evaluation.task,
+    )
+
+
+def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence[Callback] = ()) -> tune.ResultGrid:
+    config, resources = ctx.config, ctx.config.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(run_candidate_trial, shared=shared_trial_inputs(ctx)),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+    experiment_path = ctx.state.tune_experiment_path
+    if ctx.state.sessions > 1 and can_restore(experiment_path):
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        return tuner.fit()
+    storage_path, _, name = experiment_path.rpartition("/")
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
+            scheduler=create_scheduler(config.search, max(1, config.training.trial_epochs)),
+            num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[
+                MlflowTrialCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.journal),
+                RichProgressCallback(ctx.console, config.search.num_candidates, config.training.trial_epochs),
+                *extra_callbacks,
+            ],
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit()
+
+
+def can_restore(experiment_path: str) -> bool:
+    """Tune can continue the experiment: its tuner and (for a local folder) a snapshot of its trials
+    exist. A driver killed before Tune's first snapshot leaves only the tuner: start it again."""
+    if not tune.Tuner.can_restore(experiment_path):
+        return False
+    local = Path(experiment_path)
+    return "://" in experiment_path or any(local.glob("experiment_state-*.json"))
+
+
+def trial_id_of(result: tune.Result) -> str:
+    return Path(result.path).name.removeprefix("trial_")
