@@ -69,10 +69,12 @@ def record_budget_sweep(journal: TrackingJournal, picks: list[BudgetPick], outpu
             metrics[f"{key}_mflops"] = pick.best.mflops
             wins.setdefault(pick.best.run_id, []).append(pick.alias)
     metrics["budgets_filled"] = float(sum(pick.best is not None for pick in picks))
-    journal.set_tags(PARENT, tags)
-    journal.log_metrics(PARENT, metrics)
+    # Keyed: a resumed search that records the sweep again writes each record once.
+    journal.set_tags(PARENT, tags, key="parent/budget-sweep/tags")
+    journal.log_metrics(PARENT, metrics, key="parent/budget-sweep/metrics")
     for run_id, aliases in wins.items():
-        journal.set_tags(run_id, {BUDGET_TAG: ",".join(aliases)})  # a run id is its own journal reference
+        # A run id is its own journal reference.
+        journal.set_tags(run_id, {BUDGET_TAG: ",".join(aliases)}, key=f"{run_id}/budget-best")
     path = write_budget_csv(picks, output_dir / "budget_sweep.csv")
-    journal.log_artifact(PARENT, path)
+    journal.log_artifact(PARENT, path, key="parent/budget-sweep.csv")
     return path

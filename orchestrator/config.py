@@ -387,7 +387,8 @@ def flatten_fields(tree: dict[str, Any], prefix: str = "", keep_whole: tuple[str
 
 
 def _strategies() -> Registry[type[Strategy]]:
-    # Imported on first use: loading a config file should not wait for Ray and Optuna to import.
+    # Imported on first validation, not with this module: the strategy modules import Ray Tune and
+    # Optuna (under a second), which importing the config alone (e.g. for its schema) need not pay.
     from orchestrator.strategies import STRATEGIES
 
     return STRATEGIES

@@ -58,7 +58,7 @@ from orchestrator.tags import (
     VERSION_TAG,
 )
 from orchestrator.tracking import SearchTracker, config_params, resolve_tracking_uri
-from orchestrator.trials import SEARCH_MODE, run_trials, trial_id_of
+from orchestrator.trials import SEARCH_MODE, run_trials, tune_trial_id
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.supernet_checkpoint import SupernetCheckpoint
 
@@ -149,7 +149,10 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         journal.log_metrics(PARENT, {"stage_tracking_seconds": tracker.seconds_in_calls,
                                      "search_wall_seconds": time.perf_counter() - search_started},
                             step=state.sessions - 1, key=f"parent/wall/{state.sessions}")
-        journal.flush()
+        if not journal.flush(wait=True):
+            # Written after the front (wall time, budget sweep): kept, and said, not lost.
+            console.print(f"[bold yellow]{journal.pending} tracking writes wait in {journal.path}; send them with "
+                          f"`cmpnas sync --output-dir {output_dir}`[/]")
     finally:
         if started_ray:
             ray.shutdown()
@@ -273,7 +276,7 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport]:
     if ctx.state.sessions == 1:  # a restored experiment runs Tune's copy of the searcher, not this one
         summary["strategy_results_observed"] = searcher.observed
         summary["trials_stopped_early"] = convergence.stopped_early
-    ctx.state.trial_ids = sorted(trial_id_of(result) for result in results)
+    ctx.state.trial_ids = sorted(tune_trial_id(result) for result in results)
     if complete:
         ctx.journal.log_metrics(PARENT, {**summary, "search_sessions": ctx.state.sessions}, key="parent/summary")
         ctx.state = ctx.state.moved_to("trials_done")

@@ -82,7 +82,7 @@ class JournaledCallback(Callback):
         return {**state, "journal_folder": str(self.journal.folder)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        folder = state.pop("journal_folder")
+        folder = state.pop("journal_folder", None)  # absent from callbacks pickled before the journal base
         tracker = state.pop("tracker", None)
         self.__dict__.update(state)
         if folder is None:

@@ -104,5 +104,5 @@ def can_restore(experiment_path: str) -> bool:
     return "://" in experiment_path or any(local.glob("experiment_state-*.json"))
 
 
-def trial_id_of(result: tune.Result) -> str:
+def tune_trial_id(result: tune.Result) -> str:
     return Path(result.path).name.removeprefix("trial_")
