@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
-from search_space import list_spaces
-from workers.datasets import list_sources
+from search_space.registry import SPACES
+from workers.datasets.registry import SOURCES
 from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES
 
 if TYPE_CHECKING:
@@ -54,9 +54,7 @@ class DataConfig(_Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if value not in list_sources():
-            raise ValueError(f"unknown data source {value!r}; allowed values are {list_sources()}")
-        return value
+        return SOURCES.check(value)
 
 
 class GalleryConfig(_Section):
@@ -88,9 +86,7 @@ class SearchSpaceConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_space(cls, value: str) -> str:
-        if value not in list_spaces():
-            raise ValueError(f"unknown search space {value!r}; allowed values are {list_spaces()}")
-        return value
+        return SPACES.check(value)
 
 
 class TrainingConfig(_Section):

@@ -72,6 +72,8 @@ class SearchConvergenceCallback(JournaledCallback):
             arch_id = ArchSpec.from_json(trial.config["arch"]).arch_id
             if arch_id in self.predictions:
                 self.pairs.append((self.predictions[arch_id], float(result[self.metric])))
+        # Keyed by trial: a trial whose end a resumed session replays is logged once. (Hand-made
+        # trials without an id, as in unit tests, fall back to the step.)
         self.journal.log_metrics(PARENT, self.metrics(), step=self.ended,
                                  key=f"{PARENT}/convergence/{getattr(trial, 'trial_id', self.ended)}")
 

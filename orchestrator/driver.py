@@ -42,7 +42,7 @@ from orchestrator.pareto_report import ParetoReport, render_table
 from orchestrator.ray_cluster import ResourceRequest, connect_ray
 from orchestrator.search_context import Paragon, SearchContext
 from orchestrator.search_inputs import SearchInputs, prepare_output_dir, prepare_search_inputs
-from orchestrator.search_records import finalize_search, open_journal, open_tracker
+from orchestrator.search_records import finalize_search, open_journal, open_tracker, report_unsent_writes
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
 from orchestrator.strategies import create_searcher
 from orchestrator.strategies.cost import FlopsCounter, WithinBudget
@@ -149,10 +149,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         journal.log_metrics(PARENT, {"stage_tracking_seconds": tracker.seconds_in_calls,
                                      "search_wall_seconds": time.perf_counter() - search_started},
                             step=state.sessions - 1, key=f"parent/wall/{state.sessions}")
-        if not journal.flush(wait=True):
-            # Written after the front (wall time, budget sweep): kept, and said, not lost.
-            console.print(f"[bold yellow]{journal.pending} tracking writes wait in {journal.path}; send them with "
-                          f"`cmpnas sync --output-dir {output_dir}`[/]")
+        report_unsent_writes(journal, output_dir, console)  # the wall time and budget sweep come after the front
     finally:
         if started_ray:
             ray.shutdown()

@@ -89,6 +89,16 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
     return report
 
 
+def report_unsent_writes(journal: TrackingJournal, output_dir: Path, console: Console) -> bool:
+    """After the front, say so when writes are still waiting in the journal (the server went away
+    after ``finalize_search``): they are kept for ``cmpnas sync``. True when some wait."""
+    if journal.flush(wait=True):
+        return False
+    console.print(f"[bold yellow]{journal.pending} tracking writes wait in {journal.path}; send them with "
+                  f"`cmpnas sync --output-dir {output_dir}`[/]")
+    return True
+
+
 def supersede_orphan_runs(tracker: SearchTracker, state: SearchState) -> None:
     """A driver killed after a trial's child run was created but before Tune recorded the trial
     leaves a run that no trial will finish: mark it, so runs and trials correspond one to one."""

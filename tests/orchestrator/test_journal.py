@@ -182,3 +182,38 @@ def test_a_new_search_will_not_drop_an_earlier_searchs_unsent_writes(tmp_path):
     with pytest.raises(ResumeError, match=r"1 tracking writes .*`cmpnas sync --output-dir"):
         open_search_state(config, output_dir, config.tracking.uri, resume=False)
     assert journal_file.read_text() == before
+
+
+def test_writes_left_after_the_front_are_reported_with_the_sync_command(tmp_path):
+    from rich.console import Console
+
+    from orchestrator.search_records import report_unsent_writes
+
+    journal, tracker, parent = _journal(tmp_path)
+    console = Console(record=True, width=300)
+    assert not report_unsent_writes(journal, tmp_path / "out", console)
+    with _Outage(tracker.client):
+        journal.log_metrics(PARENT, {"search_wall_seconds": 1.0}, key="parent/wall/1")
+        assert report_unsent_writes(journal, tmp_path / "out", console)
+    text = console.export_text()
+    assert "1 tracking writes wait" in text and f"cmpnas sync --output-dir {tmp_path / 'out'}" in text
+    assert journal.drain(5), "the write is kept, not dropped"
+
+
+def test_a_budget_sweep_recorded_again_after_a_resume_is_written_once(tmp_path):
+    from orchestrator.budget_report import BudgetPick, record_budget_sweep
+    from orchestrator.pareto_report import CandidateRow
+    from orchestrator.tags import BUDGET_TAG
+
+    journal, tracker, parent = _journal(tmp_path)
+    child = tracker.client.create_run(tracker.experiment_id, tags={PARENT_RUN_TAG: parent}).info.run_id
+    best = CandidateRow(child, "arch", 1.5, 1, 1.0, 70.0, 70.0, 70.0, 1.0, score=70.0)
+    picks = [BudgetPick(2.0, "budget-2000kflops", best), BudgetPick(0.5, "budget-500kflops", None)]
+    for _ in range(2):  # the first session, then a resumed one that records the sweep again
+        record_budget_sweep(journal, picks, tmp_path)
+    assert journal.drain(5)
+    assert len(tracker.client.get_metric_history(parent, "budgets_filled")) == 1
+    parent_run = tracker.client.get_run(parent)
+    assert parent_run.data.tags["budget-2000kflops"] == child and parent_run.data.tags["budget-500kflops"] == "none"
+    assert tracker.client.get_run(child).data.tags[BUDGET_TAG] == "budget-2000kflops"
+    assert [item.path for item in tracker.client.list_artifacts(parent)] == ["budget_sweep.csv"]
