@@ -17,6 +17,9 @@ gallery_app = typer.Typer(help="The frozen gallery (paragon) model.", no_args_is
 app.add_typer(gallery_app, name="gallery")
 supernet_app = typer.Typer(help="The weight-sharing supernet that candidates can inherit from.", no_args_is_help=True)
 app.add_typer(supernet_app, name="supernet")
+space_app = typer.Typer(help="The search space: its architectures and the FLOPs budgets they fit.",
+                        no_args_is_help=True)
+app.add_typer(space_app, name="space")
 # Outside a terminal rich would wrap tables at 80 columns; logs and CI output read better wider.
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -25,15 +28,20 @@ SetOption = typer.Option(None, "--set", help="override a field, e.g. --set searc
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from orchestrator.gallery_embed import GalleryEmbedError
+    from orchestrator.gallery_export import GalleryExportError
+    from orchestrator.gallery_index import GalleryIndexError
+    from orchestrator.query_service import QueryError
     from orchestrator.ray_cluster import ResourceRequestError
     from orchestrator.search_inputs import OutputDirError
     from orchestrator.search_state import ResumeError
-    from search_space import OutOfSpaceError, SpecFormatError
+    from search_space import BudgetInfeasibleError, OutOfSpaceError, SpecFormatError
     from workers.checkpoint import CheckpointError
     from workers.datasets import DataError
 
-    return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, OutputDirError,
-            ResourceRequestError, ResumeError)
+    return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, BudgetInfeasibleError,
+            OutputDirError, ResourceRequestError, ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError,
+            QueryError)
 
 
 # Exit status when results are safe in the local journal but not yet in MLflow: retry later.
@@ -68,11 +76,15 @@ def search(
             settings = _recorded_config(settings, extra)
         from orchestrator.driver import run_search
 
-        run_search(settings, console, resume=resume)
+        outcome = run_search(settings, console, resume=resume)
     except _user_errors() as error:
         _fail(error)
     except TrackingUnavailableError as error:
         _tracking_unavailable(error)
+    if outcome.shortfall is not None:  # recorded and printed by the search; not a success
+        from orchestrator.shortfall import EXIT_SEARCH_SHORT
+
+        raise typer.Exit(code=EXIT_SEARCH_SHORT)
 
 
 def _recorded_config(settings, overrides: list[str]):
@@ -113,9 +125,12 @@ def sync(
 
 @gallery_app.command("train")
 def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> None:
-    """Train the gallery model and save it to gallery.checkpoint (or OUTPUT_DIR/gallery.safetensors)."""
+    """Train a cmpnas gallery model and save it to gallery.path (or OUTPUT_DIR/gallery.safetensors)."""
     try:
         settings = load_config(config, overrides)
+        if settings.gallery.source != "cmpnas":
+            raise ConfigError(f"`cmpnas gallery train` trains a gallery model of gallery.source 'cmpnas'; this config "
+                              f"uses gallery.source={settings.gallery.source!r}, a model that needs no training here")
         from evaluators import RetrievalEvaluator
         from orchestrator.search_inputs import load_data, prepare_output_dir
         from orchestrator.gallery_setup import train_and_save_gallery
@@ -135,6 +150,59 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
         _fail(error)
 
 
+@gallery_app.command("embed")
+def gallery_embed(
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    output: Path = typer.Option(..., help="the embedded gallery folder: embeddings.npy, ids.txt, index.faiss, "
+                                "gallery.json (usable as gallery.source: embeddings); rerun to resume"),
+    images: Optional[Path] = typer.Option(None, help="embed every image under this folder (ids: paths relative to "
+                                          "it); default: the configured data's splits"),
+    split: Optional[list[str]] = typer.Option(None, help="without --images: the data splits to embed (repeatable; "
+                                              "default: train, query and gallery)"),
+    index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ..."),
+    shard_size: int = typer.Option(4096, help="images per shard, the unit of resuming"),
+    batch_size: int = typer.Option(256, help="images per forward pass of the gallery model"),
+    address: Optional[str] = typer.Option(None, help="embed on a Ray cluster: 'auto' or ray://host:10001 "
+                                          "(ray.address); the gallery model and images at the same path on every node"),
+    actors: Optional[int] = typer.Option(None, help="on Ray: embedding actors; default: one per GPU, else per CPU"),
+) -> None:
+    """Embed an image collection with the configured gallery model, into a folder with a FAISS index."""
+    try:
+        settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
+        from orchestrator.gallery_embed import SPLITS, GalleryEmbedRequest, embed_configured_gallery
+
+        request = GalleryEmbedRequest(output_dir=output, images=images, splits=tuple(split or SPLITS),
+                                      index_factory=index, shard_size=shard_size, batch_size=batch_size, actors=actors)
+        if images is not None and split:
+            raise ConfigError("--split chooses among the configured data's splits; with --images the folder is "
+                              "embedded whole: give one or the other")
+        embedded = embed_configured_gallery(settings, request, console.log, console)
+        console.print(f"{embedded.folder}: {embedded.count} embeddings (D={embedded.record['embed_dim']}), index "
+                      f"{embedded.record['index_factory']!r}, {embedded.shards_reused} of {embedded.shards_total} "
+                      "shards reused")
+    except _user_errors() as error:
+        _fail(error)
+
+
+@gallery_app.command("export")
+def gallery_export(
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    output: Path = typer.Option(..., help="folder for gallery.onnx and gallery.json"),
+) -> None:
+    """Export the cmpnas-trained gallery model as ONNX (gallery.source: onnx reads it without gallery.input)."""
+    try:
+        settings = load_config(config, overrides)
+        from orchestrator.gallery_export import export_configured_gallery
+
+        exported = export_configured_gallery(settings, output, console.log)
+        console.print(f"{exported.onnx_path} (fingerprint as gallery.source onnx: "
+                      f"{exported.record['source_fingerprints']['onnx'][:12]})")
+    except _user_errors() as error:
+        _fail(error)
+
+
 @supernet_app.command("train")
 def supernet_train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption,
                    address: Optional[str] = typer.Option(None, help="join a Ray cluster (ray.address)")) -> None:
@@ -147,6 +215,19 @@ def supernet_train(config: Optional[Path] = ConfigOption, overrides: Optional[li
     except _user_errors() as error:
         _fail(error)
     except SupernetTrainingError as error:
+        _fail(error)
+
+
+@space_app.command("info")
+def space_info(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> None:
+    """The configured space's smallest and largest architecture, their MFLOPs and the paragon's cost
+    reduction at each end, and how many architectures budgets admit (search.max_mflops, budgets_mflops)."""
+    try:
+        settings = load_config(config, overrides)
+        from orchestrator.space_info import describe_space, render_space_info
+
+        render_space_info(describe_space(settings), console)
+    except _user_errors() as error:
         _fail(error)
 
 
@@ -187,7 +268,8 @@ def export(
     run_id: str = typer.Option(None, help="export this one candidate run instead of the Pareto front"),
     max_mflops: float = typer.Option(None, help="export the best candidate (cross-model mAP) within this budget"),
     output: Path = typer.Option(None, help="default: export.output_dir, else OUTPUT_DIR/export"),
-    gallery: Path = typer.Option(None, help="gallery checkpoint; default: the search's"),
+    gallery: Path = typer.Option(None, help="the gallery model (a folder for embeddings) of the search's "
+                                 "gallery.source; default: the search's gallery.path"),
     no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
 ) -> None:
     """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest."""
@@ -201,7 +283,7 @@ def export(
             experiment=experiment or settings.tracking.experiment,
             model_name=settings.export.registered_model_name,
             output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
-            search_run_id=search_run_id, run_id=run_id, max_mflops=max_mflops, gallery_checkpoint=gallery,
+            search_run_id=search_run_id, run_id=run_id, max_mflops=max_mflops, gallery_path=gallery,
             register=not no_register,
         )
         for model in export_candidates(request, console.log):
@@ -214,14 +296,15 @@ def export(
 @app.command("verify-compat")
 def verify_compat(
     query_model: Path = typer.Option(..., help="an export folder (with compatibility.json)"),
-    gallery: Path = typer.Option(..., help="the gallery checkpoint in production"),
+    gallery: Path = typer.Option(..., help="the gallery model in production: a file (a folder for embeddings) of "
+                                 "gallery.source, e.g. --set gallery.source=onnx"),
     config: Optional[Path] = ConfigOption,
     overrides: Optional[list[str]] = SetOption,
     force: bool = typer.Option(False, help="measure even if the gallery fingerprint differs from the manifest's"),
 ) -> None:
-    """Recompute cross-model metrics of an exported query model against a gallery checkpoint."""
+    """Recompute cross-model metrics of an exported query model against a gallery model of any source."""
     try:
-        settings = load_config(config, overrides)
+        settings = load_config(config, [*(overrides or []), f"gallery.path={gallery}", "gallery.checkpoint=null"])
         from orchestrator.export import ExportError, verify_compatibility
 
         manifest, metrics = verify_compatibility(query_model, gallery, settings, force)
@@ -229,6 +312,27 @@ def verify_compat(
         console.print(f"cross-model R@1 {metrics.recall_at_1:.2f} (recorded {recorded['r1']:.2f}), "
                       f"mAP {metrics.mean_average_precision:.2f} (recorded {recorded['map']:.2f}) "
                       f"on {metrics.num_queries} queries against {metrics.num_gallery} gallery images")
+    except (*_user_errors(), ExportError) as error:
+        _fail(error)
+
+
+@app.command()
+def query(
+    images: list[Path] = typer.Argument(..., help="image files or folders (every image under them)"),
+    model: Path = typer.Option(..., help="an export folder of a query model (with compatibility.json)"),
+    index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
+    k: int = typer.Option(5, help="results per image"),
+    force: bool = typer.Option(False, help="query even if the gallery's fingerprint differs from the manifest's"),
+) -> None:
+    """Nearest gallery images of each image: one JSON line per image, {"image", "results": [{"id", "score"}]}."""
+    import json
+
+    try:
+        from orchestrator.export import ExportError
+        from orchestrator.query_service import query_images
+
+        for result in query_images(model, index, images, k, force=force):
+            typer.echo(json.dumps(result.to_json()))
     except (*_user_errors(), ExportError) as error:
         _fail(error)
 

@@ -7,13 +7,14 @@ what is allowed there (``ConfigError``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from search_space.registry import SPACES
 from workers.datasets.registry import SOURCES
+from workers.gallery_sources.registry import GALLERY_SOURCES
 from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES
 
 if TYPE_CHECKING:
@@ -57,17 +58,66 @@ class DataConfig(_Section):
         return SOURCES.check(value)
 
 
+class GalleryInputConfig(_Section):
+    """What the gallery model takes, apart from the query model's input; null: the source's default."""
+
+    size: PositiveInt | None = Field(None, description="square input size in pixels; images are resized to it")
+    channels: Literal[1, 3] | None = Field(None, description="1: gray (RGB data is averaged), 3: RGB (gray data is "
+                                                            "repeated)")
+    mean: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="per-channel mean on the [0, 1] scale")
+    std: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, description="per-channel std on the [0, 1] scale")
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_value_per_channel(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and len(values) not in (1, 3):
+            raise ValueError(f"needs 1 or 3 values (one per channel), got {len(values)}")
+        return values
+
+    @model_validator(mode="after")
+    def _as_many_values_as_channels(self) -> GalleryInputConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and self.channels is not None and len(values) != self.channels:
+                raise ValueError(f"gallery.input.{name} has {len(values)} values but gallery.input.channels is "
+                                 f"{self.channels}")
+        return self
+
+
 class GalleryConfig(_Section):
-    checkpoint: str | None = Field(
-        None, description="an existing gallery checkpoint; default: OUTPUT_DIR/gallery.safetensors, trained on first use"
+    source: str = Field("cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), "
+                                              "timm, torchscript, onnx or embeddings")
+    path: str | None = Field(
+        None, description="the gallery model's file (a folder for embeddings); for cmpnas default: "
+                          "OUTPUT_DIR/gallery.safetensors, trained on first use"
     )
-    backbone: str = Field("resnet10t", description="any timm model name")
-    embed_dim: PositiveInt = 128
+    checkpoint: str | None = Field(None, description="alias of gallery.path for gallery.source 'cmpnas'")
+    backbone: str = Field("resnet10t", description="any timm model name: the architecture of source timm, and the "
+                                                   "one `cmpnas gallery train` trains")
+    head: str | None = Field(None, description="source timm: the module whose output is the embedding; null: the "
+                                               "pooled features")
+    input: GalleryInputConfig = GalleryInputConfig()
+    classifier: Literal["auto", "from_model", "prototypes", "linear_probe"] = Field(
+        "auto", description="classifier of the BCT influence loss: from_model (the model's own), prototypes or "
+                            "linear_probe (built once from the train split's gallery embeddings); auto: from_model "
+                            "where the model has one for the data's classes, else prototypes"
+    )
+    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image, where it cannot be "
+                                                           "measured (source embeddings); overrides the measured cost")
+    embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
+                                                    "take it from the model")
     stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
     epochs: PositiveInt = 2
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(0.05, ge=0)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return GALLERY_SOURCES.check(value)
 
     @field_validator("backbone")
     @classmethod
@@ -78,6 +128,26 @@ class GalleryConfig(_Section):
         if not timm.is_model(value):
             raise ValueError(f"{value!r} is not a timm model; see timm.list_models() (e.g. 'resnet18')")
         return value
+
+    @model_validator(mode="after")
+    def _path_fits_the_source(self) -> GalleryConfig:
+        if self.checkpoint is not None:
+            if self.source != "cmpnas":
+                raise ValueError(f"gallery.checkpoint is the path of a cmpnas checkpoint; for gallery.source="
+                                 f"{self.source!r} set gallery.path instead")
+            if self.path is not None and self.path != self.checkpoint:
+                raise ValueError("gallery.checkpoint and gallery.path name different files; set only gallery.path")
+        if self.source != "cmpnas" and self.path is None:
+            raise ValueError(f"gallery.source={self.source!r} needs gallery.path: the model file (a folder for "
+                             "embeddings)")
+        if self.head is not None and self.source != "timm":
+            raise ValueError(f"gallery.head applies to gallery.source 'timm' only, not {self.source!r}")
+        return self
+
+    @property
+    def configured_path(self) -> str | None:
+        """gallery.path, or its alias gallery.checkpoint."""
+        return self.path or self.checkpoint
 
 
 class SearchSpaceConfig(_Section):
@@ -300,8 +370,15 @@ class CmpnasConfig(_Section):
         return self
 
     @property
+    def gallery_path(self) -> Path:
+        """The gallery model's file or folder: gallery.path (or gallery.checkpoint), else the one cmpnas trains."""
+        configured = self.gallery.configured_path
+        return Path(configured) if configured else Path(self.output_dir) / "gallery.safetensors"
+
+    @property
     def gallery_checkpoint_path(self) -> Path:
-        return Path(self.gallery.checkpoint) if self.gallery.checkpoint else Path(self.output_dir) / "gallery.safetensors"
+        """Where a gallery model cmpnas trains is saved (and found again): the same as ``gallery_path``."""
+        return self.gallery_path
 
     @property
     def supernet_checkpoint_path(self) -> Path:

@@ -5,7 +5,7 @@ Order of work in one search (each stage in its own module):
    (``open_search_state``; phases in ``orchestrator.search_state``);
 2. data, frozen gallery model and search space, then the gallery's embeddings of every split,
    once (``orchestrator.search_inputs``); the supernet in the inherit modes;
-3. the paragon: the gallery model measured against itself (accuracy, FLOPs);
+3. the paragon: the gallery model measured against itself (accuracy) and its cost per image;
 4. Ray (``orchestrator.ray_cluster``) and the MLflow parent run with config, paragon metrics and
    gallery fingerprint, written through the search's journal (``orchestrator.journal``);
 5. the candidates as Tune trials (``orchestrator.trials``), tracked by the Tune callbacks
@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 from rich.console import Console
 
-from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from evaluators import FLOPS_CONVENTION, create_task
 from orchestrator import cmpnas_version
 from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
@@ -44,7 +44,9 @@ from orchestrator.search_context import Paragon, SearchContext
 from orchestrator.search_inputs import SearchInputs, prepare_output_dir, prepare_search_inputs
 from orchestrator.search_records import finalize_search, open_journal, open_tracker, report_unsent_writes
 from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
+from orchestrator.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.strategies import create_searcher
+from orchestrator.strategies.feasibility import check_search_budgets
 from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from orchestrator.supernet_setup import load_supernet_for_search, require_supernet_checkpoint
 from orchestrator.tags import (
@@ -52,6 +54,7 @@ from orchestrator.tags import (
     FLOPS_CONVENTION_TAG,
     GALLERY_BACKBONE_TAG,
     GALLERY_FINGERPRINT_TAG,
+    GALLERY_SOURCE_TAG,
     SEARCH_ID_TAG,
     SUPERNET_FINGERPRINT_TAG,
     TRAINING_MODE_TAG,
@@ -63,6 +66,8 @@ from workers.gallery_embeddings import GalleryEmbeddings
 from workers.supernet_checkpoint import SupernetCheckpoint
 
 logger = logging.getLogger(__name__)
+# The gallery model's identity (source, fingerprint, input spec), in output_dir and on the parent run.
+GALLERY_IDENTITY_FILE = "gallery.json"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
 # here and its "snapshotting too often" warning would flood the terminal.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -74,6 +79,8 @@ class SearchOutcome:
     report: ParetoReport
     output_dir: Path
     gallery_images_embedded: int
+    # Why the search ended with fewer candidates than search.num_candidates (None: it did not).
+    shortfall: Shortfall | None = None
 
 
 def flops_constraint(max_mflops: float | None, counter: FlopsCounter | None = None) -> WithinBudget | None:
@@ -94,20 +101,42 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
     ``orchestrator.search_state``): same MLflow parent run, child runs re-attached by trial id,
     finished trials kept, unfinished ones continued from their last checkpoint."""
     console = console or Console()
-    log = console.log
     output_dir = prepare_output_dir(config)
     require_supernet_checkpoint(config)
     tracking_uri = resolve_tracking_uri(config.tracking.uri)
     state = open_search_state(config, output_dir, tracking_uri, resume)
+    try:
+        return _run_opened_search(config, console, state, output_dir, tracking_uri)
+    except BaseException:
+        forget_unstarted_search(state, output_dir)
+        raise
+
+
+def forget_unstarted_search(state: SearchState, output_dir: Path) -> None:
+    """A new search refused before its parent run existed (bad gallery file, data, cluster) recorded
+    nothing that a resume could continue: its state file goes, so the next start may use the folder."""
+    if state.phase == "starting" and state.parent_run_id is None and state.sessions == 1:
+        SearchState.path_in(output_dir).unlink(missing_ok=True)
+
+
+def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchState, output_dir: Path,
+                       tracking_uri: str) -> SearchOutcome:
+    log = console.log
     if state.phase == "trials_done":
         log("every trial of this search has ended; recording its Pareto front")
         journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
         report = finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
                                  metric=config.search.metric)
-        return SearchOutcome(state.parent_run_id, report, output_dir, 0)
+        # The failed trials of the ended session are not known here; missing candidates still count.
+        shortfall = find_shortfall(config.search, complete=True, trials_started=len(state.trial_ids), trials_failed=0,
+                                   candidates_finished=len(report.candidates))
+        record_shortfall(journal, config.search, shortfall)
+        report_shortfall(shortfall, console)
+        return SearchOutcome(state.parent_run_id, report, output_dir, 0, shortfall)
     search_started = time.perf_counter()
 
     inputs = prepare_search_inputs(config, log, expected_gallery_fingerprint=state.gallery_fingerprint)
+    check_search_budgets(inputs.space, config.search)  # before the parent run: a refusal records nothing
     supernet = load_supernet_for_search(config, inputs.space, inputs.gallery_model.fingerprint)
     if supernet is not None:
         log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
@@ -127,6 +156,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         state = attach_parent_run(tracker, state, run_name, parent_run_tags(config, inputs, supernet, state),
                                   config, output_dir)
         state.gallery_fingerprint = gallery.fingerprint
+        state.gallery = inputs.gallery_model.identity()
         state.save(output_dir)
         journal = open_journal(tracker, state, output_dir)
         if state.sessions > 1:
@@ -138,7 +168,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         ctx = SearchContext(config, inputs, paragon, journal, state, output_dir, console,
                             supernet_state=supernet.state if supernet is not None else None)
         try:
-            status, report = record_search(ctx)
+            status, report, shortfall = record_search(ctx)
         except TrackingUnavailableError:
             raise  # nothing failed: the records wait in the journal for `cmpnas sync`
         except BaseException:
@@ -154,12 +184,16 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
         if started_ray:
             ray.shutdown()
     render_table(report, console)
-    if status != "FINISHED":
-        console.print(f"[bold yellow]the search stopped before all candidates finished (parent run {status}); "
-                      "continue it with `cmpnas search --resume`[/]")
     console.print(f"Pareto table: {output_dir / 'pareto.csv'}; plot: {output_dir / 'pareto.png'}; "
                   f"open the runs with `mlflow ui --backend-store-uri {tracker.tracking_uri}`")
-    return SearchOutcome(state.parent_run_id, report, output_dir, gallery.images_embedded)
+    report_shortfall(shortfall, console, status)
+    return SearchOutcome(state.parent_run_id, report, output_dir, gallery.images_embedded, shortfall)
+
+
+def report_shortfall(shortfall: Shortfall | None, console: Console, status: str = "FINISHED") -> None:
+    if shortfall is not None:
+        console.print(f"[bold yellow]the search ended short (parent run {status}): {shortfall.reason}[/]; "
+                      f"{shortfall.fix}", highlight=False)
 
 
 def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, gallery: GalleryEmbeddings) -> Paragon:
@@ -167,16 +201,16 @@ def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, gallery: Gallery
     data = inputs.data
     metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
                                                            data.gallery.labels, "paragon")
-    cost = count_complexity(inputs.gallery_model.model, (data.in_chans, data.image_size, data.image_size))
-    return Paragon(metrics, cost)
+    return Paragon(metrics, inputs.gallery_cost)
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, supernet: SupernetCheckpoint | None,
                     state: SearchState) -> dict[str, str]:
-    tags = {GALLERY_FINGERPRINT_TAG: inputs.gallery_model.fingerprint, VERSION_TAG: cmpnas_version(),
+    gallery_model = inputs.gallery_model
+    tags = {GALLERY_FINGERPRINT_TAG: gallery_model.fingerprint, VERSION_TAG: cmpnas_version(),
             FLOPS_CONVENTION_TAG: FLOPS_CONVENTION, DATASET_TAG: inputs.data.name,
-            GALLERY_BACKBONE_TAG: inputs.gallery_model.model.arch.backbone, TRAINING_MODE_TAG: config.training.mode,
-            SEARCH_ID_TAG: state.search_id}
+            GALLERY_BACKBONE_TAG: gallery_model.description, GALLERY_SOURCE_TAG: gallery_model.source,
+            TRAINING_MODE_TAG: config.training.mode, SEARCH_ID_TAG: state.search_id}
     if supernet is not None:
         tags[SUPERNET_FINGERPRINT_TAG] = supernet.fingerprint
     return tags
@@ -238,25 +272,35 @@ def attach_parent_run(tracker: SearchTracker, state: SearchState, run_name: str,
 def record_parent_run(ctx: SearchContext) -> None:
     """The parent run's params, config file and paragon metrics; keyed, so a resume does not log them twice."""
     config, inputs, journal = ctx.config, ctx.inputs, ctx.journal
-    gallery_model = inputs.gallery_model
+    gallery_spec = inputs.gallery_model.input_spec
     journal.log_params(PARENT, {
         **config_params(config.model_dump(mode="json")), "paragon_flops_skipped_ops": ctx.paragon.cost.skipped_ops,
-        "preprocess_mean": list(gallery_model.mean), "preprocess_std": list(gallery_model.std),
+        "paragon_flops_convention": ctx.paragon.cost.convention,
+        # The query models' preprocessing (the data's statistics) and the gallery model's, apart.
+        "preprocess_mean": list(inputs.data.mean), "preprocess_std": list(inputs.data.std),
+        "gallery_input_size": gallery_spec.size, "gallery_input_channels": gallery_spec.channels,
+        "gallery_input_mean": list(gallery_spec.mean), "gallery_input_std": list(gallery_spec.std),
+        "gallery_embed_dim": inputs.gallery_model.embed_dim, "gallery_classifier_kind": ctx.embeddings.classifier_kind,
         **inputs.data.summary(),
     }, key="parent/params")
     config_file = ctx.output_dir / "config.json"
     config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     journal.log_artifact(PARENT, config_file, key="parent/config.json")
+    gallery_file = ctx.output_dir / GALLERY_IDENTITY_FILE
+    gallery_file.write_text(json.dumps(inputs.gallery_model.identity(), indent=2))
+    journal.log_artifact(PARENT, gallery_file, key=f"parent/{GALLERY_IDENTITY_FILE}")
     cost = ctx.paragon.cost
     journal.log_metrics(PARENT, {
         **ctx.paragon.metrics,
-        "paragon_flops": cost.flops, "paragon_mflops": cost.mflops, "paragon_params": cost.params,
+        "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
+        **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
         "gallery_images_embedded": ctx.embeddings.images_embedded, **inputs.timings,
     }, key="parent/paragon")
 
 
-def record_search(ctx: SearchContext) -> tuple[str, ParetoReport]:
-    """Everything recorded under the parent run; returns its final status and the report."""
+def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | None]:
+    """Everything recorded under the parent run; returns its final status, the report and why it
+    ended with fewer candidates than asked (``orchestrator.shortfall``), if it did."""
     config = ctx.config
     record_parent_run(ctx)
     started = time.perf_counter()
@@ -289,4 +333,8 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport]:
             ctx.console.log(f"budget {pick.budget_mflops:g} MFLOPs ({pick.alias}): "
                             + (f"{pick.best.arch_id}, {pick.best.mflops:.3f} MFLOPs, cross-model mAP "
                                f"{pick.best.cross_map:.2f}" if pick.best else "no finished candidate within it"))
-    return ("FINISHED" if complete else "KILLED"), report
+    shortfall = find_shortfall(config.search, complete=complete, trials_started=len(results),
+                               trials_failed=results.num_errors, candidates_finished=len(report.candidates))
+    if complete:  # an interrupted search is resumed, and judged when its trials have all ended
+        record_shortfall(ctx.journal, config.search, shortfall)
+    return ("FINISHED" if complete else "KILLED"), report, shortfall

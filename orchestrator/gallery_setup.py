@@ -1,4 +1,9 @@
-"""Getting the frozen gallery model for a search: load a checkpoint, or train and save one."""
+"""Getting the frozen gallery model for a job: from its configured source, or trained and saved by cmpnas.
+
+``gallery.source`` picks the loader (``workers.gallery_sources``); this module turns the config
+into its request, trains a cmpnas gallery model on first use where none is configured, checks a
+cmpnas checkpoint against the data it was trained on, and gives the paragon's cost.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,18 @@ from typing import Callable
 
 import torch
 
+from evaluators.complexity import ComplexityReport
 from orchestrator.config import CmpnasConfig
 from workers.checkpoint import CheckpointError
 from workers.datasets import RetrievalData
 from workers.fit import OptimSettings
 from workers.gallery import GalleryCheckpoint, load_gallery, save_gallery
+from workers.gallery_sources import GalleryModel, GallerySourceError, GallerySourceRequest, InputSpecRequest, \
+    load_gallery_model
+from workers.gallery_sources.cmpnas_checkpoint import CmpnasGalleryModel
 from workers.gallery_training import GalleryTrainingSettings, train_gallery
+
+CONFIGURED_COST_CONVENTION = "as configured in gallery.mflops"
 
 Log = Callable[[str], None]
 
@@ -46,20 +57,79 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
     return checkpoint
 
 
-def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log) -> GalleryCheckpoint:
-    """The configured checkpoint if it exists (checked against the data), else a newly trained one."""
-    path = config.gallery_checkpoint_path
-    if config.gallery.checkpoint and not Path(config.gallery.checkpoint).is_file():
+def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: int) -> GallerySourceRequest:
+    gallery = config.gallery
+    spec = gallery.input
+    return GallerySourceRequest(
+        path=config.gallery_path,
+        input=InputSpecRequest(spec.size, spec.channels, tuple(spec.mean) if spec.mean else None,
+                               tuple(spec.std) if spec.std else None),
+        data_channels=data_channels, data_image_size=data_image_size,
+        backbone=gallery.backbone, head=gallery.head,
+    )
+
+
+def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log) -> GalleryModel:
+    """The configured gallery model; for source cmpnas, the checkpoint (checked against the data) or a
+    newly trained one when none is configured."""
+    if config.gallery.source == "cmpnas":
+        return _cmpnas_gallery(config, data, device, log)
+    gallery = load_gallery_model(config.gallery.source, gallery_request(config, data.in_chans, data.image_size))
+    if "embed_dim" in config.gallery.model_fields_set and config.gallery.embed_dim != gallery.embed_dim:
+        raise GallerySourceError(
+            f"gallery.embed_dim={config.gallery.embed_dim} but the gallery model {gallery.description} embeds into "
+            f"{gallery.embed_dim} dimensions; remove gallery.embed_dim (gallery.source {config.gallery.source!r} "
+            "takes it from the model)"
+        )
+    log(f"using gallery model {gallery.description} from {config.gallery_path} (D={gallery.embed_dim}, input "
+        f"{gallery.input_spec.channels}x{gallery.input_spec.size}px, fingerprint {gallery.fingerprint[:12]})")
+    return gallery
+
+
+def _cmpnas_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log) -> CmpnasGalleryModel:
+    path = config.gallery_path
+    configured = config.gallery.configured_path
+    if configured and not Path(configured).is_file():
+        field = "gallery.checkpoint" if config.gallery.checkpoint else "gallery.path"
         raise CheckpointError(
-            f"gallery.checkpoint={config.gallery.checkpoint!r} does not exist; train one with "
-            "`cmpnas gallery train`, or remove gallery.checkpoint to train on first use"
+            f"{field}={configured!r} does not exist; train one with `cmpnas gallery train`, remove {field} to "
+            "train on first use, or set gallery.source for a model cmpnas did not train"
         )
     if not path.is_file():
-        return train_and_save_gallery(config, data, device, log)
-    checkpoint = load_gallery(path, device)
-    check_gallery_fits(checkpoint, config, data, path)
-    log(f"using gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
-    return checkpoint
+        return CmpnasGalleryModel(train_and_save_gallery(config, data, device, log))
+    gallery = load_gallery_model("cmpnas", gallery_request(config, data.in_chans, data.image_size))
+    check_gallery_fits(gallery.checkpoint, config, data, path)
+    log(f"using gallery checkpoint {path} (fingerprint {gallery.fingerprint[:12]})")
+    return gallery
+
+
+def open_existing_gallery(config: CmpnasConfig, data: RetrievalData, path: Path | None = None) -> GalleryModel:
+    """The configured gallery model (at ``path`` instead of gallery.path where given), never trained here:
+    for export and verification, which must use the model a search ran against."""
+    if path is not None:
+        field = "path" if config.gallery.source != "cmpnas" or not config.gallery.checkpoint else "checkpoint"
+        config = config.model_copy(update={"gallery": config.gallery.model_copy(update={field: str(path)})})
+    if config.gallery.source == "cmpnas" and not config.gallery_path.is_file():
+        raise CheckpointError(f"gallery checkpoint {config.gallery_path} does not exist; pass the gallery model the "
+                              "search ran against (--gallery)")
+    return load_gallery_model(config.gallery.source, gallery_request(config, data.in_chans, data.image_size))
+
+
+def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityReport:
+    """The gallery model's cost per image: gallery.mflops where set, else measured; refused when neither."""
+    spec = gallery.input_spec
+    if config.gallery.mflops is not None:
+        return ComplexityReport(flops=round(config.gallery.mflops * 1e6), params=0,
+                                input_shape=(spec.channels, spec.size, spec.size),
+                                convention=CONFIGURED_COST_CONVENTION)
+    measured = gallery.measure_cost()
+    if measured is None:
+        raise GallerySourceError(
+            f"the cost of gallery model {gallery.description} cannot be measured from gallery.source="
+            f"{config.gallery.source!r}; set gallery.mflops to its MFLOPs per image (one multiply-add = one flop, "
+            "as fvcore counts), so cost reductions can be computed"
+        )
+    return measured
 
 
 def split_identity(config: CmpnasConfig) -> dict:
@@ -99,5 +169,5 @@ def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data
     if problems:
         raise CheckpointError(
             f"gallery checkpoint {path} does not fit this data set: " + "; ".join(problems)
-            + ". Point gallery.checkpoint at a matching checkpoint or train one with `cmpnas gallery train`"
+            + ". Point gallery.path at a matching checkpoint or train one with `cmpnas gallery train`"
         )

@@ -3,8 +3,9 @@
 A search and a supernet training both need, in this order:
 1. the output folder, checked writable before any work (``prepare_output_dir``);
 2. the data, decoded once (``load_data``);
-3. the frozen gallery model: the configured checkpoint, checked against the data, or one trained
-   and saved on first use (``orchestrator.gallery_setup.obtain_gallery``);
+3. the frozen gallery model from its source (``gallery.source``): a checkpoint checked against
+   the data, one trained and saved on first use, or the team's own model or embeddings
+   (``orchestrator.gallery_setup.obtain_gallery``), and its cost per image (the paragon's);
 4. the search space, sized by the gallery's embedding dimension and the data's channels;
 5. the gallery model's embeddings of the train, query and gallery splits, computed once per job
    (``SearchInputs.embed_gallery``); after it the gallery model is moved back to the CPU, so it
@@ -23,13 +24,13 @@ from typing import Callable
 
 import torch
 
+from evaluators.complexity import ComplexityReport
 from orchestrator.config import CmpnasConfig
-from orchestrator.gallery_setup import obtain_gallery
+from orchestrator.gallery_setup import obtain_gallery, paragon_cost
 from search_space import SearchSpace, create_space
-from workers.checkpoint import CheckpointError
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
-from workers.gallery import GalleryCheckpoint
 from workers.gallery_embeddings import GalleryEmbeddings, compute_gallery_embeddings
+from workers.gallery_sources import GalleryModel, GallerySourceError
 from workers.preprocess import pick_device
 
 Log = Callable[[str], None]
@@ -64,21 +65,24 @@ class SearchInputs:
     """Data, frozen gallery model and search space of one job; the gallery embeddings once computed."""
 
     data: RetrievalData
-    gallery_model: GalleryCheckpoint
+    gallery_model: GalleryModel
+    gallery_cost: ComplexityReport
     space: SearchSpace
     device: torch.device
     # Seconds per set-up stage, logged on the parent run as ``stage_*_seconds``.
     timings: dict[str, float] = field(default_factory=dict)
     embeddings: GalleryEmbeddings | None = None
+    # gallery.classifier: the BCT classifier built with the embeddings.
+    classifier: str = "auto"
 
     def embed_gallery(self, log: Log) -> GalleryEmbeddings:
         """The gallery model's embeddings of every split, computed on the first call only."""
         if self.embeddings is None:
-            self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device)
-            self.gallery_model.model.to("cpu")
+            self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device, self.classifier)
+            self.gallery_model.release()
             self.timings["stage_gallery_embedding_seconds"] = self.embeddings.seconds
             log(f"gallery model embedded {self.embeddings.images_embedded} images once for the whole job "
-                f"({self.embeddings.seconds:.1f}s)")
+                f"({self.embeddings.seconds:.1f}s); BCT classifier: {self.embeddings.classifier_kind}")
         return self.embeddings
 
 
@@ -97,11 +101,11 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
     gallery_model = obtain_gallery(config, data, device, log)
     timings["stage_gallery_model_seconds"] = time.perf_counter() - started
     if expected_gallery_fingerprint and gallery_model.fingerprint != expected_gallery_fingerprint:
-        raise CheckpointError(
-            f"gallery checkpoint {config.gallery_checkpoint_path} (fingerprint {gallery_model.fingerprint[:12]}) "
-            f"is not the one this search started with ({expected_gallery_fingerprint[:12]}): candidates trained "
-            "against another gallery are not comparable. Restore that checkpoint (gallery.checkpoint) to resume"
+        raise GallerySourceError(
+            f"gallery model {config.gallery_path} (fingerprint {gallery_model.fingerprint[:12]}) is not the one this "
+            f"search started with ({expected_gallery_fingerprint[:12]}): candidates trained against another gallery "
+            "are not comparable. Restore that model (gallery.path, gallery.input) to resume"
         )
-    space = create_space(config.search_space.name, embed_dim=gallery_model.model.arch.embed_dim,
-                         in_chans=data.in_chans)
-    return SearchInputs(data, gallery_model, space, device, timings)
+    cost = paragon_cost(config, gallery_model)
+    space = create_space(config.search_space.name, embed_dim=gallery_model.embed_dim, in_chans=data.in_chans)
+    return SearchInputs(data, gallery_model, cost, space, device, timings, classifier=config.gallery.classifier)

@@ -45,6 +45,8 @@ class SearchState:
     experiment_id: str | None = None
     tune_experiment_path: str | None = None
     gallery_fingerprint: str | None = None
+    # The gallery model's identity: source, description, fingerprint, embedding size, input spec.
+    gallery: dict[str, Any] | None = None
     sessions: int = 1
     trial_ids: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)

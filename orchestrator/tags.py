@@ -31,6 +31,10 @@ STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # A child run no trial will finish (its driver died before Tune recorded the trial).
 SUPERSEDED_TAG = "cmpnas.superseded"
 
+# -- how a search ended ---------------------------------------------------------------------------------
+# On a parent run that ended with fewer candidates than search.num_candidates: why, and what to change.
+SHORTFALL_TAG = "cmpnas.shortfall"
+
 # -- what the search selected ---------------------------------------------------------------------------
 PARETO_TAG = "pareto"
 # On a candidate: the budget aliases of a budget sweep it wins (comma-separated).
@@ -42,6 +46,8 @@ SUPERNET_FINGERPRINT_TAG = "supernet_fingerprint"
 VERSION_TAG = "cmpnas_version"
 DATASET_TAG = "dataset"
 FLOPS_CONVENTION_TAG = "flops_convention"
+# The gallery model as its source describes it ("resnet10t", "timm:resnet18", "onnx:gallery.onnx").
 GALLERY_BACKBONE_TAG = "gallery_backbone"
+GALLERY_SOURCE_TAG = "gallery_source"
 TRAINING_MODE_TAG = "training_mode"
 SEARCH_SPACE_TAG = "search_space"

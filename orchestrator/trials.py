@@ -10,7 +10,9 @@ Rules:
   when Tune left a snapshot of its trials: finished trials stay finished, unfinished ones continue
   from their last checkpoint, the searcher from its saved state, and trials that exhausted their
   retries stay failed. Without a snapshot (a driver killed before Tune's first one) the
-  experiment starts again.
+  experiment starts again;
+* Tune's report of a benign race in copying its snapshots to storage stays off the terminal, on
+  every ending (``orchestrator.tune_logs``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from orchestrator.early_stopping import create_scheduler
 from orchestrator.mlflow_callback import MlflowTrialCallback
 from orchestrator.progress import RichProgressCallback
 from orchestrator.search_context import SearchContext
+from orchestrator.tune_logs import quiet_staging_races
 from workers.candidate_training import CandidateTrainingSettings
 from workers.fit import OptimSettings
 from workers.trial import SharedTrialInputs, run_candidate_trial
@@ -60,6 +63,7 @@ def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
 
 def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence[Callback] = ()) -> tune.ResultGrid:
     config, resources = ctx.config, ctx.config.resources
+    quiet_staging_races()
     trainable = tune.with_resources(
         tune.with_parameters(run_candidate_trial, shared=shared_trial_inputs(ctx)),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},

@@ -27,15 +27,13 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from timm.layers import make_divisible
 from torch import nn
 
 from search_space.builder import QueryEmbeddingNet, build_query_model
+from search_space.flops import expanded_channels, se_reduced_channels
 from search_space.registry import create_space
 from search_space.space import SearchSpace
 from search_space.spec import ArchSpec
-
-SE_RATIO = 0.25
 
 
 class SupernetMismatchError(ValueError):
@@ -86,7 +84,7 @@ class ElasticSupernet(nn.Module):
     def _block(self, block: nn.Module, x: torch.Tensor, in_chs: int, out_chs: int, expand: int, kernel: int,
                stride: int) -> torch.Tensor:
         shortcut = x
-        mid_chs = make_divisible(in_chs * expand)
+        mid_chs = expanded_channels(in_chs, expand)
         x = pointwise_conv(x, block.conv_pw.weight[:mid_chs, :in_chs])
         x = self._norm(block.bn1, x, mid_chs)
         dw_weight = centre_crop(block.conv_dw.weight[:mid_chs], kernel)
@@ -193,11 +191,6 @@ def centre_crop(weight: torch.Tensor, kernel: int) -> torch.Tensor:
     """The centre ``kernel x kernel`` of a (out, in, K, K) convolution weight."""
     offset = (weight.shape[-1] - kernel) // 2
     return weight[..., offset : offset + kernel, offset : offset + kernel]
-
-
-def se_reduced_channels(channels: int) -> int:
-    """Squeeze-excite width for ``channels``, as the builder's timm SqueezeExcite rounds it."""
-    return make_divisible(channels * SE_RATIO, 8)
 
 
 def sandwich_specs(space: SearchSpace, rng: random.Random, num_random: int) -> list[ArchSpec]:

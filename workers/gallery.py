@@ -45,10 +45,8 @@ class GalleryEmbeddingNet(nn.Module):
         features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.embedding = nn.Linear(features, arch.embed_dim)
         self.classifier = nn.Linear(arch.embed_dim, arch.num_classes)
-        self.images_embedded = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.images_embedded += len(images)
         return F.normalize(self.embedding(self.backbone(images)), dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:

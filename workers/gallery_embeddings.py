@@ -2,7 +2,8 @@
 
 Trials never run the gallery model: they get these arrays and the frozen classifier weights
 through the Ray object store. ``images_embedded`` is the gallery model's own count of the
-images it embedded, so the once-per-search promise can be checked.
+images it embedded (zero for precomputed embeddings), so the once-per-search promise can be
+checked. The classifier is the one ``gallery.classifier`` chooses (``workers.gallery_classifier``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 
 from workers.datasets import RetrievalData
 from workers.gallery import GalleryCheckpoint
-from workers.preprocess import embed_images
+from workers.gallery_classifier import choose_classifier
+from workers.gallery_sources import GalleryModel
+from workers.gallery_sources.cmpnas_checkpoint import CmpnasGalleryModel
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class GalleryEmbeddings:
     fingerprint: str
     images_embedded: int
     seconds: float
+    classifier_kind: str = "from_model"
 
     @property
     def embed_dim(self) -> int:
@@ -42,23 +46,31 @@ class GalleryEmbeddings:
         return lambda embeddings: torch.nn.functional.linear(scale * embeddings, weight, bias)
 
 
-def compute_gallery_embeddings(
-    checkpoint: GalleryCheckpoint, data: RetrievalData, device: torch.device, batch_size: int = 512
-) -> GalleryEmbeddings:
-    model = checkpoint.model.to(device).eval()
-    start_count = model.images_embedded
+def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: RetrievalData, device: torch.device,
+                               classifier: str = "auto", batch_size: int = 512) -> GalleryEmbeddings:
+    """Every split through the gallery model once, and the BCT classifier over the train split's embeddings.
+
+    A loaded cmpnas checkpoint (``GalleryCheckpoint``, as bench scripts hold one) is taken as its source's model."""
+    if isinstance(gallery, GalleryCheckpoint):
+        gallery = CmpnasGalleryModel(gallery)
+    start_count = gallery.images_embedded
     started = time.perf_counter()
-    embedded = {
-        split: embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std,
-                            model.arch.image_size, device, batch_size)
-        for split in ("train", "query", "gallery")
-    }
+    embedded = {}
+    for split in ("train", "query", "gallery"):
+        images = getattr(data, split)
+        embedded[split] = gallery.embed(images.images, [str(i) for i in images.ids], device, batch_size)
+        if embedded[split].shape != (len(images), gallery.embed_dim):
+            raise ValueError(f"gallery model {gallery.description} returned embeddings of shape "
+                             f"{embedded[split].shape} for the {len(images)} {split} images, expected "
+                             f"({len(images)}, {gallery.embed_dim})")
+    chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
     return GalleryEmbeddings(
         **embedded,
-        classifier_weight=model.classifier.weight.detach().cpu().numpy().copy(),
-        classifier_bias=model.classifier.bias.detach().cpu().numpy().copy(),
-        logit_scale=model.arch.logit_scale,
-        fingerprint=checkpoint.fingerprint,
-        images_embedded=model.images_embedded - start_count,
+        classifier_weight=chosen.weight,
+        classifier_bias=chosen.bias,
+        logit_scale=chosen.logit_scale,
+        fingerprint=gallery.fingerprint,
+        images_embedded=gallery.images_embedded - start_count,
         seconds=time.perf_counter() - started,
+        classifier_kind=chosen.kind,
     )

@@ -46,5 +46,4 @@ def train_gallery(
         return F.cross_entropy(model.classify(model(batch)), batch_labels), {}
 
     fit(model, inputs, labels, step, settings.optim, on_epoch)
-    model.images_embedded = 0  # training passes are not gallery embeddings
     return model.eval().requires_grad_(False)

@@ -55,6 +55,9 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     started_cpu = time.process_time()
     spec = ArchSpec.from_json(config["arch"])
     device = pick_device()
+    # Seeded before the weights are drawn: a candidate's result depends on its architecture and the
+    # seed, not on which worker process happened to run it.
+    torch.manual_seed(shared.training.optim.seed)
     model = _initial_model(spec, shared, device)
     data, gallery = shared.data, shared.gallery
     task = create_task(shared.task)

@@ -11,8 +11,7 @@ from evaluators import RetrievalEvaluator, RetrievalMetrics
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import ONNX_FILE, TORCHSCRIPT_FILE
 from workers.datasets import RetrievalData
-from workers.gallery import GalleryCheckpoint
-from workers.preprocess import embed_images
+from workers.gallery_sources import GalleryModel
 
 PARITY_TOLERANCE = 1e-4
 
@@ -47,9 +46,9 @@ def check_parity(model: torch.nn.Module, folder: Path, input_shape: tuple[int, i
     return differences
 
 
-def embed_gallery_split(gallery: GalleryCheckpoint, data: RetrievalData) -> np.ndarray:
+def embed_gallery_split(gallery: GalleryModel, data: RetrievalData) -> np.ndarray:
     """The gallery model's embeddings of the gallery split: what the exported query model is searched against."""
-    return embed_images(gallery.model, data.gallery.images, gallery.mean, gallery.std, gallery.model.arch.image_size)
+    return gallery.embed(data.gallery.images, [str(i) for i in data.gallery.ids], torch.device("cpu"))
 
 
 def cross_model_metrics(session, data: RetrievalData, gallery_embeddings: np.ndarray) -> RetrievalMetrics:

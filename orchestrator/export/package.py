@@ -7,7 +7,6 @@ in training. A consumer needs no cmpnas code, only the manifest's input descript
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from evaluators import FLOPS_CONVENTION
 from orchestrator.export.errors import ExportError
 from search_space import ArchSpec, build_query_model
+from workers.file_digest import file_sha256
 from workers.preprocess import normalize_and_resize
 
 MANIFEST_FILE = "compatibility.json"
@@ -63,7 +63,9 @@ def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(folder / ONNX_FILE), input_names=["images"],
                           output_names=["embeddings"], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-                          dynamo=True, opset_version=18, verbose=False)
+                          dynamo=True, opset_version=18, verbose=False,
+                          # One self-contained file, so the manifest's SHA-256 covers the weights too.
+                          external_data=False)
         traced = torch.jit.trace(model, example)
     traced.save(str(folder / TORCHSCRIPT_FILE))
     state = {name: tensor.detach().contiguous() for name, tensor in model.network.state_dict().items()}
@@ -71,14 +73,16 @@ def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[
 
 
 def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int, mean, std,
-                   gallery_backbone: str, gallery_fingerprint: str, version: str, folder: Path) -> dict[str, Any]:
+                   gallery: dict[str, Any], version: str, folder: Path) -> dict[str, Any]:
+    """``gallery``: the gallery model's identity (``GalleryModel.identity``): source, model, fingerprint,
+    embedding size and input spec; ``mean``/``std``: the query model's own preprocessing."""
     metrics = candidate_run.data.metrics
     search_metrics = search_run.data.metrics
     return {
         "manifest_version": MANIFEST_VERSION,
         "cmpnas_version": version,
         "mlflow": {"candidate_run_id": candidate_run.info.run_id, "search_run_id": search_run.info.run_id},
-        "gallery": {"model": gallery_backbone, "fingerprint": gallery_fingerprint},
+        "gallery": gallery,
         "embedding": {"dim": spec.embed_dim, "normalization": "l2", "similarity": "inner product (cosine)"},
         "input": {
             "layout": "NCHW", "dtype": "float32", "channels": spec.in_chans, "height": image_size, "width": image_size,
@@ -103,7 +107,7 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
                             "map": metrics.get("final_homo_map")},
             "paragon": {"r1": search_metrics.get("paragon_r1"), "map": search_metrics.get("paragon_map")},
         },
-        "files": {name: _sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE)},
+        "files": {name: file_sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE)},
     }
 
 
@@ -120,10 +124,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     for name, expected in files.items():
         if not (folder / name).is_file():
             raise ExportError(f"{folder / name} is missing; the export is incomplete, export it again")
-        if _sha256(folder / name) != expected:
+        if file_sha256(folder / name) != expected:
             raise ExportError(f"{folder / name} does not match its SHA-256 in {MANIFEST_FILE}: the export is corrupt")
     return manifest
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from orchestrator import cmpnas_version
 from orchestrator.config import validate_config
 from orchestrator.export.checks import (
@@ -24,10 +22,12 @@ from orchestrator.export.errors import ExportError
 from orchestrator.export.package import MANIFEST_FILE, DeployableQueryModel, build_manifest, load_candidate, write_formats
 from orchestrator.export.registry import register_export
 from orchestrator.export.selection import select_runs
+from orchestrator.gallery_setup import open_existing_gallery
 from orchestrator.tags import GALLERY_FINGERPRINT_TAG
 from orchestrator.tracking import SearchTracker
 from workers.checkpoint import CheckpointError
-from workers.gallery import GalleryCheckpoint, load_gallery
+from workers.datasets import RetrievalData
+from workers.gallery_sources import GalleryModel
 from workers.trial_report import MODEL_FILE, SPEC_FILE
 
 Log = Callable[[str], None]
@@ -42,7 +42,8 @@ class ExportRequest:
     search_run_id: str | None = None
     run_id: str | None = None
     max_mflops: float | None = None
-    gallery_checkpoint: Path | None = None
+    # The gallery model (file, or folder of embeddings) of the search's gallery.source; None: the search's own.
+    gallery_path: Path | None = None
     register: bool = True
 
 
@@ -67,11 +68,11 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
         raise ExportError(str(error)) from error
     search, runs = select_runs(tracker, request.search_run_id, request.run_id, request.max_mflops)
     config = _search_config(tracker, search.info.run_id)
-    gallery = _search_gallery(request.gallery_checkpoint or config.gallery_checkpoint_path, search)
+    data = load_data(config)
+    gallery = _search_gallery(config, data, request.gallery_path, search)
     output_dir = Path(request.output_dir or Path(config.output_dir) / "export").resolve()
     log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
 
-    data = load_data(config)
     gallery_embeddings = embed_gallery_split(gallery, data)
     input_shape = (data.in_chans, data.image_size, data.image_size)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,8 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
         for run in runs:
             source = Path(tracker.client.download_artifacts(run.info.run_id, "model", str(staging / run.info.run_id)))
             spec, network = load_candidate(source / MODEL_FILE, source / SPEC_FILE)
-            model = DeployableQueryModel(network, gallery.mean, gallery.std, spec.resolution).eval()
+            # The query model's preprocessing is the data's, as in training; the gallery model has its own.
+            model = DeployableQueryModel(network, data.mean, data.std, spec.resolution).eval()
             folder = staging / spec.arch_id
             folder.mkdir()
             write_formats(model, folder, input_shape)
@@ -89,8 +91,8 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
             measured = cross_model_metrics(onnx_session(folder), data, gallery_embeddings)
             check_recorded_recall(measured, run.data.metrics["final_cross_r1"], f"candidate {spec.arch_id}")
             manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
-                                      mean=gallery.mean, std=gallery.std, gallery_backbone=gallery.model.arch.backbone,
-                                      gallery_fingerprint=gallery.fingerprint, version=cmpnas_version(), folder=folder)
+                                      mean=data.mean, std=data.std, gallery=gallery.identity(),
+                                      version=cmpnas_version(), folder=folder)
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
                 f"{measured.recall_at_1:.2f} (recorded {run.data.metrics['final_cross_r1']:.2f})")
@@ -121,13 +123,14 @@ def _search_config(tracker: SearchTracker, search_run_id: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _search_gallery(path: Path, search) -> GalleryCheckpoint:
+def _search_gallery(config, data: RetrievalData, path: Path | None, search) -> GalleryModel:
     try:
-        gallery = load_gallery(path, torch.device("cpu"))
+        gallery = open_existing_gallery(config, data, path)
     except CheckpointError as error:
-        raise ExportError(f"gallery checkpoint of the search: {error}") from error
+        raise ExportError(f"gallery model of the search: {error}") from error
     recorded = search.data.tags.get(GALLERY_FINGERPRINT_TAG)
     if gallery.fingerprint != recorded:
-        raise ExportError(f"gallery checkpoint {path} has fingerprint {gallery.fingerprint[:12]}, but search "
-                          f"{search.info.run_id} ran against {str(recorded)[:12]}: pass the search's gallery checkpoint")
+        raise ExportError(f"gallery model {path or config.gallery_path} has fingerprint {gallery.fingerprint[:12]}, but "
+                          f"search {search.info.run_id} ran against {str(recorded)[:12]}: pass the search's gallery "
+                          "model (--gallery)")
     return gallery

@@ -1,9 +1,10 @@
 """Search strategies as Ray Tune searchers, composed from a small proposer interface.
 
-A ``Proposer`` only knows the search space: it proposes a spec and observes scores. The
-``ArchitectureSearcher`` wraps any proposer for Tune: it de-duplicates, applies an optional
-constraint (e.g. a FLOPs budget), and feeds completed trials back. Proposer-based strategies
-(``ProposerStrategy``) differ only in their proposer, like Optuna's samplers.
+A ``Proposer`` only knows the search space: it proposes a spec and observes scores. Under a FLOPs
+budget its space is the budgeted one (``search_space.within_budget``), whose operators propose
+within the budget. The ``ArchitectureSearcher`` wraps any proposer for Tune: it de-duplicates,
+applies an optional constraint (the FLOPs gate, fvcore's count), and feeds completed trials back.
+Proposer-based strategies (``ProposerStrategy``) differ only in their proposer, like Optuna's samplers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ray.tune.search import Searcher
 from search_space import ArchSpec, SearchSpace
 
 Constraint = Callable[[ArchSpec], bool]
+Cost = Callable[[ArchSpec], float]  # MFLOPs of an architecture
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +61,7 @@ class ArchitectureSearcher(Searcher):
         self.proposed: dict[str, ArchSpec] = {}
         self.seen: set[str] = set()
         self.exhausted = False
+        self.attempts = 0  # proposals drawn, duplicates and refusals included
         self._observed = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
@@ -81,6 +84,7 @@ class ArchitectureSearcher(Searcher):
         then ends early with the candidates it has, rather than failing."""
         for _ in range(self.max_attempts):
             spec = self.proposer.propose(self.rng)
+            self.attempts += 1
             if spec.arch_id in self.seen:
                 continue
             self.seen.add(spec.arch_id)
@@ -113,12 +117,13 @@ class ArchitectureSearcher(Searcher):
 
     def get_state(self) -> dict:
         return {"proposer": self.proposer, "rng": self.rng.getstate(), "proposed": self.proposed, "seen": self.seen,
-                "observed": self._observed}
+                "observed": self._observed, "attempts": self.attempts}
 
     def set_state(self, state: dict) -> None:
         self.proposer = state["proposer"]
         self.rng.setstate(state["rng"])
         self.proposed, self.seen, self._observed = state["proposed"], state["seen"], state["observed"]
+        self.attempts = state.get("attempts", 0)  # absent from states saved before it was counted
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:

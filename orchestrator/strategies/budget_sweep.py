@@ -1,11 +1,12 @@
 """Budget sweep (Once-for-All style): one search, the best candidate for each of several FLOPs budgets.
 
-Each budget gets its own proposer (of the configured strategy), constrained to that budget.
-Trials go to the budgets in turn, so ``len(budgets)`` trials give every budget a candidate of its
-own. Evaluations are shared: a finished candidate is observed by every budget it fits, so a cheap
-good model also seeds the evolution of every larger budget. A proposal above its target budget is
-shrunk towards the space's smallest architecture (``shrink_to_budget``) instead of being thrown
-away: rejection sampling almost never hits a tight budget in a space of 3^21 architectures.
+Each budget gets its own proposer (of the configured strategy) over the space under that budget
+(``search_space.within_budget``), so its samples, mutations and crossovers stay within it by the
+same mechanism a single-budget search uses. Trials go to the budgets in turn, so ``len(budgets)``
+trials give every budget a candidate of its own. Evaluations are shared: a finished candidate is
+observed by every budget it fits, so a cheap good model also seeds the evolution of every larger
+budget. A proposer that builds specs without the space's operators may still propose above its
+budget: such a proposal is repaired (``BudgetedSpace.repair``), never thrown away.
 """
 
 from __future__ import annotations
@@ -14,59 +15,21 @@ import random
 from typing import Callable, Sequence
 
 from orchestrator.strategies.base import Proposer
-from search_space import ArchSpec, SearchSpace
-
-Cost = Callable[[ArchSpec], float]
-
-
-class BudgetInfeasibleError(ValueError):
-    """A budget below the cost of the smallest architecture of the space."""
-
-
-def check_budgets(space: SearchSpace, budgets: Sequence[float], cost: Cost) -> None:
-    floor = cost(space.smallest())
-    too_small = [budget for budget in budgets if budget < floor]
-    if too_small:
-        raise BudgetInfeasibleError(
-            f"search.budgets_mflops {too_small} are below the smallest architecture of the space "
-            f"'{space.name}' ({floor:.3f} MFLOPs): raise them to at least {floor:.3f}"
-        )
-
-
-def shrink_to_budget(space: SearchSpace, spec: ArchSpec, budget: float, cost: Cost, rng: random.Random) -> ArchSpec:
-    """``spec`` if it fits, else the mix of ``spec`` and the smallest architecture that keeps the
-    most genes of ``spec`` (in a random order) and fits, found by bisection: cost grows with every
-    gene, so about log2(genes) measurements suffice."""
-    if cost(spec) <= budget:
-        return spec
-    values, floor = space.to_genes(spec), space.to_genes(space.smallest())
-    order = list(range(len(values)))
-    rng.shuffle(order)
-
-    def keep(count: int) -> ArchSpec:
-        kept = set(order[:count])
-        return space.from_genes([value if index in kept else low
-                                 for index, (value, low) in enumerate(zip(values, floor))])
-
-    low, high = 0, len(values)  # keep(low) fits (the smallest fits, see check_budgets); keep(high) does not
-    while high - low > 1:
-        middle = (low + high) // 2
-        if cost(keep(middle)) <= budget:
-            low = middle
-        else:
-            high = middle
-    return keep(low)
+from search_space import ArchSpec, BudgetedSpace, SearchSpace, within_budget
 
 
 class BudgetSweepProposer(Proposer):
-    """One proposer per budget, targeted in turn; every observation reaches all budgets it fits."""
+    """One proposer per budget, targeted in turn; every observation reaches all budgets it fits.
 
-    def __init__(self, space: SearchSpace, budgets: Sequence[float], make_proposer: Callable[[], Proposer],
-                 cost: Cost):
+    ``make_proposer`` builds a proposer over the space it is given: the space under one budget.
+    """
+
+    def __init__(self, space: SearchSpace, budgets: Sequence[float],
+                 make_proposer: Callable[[BudgetedSpace], Proposer]):
         super().__init__(space)
         self.budgets = sorted(budgets)
-        self.cost = cost
-        self.proposers = [make_proposer() for _ in self.budgets]
+        self.spaces = [within_budget(space, budget, field="search.budgets_mflops") for budget in self.budgets]
+        self.proposers = [make_proposer(budget_space) for budget_space in self.spaces]
         self.turn = 0
 
     @property
@@ -75,15 +38,13 @@ class BudgetSweepProposer(Proposer):
 
     def propose(self, rng: random.Random) -> ArchSpec:
         index = self.turn % len(self.budgets)
-        spec = self.proposers[index].propose(rng)
-        return shrink_to_budget(self.space, spec, self.budgets[index], self.cost, rng)
+        return self.spaces[index].repair(self.proposers[index].propose(rng), rng)
 
     def suggested(self, spec: ArchSpec) -> None:
         self.proposers[self.turn % len(self.budgets)].suggested(spec)
         self.turn += 1
 
     def observe(self, spec: ArchSpec, score: float) -> None:
-        mflops = self.cost(spec)
-        for budget, proposer in zip(self.budgets, self.proposers):
-            if mflops <= budget:
+        for budget_space, proposer in zip(self.spaces, self.proposers):
+            if budget_space.fits(spec):
                 proposer.observe(spec, score)

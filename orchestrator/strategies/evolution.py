@@ -1,9 +1,11 @@
 """Regularized (aging) evolution, Real et al. 2019, with optional uniform crossover.
 
-Until ``population_size`` results are in, proposals are uniform samples. After that each
+Until ``population_size`` results are in, proposals are uniform samples (under a FLOPs budget,
+uniform over the architectures within it: ``search_space.budget``). After that each
 proposal picks a parent by tournament (best of ``sample_size`` random members), optionally
 crosses it with a second tournament winner, and mutates the child. Every completed candidate
-joins the population and the oldest member leaves, so stale lucky scores age out.
+joins the population and the oldest member leaves, so stale lucky scores age out. Under a
+budget, crossover and mutation are the budgeted space's: no offspring breaks the budget.
 """
 
 from __future__ import annotations

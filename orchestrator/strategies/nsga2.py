@@ -7,8 +7,14 @@ categorical parameter per gene, asked define-by-run, and the trial config stays 
 * FLOPs constraint, through Optuna's trial constraints (``Trial.set_constraint``, key ``flops``:
   MFLOPs - limit, feasible when <= 0). The FLOPs of a proposal are known before training, so an
   over-budget proposal is never trained: it is told to the study at once as complete with
-  accuracy 0, and the next proposal is asked. NSGA-II's constrained domination ranks every
-  feasible trial above it and infeasible ones by their violation.
+  accuracy 0, so NSGA-II's constrained domination ranks every feasible trial above it and
+  infeasible ones by their violation; then it is repaired (``BudgetedSpace.repair``: random genes
+  one choice down until it fits) and the repaired child is enqueued as the study's next trial,
+  so a crossover or mutation over the budget yields a candidate instead of a lost proposal.
+* Initial population within the budget: under a budget, generation 0 is ``population_size``
+  distinct draws from the uniform distribution over the architectures within it
+  (``BudgetedSpace.sample``), enqueued before the first ask, instead of Optuna's uniform samples
+  of the whole space, which a tight budget rejects almost always.
 * De-duplication: a proposal already evaluated is told the recorded objective values again (same
   architecture, same result) without a trial; one still running is told PRUNED.
 * Trials without both objectives (ASHA stopped them, or they failed) are told PRUNED or FAIL,
@@ -18,6 +24,8 @@ categorical parameter per gene, asked define-by-run, and the trial config stays 
 from __future__ import annotations
 
 import logging
+import random
+from typing import Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -27,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.strategies.cost import FlopsCounter
 from orchestrator.strategies.registry import register_strategy
 from orchestrator.strategies.strategy import SearchRequest, Strategy
-from search_space import ArchSpec, SearchSpace
+from search_space import ArchSpec, BudgetedSpace, SearchSpace
 
 logger = logging.getLogger(__name__)
 CONSTRAINT_KEY = "flops"
@@ -43,6 +51,10 @@ class GeneSpace:
     def __call__(self, trial) -> dict[str, str]:
         values = [trial.suggest_categorical(name, list(choices)) for name, choices in self.space.genes()]
         return {"arch": self.space.from_genes(values).to_json()}
+
+    def params(self, spec: ArchSpec) -> dict[str, int]:
+        """The study's parameters of ``spec``: what ``enqueue_trial`` takes to propose it."""
+        return {name: value for (name, _), value in zip(self.space.genes(), self.space.to_genes(spec))}
 
 
 def create_nsga2_sampler(population_size: int, mutation_probability: float | None, crossover_probability: float,
@@ -62,18 +74,23 @@ class Nsga2Searcher(OptunaSearch):
     """
 
     def __init__(self, space: SearchSpace, sampler: optuna.samplers.BaseSampler, accuracy_metric: str,
-                 cost_metric: str, cost: FlopsCounter, max_mflops: float | None = None, max_attempts: int = 200):
-        super().__init__(space=GeneSpace(space), metric=[accuracy_metric, cost_metric], mode=["max", "min"],
-                         sampler=sampler)
+                 cost_metric: str, cost: FlopsCounter, max_mflops: float | None = None, max_attempts: int = 200,
+                 initial_population: Sequence[ArchSpec] = (), seed: int = 0):
+        genes = GeneSpace(space)
+        super().__init__(space=genes, metric=[accuracy_metric, cost_metric], mode=["max", "min"], sampler=sampler,
+                         points_to_evaluate=[genes.params(spec) for spec in initial_population] or None)
         self.objectives = [accuracy_metric, cost_metric]
         self._metric, self._mode = accuracy_metric, "max"
         self.arch_space = space
+        self.genes = genes
         self.cost = cost
         self.max_mflops = max_mflops
         self.max_attempts = max_attempts
+        self.rng = random.Random(seed)  # repairs; saved with the searcher's state
         self.known: dict[str, list[float] | None] = {}  # arch_id -> objective values; None: not (yet) measured
         self.arch_of_trial: dict[str, str] = {}
         self.exhausted = False
+        self.attempts = 0  # asks of the study, duplicates and over-budget proposals included
         self._observed = 0
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -88,8 +105,10 @@ class Nsga2Searcher(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(self.max_attempts):
             config = super().suggest(trial_id)
+            self.attempts += 1
             spec = ArchSpec.from_json(config["arch"])
             ot_trial = self._ot_trials[trial_id]
+            self._assign_generation(ot_trial)
             mflops = self.cost(spec)
             violation = mflops - self.max_mflops if self.max_mflops is not None else 0.0
             if self.max_mflops is not None:
@@ -102,6 +121,8 @@ class Nsga2Searcher(OptunaSearch):
                 values = [0.0, mflops]  # accuracy unmeasured: the constraint decides its rank anyway
                 self.known[spec.arch_id] = values
                 self._tell_without_trial(trial_id, values, TrialState.COMPLETE)
+                if isinstance(self.arch_space, BudgetedSpace):  # the next ask proposes the repaired child
+                    self._ot_study.enqueue_trial(self.genes.params(self.arch_space.repair(spec, self.rng)))
             else:
                 self.known[spec.arch_id] = None
                 self.arch_of_trial[trial_id] = spec.arch_id
@@ -110,6 +131,14 @@ class Nsga2Searcher(OptunaSearch):
                        "search early; relax search.max_mflops or lower search.num_candidates", self.max_attempts)
         self.exhausted = True
         return Searcher.FINISHED
+
+    def _assign_generation(self, ot_trial: optuna.Trial) -> None:
+        """NSGA-II gives a trial its generation when it samples the trial's parameters; an enqueued
+        trial (the initial population, a repaired child) has them all fixed and is never sampled, so
+        it gets its generation here, by the sampler's own rule, or no population would count it."""
+        sampler = self._ot_study.sampler
+        if isinstance(sampler, optuna.samplers.NSGAIISampler):
+            sampler.get_trial_generation(self._ot_study, self._ot_study.get_trials(deepcopy=False)[ot_trial.number])
 
     def _tell_without_trial(self, trial_id: str, values: list[float] | None, state: TrialState) -> None:
         ot_trial = self._ot_trials.pop(trial_id)
@@ -147,5 +176,22 @@ class Nsga2Strategy(Strategy):
         nsga2 = config.nsga2
         sampler = create_nsga2_sampler(nsga2.population_size, nsga2.mutation_probability, nsga2.crossover_probability,
                                        nsga2.swapping_probability, config.seed)
-        return Nsga2Searcher(request.space, sampler, accuracy_metric=request.metric, cost_metric=COST_METRIC,
-                             cost=request.cost, max_mflops=config.proposal_limit_mflops)
+        space = request.proposal_space
+        return Nsga2Searcher(space, sampler, accuracy_metric=request.metric, cost_metric=COST_METRIC,
+                             cost=request.cost, max_mflops=config.proposal_limit_mflops,
+                             initial_population=initial_population(space, nsga2.population_size, config.seed),
+                             seed=config.seed)
+
+
+def initial_population(space: SearchSpace, size: int, seed: int, max_draws: int = 1000) -> list[ArchSpec]:
+    """Generation 0 under a budget: up to ``size`` distinct uniform draws within it (fewer when the
+    budget admits fewer); none without a budget, where Optuna's own uniform samples serve."""
+    if not isinstance(space, BudgetedSpace):
+        return []
+    rng, population = random.Random(seed), {}
+    for _ in range(max_draws):
+        spec = space.sample(rng)
+        population.setdefault(spec.arch_id, spec)
+        if len(population) == size:
+            break
+    return list(population.values())

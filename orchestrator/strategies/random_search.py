@@ -1,4 +1,5 @@
-"""Uniform random search: every gene drawn uniformly, independently of past results."""
+"""Uniform random search: every gene drawn uniformly, independently of past results; under a FLOPs
+budget, uniform over the architectures within it (``search_space.budget``)."""
 
 from __future__ import annotations
 

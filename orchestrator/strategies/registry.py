@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orchestrator.strategies.base import Constraint
-from orchestrator.strategies.budget_sweep import check_budgets
 from orchestrator.strategies.cost import FlopsCounter
 from orchestrator.strategies.strategy import SearchRequest, Strategy
 from search_space import SearchSpace
@@ -42,9 +41,9 @@ def create_searcher(
     space: SearchSpace, config: SearchConfig, metric: str, mode: str, constraint: Constraint | None = None,
     cost: FlopsCounter | None = None, predictions: dict[str, float] | None = None,
 ) -> Searcher:
-    """The configured strategy's searcher, scored by ``metric``; see ``SearchRequest`` for the rest."""
+    """The configured strategy's searcher, scored by ``metric``; see ``SearchRequest`` for the rest.
+    A budget below the space's smallest architecture is refused here too (``BudgetInfeasibleError``);
+    the driver checks every rule of ``orchestrator.strategies.feasibility`` before this."""
     strategy = STRATEGIES[config.strategy]()
     cost = cost or FlopsCounter()
-    if config.budgets_mflops:
-        check_budgets(space, config.budgets_mflops, cost)
     return strategy.create_searcher(SearchRequest(space, config, metric, mode, cost, constraint, predictions))

@@ -13,9 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from orchestrator.strategies.base import Constraint
-from orchestrator.strategies.budget_sweep import Cost
-from search_space import SearchSpace
+from orchestrator.strategies.base import Constraint, Cost
+from search_space import SearchSpace, within_budget
 
 if TYPE_CHECKING:  # the config validates names against the strategy registry: no import at run time
     from ray.tune.search import Searcher
@@ -31,6 +30,8 @@ class SearchRequest:
     it owns the search space, which it does not here); ``cost`` measures FLOPs, shared with
     ``constraint`` so each architecture is counted once; ``predictions`` receives the accuracy
     predictor's forecast of every trial before it runs, when the strategy screens with one.
+    A strategy proposes from ``proposal_space``, so its proposals meet the FLOPs budget by
+    construction; ``constraint`` is the gate every proposal still passes.
     """
 
     space: SearchSpace
@@ -40,6 +41,16 @@ class SearchRequest:
     cost: Cost
     constraint: Constraint | None = None
     predictions: dict[str, float] | None = None
+
+    @property
+    def proposal_space(self) -> SearchSpace:
+        """``space`` under the search's proposal limit (``search.max_mflops``, else the largest of
+        ``search.budgets_mflops``), whose operators stay within it; ``space`` itself without one."""
+        limit = self.config.proposal_limit_mflops
+        if limit is None:
+            return self.space
+        field = "search.max_mflops" if self.config.max_mflops is not None else "search.budgets_mflops"
+        return within_budget(self.space, limit, field=field)
 
 
 class Strategy(ABC):
@@ -51,6 +62,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def create_searcher(self, request: SearchRequest) -> Searcher:
-        """The Tune searcher of one search. Called once per search, after the budgets of a budget
-        sweep (``search.budgets_mflops``) were checked against the space; the searcher then gets
+        """The Tune searcher of one search. Called once per search, after the FLOPs budgets
+        (``search.max_mflops``, ``search.budgets_mflops``) were checked against the space
+        (``orchestrator.strategies.feasibility``); the searcher then gets
         ``suggest`` for every trial and ``on_trial_complete`` with each trial's final result."""

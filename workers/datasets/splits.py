@@ -62,7 +62,7 @@ def check_split_sizes(available: int, pool: str, **sizes: int) -> None:
 
 
 def split_one_pool(name: str, pool: str, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-                   request: DataRequest) -> RetrievalData:
+                   request: DataRequest, ids: np.ndarray | None = None) -> RetrievalData:
     """Stratified, disjoint query, gallery and train splits of one pool of images (train: the rest by default)."""
     train_size = len(labels) - request.query_size - request.gallery_size if request.train_size is None \
         else request.train_size
@@ -74,7 +74,7 @@ def split_one_pool(name: str, pool: str, images: np.ndarray, labels: np.ndarray,
     query_index, gallery_index, train_index = stratified_split(
         labels, [request.query_size, request.gallery_size, train_size], request.seed
     )
-    everything = ImageSet(images, labels)
+    everything = ImageSet(images, labels, ids)
     train = everything.subset(train_index)
     mean, std = channel_statistics(train.images)
     return RetrievalData(

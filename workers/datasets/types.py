@@ -13,20 +13,34 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageSet:
+    """Images with their labels and ids.
+
+    An id names an image for good, so that embeddings computed elsewhere (precomputed gallery
+    embeddings, ``cmpnas gallery embed``) can be matched to it: the path relative to ``data.root``
+    for files, ``<file split>:<index>`` for built-in sets such as Fashion-MNIST (``train:123``).
+    A set built without ids numbers its images (``0``, ``1``, ...).
+    """
+
     images: np.ndarray
     labels: np.ndarray
+    ids: np.ndarray | None = None
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
+        if self.ids is None:
+            object.__setattr__(self, "ids", np.array([str(index) for index in range(len(self.labels))]))
+        elif len(self.ids) != len(self.labels):
+            raise ValueError("ids and labels differ in length")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
-        return ImageSet(np.ascontiguousarray(self.images[indices]), np.ascontiguousarray(self.labels[indices]))
+        return ImageSet(np.ascontiguousarray(self.images[indices]), np.ascontiguousarray(self.labels[indices]),
+                        np.asarray(self.ids)[indices])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""The frozen classifier that the BCT influence loss applies to query embeddings, chosen once per search.
+
+A production embedding model usually has no classifier for the user's classes, so one is built
+from the gallery model's own (frozen, L2-normalised) embeddings of the train split
+(``gallery.classifier``):
+
+- ``prototypes``: each class's mean embedding, normalised: logits are ``s`` times the cosine to
+  each class prototype. Closed form, no hyperparameters, the same for any seed.
+- ``linear_probe``: a linear layer fitted once on the frozen embeddings (full-batch L-BFGS on the
+  cross-entropy with a small L2 penalty, started from the prototypes).
+- ``from_model``: the gallery model's own classifier, where it has one for these classes (a
+  cmpnas-trained gallery model).
+- ``auto``: ``from_model`` where there is one, else ``prototypes`` (see docs/benchmarks.md,
+  "Your own gallery model", for the two built classifiers side by side).
+
+``s`` (``LOGIT_SCALE``) is the cmpnas gallery model's own logit scale, so built and trained
+classifiers give the loss the same temperature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.gallery_sources import FrozenClassifier, GalleryModel, GallerySourceError
+
+LOGIT_SCALE = 16.0
+CLASSIFIER_KINDS = ("auto", "from_model", "prototypes", "linear_probe")
+PROBE_L2 = 1e-4
+PROBE_ITERATIONS = 100
+
+
+def choose_classifier(kind: str, gallery: GalleryModel, train_embeddings: np.ndarray, train_labels: np.ndarray,
+                      num_classes: int) -> FrozenClassifier:
+    """The classifier ``gallery.classifier`` asks for, over L2-normalised ``train_embeddings``."""
+    if kind not in CLASSIFIER_KINDS:
+        raise GallerySourceError(f"unknown gallery.classifier {kind!r}; allowed values are {list(CLASSIFIER_KINDS)}")
+    if kind in ("auto", "from_model"):
+        own = gallery.own_classifier(num_classes)
+        if own is not None:
+            return own
+        if kind == "from_model":
+            raise GallerySourceError(
+                f"gallery.classifier='from_model': the gallery model {gallery.description} has no classifier for "
+                f"these {num_classes} classes; use 'prototypes' or 'linear_probe', built from its embeddings"
+            )
+        kind = "prototypes"
+    if kind == "prototypes":
+        return class_prototypes(train_embeddings, train_labels, num_classes)
+    return linear_probe(train_embeddings, train_labels, num_classes)
+
+
+def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> FrozenClassifier:
+    present = np.bincount(labels, minlength=num_classes)
+    if (present == 0).any():
+        absent = np.flatnonzero(present == 0).tolist()
+        raise GallerySourceError(f"classes {absent[:10]} have no train images, so they get no prototype: raise "
+                                 "data.train_size or drop those classes")
+    sums = np.zeros((num_classes, embeddings.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, embeddings)
+    prototypes = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(min=1e-12)
+    return FrozenClassifier(prototypes.astype(np.float32), np.zeros(num_classes, np.float32), LOGIT_SCALE, "prototypes")
+
+
+def linear_probe(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> FrozenClassifier:
+    start = class_prototypes(embeddings, labels, num_classes)
+    inputs = LOGIT_SCALE * torch.as_tensor(embeddings, dtype=torch.float32)
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    weight = torch.tensor(start.weight, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=PROBE_ITERATIONS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(F.linear(inputs, weight, bias), targets) + PROBE_L2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return FrozenClassifier(weight.detach().numpy().copy(), bias.detach().numpy().copy(), LOGIT_SCALE, "linear_probe")
