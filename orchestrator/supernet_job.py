@@ -165,7 +165,9 @@ def _fit_and_save(config: CmpnasConfig, inputs: SearchInputs, settings: Supernet
             storage_path=config.ray.storage_path or str(output_dir / "ray_results"),
             callbacks=[SupernetProgressCallback(tracker, run_id, console, settings.optim.epochs)],
             failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two kept: a resume restores the checkpoint Tune's (slightly lagging) snapshot names, which
+            # may be the one before the newest (see orchestrator.trials).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,
         ),
     )

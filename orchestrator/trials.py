@@ -92,7 +92,12 @@ def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence
                 *extra_callbacks,
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Every epoch's checkpoint is kept (a small query model each): Tune's experiment snapshot can
+            # lag the trials, and a resume restores the checkpoint the snapshot names. With only the
+            # newest kept, a driver killed between a trial's next checkpoint and the next snapshot left
+            # the named one deleted, and the trial failed on resume. Re-reported epochs are journaled
+            # by key, so MLflow still records each epoch once.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0,
         ),
     )
