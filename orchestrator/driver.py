@@ -27,10 +27,12 @@ import ray
 from rich.console import Console
 
 from evaluators import FLOPS_CONVENTION, create_task
+from evaluators.complexity import ComplexityReport
 from orchestrator import cmpnas_version
 from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
 from orchestrator.convergence import SearchConvergenceCallback
+from orchestrator.gallery_setup import paragon_cost
 from orchestrator.journal import (
     JOURNAL_FOLDER,
     PARENT,
@@ -137,12 +139,14 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
 
     inputs = prepare_search_inputs(config, log, expected_gallery_fingerprint=state.gallery_fingerprint)
     check_search_budgets(inputs.space, config.search)  # before the parent run: a refusal records nothing
+    # Before the embedding pass: a cost that cannot be measured (gallery.mflops unset) is refused first.
+    gallery_cost = paragon_cost(config, inputs.gallery_model)
     supernet = load_supernet_for_search(config, inputs.space, inputs.gallery_model.fingerprint)
     if supernet is not None:
         log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
             f"(fingerprint {supernet.fingerprint[:12]})")
     gallery = inputs.embed_gallery(log)
-    paragon = measure_paragon(config, inputs, gallery)
+    paragon = measure_paragon(config, inputs, gallery, gallery_cost)
     searched = config.search.metric.removeprefix("cross_")
     log(f"paragon: R@1 {paragon.metrics['paragon_r1']:.2f}, mAP {paragon.metrics['paragon_map']:.2f}, "
         f"{searched} {paragon.metrics['paragon_' + searched]:.2f}, {paragon.cost.mflops:.1f} MFLOPs")
@@ -196,12 +200,13 @@ def report_shortfall(shortfall: Shortfall | None, console: Console, status: str 
                       f"{shortfall.fix}", highlight=False)
 
 
-def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, gallery: GalleryEmbeddings) -> Paragon:
-    """The gallery model against itself on the query and gallery splits, and its cost."""
+def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, gallery: GalleryEmbeddings,
+                    cost: ComplexityReport) -> Paragon:
+    """The gallery model against itself on the query and gallery splits, with its cost per image."""
     data = inputs.data
     metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
                                                            data.gallery.labels, "paragon")
-    return Paragon(metrics, inputs.gallery_cost)
+    return Paragon(metrics, cost)
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, supernet: SupernetCheckpoint | None,

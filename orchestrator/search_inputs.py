@@ -5,7 +5,7 @@ A search and a supernet training both need, in this order:
 2. the data, decoded once (``load_data``);
 3. the frozen gallery model from its source (``gallery.source``): a checkpoint checked against
    the data, one trained and saved on first use, or the team's own model or embeddings
-   (``orchestrator.gallery_setup.obtain_gallery``), and its cost per image (the paragon's);
+   (``orchestrator.gallery_setup.obtain_gallery``);
 4. the search space, sized by the gallery's embedding dimension and the data's channels;
 5. the gallery model's embeddings of the train, query and gallery splits, computed once per job
    (``SearchInputs.embed_gallery``); after it the gallery model is moved back to the CPU, so it
@@ -24,9 +24,8 @@ from typing import Callable
 
 import torch
 
-from evaluators.complexity import ComplexityReport
 from orchestrator.config import CmpnasConfig
-from orchestrator.gallery_setup import obtain_gallery, paragon_cost
+from orchestrator.gallery_setup import obtain_gallery
 from search_space import SearchSpace, create_space
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.gallery_embeddings import GalleryEmbeddings, compute_gallery_embeddings
@@ -66,7 +65,6 @@ class SearchInputs:
 
     data: RetrievalData
     gallery_model: GalleryModel
-    gallery_cost: ComplexityReport
     space: SearchSpace
     device: torch.device
     # Seconds per set-up stage, logged on the parent run as ``stage_*_seconds``.
@@ -106,6 +104,5 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
             f"search started with ({expected_gallery_fingerprint[:12]}): candidates trained against another gallery "
             "are not comparable. Restore that model (gallery.path, gallery.input) to resume"
         )
-    cost = paragon_cost(config, gallery_model)
     space = create_space(config.search_space.name, embed_dim=gallery_model.embed_dim, in_chans=data.in_chans)
-    return SearchInputs(data, gallery_model, cost, space, device, timings, classifier=config.gallery.classifier)
+    return SearchInputs(data, gallery_model, space, device, timings, classifier=config.gallery.classifier)

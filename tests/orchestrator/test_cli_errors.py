@@ -111,3 +111,12 @@ def test_an_embedding_size_that_disagrees_with_the_configured_one_is_refused(tmp
     result = _invoke(tmp_path, gallery=gallery)  # the folder covers 3 images, the search needs 4,500
     assert result.exit_code == 2 and "lacks" in result.text and "cmpnas gallery embed" in result.text
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_gallery_train_refuses_a_model_cmpnas_does_not_train(tmp_path):
+    path = tmp_path / "config.yaml"
+    tree = tiny_tree(tmp_path, gallery={"source": "onnx", "path": str(tmp_path / "gallery.onnx"), "checkpoint": None})
+    path.write_text(yaml.safe_dump(tree))
+    result = CliRunner().invoke(app, ["gallery", "train", "--config", str(path)], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "gallery.source='onnx'" in text and "needs no training" in text

@@ -75,3 +75,17 @@ def test_a_resume_with_another_gallery_is_refused_before_embedding(embeddings_se
     config = embeddings_search[0]
     with pytest.raises(GallerySourceError, match="not the one this search started with"):
         prepare_search_inputs(config, lambda message: None, expected_gallery_fingerprint="0" * 64)
+
+
+def test_set_up_without_a_paragon_cost_is_left_to_the_search(embeddings_search):
+    """Shared set-up (also the supernet job's) does not ask for gallery.mflops; only a search refuses it."""
+    from orchestrator.driver import run_search
+
+    config = embeddings_search[0]
+    no_cost = config.model_copy(update={"gallery": config.gallery.model_copy(update={"mflops": None}),
+                                        "output_dir": config.output_dir + "-no-cost"})
+    inputs = prepare_search_inputs(no_cost, lambda message: None)
+    assert inputs.gallery_model.source == "embeddings"
+    with pytest.raises(GallerySourceError, match="set gallery.mflops"):
+        run_search(no_cost, Console(quiet=True))
+    assert not SearchState.path_in(no_cost.output_dir).exists()  # the refused start left the folder free
