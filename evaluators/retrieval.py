@@ -2,7 +2,13 @@
 
 Recall@k: the percentage of queries with at least one same-label gallery item among the top k.
 mAP: the mean over queries of average precision over the full ranking of the gallery, in percent.
-Queries without any same-label gallery item are an input error, not a zero.
+
+Queries without a relevant item (no gallery item has their label; user-assigned splits can have
+them, and open-set galleries of other benchmarks do): as in the In-Shop and Stanford Online
+Products protocols, they are left out of every average: R@k and mAP are over the queries that
+have at least one relevant gallery item (``num_queries``); the others are counted in
+``queries_without_match``. They are not scored as zeros, which would cap R@1 below 100 for
+a perfect model. Data where no query has a relevant item is an input error.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ class RetrievalMetrics:
     recall_at_1: float
     recall_at_5: float
     mean_average_precision: float
-    num_queries: int
+    num_queries: int  # the queries averaged over: those with at least one relevant gallery item
     num_gallery: int
+    queries_without_match: int = 0  # queries left out: no gallery item has their label
 
     def as_dict(self, prefix: str) -> dict[str, float]:
         """Short MLflow-style names: ``{prefix}_r1``, ``{prefix}_r5``, ``{prefix}_map``."""
@@ -62,9 +69,13 @@ class RetrievalEvaluator:
         if len(query_labels) == 0 or len(gallery_labels) == 0:
             raise ValueError("retrieval needs at least one query and one gallery item")
         relevant_masks = {label: gallery_labels == label for label in np.unique(query_labels)}
-        missing = sorted(label.item() for label, mask in relevant_masks.items() if not mask.any())
-        if missing:
-            raise ValueError(f"query labels {missing[:10]} have no item in the gallery; split the data so they do")
+        matched = np.isin(query_labels, gallery_labels)
+        if not matched.any():
+            missing = sorted(label.item() for label in relevant_masks)
+            raise ValueError(f"no query has a relevant gallery item: query labels {missing[:10]} have no item in the "
+                             "gallery; split the data so that query classes have gallery images")
+        if not matched.all():
+            query_embeddings, query_labels = query_embeddings[matched], query_labels[matched]
 
         hits_at_1 = hits_at_5 = 0
         average_precisions = []
@@ -83,6 +94,7 @@ class RetrievalEvaluator:
             mean_average_precision=100.0 * float(np.mean(average_precisions)),
             num_queries=count,
             num_gallery=len(gallery_labels),
+            queries_without_match=int((~matched).sum()),
         )
 
 

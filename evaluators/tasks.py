@@ -10,6 +10,12 @@ may optimise any ``cross_`` metric of its task (``searchable_metrics``).
   pairs and rank-1 identification (``evaluators.verification``); queries are the probes, the
   gallery split the enrolled images.
 
+Queries whose label has no gallery item are left out of R@k, mAP and rank-1 alike (and their
+pairs are impostor pairs for TAR@FAR), so rank-1 and R@1 are over the same queries; a task refuses
+data where no query has a gallery item of its label. The count of left-out queries is a property
+of the data, not of a model: it is not among the metrics (``RetrievalMetrics.queries_without_match``
+has it, and the data loader warns about it once).
+
 A task is a class decorated with ``register_task``, registered under its ``name``, the value of
 ``evaluation.task`` (the rules of names and errors are those of ``search_space.registry``).
 """

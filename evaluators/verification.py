@@ -9,6 +9,12 @@ verification. Rank-1 identification: the share of probes whose nearest enrolled 
 image excluded) has their identity, over the probes with at least one enrolled image of their
 identity (a probe without one is no identification trial).
 
+Probes without a mate (no enrolled image of their identity; user-assigned splits can have them):
+as for retrieval (``evaluators.retrieval``), they are left out of rank-1 and counted
+(``num_probes - num_mated_probes``); their pairs still count as impostor pairs, since a stranger
+presenting a face is exactly what a verification system must reject. Data without any genuine
+pair (no probe has a mate) or without any impostor pair is an input error.
+
 Threshold rule (``tar_at_far``): accept a pair when its score is strictly above the threshold.
 For a target FAR over ``n`` impostor pairs, at most ``k = floor(FAR * n)`` impostors may be
 accepted, so the threshold is the ``(k + 1)``-th highest impostor score; impostors tied with it
@@ -76,6 +82,11 @@ class VerificationMetrics:
     num_enrolled: int
     num_mated_probes: int
     excluded_identical_pairs: int = 0
+
+    @property
+    def probes_without_mate(self) -> int:
+        """Probes left out of rank-1: no enrolled image of their identity (module rules)."""
+        return self.num_probes - self.num_mated_probes
 
     def tar(self, far: float) -> float:
         """TAR in percent at a FAR this evaluation was asked for."""

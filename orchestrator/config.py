@@ -6,6 +6,7 @@ what is allowed there (``ConfigError``).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -26,6 +27,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstar
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names each bad field and the fix."""
+
+
+def yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``on``/``off`` as true/false: take those as the words."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class _Section(BaseModel):
@@ -51,11 +57,36 @@ class DataConfig(_Section):
     image_size: PositiveInt = Field(28, description="image folders are resized to this square size")
     channels: Literal[1, 3] = 1
     seed: int = 0
+    protocol: Literal["closed_set", "open_set"] = Field(
+        "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
+                                  "train classes are disjoint from the query/gallery classes"
+    )
+    train_classes: PositiveInt | None = Field(
+        None, description="open_set on one pool of classes: how many classes (the first, in class order) train; the "
+                          "rest are searched; default: half"
+    )
+    max_bad_fraction: float = Field(
+        0.01, ge=0, le=1, description="corrupt, truncated or non-image files are skipped and logged; above this "
+                                      "fraction of the files the search stops"
+    )
+    streaming: Literal["auto", "on", "off"] = Field(
+        "auto", description="on: images decoded once into a shard cache on disk and read by batch; off: decoded into "
+                            "memory; auto: on for file collections (image_folder, manifest), off for built-in sets"
+    )
+    cache_dir: str | None = Field(None, description="the shard cache; default: $CMPNAS_CACHE/shards "
+                                                    "(~/.cache/cmpnas/shards)")
+    decode_workers: PositiveInt | None = Field(None, description="processes decoding images into the shard cache; "
+                                                                 "default: the machine's CPUs")
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
         return SOURCES.check(value)
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        return yaml_switch(value)
 
 
 class GalleryInputConfig(_Section):
@@ -159,6 +190,34 @@ class SearchSpaceConfig(_Section):
         return SPACES.check(value)
 
 
+class AugmentationConfig(_Section):
+    """Training augmentation of photos; the gallery model's targets are computed on the augmented view."""
+
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on for file collections (image_folder, manifest) of data.image_size >= 64, off "
+                            "for the built-in sets, small images and gallery.source embeddings (which cannot follow "
+                            "a crop)"
+    )
+    crop_scale: tuple[float, float] = Field((0.35, 1.0), description="random resized crop: area fraction range")
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: aspect ratio range")
+    horizontal_flip: bool = True
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        return yaml_switch(value)
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered_positive_range(cls, value: tuple[float, float], info) -> tuple[float, float]:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise ValueError("must be [low, high] with 0 < low <= high, both finite")
+        if info.field_name == "crop_scale" and high > 1:
+            raise ValueError("is a fraction of the image's area: [low, high] with high <= 1")
+        return value
+
+
 class TrainingConfig(_Section):
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 256
@@ -173,6 +232,20 @@ class TrainingConfig(_Section):
                                "supernet's weights, no training (screening)"
     )
     finetune_epochs: PositiveInt = Field(1, description="fine-tuning epochs of a candidate in mode inherit")
+    min_steps: int = Field(
+        120, ge=0, description="optimizer steps a scratch candidate takes at least: epochs are raised to reach it on a "
+                               "small train split (the quickstart's 10,000 images take 120 steps in 3 epochs)"
+    )
+    augmentation: AugmentationConfig = Field(default_factory=lambda: AugmentationConfig())
+
+    def epochs_for(self, train_images: int) -> int:
+        """Epochs one candidate trains for in this mode on ``train_images``: ``trial_epochs`` raised, in mode
+        scratch, until the schedule has ``min_steps`` optimizer steps."""
+        epochs = self.trial_epochs
+        if self.mode != "scratch" or self.min_steps == 0:
+            return epochs
+        steps_per_epoch = max(1, -(-train_images // self.batch_size))
+        return max(epochs, -(-self.min_steps // steps_per_epoch))
 
     @property
     def trial_epochs(self) -> int:
@@ -226,6 +299,10 @@ class EvaluationConfig(_Section):
     task: str = Field(
         "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
                                  "TAR@FAR 1e-2/1e-3 and rank-1"
+    )
+    compatibility_ratio: float = Field(
+        0.5, ge=0, le=1, description="a trial fails the compatibility check when its final cross-model metric is "
+                                     "below this fraction of its homogeneous one (search.metric's cross_ vs homo_)"
     )
 
     @field_validator("task")
@@ -441,6 +518,10 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
         hint = f"; or set evaluation.task to {elsewhere[0]!r}, whose trials report it" if elsewhere else ""
         problems.append(f"search.metric: {config.search.metric!r} is not reported by the trials of evaluation.task="
                         f"{config.evaluation.task!r}; allowed values are {list(allowed)}{hint}")
+    if config.training.augmentation.enabled == "on" and config.gallery.source == "embeddings":
+        problems.append("training.augmentation.enabled: 'on' needs a gallery model that can embed each augmented "
+                        "view, and gallery.source 'embeddings' holds embeddings of the whole images only; set it to "
+                        "'off' (or 'auto'), or use the gallery model itself (gallery.source timm, onnx, ...)")
     return problems
 
 

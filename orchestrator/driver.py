@@ -16,6 +16,7 @@ Order of work in one search (each stage in its own module):
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -70,6 +71,8 @@ from workers.supernet_checkpoint import SupernetCheckpoint
 logger = logging.getLogger(__name__)
 # The gallery model's identity (source, fingerprint, input spec), in output_dir and on the parent run.
 GALLERY_IDENTITY_FILE = "gallery.json"
+# The files of the collection skipped as undecodable, with the reasons (on the parent run).
+BAD_FILES_FILE = "bad_files.csv"
 # Every epoch reports a checkpoint, so Tune snapshots its state often; the snapshots are small
 # here and its "snapshotting too often" warning would flood the terminal.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -128,11 +131,13 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
         log("every trial of this search has ended; recording its Pareto front")
         journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
         report = finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
-                                 metric=config.search.metric)
+                                 metric=config.search.metric,
+                                 compatibility_ratio=config.evaluation.compatibility_ratio)
         # The failed trials of the ended session are not known here; missing candidates still count.
         shortfall = find_shortfall(config.search, complete=True, trials_started=len(state.trial_ids), trials_failed=0,
                                    candidates_finished=len(report.candidates))
         record_shortfall(journal, config.search, shortfall)
+        render_table(report, console)
         report_shortfall(shortfall, console)
         return SearchOutcome(state.parent_run_id, report, output_dir, 0, shortfall)
     search_started = time.perf_counter()
@@ -145,16 +150,17 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
     if supernet is not None:
         log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
             f"(fingerprint {supernet.fingerprint[:12]})")
-    gallery = inputs.embed_gallery(log)
-    paragon = measure_paragon(config, inputs, gallery, gallery_cost)
-    searched = config.search.metric.removeprefix("cross_")
-    log(f"paragon: R@1 {paragon.metrics['paragon_r1']:.2f}, mAP {paragon.metrics['paragon_map']:.2f}, "
-        f"{searched} {paragon.metrics['paragon_' + searched]:.2f}, {paragon.cost.mflops:.1f} MFLOPs")
+    log_schedule(config, inputs, log)
 
     started = time.perf_counter()
     started_ray = connect_ray(config.ray, [trial_resources(config)])
     inputs.timings["stage_ray_start_seconds"] = time.perf_counter() - started
     try:
+        gallery = inputs.embed_gallery(log)  # on Ray Data for a streamed collection, hence after connecting
+        paragon = measure_paragon(config, inputs, gallery, gallery_cost)
+        searched = config.search.metric.removeprefix("cross_")
+        log(f"paragon: R@1 {paragon.metrics['paragon_r1']:.2f}, mAP {paragon.metrics['paragon_map']:.2f}, "
+            f"{searched} {paragon.metrics['paragon_' + searched]:.2f}, {paragon.cost.mflops:.1f} MFLOPs")
         tracker = open_tracker(tracking_uri, config.tracking.experiment)
         run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         state = attach_parent_run(tracker, state, run_name, parent_run_tags(config, inputs, supernet, state),
@@ -192,6 +198,16 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
                   f"open the runs with `mlflow ui --backend-store-uri {tracker.tracking_uri}`")
     report_shortfall(shortfall, console, status)
     return SearchOutcome(state.parent_run_id, report, output_dir, gallery.images_embedded, shortfall)
+
+
+def log_schedule(config: CmpnasConfig, inputs: SearchInputs, log) -> None:
+    """Say when ``training.min_steps`` raises the candidates' epochs (a small train split)."""
+    training = config.training
+    epochs = training.epochs_for(len(inputs.data.train))
+    if epochs != training.trial_epochs:
+        steps = epochs * -(-len(inputs.data.train) // training.batch_size)
+        log(f"training.min_steps={training.min_steps}: candidates train {epochs} epochs instead of "
+            f"{training.trial_epochs} on {len(inputs.data.train)} training images ({steps} optimizer steps)")
 
 
 def report_shortfall(shortfall: Shortfall | None, console: Console, status: str = "FINISHED") -> None:
@@ -294,12 +310,20 @@ def record_parent_run(ctx: SearchContext) -> None:
     gallery_file = ctx.output_dir / GALLERY_IDENTITY_FILE
     gallery_file.write_text(json.dumps(inputs.gallery_model.identity(), indent=2))
     journal.log_artifact(PARENT, gallery_file, key=f"parent/{GALLERY_IDENTITY_FILE}")
+    if inputs.data.bad_files:
+        bad_file = ctx.output_dir / BAD_FILES_FILE
+        with bad_file.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "reason"])
+            writer.writerows((item.id, item.reason) for item in inputs.data.bad_files)
+        journal.log_artifact(PARENT, bad_file, key=f"parent/{BAD_FILES_FILE}")
     cost = ctx.paragon.cost
     journal.log_metrics(PARENT, {
         **ctx.paragon.metrics,
         "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
-        "gallery_images_embedded": ctx.embeddings.images_embedded, **inputs.timings,
+        "gallery_images_embedded": ctx.embeddings.images_embedded, "data_bad_files": len(inputs.data.bad_files),
+        **inputs.timings,
     }, key="parent/paragon")
 
 
@@ -330,7 +354,8 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | No
         ctx.state = ctx.state.moved_to("interrupted")
     ctx.save_state()
     report = finalize_search(ctx.journal, ctx.state, ctx.output_dir, ctx.console,
-                             outage_wait_s=config.tracking.outage_wait_s, metric=config.search.metric)
+                             outage_wait_s=config.tracking.outage_wait_s, metric=config.search.metric,
+                             compatibility_ratio=config.evaluation.compatibility_ratio)
     if config.search.budgets_mflops:
         picks = best_per_budget(report, config.search.budgets_mflops)
         record_budget_sweep(ctx.journal, picks, ctx.output_dir)

@@ -133,10 +133,20 @@ def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityRepor
 
 
 def split_identity(config: CmpnasConfig) -> dict:
-    """What decides which images land in the query and gallery splits."""
+    """What decides which images (and, open-set, which classes) land in the query and gallery splits.
+    The protocol is named only when it is open_set, so closed-set checkpoints keep their identity."""
     data = config.data
-    return {"source": data.source, "root": data.root, "seed": data.seed, "query_size": data.query_size,
-            "gallery_size": data.gallery_size}
+    identity = {"source": data.source, "root": data.root, "seed": data.seed, "query_size": data.query_size,
+                "gallery_size": data.gallery_size}
+    if data.protocol == "open_set":
+        identity.update(protocol=data.protocol, train_classes=data.train_classes, train_size=data.train_size)
+    return identity
+
+
+def split_must_match(config: CmpnasConfig) -> bool:
+    """Whether a reused checkpoint must come from this very split: where train shares a pool with query
+    and gallery (file collections), and open-set everywhere (a closed-set model has seen the searched classes)."""
+    return config.data.source in ("image_folder", "manifest") or config.data.protocol == "open_set"
 
 
 def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data: RetrievalData, path: Path) -> None:
@@ -157,9 +167,10 @@ def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data
     if info.get("dataset") != data.name or list(info.get("class_names", [])) != list(data.class_names):
         problems.append(f"it was trained on {info.get('dataset')!r} with classes {info.get('class_names')}, "
                         f"this search uses {data.name!r} with classes {list(data.class_names)}")
-    elif config.data.source == "image_folder" and info.get("split") != split_identity(config):
-        problems.append("it was trained on another split of this image folder (data.seed, data.query_size or "
-                        "data.gallery_size differ), so it may have seen today's query and gallery images")
+    elif split_must_match(config) and info.get("split") != split_identity(config):
+        problems.append("it was trained on another split of this data (data.seed, data.query_size, "
+                        "data.gallery_size, data.protocol or data.train_classes differ), so it may have seen today's "
+                        "query and gallery images or classes")
     if arch.in_chans != data.in_chans:
         problems.append(f"it takes {arch.in_chans}-channel images, the data has {data.in_chans} (data.channels)")
     if arch.num_classes != data.num_classes:

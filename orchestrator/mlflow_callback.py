@@ -10,7 +10,10 @@ params (``workers.trial_report``), the model as artifacts, and a terminal status
   replayed, retried or resumed;
 * a trial met again (retried, or resumed after the driver died) re-attaches to its child run,
   found by ``tags.TRIAL_ID_TAG`` under the parent run;
-* trials still open when the experiment ends are KILLED, so no run stays RUNNING.
+* trials still open when the experiment ends are KILLED, so no run stays RUNNING;
+* with its final result a child run gets ``tags.COMPATIBILITY_TAG`` = ``passed`` / ``failed``, the
+  compatibility check of ``workers.trial_report.compatibility_verdict`` on the search's metric
+  (``search.metric``) and ``evaluation.compatibility_ratio``; no tag when there is no verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ray.tune import Callback
 
 from orchestrator.journal import TrackingJournal, trial_ref
 from orchestrator.tags import (
+    COMPATIBILITY_TAG,
     ERROR_TAG,
     LAST_RETRY_ERROR_TAG,
     PARENT_RUN_TAG,
@@ -36,8 +40,10 @@ from orchestrator.tags import (
 from orchestrator.tracking import SearchTracker
 from search_space import ArchSpec
 from workers.trial_report import (
+    DEFAULT_COMPATIBILITY_RATIO,
     MODEL_FILE,
     SPEC_FILE,
+    compatibility_verdict,
     epoch_metrics,
     final_metrics,
     final_params,
@@ -96,14 +102,24 @@ class JournaledCallback(Callback):
 
 
 class MlflowTrialCallback(JournaledCallback):
-    """One child run per trial: see the module's rules."""
+    """One child run per trial: see the module's rules.
 
-    def __init__(self, tracker: SearchTracker, parent_run_id: str, journal: TrackingJournal | None = None):
+    ``metric`` (``search.metric``) and ``compatibility_ratio`` (``evaluation.compatibility_ratio``)
+    are those of the compatibility check.
+    """
+
+    def __init__(self, tracker: SearchTracker, parent_run_id: str, journal: TrackingJournal | None = None,
+                 metric: str = "cross_map", compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO):
         super().__init__(tracker, parent_run_id, journal)
+        self.metric = metric
+        self.compatibility_ratio = compatibility_ratio
         self.started: set[str] = set()
         self.ended: set[str] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Callbacks pickled before the compatibility check existed hold neither setting.
+        state.setdefault("metric", "cross_map")
+        state.setdefault("compatibility_ratio", DEFAULT_COMPATIBILITY_RATIO)
         super().__setstate__(state)
         # Which trials this session started: a restored callback starts a new session. Trials the
         # snapshot saw running may have finished since; ending them KILLED would be wrong.
@@ -143,6 +159,9 @@ class MlflowTrialCallback(JournaledCallback):
         if is_final_result(result):
             self.journal.log_metrics(ref, final_metrics(result), key=f"{ref}/final")
             self.journal.log_params(ref, final_params(result), key=f"{ref}/final-params")
+            verdict = compatibility_verdict(result, self.metric, self.compatibility_ratio)
+            if verdict is not None:
+                self.journal.set_tags(ref, {COMPATIBILITY_TAG: verdict}, key=f"{ref}/compatibility")
 
     @tracking_must_not_fail_trials
     def on_trial_complete(self, iteration, trials, trial, **info):

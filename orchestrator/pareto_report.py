@@ -2,6 +2,17 @@
 
 MLflow is the source of truth, so ``cmpnas pareto`` on an old experiment and the end of a live
 search produce the same front from the same records.
+
+The compatibility check (``workers.trial_report.compatibility_verdict``: a candidate fails when its
+final ``cross_<m>`` < ``evaluation.compatibility_ratio`` x its final ``homo_<m>``, ``<m>`` the
+searched metric) is shown, never applied: the front is selected as always, and every candidate
+keeps its verdict beside it (``CandidateRow.compatibility``, the table's and ``pareto.csv``'s
+column ``compatibility``). A row's verdict is its run's tag ``tags.COMPATIBILITY_TAG``; a run
+recorded without it (a search older than the check) is judged again by the same rule from its
+final metrics and the search's ratio (its parameter ``evaluation.compatibility_ratio``, else 0.5).
+When any candidate failed, the table is followed by ``compatibility_summary``: how many, how many on
+the front, the likely causes and the settings to change, so a front of failed candidates is never
+shown without saying so.
 """
 
 from __future__ import annotations
@@ -12,15 +23,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evaluators import FLOPS_CONVENTION, pareto_front
-from orchestrator.tags import PARETO_TAG, SUPERSEDED_TAG
+from orchestrator.tags import COMPATIBILITY_TAG, PARETO_TAG, SUPERSEDED_TAG
 from orchestrator.tracking import SearchTracker
+from workers.trial_report import (
+    COMPATIBILITY_FAILED,
+    COMPATIBILITY_FAILURE_CAUSES,
+    COMPATIBILITY_PASSED,
+    DEFAULT_COMPATIBILITY_RATIO,
+    compatibility_verdict,
+    homogeneous_metric,
+)
 
 # The accuracy objective is the search's own metric (``search.metric``, cross_map by default).
 OBJECTIVES = (("score", "max"), ("mflops", "min"))
 DEFAULT_METRIC = "cross_map"
+# The parent run's param holding evaluation.compatibility_ratio (config_params names it so).
+COMPATIBILITY_RATIO_PARAM = "evaluation.compatibility_ratio"
+# Failed candidates named in a summary; the rest are counted.
+MAX_NAMED_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,8 @@ class CandidateRow:
     latency_ms: float
     score: float = math.nan  # the searched metric (ParetoReport.metric)
     pareto: bool = False
+    homo_score: float = math.nan  # the searched metric's homogeneous counterpart (homo_<m>)
+    compatibility: str | None = None  # "passed", "failed", or None: nothing to judge
 
 
 @dataclass(frozen=True)
@@ -52,20 +78,39 @@ class ParetoReport:
     candidates: list[CandidateRow]
     paragon: ParagonRow | None
     metric: str = DEFAULT_METRIC
+    compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO
 
     @property
     def front(self) -> list[CandidateRow]:
         return sorted((row for row in self.candidates if row.pareto), key=lambda row: row.mflops)
 
+    @property
+    def compatibility_failures(self) -> list[CandidateRow]:
+        """The candidates that failed the compatibility check, front or not."""
+        return [row for row in self.candidates if row.compatibility == COMPATIBILITY_FAILED]
 
-def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | None = None) -> ParetoReport:
-    """Finished child runs with final metrics, marked on the front by (max ``metric``, min FLOPs).
+    def compatibility_counts(self) -> dict[str, int]:
+        """The parent run's summary of the check: candidates that passed, failed, and failed on the front."""
+        failed = self.compatibility_failures
+        return {"compatibility_passed": sum(row.compatibility == COMPATIBILITY_PASSED for row in self.candidates),
+                "compatibility_failed": len(failed),
+                "compatibility_failed_on_front": sum(row.pareto for row in failed)}
+
+
+def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | None = None,
+                   compatibility_ratio: float | None = None) -> ParetoReport:
+    """Finished child runs with final metrics, marked on the front by (max ``metric``, min FLOPs),
+    each with its compatibility verdict (see the module's rules).
 
     ``metric`` defaults to the search's own (its ``search.metric`` parameter; cross_map for
-    searches recorded before that field existed).
+    searches recorded before that field existed), ``compatibility_ratio`` likewise to its
+    ``evaluation.compatibility_ratio`` (0.5 before that field existed).
     """
     parent_run = tracker.client.get_run(parent_run_id)
     metric = metric or parent_run.data.params.get("search.metric", DEFAULT_METRIC)
+    if compatibility_ratio is None:
+        compatibility_ratio = float(parent_run.data.params.get(COMPATIBILITY_RATIO_PARAM, DEFAULT_COMPATIBILITY_RATIO))
+    homogeneous = homogeneous_metric(metric)
     rows = []
     for run in tracker.child_runs(parent_run_id):
         metrics = run.data.metrics
@@ -83,6 +128,8 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
                 homo_r1=metrics.get("final_homo_r1", math.nan),
                 latency_ms=metrics.get("final_latency_ms", math.nan),
                 score=metrics.get(f"final_{metric}", math.nan),
+                homo_score=metrics.get(f"final_{homogeneous}", math.nan),
+                compatibility=recorded_compatibility(run, metric, compatibility_ratio),
             )
         )
     front = set(pareto_front([[getattr(row, name) for name, _ in OBJECTIVES] for row in rows], [s for _, s in OBJECTIVES]))
@@ -93,7 +140,35 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
         paragon = ParagonRow(parent["paragon_mflops"], int(parent.get("paragon_params", 0)),
                              parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan),
                              parent.get("paragon_" + metric.removeprefix("cross_"), math.nan))
-    return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, metric)
+    return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, metric, compatibility_ratio)
+
+
+def recorded_compatibility(run, metric: str, ratio: float) -> str | None:
+    """A child run's verdict: its tag, else the rule applied to its final metrics (older runs)."""
+    tagged = run.data.tags.get(COMPATIBILITY_TAG)
+    if tagged in (COMPATIBILITY_PASSED, COMPATIBILITY_FAILED):
+        return tagged
+    final = {name.removeprefix("final_"): value for name, value in run.data.metrics.items()
+             if name.startswith("final_")}
+    return compatibility_verdict(final, metric, ratio)
+
+
+def compatibility_summary(report: ParetoReport) -> str | None:
+    """How many candidates failed the compatibility check (on the front too), the rule, the likely
+    causes and the settings to change; None when none failed."""
+    failed = report.compatibility_failures
+    if not failed:
+        return None
+    rule = f"{report.metric} < {report.compatibility_ratio:g} x {homogeneous_metric(report.metric)}"
+    front, failed_on_front = report.front, [row for row in failed if row.pareto]
+    if front and len(failed_on_front) == len(front):
+        on_front = f"; every candidate of the Pareto front ({len(front)}) is among them"
+    else:
+        on_front = f"; {len(failed_on_front)} of the {len(front)} on the Pareto front"
+    named = ", ".join(row.arch_id for row in failed[:MAX_NAMED_FAILURES])
+    more = f" and {len(failed) - MAX_NAMED_FAILURES} more" if len(failed) > MAX_NAMED_FAILURES else ""
+    return (f"{len(failed)} of {len(report.candidates)} finished candidates failed the compatibility check "
+            f"({rule}){on_front} ({named}{more}). Likely causes: {COMPATIBILITY_FAILURE_CAUSES}")
 
 
 def tag_front(tracker: SearchTracker, report: ParetoReport) -> None:
@@ -105,12 +180,14 @@ def write_csv(report: ParetoReport, path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run_id", "arch_id", "mflops", "params", "cost_reduction", "cross_r1", "cross_map",
-                         "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon", "searched_metric", "searched_value"])
+                         "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon", "searched_metric", "searched_value",
+                         "searched_homo_value", "compatibility_ratio", "compatibility"])
         for row in report.candidates:
             writer.writerow([row.run_id, row.arch_id, f"{row.mflops:.4f}", row.params, f"{row.cost_reduction:.2f}",
                              f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
                              f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}", report.metric,
-                             f"{row.score:.2f}"])
+                             f"{row.score:.2f}", f"{row.homo_score:.2f}", f"{report.compatibility_ratio:g}",
+                             row.compatibility or ""])
     return path
 
 
@@ -125,6 +202,10 @@ def write_plot(report: ParetoReport, path: Path) -> Path:
     axes.scatter([r.mflops for r in others], [r.score for r in others], c="0.6", label="candidates")
     front = report.front
     axes.plot([r.mflops for r in front], [r.score for r in front], "o-", c="tab:red", label="Pareto front")
+    failed = report.compatibility_failures
+    if failed:
+        axes.scatter([r.mflops for r in failed], [r.score for r in failed], marker="x", s=80, c="black",
+                     label="failed compatibility check")
     if report.paragon:
         axes.scatter([report.paragon.mflops], [report.paragon.score], marker="*", s=200, c="tab:blue",
                      label="paragon (gallery/gallery)")
@@ -144,20 +225,31 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
     # A searched metric other than R@1 and mAP (e.g. cross_tar_far_1e-2) gets its own column.
     extra = report.metric not in ("cross_r1", "cross_map")
     columns = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
-               "homo R@1", "gap R@1", "latency ms")
+               "homo R@1", "gap R@1", "latency ms", "compatibility")
     for column in columns:
         table.add_column(column, justify="right" if column != "arch" else "left")
     if report.paragon:
         p = report.paragon
         table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", style="bold blue")
+                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "", style="bold blue")
     for row in report.front if only_front else report.candidates:
         table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
                       f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", *((f"{row.score:.2f}",) if extra else ()),
                       f"{row.homo_r1:.2f}", f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}",
-                      style="bold" if row.pareto else None)
+                      _compatibility_cell(row.compatibility), style="bold" if row.pareto else None)
     console.print(table)
-    console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points.")
+    console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. "
+                  f"compatibility: failed when {report.metric} < {report.compatibility_ratio:g} x "
+                  f"{homogeneous_metric(report.metric)} (evaluation.compatibility_ratio).", highlight=False)
+    summary = compatibility_summary(report)
+    if summary is not None:
+        console.print(f"[bold red]compatibility check:[/] {escape(summary)}", highlight=False)
+
+
+def _compatibility_cell(verdict: str | None) -> str:
+    if verdict == COMPATIBILITY_FAILED:
+        return "[bold red]FAILED[/]"
+    return verdict or "-"
 
 
 def _gap(report: ParetoReport, row: CandidateRow) -> float:

@@ -1,4 +1,12 @@
-"""Live terminal progress of a search (rich), fed by Tune's callback hooks."""
+"""Live terminal progress of a search (rich), fed by Tune's callback hooks.
+
+Rules:
+* one row per trial: status, architecture, epoch, latest cross-model metrics, MFLOPs and the
+  compatibility check of its final result (``workers.trial_report.compatibility_verdict``);
+* a final result that fails the check also prints one line above the table, once per trial: the
+  trial and architecture, the cross-model and homogeneous values compared with the ratio, the
+  likely causes and the settings to change.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +15,32 @@ import time
 from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from search_space import ArchSpec
-from workers.trial_report import is_final_result
+from workers.trial_report import (
+    COMPATIBILITY_FAILED,
+    DEFAULT_COMPATIBILITY_RATIO,
+    compatibility_verdict,
+    describe_compatibility_failure,
+    is_final_result,
+)
 
 
 class RichProgressCallback(Callback):
-    """One line per trial: status, architecture, epoch, latest cross-model metrics, FLOPs."""
+    """One line per trial (see the module's rules). ``metric`` (``search.metric``) and
+    ``compatibility_ratio`` (``evaluation.compatibility_ratio``) are those of the compatibility check."""
 
-    def __init__(self, console: Console, total_trials: int, epochs: int):
+    def __init__(self, console: Console, total_trials: int, epochs: int, metric: str = "cross_map",
+                 compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO):
         self.console = console
         self.total_trials = total_trials
         self.epochs = epochs
+        self.metric = metric
+        self.compatibility_ratio = compatibility_ratio
         self.rows: dict[str, dict[str, str]] = {}
+        self.compatibility_failures_printed: set[str] = set()
         self.started = time.monotonic()
         self.live: Live | None = None
 
@@ -29,7 +49,13 @@ class RichProgressCallback(Callback):
         return {**self.__dict__, "console": None, "live": None}
 
     def __setstate__(self, state: dict) -> None:
+        # Callbacks pickled before the compatibility check existed hold none of its settings.
+        state.setdefault("metric", "cross_map")
+        state.setdefault("compatibility_ratio", DEFAULT_COMPATIBILITY_RATIO)
+        state.setdefault("compatibility_failures_printed", set())
         self.__dict__.update(state)
+        for row in self.rows.values():
+            row.setdefault("compatibility", "")
         self.console = Console()
 
     def setup(self, **info):
@@ -40,7 +66,7 @@ class RichProgressCallback(Callback):
         row = self.rows.setdefault(
             trial.trial_id,
             {"status": "", "arch": ArchSpec.from_json(trial.config["arch"]).arch_id, "epoch": "", "cross_r1": "",
-             "cross_map": "", "mflops": ""},
+             "cross_map": "", "mflops": "", "compatibility": ""},
         )
         row.update(fields)
         if self.live is not None:
@@ -55,7 +81,19 @@ class RichProgressCallback(Callback):
                   "cross_map": f"{result.get('cross_map', float('nan')):.2f}"}
         if "mflops" in result:
             fields["mflops"] = f"{result['mflops']:.2f}"
+        verdict = compatibility_verdict(result, self.metric, self.compatibility_ratio)
+        if verdict is not None:
+            fields["compatibility"] = verdict
         self._update(trial, **fields)
+        if verdict == COMPATIBILITY_FAILED and trial.trial_id not in self.compatibility_failures_printed:
+            self.compatibility_failures_printed.add(trial.trial_id)
+            self.console.print(self.compatibility_failure_line(trial.trial_id, self.rows[trial.trial_id]["arch"],
+                                                               result), highlight=False)
+
+    def compatibility_failure_line(self, trial_id: str, arch_id: str, result: dict) -> str:
+        """The line printed for a final result that fails the compatibility check (rich markup)."""
+        return (f"[bold red]compatibility check failed[/]: trial {escape(trial_id)} ({escape(arch_id)}): "
+                + escape(describe_compatibility_failure(result, self.metric, self.compatibility_ratio)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._update(trial, status="done" if is_final_result(trial.last_result) else "stopped early")
@@ -73,9 +111,11 @@ class RichProgressCallback(Callback):
         done = sum(row["status"] in ("done", "stopped early") for row in self.rows.values())
         elapsed = time.monotonic() - self.started
         table = Table(title=f"cmpnas search: {done}/{self.total_trials} candidates done, {elapsed:.0f}s")
-        for column in ("trial", "status", "arch", "epoch", "cross R@1", "cross mAP", "MFLOPs"):
+        for column in ("trial", "status", "arch", "epoch", "cross R@1", "cross mAP", "MFLOPs", "compatibility"):
             table.add_column(column)
         for trial_id, row in self.rows.items():
+            compatibility = row.get("compatibility", "")
             table.add_row(trial_id, row["status"], row["arch"], row["epoch"], row["cross_r1"], row["cross_map"],
-                          row["mflops"])
+                          row["mflops"], f"[red]{compatibility}[/]" if compatibility == COMPATIBILITY_FAILED
+                          else compatibility)
         return table

@@ -28,7 +28,7 @@ from orchestrator.export.checks import embed_with_onnx
 from orchestrator.export.package import ONNX_FILE, read_manifest
 from orchestrator.gallery_embed import list_image_files
 from orchestrator.gallery_index import EmbeddedGallery, open_embedded_gallery
-from workers.datasets.image_folder import decode_image
+from workers.datasets.image_files import decode_image
 
 DEFAULT_K = 5
 DEFAULT_BATCH_SIZE = 256

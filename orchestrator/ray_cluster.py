@@ -83,3 +83,9 @@ def check_fits(request: ResourceRequest, strict: bool = True) -> None:
             if strict:
                 raise ResourceRequestError(message)
             logger.warning("%s (unless the cluster autoscales)", message)
+
+
+def ray_worker_reason(error: BaseException) -> str:
+    """The reason a Ray worker failed: Ray's message is the worker's traceback, whose last line says why."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

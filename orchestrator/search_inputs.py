@@ -2,17 +2,25 @@
 
 A search and a supernet training both need, in this order:
 1. the output folder, checked writable before any work (``prepare_output_dir``);
-2. the data, decoded once (``load_data``);
+2. the data, decoded once (``load_data``): a file collection into the shard cache, read by batch
+   (``data.streaming``), with its bad files counted and skipped;
 3. the frozen gallery model from its source (``gallery.source``): a checkpoint checked against
    the data, one trained and saved on first use, or the team's own model or embeddings
    (``orchestrator.gallery_setup.obtain_gallery``);
 4. the search space, sized by the gallery's embedding dimension and the data's channels;
 5. the gallery model's embeddings of the train, query and gallery splits, computed once per job
-   (``SearchInputs.embed_gallery``); after it the gallery model is moved back to the CPU, so it
+   (``SearchInputs.embed_gallery``): on Ray Data for a streamed collection when Ray is connected
+   (``orchestrator.gallery_pass``), else in this process; after it the gallery model is moved back to the CPU, so it
    holds no accelerator memory while trials run.
 
 Step 5 is separate so that a job can check what depends on steps 1-4 (a supernet's fit) before
 spending the embedding pass.
+
+Augmentation (``training.augmentation.enabled``): ``auto`` turns it on for photo collections
+(``PHOTO_SOURCES``) of at least ``AUGMENT_FROM_SIZE`` px (a crop of a 28 px thumbnail loses what
+tells it apart) unless the gallery is precomputed embeddings, which cannot follow a crop (``on``
+with them is refused by the config check). When on, trials open the gallery model
+themselves (``SearchInputs.gallery_loader``) to embed each augmented view.
 """
 
 from __future__ import annotations
@@ -25,12 +33,22 @@ from typing import Callable
 import torch
 
 from orchestrator.config import CmpnasConfig
-from orchestrator.gallery_setup import obtain_gallery
+from orchestrator.gallery_pass import RayDataGalleryPass
+from orchestrator.gallery_setup import gallery_request, obtain_gallery
 from search_space import SearchSpace, create_space
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.gallery_embeddings import GalleryEmbeddings, compute_gallery_embeddings
-from workers.gallery_sources import GalleryModel, GallerySourceError
+from workers.gallery_sources import GalleryLoader, GalleryModel, GallerySourceError
 from workers.preprocess import pick_device
+from workers.training_batches import AugmentationSettings
+
+# Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
+PHOTO_SOURCES = ("image_folder", "manifest")
+AUGMENT_FROM_SIZE = 64
+# Sources whose embeddings were computed elsewhere, on whole images: no augmented view can be embedded.
+PRECOMPUTED_GALLERY_SOURCES = ("embeddings",)
+# Streamed collections at least this large are embedded by Ray Data actors (see SearchInputs._ray_data_pass).
+RAY_DATA_PASS_FROM = 20_000
 
 Log = Callable[[str], None]
 
@@ -55,8 +73,22 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
     data = config.data
     request = DataRequest(root=data.root, download=data.download, train_size=data.train_size,
                           query_size=data.query_size, gallery_size=data.gallery_size, seed=data.seed,
-                          image_size=data.image_size, channels=data.channels)
+                          image_size=data.image_size, channels=data.channels, protocol=data.protocol,
+                          train_classes=data.train_classes, max_bad_fraction=data.max_bad_fraction,
+                          streaming={"auto": None, "on": True, "off": False}[data.streaming],
+                          cache_dir=data.cache_dir, decode_workers=data.decode_workers)
     return load_retrieval_data(data.source, request)
+
+
+def resolve_augmentation(config: CmpnasConfig) -> AugmentationSettings | None:
+    """The training augmentation of this job, or None (see the module's rule for ``auto``)."""
+    settings = config.training.augmentation
+    enabled = settings.enabled == "on" or (
+        settings.enabled == "auto" and config.data.source in PHOTO_SOURCES
+        and config.data.image_size >= AUGMENT_FROM_SIZE and config.gallery.source not in PRECOMPUTED_GALLERY_SOURCES)
+    if not enabled:
+        return None
+    return AugmentationSettings(tuple(settings.crop_scale), tuple(settings.crop_ratio), settings.horizontal_flip)
 
 
 @dataclass
@@ -72,16 +104,38 @@ class SearchInputs:
     embeddings: GalleryEmbeddings | None = None
     # gallery.classifier: the BCT classifier built with the embeddings.
     classifier: str = "auto"
+    augmentation: AugmentationSettings | None = None
+    # How a trial opens its own copy of the gallery model (for augmented views).
+    gallery_loader: GalleryLoader | None = None
 
     def embed_gallery(self, log: Log) -> GalleryEmbeddings:
         """The gallery model's embeddings of every split, computed on the first call only."""
         if self.embeddings is None:
-            self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device, self.classifier)
+            self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device, self.classifier,
+                                                         split_embedder=self._ray_data_pass())
             self.gallery_model.release()
             self.timings["stage_gallery_embedding_seconds"] = self.embeddings.seconds
             log(f"gallery model embedded {self.embeddings.images_embedded} images once for the whole job "
                 f"({self.embeddings.seconds:.1f}s); BCT classifier: {self.embeddings.classifier_kind}")
         return self.embeddings
+
+    def _ray_data_pass(self) -> RayDataGalleryPass | None:
+        """Ray Data actors embed a streamed collection when Ray is connected and it pays: the cluster
+        has GPUs this process lacks, more than one node, or ``RAY_DATA_PASS_FROM`` images or more
+        (starting the actors costs 10-20 s). Otherwise, and for in-memory data and embeddings looked
+        up by id, the splits are embedded here, by batch."""
+        import ray
+
+        if not (self.data.train.streamed and ray.is_initialized() and self.gallery_loader is not None
+                and self.gallery_model.source not in PRECOMPUTED_GALLERY_SOURCES):
+            return None
+        total = len(self.data.train) + len(self.data.query) + len(self.data.gallery)
+        gpus_elsewhere = ray.cluster_resources().get("GPU", 0) >= 1 and self.device.type != "cuda"
+        if not (gpus_elsewhere or len(ray.nodes()) > 1 or total >= RAY_DATA_PASS_FROM):
+            return None
+        splits = {"train": self.data.train, "query": self.data.query, "gallery": self.data.gallery}
+        return RayDataGalleryPass(self.gallery_loader, splits, self.gallery_model.embed_dim,
+                                  self.gallery_model.fingerprint)
 
 
 def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_fingerprint: str | None = None
@@ -93,6 +147,10 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
     data = load_data(config)
     timings["stage_data_seconds"] = time.perf_counter() - started
     log(f"data: {data.summary()}")
+    if data.bad_files:
+        shown = "; ".join(f"{item.id} ({item.reason})" for item in data.bad_files[:3])
+        log(f"skipped {len(data.bad_files)} file(s) that could not be decoded (data.max_bad_fraction="
+            f"{config.data.max_bad_fraction}): {shown}{' ...' if len(data.bad_files) > 3 else ''}")
 
     device = pick_device()
     started = time.perf_counter()
@@ -105,4 +163,11 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
             "are not comparable. Restore that model (gallery.path, gallery.input) to resume"
         )
     space = create_space(config.search_space.name, embed_dim=gallery_model.embed_dim, in_chans=data.in_chans)
-    return SearchInputs(data, gallery_model, space, device, timings, classifier=config.gallery.classifier)
+    augmentation = resolve_augmentation(config)
+    if augmentation is not None:
+        log(f"training augmentation: random resized crop (scale {augmentation.crop_scale}), horizontal flip "
+            f"{'on' if augmentation.horizontal_flip else 'off'}; the gallery model embeds each augmented view")
+    return SearchInputs(data, gallery_model, space, device, timings, classifier=config.gallery.classifier,
+                        augmentation=augmentation,
+                        gallery_loader=GalleryLoader(config.gallery.source,
+                                                     gallery_request(config, data.in_chans, data.image_size)))

@@ -9,7 +9,11 @@ unreachable at its end; neither needs the other. Rules of ``finalize_search``:
 * the front is selected from the finished child runs in MLflow (``orchestrator.pareto_report``),
   tagged, and written as ``pareto.csv`` and ``pareto.png``; the parent run ends FINISHED when
   every trial ended, else KILLED (to be resumed);
-* only a search whose trials all ended moves to phase ``finished``.
+* only a search whose trials all ended moves to phase ``finished``;
+* the compatibility check is summed up on the parent run of a search whose trials all ended:
+  metrics ``compatibility_passed``, ``compatibility_failed`` and ``compatibility_failed_on_front``
+  and, when any candidate failed, the tag ``COMPATIBILITY_FAILURES_TAG`` with how many, the rule,
+  the likely causes and the settings to change (``pareto_report.compatibility_summary``).
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ from orchestrator.journal import (
     TrackingUnavailableError,
     is_transient,
 )
-from orchestrator.pareto_report import ParetoReport, collect_report, tag_front, write_csv, write_plot
+from orchestrator.pareto_report import (
+    ParetoReport,
+    collect_report,
+    compatibility_summary,
+    tag_front,
+    write_csv,
+    write_plot,
+)
 from orchestrator.search_state import SearchState
-from orchestrator.tags import SUPERSEDED_TAG, TRIAL_ID_TAG
+from orchestrator.tags import COMPATIBILITY_FAILURES_TAG, SUPERSEDED_TAG, TRIAL_ID_TAG
 from orchestrator.tracking import SearchTracker
 
 
@@ -49,8 +60,11 @@ def open_journal(tracker: SearchTracker, state: SearchState, output_dir: Path) -
 
 
 def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Path, console: Console, *,
-                    outage_wait_s: float, metric: str = "cross_map") -> ParetoReport:
-    """Send what is journaled, then select and record the Pareto front from MLflow (see the module's rules)."""
+                    outage_wait_s: float, metric: str = "cross_map",
+                    compatibility_ratio: float | None = None) -> ParetoReport:
+    """Send what is journaled, then select and record the Pareto front from MLflow (see the module's rules).
+
+    ``compatibility_ratio``: ``evaluation.compatibility_ratio``; None reads it from the parent run's params."""
     tracker = journal.tracker
     complete = state.phase == "trials_done"
 
@@ -67,7 +81,7 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
     try:
         started = time.perf_counter()
         supersede_orphan_runs(tracker, state)
-        report = collect_report(tracker, state.parent_run_id, metric)
+        report = collect_report(tracker, state.parent_run_id, metric, compatibility_ratio)
         tag_front(tracker, report)
         for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
             journal.log_artifact(PARENT, path)
@@ -75,7 +89,12 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
             journal.log_metrics(PARENT, {
                 "stage_pareto_seconds": time.perf_counter() - started,
                 "candidates_finished": len(report.candidates), "pareto_size": len(report.front),
+                **report.compatibility_counts(),
             }, key="parent/pareto")
+            failures = compatibility_summary(report)
+            if failures is not None:
+                journal.set_tags(PARENT, {COMPATIBILITY_FAILURES_TAG: failures[:5000]},
+                                 key="parent/compatibility-failures")
         journal.set_status(PARENT, "FINISHED" if complete else "KILLED")
     except Exception as error:
         if is_transient(error):

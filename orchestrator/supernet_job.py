@@ -38,6 +38,7 @@ from workers.fit import OptimSettings
 from workers.supernet_checkpoint import load_supernet
 from workers.supernet_training import SupernetTrainingSettings
 from workers.supernet_trial import SUPERNET_FILE, SharedSupernetInputs, run_supernet_training
+from workers.training_batches import AugmentationSettings
 
 # Logged on every epoch of the supernet run.
 SUPERNET_EPOCH_METRICS = ("loss", "largest_loss_own_classifier", "largest_loss_bct_influence",
@@ -92,7 +93,8 @@ def _part(result: dict, end: str) -> str:
     return ", ".join(parts) or "-"
 
 
-def supernet_training_settings(config: CmpnasConfig) -> SupernetTrainingSettings:
+def supernet_training_settings(config: CmpnasConfig, augmentation: AugmentationSettings | None = None
+                               ) -> SupernetTrainingSettings:
     supernet = config.supernet
     return SupernetTrainingSettings(
         optim=OptimSettings(epochs=supernet.epochs, batch_size=supernet.batch_size, lr=supernet.lr,
@@ -102,6 +104,7 @@ def supernet_training_settings(config: CmpnasConfig) -> SupernetTrainingSettings
         distillation_weight=supernet.distillation_weight if supernet.distillation else 0.0,
         channels_last=config.training.channels_last,
         mixed_precision=config.training.mixed_precision,
+        augmentation=augmentation,
     )
 
 
@@ -116,11 +119,11 @@ def train_supernet_job(config: CmpnasConfig, console: Console | None = None) -> 
     output_dir = prepare_output_dir(config)
     inputs = prepare_search_inputs(config, log)
     data, space = inputs.data, inputs.space
-    gallery = inputs.embed_gallery(log)
-    settings = supernet_training_settings(config)
+    settings = supernet_training_settings(config, inputs.augmentation)
 
     started_ray = connect_ray(config.ray, [supernet_resources(config)])
     try:
+        gallery = inputs.embed_gallery(log)  # on Ray Data for a streamed collection, hence after connecting
         tracker = SearchTracker(resolve_tracking_uri(config.tracking.uri), config.tracking.experiment)
         run = tracker.client.create_run(
             tracker.experiment_id, run_name=f"supernet-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -154,7 +157,8 @@ def _fit_and_save(config: CmpnasConfig, inputs: SearchInputs, settings: Supernet
     """One Tune trial trains the supernet; its checkpoint is copied to ``supernet.checkpoint`` and logged."""
     shared = SharedSupernetInputs(data=inputs.data, gallery=inputs.embed_gallery(console.log),
                                   space_name=inputs.space.name, training=settings,
-                                  threads=max(1, math.ceil(config.supernet.cpus)))
+                                  threads=max(1, math.ceil(config.supernet.cpus)),
+                                  gallery_loader=inputs.gallery_loader if settings.augmentation is not None else None)
     trainable = tune.with_resources(tune.with_parameters(run_supernet_training, shared=shared),
                                     {"cpu": config.supernet.cpus, "gpu": config.supernet.gpus})
     tuner = tune.Tuner(

@@ -30,10 +30,16 @@ ERROR_TAG = "error"
 STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # A child run no trial will finish (its driver died before Tune recorded the trial).
 SUPERSEDED_TAG = "cmpnas.superseded"
+# On a candidate with a final result: "passed" or "failed", its compatibility check
+# (``workers.trial_report.compatibility_verdict``); absent when there was nothing to judge.
+COMPATIBILITY_TAG = "cmpnas.compatibility"
 
 # -- how a search ended ---------------------------------------------------------------------------------
 # On a parent run that ended with fewer candidates than search.num_candidates: why, and what to change.
 SHORTFALL_TAG = "cmpnas.shortfall"
+# On a parent run whose finished candidates include some that failed the compatibility check: how
+# many (on the front, too), the rule, the likely causes and the settings to change.
+COMPATIBILITY_FAILURES_TAG = "cmpnas.compatibility_failures"
 
 # -- what the search selected ---------------------------------------------------------------------------
 PARETO_TAG = "pareto"

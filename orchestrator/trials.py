@@ -38,6 +38,11 @@ from workers.trial import SharedTrialInputs, run_candidate_trial
 SEARCH_MODE = "max"
 
 
+def trial_epochs(ctx: SearchContext) -> int:
+    """Epochs of one candidate: the mode's, raised to reach ``training.min_steps`` on this train split."""
+    return ctx.config.training.epochs_for(len(ctx.inputs.data.train))
+
+
 def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
     config = ctx.config
     training = config.training
@@ -45,12 +50,14 @@ def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
         data=ctx.inputs.data,
         gallery=ctx.embeddings,
         training=CandidateTrainingSettings(
-            optim=OptimSettings(epochs=training.trial_epochs, batch_size=training.batch_size, lr=training.lr,
+            optim=OptimSettings(epochs=trial_epochs(ctx), batch_size=training.batch_size, lr=training.lr,
                                 weight_decay=training.weight_decay, seed=config.search.seed),
             loss_weights=dict(training.loss_weights),
             channels_last=training.channels_last,
             mixed_precision=training.mixed_precision,
+            augmentation=ctx.inputs.augmentation,
         ),
+        gallery_loader=ctx.inputs.gallery_loader if ctx.inputs.augmentation is not None else None,
         paragon_flops=ctx.paragon.cost.flops,
         threads_per_trial=max(1, math.ceil(config.resources.cpus_per_trial)),
         measure_latency=config.resources.measure_latency,
@@ -78,7 +85,7 @@ def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence
         trainable,
         tune_config=tune.TuneConfig(
             metric=config.search.metric, mode=SEARCH_MODE, search_alg=searcher,
-            scheduler=create_scheduler(config.search, max(1, config.training.trial_epochs)),
+            scheduler=create_scheduler(config.search, max(1, trial_epochs(ctx))),
             num_samples=config.search.num_candidates, max_concurrent_trials=config.search.max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             reuse_actors=True,
@@ -87,8 +94,12 @@ def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence
             name=name,
             storage_path=storage_path,
             callbacks=[
-                MlflowTrialCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.journal),
-                RichProgressCallback(ctx.console, config.search.num_candidates, config.training.trial_epochs),
+                MlflowTrialCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.journal,
+                                    metric=config.search.metric,
+                                    compatibility_ratio=config.evaluation.compatibility_ratio),
+                RichProgressCallback(ctx.console, config.search.num_candidates, trial_epochs(ctx),
+                                     metric=config.search.metric,
+                                     compatibility_ratio=config.evaluation.compatibility_ratio),
                 *extra_callbacks,
             ],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),

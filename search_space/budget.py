@@ -42,7 +42,7 @@ from typing import Iterator
 
 import numpy as np
 
-from search_space.flops import estimate_flops, head_flops, stage_flops, stem_flops
+from search_space.flops import estimate_flops, head_flops, stage_flops, stem_flops, stem_output_size
 from search_space.space import SearchSpace
 from search_space.spec import ArchSpec, StageSpec
 
@@ -219,7 +219,7 @@ class FeasibleCounts:
         space, steps = self.space, self.steps
         budget_units = int(np.floor((self.max_flops - stem_flops(space, resolution)) / self.unit))
         budget_units = min(budget_units, steps)
-        units, size = [], resolution
+        units, size = [], stem_output_size(space, resolution)
         for index, (choices, options) in enumerate(zip(space.stages, self.options)):
             previous = (space.stem_width,) if index == 0 else space.stages[index - 1].widths
             last = index == len(space.stages) - 1

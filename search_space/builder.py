@@ -24,7 +24,7 @@ class QueryEmbeddingNet(nn.Module):
         super().__init__()
         space.validate(spec)
         self.spec = spec
-        self.stem = ConvNormAct(spec.in_chans, space.stem_width, 3, stride=1, act_layer=nn.Hardswish)
+        self.stem = ConvNormAct(spec.in_chans, space.stem_width, 3, stride=space.stem_stride, act_layer=nn.Hardswish)
         blocks: list[nn.Module] = []
         in_chs = space.stem_width
         for stage, choices in zip(spec.stages, space.stages):

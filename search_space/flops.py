@@ -4,12 +4,13 @@ The figure a trial records is fvcore's count on the built model (``evaluators.co
 this module gives the same number in microseconds, so that proposals can be steered under a budget
 before anything is built. Rules:
 
-- It follows ``search_space.builder`` layer for layer (stem, timm ``InvertedResidual`` blocks with
-  optional squeeze-excite, pooled head, embedding) and fvcore's convention: one multiply-add is one
-  flop; a convolution costs ``out_h * out_w * out_channels * in_channels/groups * k * k`` (bias not
-  counted); a linear layer ``in * out``; batch norm in eval mode ``2 * elements`` (scale and shift);
-  adaptive average pooling ``input elements``; activations, ``mean``, element-wise add and mul count
-  zero, as fvcore skips them.
+- It follows ``search_space.builder`` layer for layer (stem of stride ``space.stem_stride``, timm
+  ``InvertedResidual`` blocks with optional squeeze-excite, pooled head, embedding) and fvcore's
+  convention: one multiply-add is one flop; a convolution costs
+  ``out_h * out_w * out_channels * in_channels/groups * k * k`` (bias not counted); a linear layer
+  ``in * out``; batch norm in eval mode ``2 * elements`` (scale and shift); adaptive average
+  pooling ``input elements``; activations, ``mean``, element-wise add and mul count zero, as
+  fvcore skips them.
 - Channel rounding is timm's own (``make_divisible``), so expansion and squeeze-excite widths match.
 - ``tests/search_space/test_flops.py`` checks it against fvcore on every registered space (the
   extremes and a stratified sample); the stated tolerance is 0.1 % relative, the measured difference
@@ -46,9 +47,14 @@ def se_reduced_channels(channels: int) -> int:
     return make_divisible(channels * SE_RATIO, 8)
 
 
+def stem_output_size(space: SearchSpace, resolution: int) -> int:
+    """Side of the stem's output, the input of the first stage."""
+    return conv_output_size(resolution, STEM_KERNEL, space.stem_stride)
+
+
 def stem_flops(space: SearchSpace, resolution: int) -> int:
-    """The 3x3 stride-1 stem convolution and its batch norm."""
-    pixels = resolution * resolution
+    """The 3x3 stem convolution (stride ``space.stem_stride``) and its batch norm."""
+    pixels = stem_output_size(space, resolution) ** 2
     return pixels * space.stem_width * space.in_chans * STEM_KERNEL**2 + 2 * pixels * space.stem_width
 
 
@@ -84,7 +90,7 @@ def head_flops(space: SearchSpace, in_chs: int, size: int) -> int:
 def estimate_flops(space: SearchSpace, spec: ArchSpec) -> int:
     """FLOPs (multiply-adds, fvcore's convention) of ``spec``'s query model for one image."""
     total = stem_flops(space, spec.resolution)
-    in_chs, size = space.stem_width, spec.resolution
+    in_chs, size = space.stem_width, stem_output_size(space, spec.resolution)
     for choices, stage in zip(space.stages, spec.stages):
         flops, size = stage_flops(choices, stage, in_chs, size)
         total += flops

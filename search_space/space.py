@@ -8,7 +8,7 @@ gene vectors, so every strategy sees the same interface whatever the space looks
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from search_space.spec import ArchSpec, StageSpec
 
@@ -37,10 +37,16 @@ class StageChoices:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """The genes' choices plus the fixed design around them: a 3x3 stem convolution of
+    ``stem_width`` channels and stride ``stem_stride`` (1 for small images, 2 for ImageNet-sized
+    ones), the stages, and a pooled head of ``head_width`` features before the embedding."""
+
     name: str
     in_chans: int
     embed_dim: int
     stem_width: int
+    # Keyword-only with a default, so spaces written before it existed keep their stride-1 stem.
+    stem_stride: int = field(default=1, kw_only=True)
     head_width: int
     resolutions: tuple[int, ...]
     stages: tuple[StageChoices, ...]

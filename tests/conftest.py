@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Shard caches of the tests' image folders stay out of ~/.cache (set before Ray starts: workers inherit it).
+os.environ["CMPNAS_CACHE"] = tempfile.mkdtemp(prefix="cmpnas-test-cache-")
 
 
 def tiny_tree(tmp_path, **sections) -> dict:
@@ -23,7 +26,8 @@ def tiny_tree(tmp_path, **sections) -> dict:
         "data": {"train_size": 3000, "query_size": 300, "gallery_size": 1200, "seed": 0},
         "gallery": {"backbone": "resnet10t", "epochs": 2, "batch_size": 128, "lr": 0.002,
                     "checkpoint": str(tmp_path / "gallery.safetensors")},
-        "training": {"epochs": 2, "batch_size": 128, "lr": 0.003},
+        # min_steps 0: the tests' small splits train the epochs they name.
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.003, "min_steps": 0},
         "search": {"strategy": "evolution", "num_candidates": 3, "max_concurrent": 2, "seed": 0, "max_mflops": 2.5,
                    "evolution": {"population_size": 2, "sample_size": 2}},
         "resources": {"cpus_per_trial": 1, "max_failures": 0, "measure_latency": True},

@@ -15,6 +15,15 @@ from the gallery model's own (frozen, L2-normalised) embeddings of the train spl
 
 ``s`` (``LOGIT_SCALE``) is the cmpnas gallery model's own logit scale, so built and trained
 classifiers give the loss the same temperature.
+
+Classes without train images (``data.protocol: open_set``, where every query/gallery class is
+one; or a class whose images all went elsewhere): the built classifiers keep ``num_classes``
+rows, so labels index them as everywhere else, but such a class gets a zero weight row and the
+bias ``ABSENT_CLASS_BIAS``: its logit is far below any reachable one (``|s * cos| <= s``), so it
+takes no probability mass and is never a target, and the classifier is the one over the train
+classes alone. The probe is fitted over the train classes only. A train split without images is
+refused. ``from_model`` gives the model's own classifier unchanged: its rows of classes it never
+saw are as its training left them.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ LOGIT_SCALE = 16.0
 CLASSIFIER_KINDS = ("auto", "from_model", "prototypes", "linear_probe")
 PROBE_L2 = 1e-4
 PROBE_ITERATIONS = 100
+ABSENT_CLASS_BIAS = -1e4  # finite, so no inf - inf; exp(-1e4 + 16) is 0 in float32 and float16 alike
 
 
 def choose_classifier(kind: str, gallery: GalleryModel, train_embeddings: np.ndarray, train_labels: np.ndarray,
@@ -52,23 +62,25 @@ def choose_classifier(kind: str, gallery: GalleryModel, train_embeddings: np.nda
 
 
 def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> FrozenClassifier:
-    present = np.bincount(labels, minlength=num_classes)
-    if (present == 0).any():
-        absent = np.flatnonzero(present == 0).tolist()
-        raise GallerySourceError(f"classes {absent[:10]} have no train images, so they get no prototype: raise "
-                                 "data.train_size or drop those classes")
+    """Each train class's normalised mean embedding; classes without train images as the module says."""
+    present = _present_classes(labels, num_classes)
     sums = np.zeros((num_classes, embeddings.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, embeddings)
     prototypes = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(min=1e-12)
-    return FrozenClassifier(prototypes.astype(np.float32), np.zeros(num_classes, np.float32), LOGIT_SCALE, "prototypes")
+    bias = np.where(present, 0.0, ABSENT_CLASS_BIAS).astype(np.float32)
+    return FrozenClassifier(prototypes.astype(np.float32), bias, LOGIT_SCALE, "prototypes")
 
 
 def linear_probe(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> FrozenClassifier:
+    """A linear layer fitted over the train classes, started from their prototypes; absent classes: module rules."""
     start = class_prototypes(embeddings, labels, num_classes)
+    present = np.flatnonzero(_present_classes(labels, num_classes))
+    position = np.full(num_classes, -1)
+    position[present] = np.arange(len(present))
     inputs = LOGIT_SCALE * torch.as_tensor(embeddings, dtype=torch.float32)
-    targets = torch.as_tensor(labels, dtype=torch.long)
-    weight = torch.tensor(start.weight, requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
+    targets = torch.as_tensor(position[labels], dtype=torch.long)
+    weight = torch.tensor(start.weight[present], requires_grad=True)
+    bias = torch.zeros(len(present), requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=PROBE_ITERATIONS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -78,4 +90,18 @@ def linear_probe(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -
         return loss
 
     optimizer.step(closure)
-    return FrozenClassifier(weight.detach().numpy().copy(), bias.detach().numpy().copy(), LOGIT_SCALE, "linear_probe")
+    full_weight, full_bias = start.weight.copy(), start.bias.copy()
+    full_weight[present] = weight.detach().numpy()
+    full_bias[present] = bias.detach().numpy()
+    return FrozenClassifier(full_weight, full_bias, LOGIT_SCALE, "linear_probe")
+
+
+def _present_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Which classes have train images, as a boolean mask; a train split without images is refused."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if len(counts) > num_classes:
+        raise GallerySourceError(f"train labels go up to {len(counts) - 1}, but there are {num_classes} classes")
+    if counts.sum() == 0:
+        raise GallerySourceError("the train split has no images, so no gallery classifier can be built from it: "
+                                 "give the data a train split")
+    return counts > 0

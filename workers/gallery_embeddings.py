@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from workers.datasets import RetrievalData
+from workers.datasets import ImageSet, RetrievalData
 from workers.gallery import GalleryCheckpoint
 from workers.gallery_classifier import choose_classifier
 from workers.gallery_sources import GalleryModel
@@ -46,19 +47,32 @@ class GalleryEmbeddings:
         return lambda embeddings: torch.nn.functional.linear(scale * embeddings, weight, bias)
 
 
+# Embeds one split elsewhere (e.g. on Ray Data): (split name, images) -> (embeddings, images the model ran on).
+SplitEmbedder = Callable[[str, ImageSet], tuple[np.ndarray, int]]
+
+
 def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: RetrievalData, device: torch.device,
-                               classifier: str = "auto", batch_size: int = 512) -> GalleryEmbeddings:
+                               classifier: str = "auto", batch_size: int = 512,
+                               split_embedder: SplitEmbedder | None = None) -> GalleryEmbeddings:
     """Every split through the gallery model once, and the BCT classifier over the train split's embeddings.
 
+    The splits are embedded by ``split_embedder`` when given, else here, by ``gallery`` on ``device``,
+    ``batch_size`` images at a time (a streamed split is read by batch, never whole).
     A loaded cmpnas checkpoint (``GalleryCheckpoint``, as bench scripts hold one) is taken as its source's model."""
     if isinstance(gallery, GalleryCheckpoint):
         gallery = CmpnasGalleryModel(gallery)
-    start_count = gallery.images_embedded
     started = time.perf_counter()
     embedded = {}
+    images_embedded = 0
     for split in ("train", "query", "gallery"):
         images = getattr(data, split)
-        embedded[split] = gallery.embed(images.images, [str(i) for i in images.ids], device, batch_size)
+        if split_embedder is None:
+            start_count = gallery.images_embedded
+            embedded[split] = gallery.embed(images.images, [str(i) for i in images.ids], device, batch_size)
+            images_embedded += gallery.images_embedded - start_count
+        else:
+            embedded[split], count = split_embedder(split, images)
+            images_embedded += count
         if embedded[split].shape != (len(images), gallery.embed_dim):
             raise ValueError(f"gallery model {gallery.description} returned embeddings of shape "
                              f"{embedded[split].shape} for the {len(images)} {split} images, expected "
@@ -70,7 +84,7 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
         classifier_bias=chosen.bias,
         logit_scale=chosen.logit_scale,
         fingerprint=gallery.fingerprint,
-        images_embedded=gallery.images_embedded - start_count,
+        images_embedded=images_embedded,
         seconds=time.perf_counter() - started,
         classifier_kind=chosen.kind,
     )

@@ -11,6 +11,7 @@ from workers.datasets import RetrievalData
 from workers.fit import EpochCallback, OptimSettings, fit
 from workers.gallery import GalleryArchitecture, GalleryEmbeddingNet
 from workers.preprocess import to_model_input
+from workers.training_batches import ImageBatches
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,11 @@ def train_gallery(
         logit_scale=settings.logit_scale,
     )
     model = GalleryEmbeddingNet(arch).to(device)
-    inputs = to_model_input(data.train.images, data.mean, data.std, data.image_size, device)
-    labels = torch.as_tensor(data.train.labels, device=device)
+    batches = ImageBatches(data.train.images, data.train.labels, device)
 
     def step(batch: torch.Tensor, batch_labels: torch.Tensor, _index: torch.Tensor):
-        return F.cross_entropy(model.classify(model(batch)), batch_labels), {}
+        inputs = to_model_input(batch, data.mean, data.std, data.image_size, device)
+        return F.cross_entropy(model.classify(model(inputs)), batch_labels), {}
 
-    fit(model, inputs, labels, step, settings.optim, on_epoch)
+    fit(model, batches, step, settings.optim, on_epoch)
     return model.eval().requires_grad_(False)

@@ -26,7 +26,9 @@ from workers.datasets import RetrievalData
 from workers.fit import EpochCallback, OptimSettings, StateSink, fit
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.losses import DEFAULT_LOSS_WEIGHTS, WeightedLossSum
+from workers.gallery_sources import GalleryModel
 from workers.preprocess import to_model_input
+from workers.training_batches import AugmentationSettings, ImageBatches
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class SupernetTrainingSettings:
     distillation_weight: float = 1.0
     channels_last: bool = True
     mixed_precision: bool = False
+    augmentation: AugmentationSettings | None = None
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -53,38 +56,45 @@ def train_supernet(
     on_epoch: EpochCallback | None = None,
     state_sink: StateSink | None = None,
     resume: dict[str, Any] | None = None,
+    view_gallery: GalleryModel | None = None,
 ) -> list[dict[str, float]]:
     """Train ``supernet`` in place; per-epoch stats average every sampled subnet's summed losses.
 
     Stats name the largest and the smallest subnet's parts separately (``largest_loss_*``,
     ``smallest_loss_*``) so the curves show both ends of the space. ``state_sink``/``resume`` as
     in ``fit``; the subnets sampled at each step follow from the seed and the step number, so a
-    resumed run samples the same subnets as an uninterrupted one.
+    resumed run samples the same subnets as an uninterrupted one. Each batch is read once and
+    preprocessed at each sampled subnet's resolution, exactly as a candidate of that resolution
+    sees it; with ``settings.augmentation``, ``view_gallery`` embeds each augmented batch.
     """
     torch.manual_seed(settings.optim.seed)
+    if settings.augmentation is not None and view_gallery is None:
+        raise ValueError("augmented training needs the gallery model (view_gallery) to embed each augmented view")
     space = supernet.space
     losses = WeightedLossSum(settings.loss_weights)
-    targets = CompatibilityTargets.build(data, gallery, device)
+    targets = CompatibilityTargets.build(data, gallery, device,
+                                         view_gallery if settings.augmentation is not None else None)
     trainable = nn.ModuleDict({"supernet": supernet, "own_classifier": targets.own_classifier})
-    # Every resolution preprocessed once, exactly as a candidate of that resolution would see it.
-    inputs = {resolution: to_model_input(data.train.images, data.mean, data.std, resolution, device,
-                                         settings.channels_last)
-              for resolution in space.resolutions}
-    labels = targets.labels
+    batches = ImageBatches(data.train.images, data.train.labels, device, settings.augmentation, settings.optim.seed)
     autocast = settings.mixed_precision and device.type == "cuda"
-    steps_per_epoch = max(1, math.ceil(len(labels) / settings.optim.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(data.train) / settings.optim.batch_size))
     step_counter = [steps_per_epoch * int(resume["epoch"]) if resume is not None else 0]
 
-    def step(_batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
+    def step(batch: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor):
         rng = random.Random(f"{settings.optim.seed}:{step_counter[0]}")
         step_counter[0] += 1
         total = torch.zeros((), device=device)
         parts: dict[str, float] = {}
         teacher = None
+        view_embeddings = targets.view_embeddings(batch)
+        inputs: dict[int, torch.Tensor] = {}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             for position, spec in enumerate(sandwich_specs(space, rng, settings.num_random_subnets)):
-                embeddings = supernet(inputs[spec.resolution][index], spec)
-                loss, loss_parts = losses(targets.context(embeddings, batch_labels, index))
+                if spec.resolution not in inputs:
+                    inputs[spec.resolution] = to_model_input(batch, data.mean, data.std, spec.resolution, device,
+                                                             settings.channels_last)
+                embeddings = supernet(inputs[spec.resolution], spec)
+                loss, loss_parts = losses(targets.context(embeddings, batch_labels, index, view_embeddings))
                 if position == 0:
                     teacher = embeddings.detach()
                 elif settings.distillation_weight > 0:
@@ -99,4 +109,4 @@ def train_supernet(
             parts["loss_distillation"] /= max(1, settings.num_random_subnets + 1)
         return total, parts
 
-    return fit(trainable, inputs[max(space.resolutions)], labels, step, settings.optim, on_epoch, state_sink, resume)
+    return fit(trainable, batches, step, settings.optim, on_epoch, state_sink, resume)

@@ -21,6 +21,7 @@ from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.preprocess import pick_device
 from workers.supernet_checkpoint import save_supernet
+from workers.gallery_sources import GalleryLoader
 from workers.supernet_training import SupernetTrainingSettings, train_supernet
 
 SUPERNET_FILE = "supernet.safetensors"
@@ -34,6 +35,8 @@ class SharedSupernetInputs:
     space_name: str
     training: SupernetTrainingSettings
     threads: int = 1
+    # Opens the gallery model in the trial: needed only when training is augmented (targets follow the crop).
+    gallery_loader: GalleryLoader | None = None
 
 
 def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) -> None:
@@ -75,5 +78,10 @@ def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) 
                        Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    view_gallery = None
+    if shared.training.augmentation is not None:
+        if shared.gallery_loader is None:
+            raise ValueError("augmented training needs SharedSupernetInputs.gallery_loader to open the gallery model")
+        view_gallery = shared.gallery_loader.open_matching(gallery.fingerprint)
     train_supernet(supernet, data, gallery, shared.training, device, on_epoch, state_sink=latest_state.update,
-                   resume=resume)
+                   resume=resume, view_gallery=view_gallery)

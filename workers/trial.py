@@ -2,16 +2,20 @@
 
 Everything a trial needs that is the same for all trials (data, gallery embeddings, settings,
 the supernet's weights in the inherit modes) arrives once through the object store via
-``tune.with_parameters``; the trial config carries only the architecture. A candidate starts from
-random weights (mode ``scratch``) or from its slice of the supernet with recalibrated batch norm
-(``inherit``: then fine-tuned; ``inherit_zero_shot``: evaluated as is, reported as epoch 0). What each epoch reports, and what makes the last epoch's result final, is defined in
-``workers.trial_report``. A retried trial resumes after the last
-epoch it checkpointed, so no epoch is reported twice.
+``tune.with_parameters``; the trial config carries only the architecture. Streamed data arrives as
+readers of the node's shard cache, so a trial reads the images it trains and evaluates on by batch.
+With augmentation the trial also opens the gallery model (the same file, checked by fingerprint)
+to embed each augmented view. A candidate starts from random weights (mode ``scratch``) or from
+its slice of the supernet with recalibrated batch norm (``inherit``: then fine-tuned;
+``inherit_zero_shot``: evaluated as is, reported as epoch 0). What each epoch reports, and what
+makes the last epoch's result final, is defined in ``workers.trial_report``. A retried trial
+resumes after the last epoch it checkpointed, so no epoch is reported twice.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from workers.bn_calibration import calibration_indices, recalibrate_batch_norm
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
+from workers.gallery_sources import GalleryLoader, GalleryModel
 from workers.preprocess import embed_images, pick_device, to_model_input
 from workers.trial_report import MODEL_FILE, SPEC_FILE
 
@@ -45,6 +50,8 @@ class SharedTrialInputs:
     supernet_state: dict[str, torch.Tensor] | None = None
     calibration_images: int = 2000
     task: str = "retrieval"  # evaluators.tasks: which metrics every epoch reports
+    # Opens the gallery model in the trial: needed only when training is augmented (targets follow the crop).
+    gallery_loader: GalleryLoader | None = None
 
 
 def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
@@ -85,7 +92,9 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
             metrics.update(_cost_metrics(model, spec, shared))
             # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
             metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
-                           device=str(device), node_id=_node_id(), mode=shared.mode)
+                           device=str(device), node_id=_node_id(), mode=shared.mode,
+                           # The trial process's peak resident memory (a reused actor: over all its trials).
+                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             if device.type == "cuda":
                 metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with tempfile.TemporaryDirectory() as folder:
@@ -97,7 +106,16 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
         on_epoch(0, {})
         return
     fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
-                        state_sink=latest_state.update, resume=resume)
+                        state_sink=latest_state.update, resume=resume, view_gallery=open_view_gallery(shared))
+
+
+def open_view_gallery(shared: SharedTrialInputs) -> GalleryModel | None:
+    """The gallery model in this trial, when augmented views need its targets."""
+    if shared.training.augmentation is None:
+        return None
+    if shared.gallery_loader is None:
+        raise ValueError("augmented training needs SharedTrialInputs.gallery_loader to open the gallery model")
+    return shared.gallery_loader.open_matching(shared.gallery.fingerprint)
 
 
 def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:

@@ -13,11 +13,27 @@ Rules of the report (``workers.trial.run_candidate_trial``):
   cost (``flops``, ``mflops``, ``params``, ``cost_reduction``, ``latency_ms``) and where and how
   the trial ran (``FINAL_PARAMS``). A trial that a scheduler stopped early never reports one, so
   its accuracy is not final and its cost unmeasured: ``is_final_result`` tells them apart.
+
+The compatibility check of a final result (``compatibility_verdict``, the one place of the rule):
+with ``<m>`` the searched metric without its prefix (``search.metric`` = ``cross_<m>``, e.g.
+``cross_map`` -> ``map``, ``cross_tar_far_1e-2`` -> ``tar_far_1e-2``) and ``ratio`` =
+``evaluation.compatibility_ratio`` (default 0.5), a trial **fails** when
+
+    final cross_<m>  <  ratio x final homo_<m>
+
+i.e. the candidate's queries retrieve from the gallery model's gallery far worse than from its own
+embeddings: its embedding space is not the gallery model's. It **passes** otherwise (equality
+passes). There is **no verdict** (None) for a result that is not final (stopped early, or an epoch
+before the last), that lacks either metric or holds a NaN, or whose homogeneous metric is zero or
+below: with nothing to compare against, ``cross < ratio x 0`` could never fail, and calling such a
+candidate compatible would hide one that learned no embedding at all. ``COMPATIBILITY_FAILURE_CAUSES``
+says what usually makes a candidate fail and which settings to change.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Literal, Mapping
 
 # The candidate's weights (safetensors, the architecture in its metadata) and its architecture (JSON).
 MODEL_FILE = "model.safetensors"
@@ -26,11 +42,12 @@ SPEC_FILE = "arch.json"
 # Present in the final result only: the cost and the homogeneous metrics.
 FINAL_ONLY_KEYS = ("mflops", "homo_r1")
 # Logged on every epoch; besides these, every cross-model metric of the task (``cross_*``).
-EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds")
+EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second", "epoch_seconds",
+                 "loader_wait_seconds")
 # Logged once, from the final result; besides these, every ``cross_*`` and ``homo_*`` metric.
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
-    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds",
+    "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds", "peak_rss_mb",
 )
 # Strings of the final result: where and how the trial ran, and what fvcore skipped.
 FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
@@ -54,3 +71,46 @@ def final_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def final_params(result: Mapping[str, Any]) -> dict[str, Any]:
     return {key: result.get(key, "") for key in FINAL_PARAMS}
+
+
+# -- the compatibility check (see the module's rules) ----------------------------------------------
+COMPATIBILITY_PASSED = "passed"
+COMPATIBILITY_FAILED = "failed"
+CompatibilityVerdict = Literal["passed", "failed"]
+# evaluation.compatibility_ratio's default, for callers built without a configuration.
+DEFAULT_COMPATIBILITY_RATIO = 0.5
+# What usually makes a candidate fail the check, and the settings to change.
+COMPATIBILITY_FAILURE_CAUSES = (
+    "too few optimizer steps (raise training.epochs, or training.finetune_epochs in mode inherit, or "
+    "training.min_steps), compatibility loss weights too low (raise training.loss_weights cosine_alignment "
+    "and bct_influence), or a learning rate too high (lower training.lr)"
+)
+
+
+def homogeneous_metric(metric: str) -> str:
+    """The homogeneous counterpart of a cross-model metric: ``cross_map`` -> ``homo_map``."""
+    if not metric.startswith("cross_"):
+        raise ValueError(f"the compatibility check compares a cross-model metric (cross_*), got {metric!r}")
+    return "homo_" + metric.removeprefix("cross_")
+
+
+def compatibility_verdict(result: Mapping[str, Any] | None, metric: str,
+                          ratio: float = DEFAULT_COMPATIBILITY_RATIO) -> CompatibilityVerdict | None:
+    """``"failed"`` when the final ``metric`` (``cross_<m>``) is below ``ratio`` x the final ``homo_<m>``,
+    ``"passed"`` otherwise, None when there is nothing to judge (see the module's rules: not a final
+    result, a metric missing or NaN, a homogeneous metric of zero or below)."""
+    homogeneous = homogeneous_metric(metric)
+    if not is_final_result(result) or metric not in result or homogeneous not in result:
+        return None
+    cross, homo = float(result[metric]), float(result[homogeneous])
+    if math.isnan(cross) or math.isnan(homo) or homo <= 0:
+        return None
+    return COMPATIBILITY_FAILED if cross < ratio * homo else COMPATIBILITY_PASSED
+
+
+def describe_compatibility_failure(result: Mapping[str, Any], metric: str, ratio: float) -> str:
+    """One line on a failed check: the values compared, the likely causes and the settings to change."""
+    homogeneous = homogeneous_metric(metric)
+    cross, homo = float(result[metric]), float(result[homogeneous])
+    return (f"{metric} {cross:.2f} < {ratio:g} x {homogeneous} {homo:.2f} (= {ratio * homo:.2f}); likely causes: "
+            f"{COMPATIBILITY_FAILURE_CAUSES}")

@@ -11,6 +11,7 @@ from evaluators import RetrievalEvaluator, RetrievalMetrics
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import ONNX_FILE, TORCHSCRIPT_FILE
 from workers.datasets import RetrievalData
+from workers.datasets.types import ImageArray
 from workers.gallery_sources import GalleryModel
 
 PARITY_TOLERANCE = 1e-4
@@ -25,6 +26,14 @@ def onnx_session(folder: Path):
 def embed_with_onnx(session, images01: np.ndarray, batch_size: int = 512) -> np.ndarray:
     chunks = [session.run(None, {"images": np.ascontiguousarray(images01[i : i + batch_size], dtype=np.float32)})[0]
               for i in range(0, len(images01), batch_size)]
+    return np.concatenate(chunks)
+
+
+def embed_uint8_with_onnx(session, images: ImageArray, batch_size: int = 512) -> np.ndarray:
+    """``embed_with_onnx`` of uint8 images fed pixel / 255, read and scaled one batch at a time (a
+    streamed split is never held whole)."""
+    chunks = [embed_with_onnx(session, np.asarray(images[i : i + batch_size], dtype=np.float32) / 255.0, batch_size)
+              for i in range(0, len(images), batch_size)]
     return np.concatenate(chunks)
 
 
@@ -53,7 +62,7 @@ def embed_gallery_split(gallery: GalleryModel, data: RetrievalData) -> np.ndarra
 
 def cross_model_metrics(session, data: RetrievalData, gallery_embeddings: np.ndarray) -> RetrievalMetrics:
     """The ONNX query model on the query split (fed pixel / 255, as a consumer would) against the gallery."""
-    queries = embed_with_onnx(session, data.query.images.astype(np.float32) / 255.0)
+    queries = embed_uint8_with_onnx(session, data.query.images)
     return RetrievalEvaluator().evaluate(queries, data.query.labels, gallery_embeddings, data.gallery.labels)
 
 

@@ -22,7 +22,9 @@ import numpy as np
 
 from orchestrator.gallery_embed.errors import GalleryEmbedError
 from workers.datasets import RetrievalData
-from workers.datasets.image_folder import IMAGE_SUFFIXES, decode_image
+from workers.datasets.image_files import IMAGE_SUFFIXES, decode_image
+from workers.datasets.shard_cache import ShardedImages
+from workers.datasets.types import ImageArray
 from workers.gallery_sources import GalleryInputSpec
 
 SPLITS = ("train", "query", "gallery")
@@ -75,10 +77,11 @@ class ImageFolderCollection(ImageCollection):
 
 @dataclass(frozen=True)
 class ImageArrayCollection(ImageCollection):
-    """Images already decoded (the data's splits): uint8 (N, C, H, W) with one id each."""
+    """Images already decoded (the data's splits): uint8 (N, C, H, W), in memory or in the shard cache,
+    with one id each."""
 
     ids: tuple[str, ...]
-    images: np.ndarray
+    images: ImageArray
     name: str
 
     @property
@@ -124,5 +127,7 @@ def data_collection(data: RetrievalData, splits: Sequence[str] = SPLITS) -> Imag
     if len(set(ids)) != len(ids):
         raise GalleryEmbedError(f"the splits {chosen} of {data.name} share image ids; an embedded gallery needs "
                                 "each image once: embed fewer splits (--split)")
-    images = np.concatenate([image_set.images for image_set in sets])
+    # A streamed collection stays on disk: the splits are views of one shard cache, read by shard.
+    images = ShardedImages.concatenate([image_set.images for image_set in sets]) if sets[0].streamed else \
+        np.concatenate([image_set.images for image_set in sets])
     return ImageArrayCollection(ids, images, f"{data.name} ({' + '.join(chosen)} splits)")

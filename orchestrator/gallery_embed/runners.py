@@ -20,7 +20,8 @@ from orchestrator.config import CmpnasConfig
 from orchestrator.gallery_embed.errors import GalleryEmbedError
 from orchestrator.gallery_embed.image_collections import ImageCollection
 from orchestrator.gallery_setup import gallery_request
-from workers.gallery_sources import GalleryModel, GallerySourceRequest, load_gallery_model
+from orchestrator.ray_cluster import ray_worker_reason
+from workers.gallery_sources import GalleryLoader, GalleryModel
 from workers.preprocess import pick_device
 
 DEFAULT_BATCH_SIZE = 256
@@ -43,17 +44,6 @@ class Shard:
 def plan_shards(count: int, shard_size: int) -> list[Shard]:
     return [Shard(index, start, min(start + shard_size, count))
             for index, start in enumerate(range(0, count, shard_size))]
-
-
-@dataclass(frozen=True)
-class GalleryLoader:
-    """How to open the gallery model: what each Ray actor needs to open its own copy."""
-
-    source: str
-    request: GallerySourceRequest
-
-    def open(self) -> GalleryModel:
-        return load_gallery_model(self.source, self.request)
 
 
 def configured_gallery_loader(config: CmpnasConfig, data_channels: int, data_image_size: int) -> GalleryLoader:
@@ -177,10 +167,8 @@ def _batches_or_worker_error(dataset, loader: GalleryLoader) -> Iterator[dict[st
     try:
         yield from dataset.iter_batches(batch_size=1, batch_format="numpy")
     except ray.exceptions.RayError as error:
-        # Ray's message is the worker's traceback; its last line is the reason.
-        lines = [line for line in str(error).splitlines() if line.strip()]
         raise GalleryEmbedError(
-            f"a Ray worker failed: {lines[-1] if lines else type(error).__name__}. On a cluster the gallery model "
+            f"a Ray worker failed: {ray_worker_reason(error)}. On a cluster the gallery model "
             f"({loader.request.path}) and an image folder must be at the same path on every node. Finished shards "
             "are kept: run again to resume"
         ) from None

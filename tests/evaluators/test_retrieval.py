@@ -73,3 +73,41 @@ def test_a_full_ranking_orders_the_whole_gallery_as_faiss_top_k_does_with_ties_i
     np.testing.assert_allclose(scores[:, :100], top_scores, atol=1e-6)
     exact = FaissInnerProductKNN(use_gpu=False).build_index(np.array([[0, 1], [1, 0], [0, 1], [1, 0]], np.float32))
     assert exact.search(np.array([[1, 0]], np.float32), k=4)[1].tolist() == [[1, 3, 0, 2]]
+
+
+def _at_angles(degrees):
+    radians = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+
+def test_open_set_queries_are_scored_by_label_and_queries_without_a_relevant_item_are_left_out():
+    # Unseen classes 5, 6, 7 in the gallery; a query of train class 2 has no gallery item.
+    gallery, gallery_labels = _at_angles([0, 10, 90, 100, 180]), np.array([5, 6, 6, 7, 5])
+    queries, query_labels = _at_angles([4, 96, 170]), np.array([6, 7, 2])
+    metrics = RetrievalEvaluator().evaluate(queries, query_labels, gallery, gallery_labels)
+    # Query at 4 deg ranks 0, 10, 90, 100, 180: its class-6 items at ranks 2 and 3 -> AP (1/2 + 2/3) / 2.
+    # Query at 96 deg ranks 100 (class 7) first -> AP 1. The class-2 query is left out, not a zero.
+    assert metrics.recall_at_1 == pytest.approx(50.0)
+    assert metrics.recall_at_5 == pytest.approx(100.0)
+    assert metrics.mean_average_precision == pytest.approx(100 * ((1 / 2 + 2 / 3) / 2 + 1) / 2)
+    assert (metrics.num_queries, metrics.queries_without_match, metrics.num_gallery) == (2, 1, 5)
+    assert metrics.to_dict()["queries_without_match"] == 1
+    assert set(metrics.as_dict("cross")) == {"cross_r1", "cross_r5", "cross_map"}
+
+
+def test_leaving_out_unmatched_queries_equals_evaluating_the_matched_ones_alone():
+    rng = np.random.default_rng(3)
+    gallery, queries = _unit(rng.normal(size=(60, 8))), _unit(rng.normal(size=(40, 8)))
+    gallery_labels, query_labels = rng.integers(0, 4, 60), rng.integers(0, 6, 40)  # labels 4, 5: no gallery item
+    evaluator = RetrievalEvaluator(query_chunk=7)
+    metrics = evaluator.evaluate(queries, query_labels, gallery, gallery_labels)
+    matched = query_labels < 4
+    alone = evaluator.evaluate(queries[matched], query_labels[matched], gallery, gallery_labels)
+    assert 0 < metrics.queries_without_match == int((~matched).sum())
+    assert metrics.num_queries == alone.num_queries == int(matched.sum())
+    assert metrics.recall_at_1 == alone.recall_at_1 and metrics.mean_average_precision == alone.mean_average_precision
+
+
+def test_no_query_with_a_relevant_item_is_an_error_naming_the_labels():
+    with pytest.raises(ValueError, match=r"no query has a relevant gallery item: query labels \[3, 4\]"):
+        RetrievalEvaluator().evaluate(_unit([[1, 0], [0, 1]]), np.array([4, 3]), _unit([[1, 0]]), np.array([1]))

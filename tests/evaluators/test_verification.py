@@ -110,3 +110,27 @@ def test_verification_task_reports_rank1_equal_to_retrieval_recall_at_1():
     assert set(metrics) == set(searchable_metrics("verification"))
     assert metrics["cross_rank1"] == pytest.approx(metrics["cross_r1"])
     assert 0 <= metrics["cross_tar_far_1e-3"] <= metrics["cross_tar_far_1e-2"] <= 100
+
+
+def test_a_probe_without_a_mate_is_left_out_of_rank1_but_its_pairs_are_impostors():
+    # Probes at 0 (identity 0), 90 (identity 1) and 45 (identity 9, never enrolled).
+    probes, probe_labels = unit_vectors([0, 90, 45]), np.array([0, 1, 9])
+    enrolled, enrolled_labels = unit_vectors([10, 80]), np.array([0, 1])
+    metrics = VerificationEvaluator(fars=(0.25,)).evaluate(probes, probe_labels, enrolled, enrolled_labels)
+    assert (metrics.num_probes, metrics.num_mated_probes, metrics.probes_without_mate) == (3, 2, 1)
+    assert metrics.num_genuine_pairs == 2  # cos10 twice
+    assert metrics.num_impostor_pairs == 4  # cos80 twice, and the stranger's cos35 twice
+    # One impostor of four may pass: the threshold is the second highest impostor score, cos35 (tied, rejected).
+    point = metrics.operating_points[0]
+    assert point.threshold == pytest.approx(math.cos(math.radians(35)), abs=1e-6) and point.far_achieved == 0.0
+    assert metrics.rank1 == 100.0  # both mated probes find their identity first; the stranger is no trial
+
+
+def test_the_verification_task_leaves_unmatched_queries_out_of_rank1_and_r1_alike():
+    probes, probe_labels = unit_vectors([0, 90, 45, 200]), np.array([0, 1, 9, 0])
+    enrolled, enrolled_labels = unit_vectors([10, 80, 190]), np.array([0, 1, 1])
+    metrics = create_task("verification").evaluate(probes, probe_labels, enrolled, enrolled_labels, "cross")
+    # Mated probes: 0 -> 10 (right), 90 -> 80 (right), 200 -> 190 (wrong): 2 of 3; the stranger is left out.
+    assert metrics["cross_rank1"] == pytest.approx(200 / 3) and metrics["cross_r1"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="no query has a relevant gallery item"):
+        create_task("verification").evaluate(probes[2:3], probe_labels[2:3], enrolled, enrolled_labels, "cross")

@@ -121,6 +121,14 @@ def _bad_values(field) -> st.SearchStrategy:
             *[st.lists(values, min_size=1, max_size=3) for values in out_of_range],
             st.lists(NON_NUMERIC_TEXT, min_size=1, max_size=3), st.lists(NON_FINITE, min_size=1, max_size=2),
         )
+    if typing.get_origin(base) is tuple:  # training.augmentation.crop_scale / crop_ratio: 0 < low <= high
+        return st.one_of(
+            NON_NUMERIC_TEXT, st.integers(), st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2),
+            st.lists(st.floats(min_value=0.1, max_value=1.0), min_size=3, max_size=4), st.just([0.5]),
+            st.tuples(st.floats(max_value=0.0), st.floats(min_value=0.1, max_value=1.0)).map(list),
+            st.tuples(st.floats(min_value=0.6, max_value=1.0), st.floats(min_value=0.1, max_value=0.5)).map(list),
+            st.lists(NON_NUMERIC_TEXT, min_size=2, max_size=2), st.lists(NON_FINITE, min_size=2, max_size=2), *not_none,
+        )
     raise AssertionError(f"no bad-value strategy for {field.annotation}")
 
 

@@ -33,7 +33,7 @@ from tests.orchestrator.serving_helpers import (  # noqa: F401 - checkpoint, ima
     save_tiny_gallery,
     write_image_folder,
 )
-from workers.datasets.image_folder import load_image_folder
+from workers.datasets.image_folder import list_image_folder
 from workers.gallery_sources import GallerySourceRequest, InputSpecRequest, load_gallery_model
 
 SHARD_SIZE = 10  # 48 images: shards of 10, 10, 10, 10 and 8
@@ -78,7 +78,7 @@ def _embeddings_source(folder):
 
 
 def test_the_listing_is_recursive_sorted_and_uses_the_data_loaders_ids(image_root, tmp_path):
-    _, _, _, loader_ids = load_image_folder(image_root, IMAGE_SIZE, 1)
+    loader_ids = list_image_folder(image_root).ids
     assert list_image_files(image_root) == sorted(loader_ids)
     root = write_image_folder(tmp_path / "images", classes=("a", "b"), per_class=2)
     (root / "a" / "deeper").mkdir()

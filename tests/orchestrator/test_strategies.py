@@ -9,7 +9,7 @@ from orchestrator.strategies import (
 )
 from orchestrator.strategies.cost import FlopsCounter, WithinBudget
 from search_space import ArchSpec, create_space, list_spaces
-from search_space.budget import floor_mflops
+from search_space.budget import budget_admitting, floor_mflops
 
 SPACE = create_space("mnv3_28", embed_dim=64, in_chans=1)
 
@@ -31,9 +31,11 @@ def test_every_strategy_suggests_unique_in_space_specs(strategy):
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("space_name", list_spaces())
 def test_a_budget_at_the_edge_of_the_space_yields_every_candidate_quickly(space_name, strategy):
-    # 1.05x the smallest architecture: uniform proposals would be refused nearly always there.
+    # 1.05x the smallest architecture: uniform proposals would be refused nearly always there. Where
+    # that admits fewer than 50 architectures (ofa_mnv3_224: 34), the budget that admits 50, so that 8
+    # distinct candidates are not a coupon-collector draw from a handful.
     space = create_space(space_name, embed_dim=128, in_chans=1)
-    budget, num_candidates = 1.05 * floor_mflops(space), 8
+    budget, num_candidates = max(1.05 * floor_mflops(space), budget_admitting(space, 50)), 8
     config = SearchConfig(strategy=strategy, max_mflops=budget, num_candidates=num_candidates, seed=0)
     counter = FlopsCounter()  # fvcore on the built model, as the driver's constraint measures
     searcher = create_searcher(space, config, "cross_map", "max", constraint=WithinBudget(counter, budget),

@@ -17,22 +17,23 @@ def space(request):
     return create_space(request.param, embed_dim=64, in_chans=1)
 
 
-def tiny_space() -> SearchSpace:
+def tiny_space(stem_stride: int = 1) -> SearchSpace:
     """Small enough to enumerate: 2 resolutions x (2*2*2*2)^2 = 512 architectures."""
     def stage(widths, stride, use_se):
         return StageChoices(depths=(1, 2), kernels=(3, 5), expands=(3, 4), widths=widths, stride=stride,
                             use_se=use_se, activation="relu")
 
-    return SearchSpace(name="mnv3_28", in_chans=1, embed_dim=16, stem_width=8, head_width=32, resolutions=(12, 16),
-                       stages=(stage((8, 16), 2, False), stage((16, 24), 2, True)))
+    return SearchSpace(name="mnv3_28", in_chans=1, embed_dim=16, stem_width=8, stem_stride=stem_stride, head_width=32,
+                       resolutions=(12, 16), stages=(stage((8, 16), 2, False), stage((16, 24), 2, True)))
 
 
 def _all(space):
     return [space.from_genes(list(values)) for values in product(*(choices for _, choices in space.genes()))]
 
 
-def test_counts_are_exact_against_brute_force():
-    space = tiny_space()
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_counts_are_exact_against_brute_force(stem_stride):
+    space = tiny_space(stem_stride)
     costs = sorted(estimate_mflops(space, spec) for spec in _all(space))
     for budget in (costs[0], costs[3], costs[40], costs[255], costs[-1], (costs[10] + costs[11]) / 2):
         expected = sum(cost <= budget for cost in costs)

@@ -17,7 +17,7 @@ from search_space import build_query_model, create_space, estimate_flops, list_s
 
 TOLERANCE = 1e-3
 # One channel count and embedding size per space would miss terms; vary them across spaces.
-SHAPES = {"mnv3_28": (1, 64), "mnv3_64": (3, 128)}
+SHAPES = {"mnv3_28": (1, 64), "mnv3_64": (3, 128), "ofa_mnv3_224": (3, 512)}
 
 
 def _across(space):

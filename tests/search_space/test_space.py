@@ -62,7 +62,8 @@ def test_json_encoding_is_stable_and_round_trips(space):
     ("change", "field", "builder_refuses"),
     [
         (lambda s: {"resolution": 27}, "resolution=27", True),
-        (lambda s: {"stages": (StageSpec(1, 9, 3, s.stages[0].width),) + s.stages[1:]}, "stages[0].kernel=9", True),
+        (lambda s: {"stages": (StageSpec(s.stages[0].depth, 9, 3, s.stages[0].width),) + s.stages[1:]},
+         "stages[0].kernel=9", True),
         (lambda s: {"stages": s.stages[:-1]}, "stages has", True),
         # A standalone build follows the spec's own embed_dim; only a search space fixes it.
         (lambda s: {"embed_dim": 7}, "embed_dim=7", False),

@@ -17,15 +17,9 @@ from search_space.supernet import (
 from workers.bn_calibration import recalibrate_batch_norm
 
 SPACES = list_spaces()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is faster, and does not spin against other processes for the CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Images x pixels of the recalibration test: 64 images of 64 px. A 128-224 px space calibrates on
+# fewer (at least 8), so each registered space costs about the same (under a second on one thread).
+CALIBRATION_PIXELS = 64 * 64 * 64
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> None:
@@ -67,7 +61,7 @@ def test_extracted_subnet_is_the_builders_module_and_matches_the_supernet_forwar
         subnet = supernet.subnet(spec).eval()
         assert type(subnet) is type(build_query_model(spec))
         assert subnet.spec == spec
-        images = torch.randn(3, 1, spec.resolution, spec.resolution)
+        images = torch.randn(2, 1, spec.resolution, spec.resolution)
         with torch.no_grad():
             expected, actual = supernet(images, spec), subnet(images)
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=spec.short_name())
@@ -135,12 +129,13 @@ def test_batch_norm_recalibration_estimates_the_subnets_own_statistics(name):
     supernet = _supernet(name)
     spec = _specs(supernet.space)[3]
     subnet = supernet.subnet(spec).eval()
+    num_images = max(8, min(64, CALIBRATION_PIXELS // spec.resolution**2))
     torch.manual_seed(1)
-    inputs = 2.0 + 3.0 * torch.randn(96, 1, spec.resolution, spec.resolution)
-    used = recalibrate_batch_norm(subnet, inputs, num_images=64, batch_size=32)
-    assert used == 64 and not subnet.training
+    inputs = 2.0 + 3.0 * torch.randn(num_images * 3 // 2, 1, spec.resolution, spec.resolution)
+    used = recalibrate_batch_norm(subnet, inputs, num_images=num_images, batch_size=num_images // 2)
+    assert used == num_images and not subnet.training
     # The stem's statistics are those of its convolution's output over the chosen images.
-    chosen = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:64]
+    chosen = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:num_images]
     with torch.no_grad():
         conv_out = subnet.stem.conv(inputs[chosen])
     torch.testing.assert_close(subnet.stem.bn.running_mean, conv_out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)

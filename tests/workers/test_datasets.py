@@ -114,11 +114,11 @@ def test_a_query_class_without_gallery_images_is_refused(tmp_path):
 
 def test_an_unknown_source_names_the_field_and_the_registered_sources():
     with pytest.raises(DataError, match=r"unknown data.source 'imagenet'; allowed values are "
-                                        r"\['fashion_mnist', 'image_folder', 'orl_faces'\]"):
+                                        r"\['fashion_mnist', 'image_folder', 'manifest', 'orl_faces'\]"):
         load_retrieval_data("imagenet", DataRequest())
 
 
 def test_a_second_source_of_a_registered_name_is_refused():
     with pytest.raises(ValueError, match="data source 'fashion_mnist' is registered twice"):
         register_source("fashion_mnist")(lambda request: None)
-    assert list_sources() == ["fashion_mnist", "image_folder", "orl_faces"]
+    assert list_sources() == ["fashion_mnist", "image_folder", "manifest", "orl_faces"]

@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from workers.fit import OptimSettings, fit
+from workers.training_batches import TensorBatches
 
 
 def _problem():
@@ -12,7 +13,7 @@ def _problem():
     def step(batch, batch_labels, _index):
         return nn.functional.cross_entropy(model(batch), batch_labels), {}
 
-    return model, inputs, labels, step
+    return model, TensorBatches(inputs, labels), step
 
 
 SETTINGS = OptimSettings(epochs=3, batch_size=16, lr=1e-2)
@@ -28,14 +29,14 @@ def _stop_after(epoch, last):
 
 
 def test_resuming_from_a_saved_state_continues_exactly():
-    straight, inputs, labels, step = _problem()
-    history = fit(straight, inputs, labels, step, SETTINGS)
+    straight, batches, step = _problem()
+    history = fit(straight, batches, step, SETTINGS)
     assert len(history) == 3 and all(stats["loss"] > 0 for stats in history)
 
-    model, inputs, labels, step = _problem()
+    model, batches, step = _problem()
     saved = []
     try:
-        fit(model, inputs, labels, step, SETTINGS, state_sink=saved.append, on_epoch=lambda e, _: _stop_after(e, 1))
+        fit(model, batches, step, SETTINGS, state_sink=saved.append, on_epoch=lambda e, _: _stop_after(e, 1))
     except _Stop:
         pass
     assert [state["epoch"] for state in saved] == [1]
@@ -43,7 +44,7 @@ def test_resuming_from_a_saved_state_continues_exactly():
         for parameter in model.parameters():
             parameter.zero_()  # forget the weights: the saved state must bring them back
     resumed_epochs = []
-    fit(model, inputs, labels, step, SETTINGS, resume=saved[0], on_epoch=lambda e, _: resumed_epochs.append(e))
+    fit(model, batches, step, SETTINGS, resume=saved[0], on_epoch=lambda e, _: resumed_epochs.append(e))
     assert resumed_epochs == [2, 3]
     for a, b in zip(straight.state_dict().values(), model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)

@@ -2,6 +2,17 @@
 
 Machines with internet may fetch the four files from the official mirror; each download is
 checked against the SHA-256 below before it is used.
+
+Splits (``data.protocol``), stratified and seeded:
+
+* ``closed_set``: train is a ``data.train_size`` subset of the official train file (all of it by
+  default); query and gallery are drawn from the official test file, all ten classes on every side;
+* ``open_set``: the first ``data.train_classes`` classes (default 5: t-shirt/top ... coat) train,
+  from the official train file (all their images, or ``data.train_size`` of them); query and
+  gallery are drawn from the test file's images of the other classes (5,000 images for the
+  default), so no query or gallery class was trained on.
+
+Labels are the official class indices (0-9) in both protocols.
 """
 
 from __future__ import annotations
@@ -16,7 +27,8 @@ import numpy as np
 
 from workers.datasets.registry import register_source
 from workers.file_digest import file_sha256
-from workers.datasets.splits import check_split_sizes, stratified_split
+from workers.datasets.splits import (check_protocol, check_split_sizes, open_set_train_classes,
+                                     refuse_query_classes_without_gallery, stratified_split)
 from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -40,28 +52,39 @@ HOW_TO_GET = (
 
 @register_source("fashion_mnist")
 def load_fashion_mnist(request: DataRequest) -> RetrievalData:
-    """Fine-tune on a stratified subset of the train split; query and gallery from the test split."""
+    """Fine-tune on a stratified subset of the train file; query and gallery from the test file (module rules)."""
     if request.image_size != 28 or request.channels != 1:
         raise DataError("data.image_size and data.channels apply to image folders; Fashion-MNIST is 28x28 "
                         "grayscale: leave them at 28 and 1")
+    check_protocol(request, splits_assigned=False)
     arrays = load_arrays(locate(request.root, request.download))
     train_images, train_labels = arrays["train"]
     test_images, test_labels = arrays["test"]
-    train_size = len(train_labels) if request.train_size is None else request.train_size
-    check_split_sizes(len(train_labels), "Fashion-MNIST train split", train_size=train_size)
-    check_split_sizes(len(test_labels), "Fashion-MNIST test split", query_size=request.query_size,
-                      gallery_size=request.gallery_size)
-    (train_index,) = stratified_split(train_labels, [train_size], request.seed)
-    query_index, gallery_index = stratified_split(test_labels, [request.query_size, request.gallery_size], request.seed)
+    train_pool, test_pool = np.arange(len(train_labels)), np.arange(len(test_labels))
+    train_file, test_file = "Fashion-MNIST train split", "Fashion-MNIST test split"
+    if request.protocol == "open_set":
+        train_classes = open_set_train_classes(len(CLASS_NAMES), request.train_classes, "Fashion-MNIST")
+        train_pool, test_pool = train_pool[train_labels < train_classes], test_pool[test_labels >= train_classes]
+        train_file += f" in the {train_classes} train classes (data.protocol: open_set)"
+        test_file += f" in the {len(CLASS_NAMES) - train_classes} query/gallery classes (data.protocol: open_set)"
+    train_size = len(train_pool) if request.train_size is None else request.train_size
+    check_split_sizes(len(train_pool), train_file, train_size=train_size)
+    check_split_sizes(len(test_pool), test_file, query_size=request.query_size, gallery_size=request.gallery_size)
+    (train_index,) = stratified_split(train_labels[train_pool], [train_size], request.seed)
+    query_index, gallery_index = stratified_split(test_labels[test_pool], [request.query_size, request.gallery_size],
+                                                  request.seed)
     test = ImageSet(test_images, test_labels, _ids("test", len(test_labels)))
+    query, gallery = test.subset(test_pool[query_index]), test.subset(test_pool[gallery_index])
+    refuse_query_classes_without_gallery(query.labels, gallery.labels, CLASS_NAMES)
     return RetrievalData(
         name="fashion_mnist",
-        train=ImageSet(train_images, train_labels, _ids("train", len(train_labels))).subset(train_index),
-        query=test.subset(query_index),
-        gallery=test.subset(gallery_index),
+        train=ImageSet(train_images, train_labels, _ids("train", len(train_labels))).subset(train_pool[train_index]),
+        query=query,
+        gallery=gallery,
         class_names=CLASS_NAMES,
         mean=MEAN,
         std=STD,
+        protocol=request.protocol,
     )
 
 

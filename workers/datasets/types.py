@@ -1,10 +1,18 @@
-"""Decoded data held in memory: images as uint8 arrays (N, C, H, W), labels as int64."""
+"""Decoded data: images as uint8 (N, C, H, W), in memory or read on demand from the shard cache;
+labels as int64."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from workers.datasets.shard_cache import ShardedImages
+
+# What an ImageSet holds: a NumPy array, or a ``ShardedImages`` reader that slices like one.
+ImageArray = Union[np.ndarray, "ShardedImages"]
 
 
 class DataError(RuntimeError):
@@ -21,7 +29,7 @@ class ImageSet:
     A set built without ids numbers its images (``0``, ``1``, ...).
     """
 
-    images: np.ndarray
+    images: ImageArray
     labels: np.ndarray
     ids: np.ndarray | None = None
 
@@ -38,9 +46,22 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are read from the shard cache on demand rather than held in memory."""
+        return not isinstance(self.images, np.ndarray)
+
     def subset(self, indices: np.ndarray) -> ImageSet:
-        return ImageSet(np.ascontiguousarray(self.images[indices]), np.ascontiguousarray(self.labels[indices]),
-                        np.asarray(self.ids)[indices])
+        images = self.images.take(indices) if self.streamed else np.ascontiguousarray(self.images[indices])
+        return ImageSet(images, np.ascontiguousarray(self.labels[indices]), np.asarray(self.ids)[indices])
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file of a collection that was skipped: its id and why."""
+
+    id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,9 @@ class RetrievalData:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Files of the collection that could not be decoded and were skipped.
+    bad_files: tuple[BadFile, ...] = ()
+    protocol: str = "closed_set"
 
     @property
     def num_classes(self) -> int:
@@ -76,14 +100,26 @@ class RetrievalData:
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "in_chans": self.in_chans,
+            "protocol": self.protocol,
+            "streamed": self.train.streamed,
+            "bad_files": len(self.bad_files),
         }
 
 
-def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
-    scaled = images.astype(np.float64) / 255.0
-    mean = scaled.mean(axis=(0, 2, 3))
-    std = scaled.std(axis=(0, 2, 3))
+def channel_statistics(images: ImageArray, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale; read ``chunk`` images at a time
+    (integer sums of values and squares, exact), so no float copy of the set is ever made."""
+    channels = images.shape[1]
+    total = np.zeros(channels, dtype=np.float64)
+    squares = np.zeros(channels, dtype=np.float64)
+    for start in range(0, len(images), chunk):
+        batch = np.asarray(images[start : start + chunk])
+        total += batch.sum(axis=(0, 2, 3), dtype=np.uint64)
+        squares += np.einsum("nchw,nchw->c", batch, batch, dtype=np.uint64).astype(np.float64)
+    count = max(1, len(images) * images.shape[2] * images.shape[3])
+    mean = total / count / 255.0
+    variance = np.maximum(squares / count / 255.0**2 - mean**2, 0.0)
+    std = np.sqrt(variance)
     std = np.where(std > 1e-6, std, 1.0)
     return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
@@ -100,3 +136,9 @@ class DataRequest:
     seed: int = 0
     image_size: int = 28
     channels: int = 1
+    protocol: str = "closed_set"  # or open_set: train classes disjoint from query/gallery classes
+    train_classes: int | None = None  # open_set on one pool: the first N classes train (default: half)
+    max_bad_fraction: float = 0.01
+    streaming: bool | None = None  # None: the source's default (on for file collections)
+    cache_dir: str | None = None
+    decode_workers: int | None = None

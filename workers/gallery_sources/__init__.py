@@ -9,12 +9,18 @@ from workers.gallery_sources.base import (
     InputSpecRequest,
     adapt_channels,
 )
-from workers.gallery_sources.registry import GALLERY_SOURCES, load_gallery_model, register_gallery_source
+from workers.gallery_sources.registry import (
+    GALLERY_SOURCES,
+    GalleryLoader,
+    load_gallery_model,
+    register_gallery_source,
+)
 
 __all__ = [
     "GALLERY_SOURCES",
     "FrozenClassifier",
     "GalleryInputSpec",
+    "GalleryLoader",
     "GalleryModel",
     "GallerySourceError",
     "GallerySourceRequest",

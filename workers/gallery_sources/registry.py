@@ -7,6 +7,7 @@ themselves in their own modules; the rules of names and errors are those of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from search_space.registry import Registry, UnknownNameError
@@ -34,3 +35,26 @@ def load_gallery_model(source: str, request: GallerySourceRequest) -> GalleryMod
         raise GallerySourceError(f"gallery.path={str(request.path)!r} does not exist; point it at the gallery model "
                                  f"for gallery.source={source!r}")
     return load(request)
+
+
+@dataclass(frozen=True)
+class GalleryLoader:
+    """How to open a gallery model: what a process that did not load it (a Ray actor, a trial)
+    needs to open its own copy from the same file."""
+
+    source: str
+    request: GallerySourceRequest
+
+    def open(self) -> GalleryModel:
+        return load_gallery_model(self.source, self.request)
+
+    def open_matching(self, fingerprint: str) -> GalleryModel:
+        """The model, which must be the one with ``fingerprint`` (what the job loaded): another file at
+        that path on this node is refused."""
+        model = self.open()
+        if model.fingerprint != fingerprint:
+            raise GallerySourceError(
+                f"gallery model {self.request.path} has fingerprint {model.fingerprint[:12]} here, the job loaded "
+                f"{fingerprint[:12]}: put the same gallery model at that path on every node"
+            )
+        return model

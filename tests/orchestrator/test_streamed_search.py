@@ -1,0 +1,62 @@
+"""A search on a colour photo folder: streamed from the shard cache, bad files skipped and recorded,
+augmented training with the gallery model's targets computed on each view, the schedule raised to
+``training.min_steps``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from orchestrator.config import validate_config
+from orchestrator.driver import BAD_FILES_FILE, run_search
+from orchestrator.tracking import SearchTracker
+from tests.conftest import tiny_tree
+
+pytestmark = pytest.mark.integration
+
+
+def _photos(root, classes: int = 3, per_class: int = 40, size: int = 64):
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        tint = rng.integers(0, 256, 3)
+        for index in range(per_class):
+            pixels = (rng.normal(0, 30, (size, size + 8, 3)) + tint).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index}.jpg")
+    (root / "class_0" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    return root
+
+
+def test_a_streamed_photo_search_records_bad_files_and_augments(tmp_path):
+    root = _photos(tmp_path / "photos")
+    tree = tiny_tree(
+        tmp_path,
+        data={"source": "image_folder", "root": str(root), "image_size": 64, "channels": 3, "train_size": None,
+              "query_size": 15, "gallery_size": 30, "max_bad_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+        gallery={"checkpoint": None, "epochs": 1, "batch_size": 32},
+        search_space={"name": "mnv3_64"},
+        # 75 training images in batches of 64: 2 steps an epoch, so min_steps 4 means 2 epochs.
+        training={"epochs": 1, "batch_size": 64, "min_steps": 4},
+        search={"strategy": "random", "num_candidates": 1, "max_concurrent": 1, "max_mflops": 18.0},
+        resources={"measure_latency": False},
+    )
+    config = validate_config(tree)
+    outcome = run_search(config, Console(quiet=True))
+    tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["data_bad_files"] == 1
+    assert parent.data.params["streamed"] == "True" and parent.data.params["train_images"] == "75"
+    listed = tracker.client.download_artifacts(outcome.parent_run_id, BAD_FILES_FILE, str(tmp_path / "fetched"))
+    rows = open(listed).read().splitlines()
+    assert rows[0] == "id,reason" and rows[1].startswith("class_0/truncated.jpg,")
+    (child,) = tracker.child_runs(outcome.parent_run_id)
+    # min_steps raised the one configured epoch to two, each logged.
+    assert len(tracker.client.get_metric_history(child.info.run_id, "loss")) == 2
+    assert child.data.tags["cmpnas.compatibility"] in ("passed", "failed")
+    assert child.data.metrics["final_peak_rss_mb"] > 0
+    # The cache was built once, in the configured folder, and holds every file's record.
+    (cache,) = [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]
+    assert sum(path.stat().st_size for path in cache.glob("records-*")) == 121 * 3 * 64 * 64

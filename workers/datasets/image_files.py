@@ -1,0 +1,72 @@
+"""Which files of a collection are images, and how one image file becomes a uint8 array.
+
+Rules:
+* an image is a file with one of ``IMAGE_SUFFIXES`` (any case); hidden files and folders (a name
+  starting with ``.``, which includes macOS's ``._*`` resource forks) are never images;
+* an image is decoded whole, converted to gray (``L``) or RGB, and resized (not cropped) to
+  ``size`` x ``size`` with bilinear filtering, as uint8 (C, H, W);
+* an image larger than ``MAX_IMAGE_PIXELS`` is refused before it is decoded (a decompression
+  bomb: a small file that expands to gigabytes); Pillow's own limit is set to the same value;
+* every way a file can fail to decode (not an image, truncated, too large) raises
+  ``ImageDecodeError`` with the reason, so a collection can count and skip bad files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+# 89.5 megapixels is Pillow's default warning threshold; larger photos are not what a search trains on.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageDecodeError(ValueError):
+    """One file that is not a usable image; the message is the reason."""
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` or a folder between ``root`` and it is hidden (its name starts with ``.``)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def is_image_file(path: Path, root: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path, root) and path.is_file()
+
+
+def image_files_under(folder: Path, root: Path) -> list[Path]:
+    """The image files below ``folder`` in sorted order, hidden files and folders skipped."""
+    return sorted(path for path in folder.rglob("*") if is_image_file(path, root))
+
+
+def decode_image_file(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """One image as uint8 (C, ``size``, ``size``); ``ImageDecodeError`` with the reason if it cannot be."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(f"{width}x{height} pixels is above the limit of {MAX_IMAGE_PIXELS} "
+                                       "(a decompression bomb or an oversized scan)")
+            decoded = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except ImageDecodeError:
+        raise
+    # DecompressionBombError is not an OSError; SyntaxError and ValueError come from damaged headers.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
+    array = np.asarray(decoded, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def decode_image(path: str | Path, size: int, channels: int, fix: str) -> np.ndarray:
+    """``decode_image_file`` for one file that must be an image: a ``DataError`` naming it, its reason
+    and ``fix`` otherwise."""
+    from workers.datasets.types import DataError
+
+    try:
+        return decode_image_file(path, size, channels)
+    except ImageDecodeError as error:
+        raise DataError(f"{path} could not be decoded as an image ({error}); {fix}") from error
