@@ -91,12 +91,12 @@ def _recorded_config(settings, overrides: list[str]):
     """Without --config, a resume continues with the configuration the search was started with
     (found in output_dir, which --set output_dir=... may point at), plus the --set overrides."""
     from orchestrator.config import apply_override, validate_config
-    from orchestrator.search_state import SearchState
+    from orchestrator.search_state import SearchState, with_earlier_defaults
 
     recorded = SearchState.load(settings.output_dir)
     if recorded is None:
         return settings
-    tree = dict(recorded.config)
+    tree = with_earlier_defaults(recorded.config)
     for assignment in overrides:
         apply_override(tree, assignment)
     return validate_config(tree, source=f"the configuration recorded in {settings.output_dir}")

@@ -70,13 +70,15 @@ class DataConfig(_Section):
                                       "fraction of the files the search stops"
     )
     streaming: Literal["auto", "on", "off"] = Field(
-        "auto", description="on: images decoded once into a shard cache on disk and read by batch; off: decoded into "
-                            "memory; auto: on for file collections (image_folder, manifest), off for built-in sets"
+        "auto", description="file collections (image_folder, manifest): on or auto decodes each image once into a "
+                            "shard cache on disk, read by batch; off decodes into memory. The built-in sets are small "
+                            "and always held in memory"
     )
     cache_dir: str | None = Field(None, description="the shard cache; default: $CMPNAS_CACHE/shards "
                                                     "(~/.cache/cmpnas/shards)")
-    decode_workers: PositiveInt | None = Field(None, description="processes decoding images into the shard cache; "
-                                                                 "default: the machine's CPUs")
+    decode_workers: PositiveInt | None = Field(None, description="threads decoding a file collection (into the "
+                                                                 "shard cache or memory); default: the machine's "
+                                                                 "CPUs")
 
     @field_validator("source")
     @classmethod

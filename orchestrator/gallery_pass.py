@@ -50,22 +50,27 @@ class RangeEmbedActor:
 class RayDataGalleryPass:
     """A ``SplitEmbedder`` (``workers.gallery_embeddings``) that runs on the connected Ray cluster."""
 
-    def __init__(self, loader: GalleryLoader, splits: dict[str, ImageSet], embed_dim: int, fingerprint: str,
-                 cpus_per_actor: float = 1.0):
-        self.loader, self.splits, self.embed_dim, self.fingerprint = loader, splits, embed_dim, fingerprint
+    def __init__(self, loader: GalleryLoader, embed_dim: int, fingerprint: str, cpus_per_actor: float = 1.0):
+        self.loader, self.embed_dim, self.fingerprint = loader, embed_dim, fingerprint
         self.cpus_per_actor = cpus_per_actor
 
     def __call__(self, split: str, images: ImageSet) -> tuple[np.ndarray, int]:
         out = np.zeros((len(images), self.embed_dim), dtype=np.float32)
-        for start, stop, rows in self._ranges(split, len(images)):
+        covered = 0
+        for start, stop, rows in self._ranges(split, images):
             out[start:stop] = rows
+            covered += stop - start
+        if covered != len(images):
+            raise GallerySourceError(f"the gallery pass on Ray Data returned {covered} of the {len(images)} {split} "
+                                     "embeddings; run again")
         return out, len(images)
 
-    def _ranges(self, split: str, count: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    def _ranges(self, split: str, images: ImageSet) -> Iterator[tuple[int, int, np.ndarray]]:
         import ray
         import ray.data
         import ray.exceptions
 
+        count = len(images)
         ranges = [{"split": split, "start": start, "stop": min(start + RANGE_SIZE, count)}
                   for start in range(0, count, RANGE_SIZE)]
         if not ranges:
@@ -80,7 +85,7 @@ class RayDataGalleryPass:
             dataset = ray.data.from_items(ranges).map_batches(
                 RangeEmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.cpus_per_actor, num_gpus=gpus,
-                fn_constructor_kwargs={"loader": self.loader, "splits": {split: self.splits[split]}},
+                fn_constructor_kwargs={"loader": self.loader, "splits": {split: images}},
             )
             for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
                 for start, stop, fingerprint, payload in zip(batch["start"], batch["stop"], batch["fingerprint"],

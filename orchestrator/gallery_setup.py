@@ -61,7 +61,8 @@ def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: i
     gallery = config.gallery
     spec = gallery.input
     return GallerySourceRequest(
-        path=config.gallery_path,
+        # Absolute: trials open it too, and Tune runs each trial in its own working directory.
+        path=config.gallery_path.expanduser().resolve(),
         input=InputSpecRequest(spec.size, spec.channels, tuple(spec.mean) if spec.mean else None,
                                tuple(spec.std) if spec.std else None),
         data_channels=data_channels, data_image_size=data_image_size,

@@ -133,9 +133,7 @@ class SearchInputs:
         gpus_elsewhere = ray.cluster_resources().get("GPU", 0) >= 1 and self.device.type != "cuda"
         if not (gpus_elsewhere or len(ray.nodes()) > 1 or total >= RAY_DATA_PASS_FROM):
             return None
-        splits = {"train": self.data.train, "query": self.data.query, "gallery": self.data.gallery}
-        return RayDataGalleryPass(self.gallery_loader, splits, self.gallery_model.embed_dim,
-                                  self.gallery_model.fingerprint)
+        return RayDataGalleryPass(self.gallery_loader, self.gallery_model.embed_dim, self.gallery_model.fingerprint)
 
 
 def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_fingerprint: str | None = None

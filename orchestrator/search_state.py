@@ -84,12 +84,33 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+# Fields added after searches were recorded without them, with the values that keep such a search
+# doing what it did (no epochs raised, no augmentation, the splits it had): a resume fills them in.
+FIELDS_OF_EARLIER_SEARCHES = {
+    ("data", "protocol"): "closed_set", ("data", "train_classes"): None, ("data", "max_bad_fraction"): 0.0,
+    ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
+    ("training", "min_steps"): 0,
+    ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
+                                   "horizontal_flip": True},
+    ("evaluation", "compatibility_ratio"): 0.5,
+}
+
+
+def with_earlier_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded configuration with the fields it predates set as ``FIELDS_OF_EARLIER_SEARCHES`` says."""
+    tree = {section: dict(values) if isinstance(values, dict) else values for section, values in recorded.items()}
+    for (section, name), value in FIELDS_OF_EARLIER_SEARCHES.items():
+        if isinstance(tree.get(section), dict) and name not in tree[section]:
+            tree[section][name] = value
+    return tree
+
+
 def check_resume_config(recorded: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """Refuse a resume that would change what is searched; returns the fields that do change.
 
     Raises ``ConfigError`` naming each field that differs and may not change.
     """
-    old, new = flatten_fields(recorded), flatten_fields(requested)
+    old, new = flatten_fields(with_earlier_defaults(recorded)), flatten_fields(requested)
     changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
     refused = [name for name in changed if name not in CHANGEABLE_ON_RESUME and name != "output_dir"]
     if refused:

@@ -2,11 +2,12 @@
 
 from types import SimpleNamespace
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import validate_config
+from orchestrator.config import ConfigError, validate_config
 from orchestrator.search_state import SearchState
 from tests.conftest import tiny_tree
 
@@ -63,3 +64,20 @@ def test_sync_needs_a_search_and_a_damaged_state_file_is_named(tmp_path):
     (tmp_path / "search_state.json").write_text("{not json")
     result = _invoke("sync", "--output-dir", str(tmp_path))
     assert result.exit_code == 2 and "is not a cmpnas search state" in result.text
+
+
+def test_a_search_recorded_before_newer_fields_resumes_as_it_ran():
+    from orchestrator.config import load_config
+    from orchestrator.search_state import FIELDS_OF_EARLIER_SEARCHES, check_resume_config, with_earlier_defaults
+
+    current = load_config().model_dump(mode="json")
+    recorded = {section: dict(values) if isinstance(values, dict) else values for section, values in current.items()}
+    for section, name in FIELDS_OF_EARLIER_SEARCHES:
+        recorded[section].pop(name)
+    # Without --config the recorded tree is filled with the old behaviour: nothing changes.
+    filled = validate_config(with_earlier_defaults(recorded)).model_dump(mode="json")
+    assert check_resume_config(recorded, filled) == []
+    assert filled["training"]["min_steps"] == 0 and filled["training"]["augmentation"]["enabled"] == "off"
+    # Today's defaults would train more epochs part-way through the search: refused, naming the field.
+    with pytest.raises(ConfigError, match="training.min_steps was 0, now 120"):
+        check_resume_config(recorded, current)

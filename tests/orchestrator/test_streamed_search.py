@@ -30,18 +30,22 @@ def _photos(root, classes: int = 3, per_class: int = 40, size: int = 64):
     return root
 
 
-def test_a_streamed_photo_search_records_bad_files_and_augments(tmp_path):
-    root = _photos(tmp_path / "photos")
+def test_a_streamed_photo_search_records_bad_files_and_augments(tmp_path, monkeypatch):
+    _photos(tmp_path / "photos")
+    # Relative paths, as a user writes them: Tune runs each trial in its own working directory, so
+    # the trials' gallery model (opened for augmented views) and the cache must not depend on it.
+    monkeypatch.chdir(tmp_path)
     tree = tiny_tree(
         tmp_path,
-        data={"source": "image_folder", "root": str(root), "image_size": 64, "channels": 3, "train_size": None,
-              "query_size": 15, "gallery_size": 30, "max_bad_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+        data={"source": "image_folder", "root": "photos", "image_size": 64, "channels": 3, "train_size": None,
+              "query_size": 15, "gallery_size": 30, "max_bad_fraction": 0.05, "cache_dir": "cache"},
         gallery={"checkpoint": None, "epochs": 1, "batch_size": 32},
         search_space={"name": "mnv3_64"},
         # 75 training images in batches of 64: 2 steps an epoch, so min_steps 4 means 2 epochs.
         training={"epochs": 1, "batch_size": 64, "min_steps": 4},
         search={"strategy": "random", "num_candidates": 1, "max_concurrent": 1, "max_mflops": 18.0},
         resources={"measure_latency": False},
+        output_dir="out",
     )
     config = validate_config(tree)
     outcome = run_search(config, Console(quiet=True))
@@ -60,3 +64,38 @@ def test_a_streamed_photo_search_records_bad_files_and_augments(tmp_path):
     # The cache was built once, in the configured folder, and holds every file's record.
     (cache,) = [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]
     assert sum(path.stat().st_size for path in cache.glob("records-*")) == 121 * 3 * 64 * 64
+
+
+def test_the_ray_data_gallery_pass_equals_the_pass_in_this_process(tmp_path, monkeypatch):
+    import ray
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from orchestrator import gallery_pass
+    from orchestrator.gallery_pass import RayDataGalleryPass
+    from workers.datasets import DataRequest, load_retrieval_data
+    from workers.gallery_sources import GalleryLoader, GallerySourceRequest, InputSpecRequest
+
+    root = _photos(tmp_path / "photos", per_class=30, size=32)
+    data = load_retrieval_data("image_folder", DataRequest(root=str(root), query_size=9, gallery_size=18,
+                                                           image_size=32, channels=3, streaming=True,
+                                                           cache_dir=str(tmp_path / "cache"), max_bad_fraction=0.05))
+    torch.manual_seed(0)
+    weights = tmp_path / "gallery.safetensors"
+    save_file(timm.create_model("resnet10t", num_classes=0).state_dict(), str(weights))
+    loader = GalleryLoader("timm", GallerySourceRequest(weights, InputSpecRequest(size=32), data_channels=3,
+                                                        data_image_size=32, backbone="resnet10t"))
+    model = loader.open()
+    monkeypatch.setattr(gallery_pass, "RANGE_SIZE", 16)  # several ranges per split, finishing in any order
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        on_ray = RayDataGalleryPass(loader, model.embed_dim, model.fingerprint)
+        for split in ("train", "query"):
+            images = getattr(data, split)
+            embedded, count = on_ray(split, images)
+            here = model.embed(images.images, list(images.ids), torch.device("cpu"))
+            assert count == len(images) and embedded.shape == here.shape
+            np.testing.assert_allclose(embedded, here, atol=1e-5)
+    finally:
+        ray.shutdown()

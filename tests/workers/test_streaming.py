@@ -87,6 +87,7 @@ def test_the_cache_is_built_once_and_rebuilt_where_it_is_missing(collection, tmp
     expected = np.asarray(first.query.images)
     shutil.rmtree(folders[0])
     np.testing.assert_array_equal(travelled[:], expected)
+    assert (folders[0] / "cache.json").is_file()  # built again, where the reader expected it
     # Another image size is another cache.
     load_retrieval_data("image_folder", request(collection, cache, True, image_size=20))
     assert len([path for path in cache.iterdir() if path.is_dir()]) == 2

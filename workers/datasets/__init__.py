@@ -1,4 +1,5 @@
-"""Data sources for searches: decoded once, split deterministically, held as uint8 arrays."""
+"""Data sources for searches: decoded once, split deterministically, held as uint8 arrays in memory
+or as records of the shard cache read by batch (``shard_cache``)."""
 
 from workers.datasets.registry import list_sources, load_retrieval_data, register_source
 from workers.datasets.splits import stratified_split

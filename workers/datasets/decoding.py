@@ -19,13 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 
 from workers.datasets.image_files import ImageDecodeError, decode_image_file
 from workers.datasets.listing import LabelledFiles
 from workers.datasets.shard_cache import CacheLayout, ShardedImages, ShardWriter, build_cache, default_cache_root
 from workers.datasets.types import BadFile, DataError
 
-CHUNK_BYTES = 8 * 2**20  # decoded bytes per task handed to a decoding process
+# Part of every cache key: a change to how files become records (Pillow's decoders and resampling
+# included) must never reuse records made the old way.
+CACHE_KEY_VERSION = f"cmpnas-shards-1:pillow-{PIL.__version__}"
+
+CHUNK_BYTES = 8 * 2**20  # decoded bytes per task handed to a decoding thread
 
 
 @dataclass(frozen=True)
@@ -80,32 +85,40 @@ def check_bad_fraction(bad: tuple[BadFile, ...], total: int, description: str, l
 def _decode_to_cache(listing: LabelledFiles, settings: DecodeSettings, shape: tuple[int, int, int]
                      ) -> tuple[ShardedImages, dict[int, str]]:
     root = Path(settings.cache_root).expanduser() if settings.cache_root else default_cache_root()
-    folder = root / listing.content_key("cmpnas-shards", shape)
-    layout = CacheLayout(folder, shape, len(listing))
-    rebuild = CacheRebuild(listing, settings, shape)
+    key = listing.content_key(CACHE_KEY_VERSION, shape)
+    rebuild = CacheRebuild(listing, settings, shape, root / key, key)
     record = rebuild()
-    return ShardedImages(layout, rebuild=rebuild), {int(position): reason for position, reason in record["bad"].items()}
+    bad = {int(position): reason for position, reason in record["bad"].items()}
+    return ShardedImages(CacheLayout(root / key, shape, len(listing)), rebuild=rebuild), bad
 
 
 @dataclass(frozen=True)
 class CacheRebuild:
-    """Builds (or finds) the cache of a listing: called by the job, and by a reader on a node without it."""
+    """Builds (or finds) the cache of a listing at ``folder``: called by the job, and by a reader on a
+    node without it. There the files must be the ones the job listed (``key``: same paths, sizes and
+    modification times), or the reader would see other images under the same ids."""
 
     listing: LabelledFiles
     settings: DecodeSettings
     shape: tuple[int, int, int]
+    folder: Path
+    key: str
 
     def __call__(self) -> dict:
-        root = Path(self.settings.cache_root).expanduser() if self.settings.cache_root else default_cache_root()
-        folder = root / self.listing.content_key("cmpnas-shards", self.shape)
-
         def fill(writer: ShardWriter) -> dict[int, str]:
+            here = self.listing.content_key(CACHE_KEY_VERSION, self.shape)
+            if here != self.key:
+                raise DataError(
+                    f"the files of {self.listing.description} on this node differ from the ones the job listed (size "
+                    "or modification time): every node must see the same files at the same paths, or set "
+                    "data.cache_dir to a folder all nodes share so that the cache is built once"
+                )
             return decode_into(self.listing.paths, self.settings, writer.write)
 
         try:
-            return build_cache(folder, self.shape, len(self.listing), fill, self.listing.description)
+            return build_cache(self.folder, self.shape, len(self.listing), fill, self.listing.description)
         except OSError as error:
-            raise DataError(f"cannot write the shard cache under {root} ({error}); set data.cache_dir to a writable "
+            raise DataError(f"cannot write the shard cache {self.folder} ({error}); set data.cache_dir to a writable "
                             "folder with room for the decoded images") from error
 
 
@@ -145,4 +158,6 @@ def decode_chunk(paths: list[str], size: int, channels: int) -> tuple[np.ndarray
             records[offset] = decode_image_file(path, size, channels)
         except ImageDecodeError as error:
             bad[offset] = str(error)
+        except Exception as error:  # noqa: BLE001 - a malformed file may make a decoder raise anything
+            bad[offset] = f"{type(error).__name__}: {error}"
     return records, bad

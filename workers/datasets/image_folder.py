@@ -62,15 +62,17 @@ def load_labelled_files(name: str, listing: LabelledFiles, request: DataRequest)
 def decode_settings(request: DataRequest, streaming_default: bool) -> DecodeSettings:
     """How a file source decodes: ``data.streaming`` (None: the source's default) and the cache settings."""
     streaming = streaming_default if request.streaming is None else request.streaming
-    return DecodeSettings(request.image_size, request.channels, streaming, request.cache_dir, request.decode_workers,
+    # Absolute: readers in trials, which Tune runs in their own working directories, rebuild from it.
+    cache_dir = str(Path(request.cache_dir).expanduser().resolve()) if request.cache_dir else None
+    return DecodeSettings(request.image_size, request.channels, streaming, cache_dir, request.decode_workers,
                           request.max_bad_fraction)
 
 
 def list_image_folder(root: str | Path) -> LabelledFiles:
     """Every image of ``data.root`` in either layout (module rules); ids are paths relative to ROOT."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
+    if not Path(root).expanduser().is_dir():
         raise DataError(f"data.root={str(root)!r} is not a folder; give a folder with one subfolder per class")
+    root = Path(root).expanduser().resolve()  # listed paths are absolute (see LabelledFiles)
     folders = _visible_subfolders(root)
     if any(folder.name in SPLIT_NAMES for folder in folders):
         return _list_split_folders(root, folders)

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from workers.datasets.types import DataError
+
 CACHE_FORMAT = 1
 CACHE_FILE = "cache.json"
 SHARD_BYTES = 256 * 2**20  # per shard file; any size works, this keeps the file count small
@@ -107,12 +109,19 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def read_cache_record(folder: Path) -> dict[str, Any] | None:
-    """What ``cache.json`` of a complete cache says, or None when the cache is absent or not this format."""
+    """What ``cache.json`` of a complete cache says, or None when the cache is absent or not this format.
+    Any other failure to read it (permissions, too many open files, I/O) is an error, never "absent":
+    an absent cache is rebuilt, which replaces the folder other readers may be using."""
     try:
         record = json.loads((folder / CACHE_FILE).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
-    return record if record.get("format") == CACHE_FORMAT else None
+    except ValueError:
+        return None  # a cache.json of another format or a torn one: built again under the lock
+    except OSError as error:
+        raise DataError(f"cannot read the shard cache's {folder / CACHE_FILE} ({error}); check the permissions of "
+                        "data.cache_dir and the open-file limit (ulimit -n)") from error
+    return record if isinstance(record, dict) and record.get("format") == CACHE_FORMAT else None
 
 
 def build_cache(folder: Path, record_shape: tuple[int, int, int], count: int,
@@ -127,11 +136,15 @@ def build_cache(folder: Path, record_shape: tuple[int, int, int], count: int,
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         layout = CacheLayout(folder, record_shape, count)
-        writer = ShardWriter(layout, partial)
         try:
-            bad = fill(writer)
-        finally:
-            writer.close()
+            writer = ShardWriter(layout, partial)
+            try:
+                bad = fill(writer)
+            finally:
+                writer.close()
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # an interrupted build leaves nothing behind
+            raise
         record = {"format": CACHE_FORMAT, "count": count, "record_shape": list(record_shape),
                   "bad": {str(position): reason for position, reason in sorted(bad.items())},
                   "description": description, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -139,6 +152,27 @@ def build_cache(folder: Path, record_shape: tuple[int, int, int], count: int,
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete cache of an older format
         os.rename(partial, folder)
         return record
+
+
+class OpenShards:
+    """This process's read-only descriptors of shard files, one per file whatever the number of views
+    (splits, subsets, unpickled copies) reading it; a forked child starts its own table."""
+
+    def __init__(self):
+        self.fds: dict[Path, int] = {}
+        self.pid = os.getpid()
+
+    def get(self, path: Path) -> int | None:
+        if self.pid != os.getpid():  # a forked child must not share the parent's descriptors
+            self.fds, self.pid = {}, os.getpid()
+        return self.fds.get(path)
+
+    def open(self, path: Path) -> int:
+        fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+
+_OPEN_SHARDS = OpenShards()
 
 
 class ShardedImages:
@@ -156,11 +190,13 @@ class ShardedImages:
     def __init__(self, layout: CacheLayout, positions: np.ndarray | None = None,
                  rebuild: Callable[[], Any] | None = None):
         self.layout = layout
-        self.positions = np.arange(layout.count, dtype=np.int64) if positions is None else \
-            np.asarray(positions, dtype=np.int64)
+        if positions is None:
+            positions = np.arange(layout.count, dtype=np.int64)
+        elif np.asarray(positions).dtype == bool:
+            positions = np.flatnonzero(positions)
+        self.positions = np.asarray(positions, dtype=np.int64)
         self.rebuild = rebuild
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
+        self._checked = False  # whether this view has seen its cache on this node
 
     def __getstate__(self) -> dict[str, Any]:
         return {"layout": self.layout, "positions": self.positions, "rebuild": self.rebuild}
@@ -168,25 +204,12 @@ class ShardedImages:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["layout"], state["positions"], state["rebuild"])
 
-    def __del__(self):
-        self.close()
-
-    def close(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
-
     def __len__(self) -> int:
         return len(self.positions)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.positions), *self.layout.record_shape)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.positions) * self.layout.record_bytes
 
     @staticmethod
     def concatenate(parts: list[ShardedImages]) -> ShardedImages:
@@ -196,7 +219,10 @@ class ShardedImages:
         return ShardedImages(parts[0].layout, np.concatenate([part.positions for part in parts]), parts[0].rebuild)
 
     def take(self, indices: np.ndarray) -> ShardedImages:
-        return ShardedImages(self.layout, self.positions[np.asarray(indices, dtype=np.int64)], self.rebuild)
+        indices = np.asarray(indices)
+        if indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        return ShardedImages(self.layout, self.positions[indices.astype(np.int64)], self.rebuild)
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -210,21 +236,23 @@ class ShardedImages:
         return images if dtype is None else images.astype(dtype)
 
     def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # a forked child must not share the parent's offsets or closes
-            self._fds, self._pid = {}, os.getpid()
-        if not self._fds:
+        if not self._checked:
             self._ensure_local()
-        fd = self._fds.get(shard)
+            self._checked = True
+        path = self.layout.shard_path(shard)
+        fd = _OPEN_SHARDS.get(path)
         if fd is None:
-            fd = self._fds[shard] = os.open(self.layout.shard_path(shard), os.O_RDONLY)
+            try:
+                fd = _OPEN_SHARDS.open(path)
+            except FileNotFoundError:
+                raise DataError(f"the shard cache {self.layout.folder} has no {path.name}: it was removed while in "
+                                "use; run again to rebuild it") from None
         return fd
 
     def _ensure_local(self) -> None:
         if read_cache_record(self.layout.folder) is not None:
             return
         if self.rebuild is None:
-            from workers.datasets.types import DataError
-
             raise DataError(f"the shard cache {self.layout.folder} is missing on this node and cannot be rebuilt "
                             "here; set data.cache_dir to a folder every node shares, or run on the node that built it")
         self.rebuild()
@@ -250,8 +278,6 @@ class ShardedImages:
                 size = (last - first) * layout.record_bytes
                 data = os.pread(self._fd(shard), size, offset * layout.record_bytes)
                 if len(data) != size:
-                    from workers.datasets.types import DataError
-
                     raise DataError(f"shard cache {layout.folder} is truncated (shard {shard}); delete the folder "
                                     "to rebuild it")
                 out[order[first:last]] = np.frombuffer(data, dtype=np.uint8).reshape(last - first,

@@ -143,7 +143,9 @@ class GalleryModel(ABC):
 
     1. the properties (``fingerprint``, ``input_spec``, ``embed_dim``, ``description``), when it
        records the gallery and sizes the search space;
-    2. ``embed`` once per split (train, query, gallery) for the whole search, never from a trial;
+    2. ``embed`` once per split (train, query, gallery) for the whole search (in the driver, or in
+       Ray Data actors that open their own copy); and, only when training is augmented, in each
+       trial on every augmented batch (``workers.compatibility_targets``);
     3. ``own_classifier`` once, when the BCT classifier is chosen (``gallery.classifier``);
     4. ``measure_cost`` once, for the paragon's cost;
     5. ``release`` after the embeddings, so the model holds no accelerator memory while trials run.
