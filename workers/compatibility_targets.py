@@ -20,8 +20,20 @@ from torch import nn
 
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.gallery_sources import GalleryModel
+from workers.gallery_sources import GalleryLoader, GalleryModel
 from workers.losses import LossContext
+from workers.training_batches import AugmentationSettings
+
+
+def open_view_gallery(augmentation: AugmentationSettings | None, loader: GalleryLoader | None,
+                      fingerprint: str) -> GalleryModel | None:
+    """The gallery model in this trial, when augmented views need its targets (None otherwise); it must be
+    the one the job embedded with (``fingerprint``)."""
+    if augmentation is None:
+        return None
+    if loader is None:
+        raise ValueError("augmented training needs a GalleryLoader to open the gallery model in the trial")
+    return loader.open_matching(fingerprint)
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,6 @@ class CompatibilityTargets:
     own_classifier: nn.Linear
     gallery_classifier: Callable[[torch.Tensor], torch.Tensor]
     logit_scale: float
-    labels: torch.Tensor
     # The cached embeddings of the train split; None with a view gallery (never read then, so a trial
     # does not touch the N x D array the object store maps into it).
     gallery_train_embeddings: torch.Tensor | None
@@ -45,7 +56,6 @@ class CompatibilityTargets:
             own_classifier=nn.Linear(gallery.embed_dim, data.num_classes).to(device),
             gallery_classifier=gallery.classifier(device),
             logit_scale=gallery.logit_scale,
-            labels=torch.as_tensor(data.train.labels, device=device),
             gallery_train_embeddings=None if view_gallery is not None else
             torch.as_tensor(np.asarray(gallery.train), device=device),
             device=device,

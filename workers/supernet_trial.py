@@ -21,6 +21,7 @@ from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.preprocess import pick_device
 from workers.supernet_checkpoint import save_supernet
+from workers.compatibility_targets import open_view_gallery
 from workers.gallery_sources import GalleryLoader
 from workers.supernet_training import SupernetTrainingSettings, train_supernet
 
@@ -78,10 +79,6 @@ def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) 
                        Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    view_gallery = None
-    if shared.training.augmentation is not None:
-        if shared.gallery_loader is None:
-            raise ValueError("augmented training needs SharedSupernetInputs.gallery_loader to open the gallery model")
-        view_gallery = shared.gallery_loader.open_matching(gallery.fingerprint)
+    view_gallery = open_view_gallery(shared.training.augmentation, shared.gallery_loader, gallery.fingerprint)
     train_supernet(supernet, data, gallery, shared.training, device, on_epoch, state_sink=latest_state.update,
                    resume=resume, view_gallery=view_gallery)

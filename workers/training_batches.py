@@ -31,16 +31,6 @@ class AugmentationSettings:
     horizontal_flip: bool = True
 
 
-class TensorBatches:
-    """Batches of tensors already in memory and preprocessed (the rows of ``inputs``)."""
-
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
-        self.inputs, self.labels = inputs, labels
-
-    def read(self, index: torch.Tensor, step: int) -> torch.Tensor:
-        return self.inputs[index.to(self.inputs.device)]
-
-
 class ImageBatches:
     """uint8 image batches (B, C, H, W) on ``device``, augmented when ``augmentation`` is given."""
 

@@ -31,7 +31,8 @@ from workers.bn_calibration import calibration_indices, recalibrate_batch_norm
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
 from workers.datasets import RetrievalData
 from workers.gallery_embeddings import GalleryEmbeddings
-from workers.gallery_sources import GalleryLoader, GalleryModel
+from workers.compatibility_targets import open_view_gallery
+from workers.gallery_sources import GalleryLoader
 from workers.preprocess import embed_images, pick_device, to_model_input
 from workers.trial_report import MODEL_FILE, SPEC_FILE
 
@@ -106,16 +107,9 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
         on_epoch(0, {})
         return
     fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
-                        state_sink=latest_state.update, resume=resume, view_gallery=open_view_gallery(shared))
-
-
-def open_view_gallery(shared: SharedTrialInputs) -> GalleryModel | None:
-    """The gallery model in this trial, when augmented views need its targets."""
-    if shared.training.augmentation is None:
-        return None
-    if shared.gallery_loader is None:
-        raise ValueError("augmented training needs SharedTrialInputs.gallery_loader to open the gallery model")
-    return shared.gallery_loader.open_matching(shared.gallery.fingerprint)
+                        state_sink=latest_state.update, resume=resume,
+                        view_gallery=open_view_gallery(shared.training.augmentation, shared.gallery_loader,
+                                                       shared.gallery.fingerprint))
 
 
 def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:

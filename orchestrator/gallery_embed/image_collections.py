@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 
 from orchestrator.gallery_embed.errors import GalleryEmbedError
 from workers.datasets import RetrievalData
-from workers.datasets.image_files import IMAGE_SUFFIXES, decode_image
+from workers.datasets.image_files import IMAGE_SUFFIXES, decode_image, image_files_under
 from workers.datasets.shard_cache import ShardedImages
 from workers.datasets.types import ImageArray
 from workers.gallery_sources import GalleryInputSpec
@@ -98,13 +97,7 @@ def list_image_files(folder: Path) -> list[str]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise GalleryEmbedError(f"--images {str(folder)!r} is not a folder; give the folder of the images to embed")
-    found = []
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-        base = Path(directory).relative_to(root)
-        found += [(base / name).as_posix() for name in files
-                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found)
+    return sorted(path.relative_to(root).as_posix() for path in image_files_under(root, root))
 
 
 def folder_collection(folder: Path) -> ImageFolderCollection:

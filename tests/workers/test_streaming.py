@@ -192,3 +192,11 @@ def test_the_supernet_trains_on_streamed_augmented_batches(collection, tmp_path)
         train_supernet(supernet, data, gallery, settings, torch.device("cpu"))
     (stats,) = train_supernet(supernet, data, gallery, settings, torch.device("cpu"), view_gallery=gallery_model)
     assert np.isfinite(stats["loss"]) and stats["largest_loss_cosine_alignment"] > 0
+
+
+def test_the_gallery_model_is_opened_in_a_trial_only_for_augmented_views():
+    from workers.compatibility_targets import open_view_gallery
+
+    assert open_view_gallery(None, None, "fingerprint") is None
+    with pytest.raises(ValueError, match="needs a GalleryLoader"):
+        open_view_gallery(AugmentationSettings(), None, "fingerprint")
