@@ -1,9 +1,12 @@
 """The result of a budget sweep: the best finished candidate within each FLOPs budget.
 
-"Best" is the highest final cross-model mAP (fewer MFLOPs break ties) among fully trained
-candidates whose fvcore MFLOPs are at most the budget, the rule ``cmpnas export --max-mflops``
-applies, so exporting a budget takes the run recorded here. Every evaluated candidate counts for
-every budget it fits. Budgets are named like the export's registry aliases, ``budget-<k>kflops``.
+One rule (``best_within_budget``), used by the sweep and by ``cmpnas export --max-mflops`` alike,
+so exporting a budget takes the run recorded here: "best" is the highest final value of the
+search's own metric (``search.metric``, read from the parent run's param of that name by
+``pareto_report.searched_metric``; ``cross_map`` for searches recorded before it existed), fewer
+MFLOPs breaking ties, among fully trained candidates (not superseded) whose fvcore MFLOPs are at
+most the budget and that report the metric. Every evaluated candidate counts for every budget it
+fits. Budgets are named like the export's registry aliases, ``budget-<k>kflops``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from orchestrator.pareto_report import CandidateRow, ParetoReport
 from orchestrator.journal import PARENT, TrackingJournal
@@ -32,14 +35,23 @@ def budget_alias(budget_mflops: float) -> str:
     return alias_for(budget_mflops, budget_mflops)
 
 
+Candidate = TypeVar("Candidate")
+
+
+def best_within_budget(candidates: Iterable[Candidate], budget: float, mflops: Callable[[Candidate], float],
+                       score: Callable[[Candidate], float | None]) -> Candidate | None:
+    """The module's rule: the highest ``score`` (the searched metric's final value) within ``budget``
+    MFLOPs, fewer MFLOPs breaking ties; candidates without a score are left out. None: none fits."""
+    within = [(value, -mflops(candidate), index, candidate) for index, candidate in enumerate(candidates)
+              if mflops(candidate) <= budget and (value := score(candidate)) is not None and not math.isnan(value)]
+    # The index keeps the first of exact ties and spares comparing the candidates themselves.
+    return max(within, key=lambda entry: (entry[0], entry[1], -entry[2]), default=(None,) * 4)[3]
+
+
 def best_per_budget(report: ParetoReport, budgets: Sequence[float]) -> list[BudgetPick]:
-    picks = []
-    for budget in sorted(budgets):
-        # The search's own metric (search.metric) decides, as it does for the front.
-        within = [row for row in report.candidates if row.mflops <= budget and not math.isnan(row.score)]
-        best = max(within, key=lambda row: (row.score, -row.mflops), default=None)
-        picks.append(BudgetPick(budget, budget_alias(budget), best))
-    return picks
+    return [BudgetPick(budget, budget_alias(budget),
+                       best_within_budget(report.candidates, budget, lambda row: row.mflops, lambda row: row.score))
+            for budget in sorted(budgets)]
 
 
 def write_budget_csv(picks: list[BudgetPick], path: Path) -> Path:

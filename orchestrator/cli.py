@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from orchestrator.credentials import redact_text
 from orchestrator.config import ConfigError, load_config
 
 app = typer.Typer(help="Compatibility-aware neural architecture search for heterogeneous visual search.",
@@ -31,8 +32,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.gallery_embed import GalleryEmbedError
     from orchestrator.gallery_export import GalleryExportError
     from orchestrator.gallery_index import GalleryIndexError
+    from orchestrator.output_lock import OutputDirLockedError
     from orchestrator.query_service import QueryError
     from orchestrator.ray_cluster import ResourceRequestError
+    from orchestrator.ray_join import ClusterJoinError
     from orchestrator.search_inputs import OutputDirError
     from orchestrator.search_state import ResumeError
     from search_space import BudgetInfeasibleError, OutOfSpaceError, SpecFormatError
@@ -40,7 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from workers.datasets import DataError
 
     return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, BudgetInfeasibleError,
-            OutputDirError, ResourceRequestError, ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError,
+            OutputDirError, OutputDirLockedError, ResourceRequestError, ClusterJoinError, ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError,
             QueryError)
 
 
@@ -49,12 +52,13 @@ EXIT_TRACKING_UNAVAILABLE = 3
 
 
 def _tracking_unavailable(error: BaseException) -> None:
-    console.print(f"[bold yellow]tracking unavailable:[/] {error}", markup=True, highlight=False)
+    console.print(f"[bold yellow]tracking unavailable:[/] {redact_text(str(error))}", markup=True, highlight=False)
     raise typer.Exit(code=EXIT_TRACKING_UNAVAILABLE)
 
 
 def _fail(error: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {type(error).__name__}: {error}", markup=True, highlight=False)
+    console.print(f"[bold red]error:[/] {type(error).__name__}: {redact_text(str(error))}", markup=True,
+                  highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -62,9 +66,13 @@ def _fail(error: BaseException) -> None:
 def search(
     config: Optional[Path] = ConfigOption,
     overrides: Optional[list[str]] = SetOption,
-    address: Optional[str] = typer.Option(None, help="join a Ray cluster: 'auto' or ray://host:10001 (ray.address)"),
+    address: Optional[str] = typer.Option(None, help="join a Ray cluster: 'auto', HOST:6379 or ray://host:10001 "
+                                          "(ray.address; see docs/deploy.md for token auth)"),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted search recorded in output_dir: "
                                 "same MLflow parent run, finished trials kept (see docs/reliability.md)"),
+    resume_if_unfinished: bool = typer.Option(
+        False, "--resume-if-unfinished", help="resume the search in output_dir if it is unfinished, else start a new "
+        "one: the entrypoint of a job that may be started again (a KubeRay RayJob re-applied after a lost head)"),
 ) -> None:
     """Run a search: gallery model, candidates on Ray Tune, results and Pareto front in MLflow."""
     from orchestrator.journal import TrackingUnavailableError
@@ -72,6 +80,15 @@ def search(
     try:
         extra = [*(overrides or []), *([f"ray.address={address}"] if address else [])]
         settings = load_config(config, extra)
+        if resume and resume_if_unfinished:
+            raise ConfigError("--resume and --resume-if-unfinished: give one (the second resumes only when there is "
+                              "an unfinished search in output_dir)")
+        if resume_if_unfinished:
+            from orchestrator.search_state import holds_unfinished_search
+
+            resume = holds_unfinished_search(settings.output_dir)
+            console.print(f"--resume-if-unfinished: {'resuming the unfinished' if resume else 'no unfinished'} search "
+                          f"in {settings.output_dir}" + ("" if resume else "; starting a new one"))
         if resume and config is None:
             settings = _recorded_config(settings, extra)
         from orchestrator.driver import run_search
@@ -136,10 +153,12 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
         from orchestrator.gallery_setup import train_and_save_gallery
         from workers.preprocess import embed_images, pick_device
 
-        prepare_output_dir(settings)
-        data = load_data(settings)
-        device = pick_device()
-        checkpoint = train_and_save_gallery(settings, data, device, console.log)
+        from orchestrator.output_lock import locked_output_dir
+
+        with locked_output_dir(prepare_output_dir(settings), "cmpnas gallery train"):
+            data = load_data(settings)
+            device = pick_device()
+            checkpoint = train_and_save_gallery(settings, data, device, console.log)
         model = checkpoint.model
         embed = lambda split: embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std,  # noqa: E731
                                            model.arch.image_size, device)
@@ -231,16 +250,29 @@ def space_info(config: Optional[Path] = ConfigOption, overrides: Optional[list[s
         _fail(error)
 
 
+def _deprecated_run_id(old: Optional[str], new: Optional[str], new_name: str) -> Optional[str]:
+    """``--run-id`` (hidden, deprecated) as an alias of ``new_name``: one line on stderr saying so."""
+    if old is None:
+        return new
+    if new is not None:
+        raise ConfigError(f"--run-id is the deprecated name of {new_name}: give only {new_name}")
+    typer.echo(f"warning: --run-id is deprecated here; use {new_name}", err=True)
+    return old
+
+
 @app.command()
 def pareto(
     experiment: str = typer.Option(None, help="MLflow experiment; default: tracking.experiment of the config"),
-    run_id: str = typer.Option(None, help="parent run of a search; default: the experiment's latest search"),
+    search_run_id: str = typer.Option(None, help="parent run of a search; default: the experiment's latest search"),
+    run_id: str = typer.Option(None, "--run-id", hidden=True, help="deprecated: --search-run-id"),
     tracking_uri: str = typer.Option(None, help="default: MLFLOW_TRACKING_URI, else tracking.uri of the config"),
     config: Optional[Path] = ConfigOption,
     show_all: bool = typer.Option(False, "--all", help="list every candidate, not only the front"),
 ) -> None:
-    """Show the Pareto front of an existing search from MLflow."""
+    """Show the Pareto front of an existing search from MLflow, with each candidate's run id
+    (`cmpnas export --candidate-run-id`)."""
     try:
+        search_run_id = _deprecated_run_id(run_id, search_run_id, "--search-run-id")
         settings = load_config(config)
         from orchestrator.pareto_report import collect_report, render_table
         from orchestrator.tracking import SearchTracker, resolve_tracking_uri
@@ -248,10 +280,10 @@ def pareto(
         uri = tracking_uri or resolve_tracking_uri(settings.tracking.uri)
         name = experiment or settings.tracking.experiment
         tracker = SearchTracker.open_existing(uri, name)
-        run_id = run_id or tracker.latest_search_run_id()
-        if run_id is None:
+        search_run_id = search_run_id or tracker.latest_search_run_id()
+        if search_run_id is None:
             raise ConfigError(f"experiment '{name}' at {uri} has no cmpnas search runs; run `cmpnas search` first")
-        render_table(collect_report(tracker, run_id), console, only_front=not show_all)
+        render_table(collect_report(tracker, search_run_id), console, only_front=not show_all, run_ids=True)
     except _user_errors() as error:
         _fail(error)
     except LookupError as error:
@@ -260,31 +292,44 @@ def pareto(
 
 @app.command()
 def export(
-    config: Optional[Path] = ConfigOption,
-    overrides: Optional[list[str]] = SetOption,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config of tracking.* and export.*; the "
+                                          "data and gallery come from the search's recorded configuration"),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="tracking.* and export.* fields, and where the data is read from (data.root, "
+        "data.cache_dir, ...: applied over the search's recorded configuration); repeatable"),
     experiment: str = typer.Option(None, help="default: tracking.experiment of the config"),
     tracking_uri: str = typer.Option(None, help="default: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite"),
     search_run_id: str = typer.Option(None, help="parent run of a search; default: the latest search"),
-    run_id: str = typer.Option(None, help="export this one candidate run instead of the Pareto front"),
-    max_mflops: float = typer.Option(None, help="export the best candidate (cross-model mAP) within this budget"),
+    candidate_run_id: str = typer.Option(None, help="export this one candidate run instead of the Pareto front "
+                                         "(the run id column of `cmpnas pareto --all`)"),
+    run_id: str = typer.Option(None, "--run-id", hidden=True, help="deprecated: --candidate-run-id"),
+    max_mflops: float = typer.Option(None, help="export the best candidate within this budget (by the search's "
+                                     "search.metric, as the budget sweep ranks)"),
     output: Path = typer.Option(None, help="default: export.output_dir, else OUTPUT_DIR/export"),
     gallery: Path = typer.Option(None, help="the gallery model (a folder for embeddings) of the search's "
                                  "gallery.source; default: the search's gallery.path"),
     no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
 ) -> None:
-    """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest."""
+    """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest,
+    checked on the search's recorded data."""
+    from orchestrator.export import ExportError  # before the try: its except clause names it
+
     try:
-        settings = load_config(config, overrides)
-        from orchestrator.export import ExportError, ExportRequest, export_candidates
+        candidate_run_id = _deprecated_run_id(run_id, candidate_run_id, "--candidate-run-id")
+        from orchestrator.export import ExportRequest, export_candidates
+        from orchestrator.export.data_identity import export_overrides
         from orchestrator.tracking import resolve_tracking_uri
+
+        data_overrides, own_overrides = export_overrides(overrides or [])
+        settings = load_config(config, own_overrides)
 
         request = ExportRequest(
             tracking_uri=tracking_uri or resolve_tracking_uri(settings.tracking.uri),
             experiment=experiment or settings.tracking.experiment,
             model_name=settings.export.registered_model_name,
             output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
-            search_run_id=search_run_id, run_id=run_id, max_mflops=max_mflops, gallery_path=gallery,
-            register=not no_register,
+            search_run_id=search_run_id, candidate_run_id=candidate_run_id, max_mflops=max_mflops,
+            gallery_path=gallery, register=not no_register, data_overrides=tuple(data_overrides),
         )
         for model in export_candidates(request, console.log):
             registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""
@@ -298,16 +343,28 @@ def verify_compat(
     query_model: Path = typer.Option(..., help="an export folder (with compatibility.json)"),
     gallery: Path = typer.Option(..., help="the gallery model in production: a file (a folder for embeddings) of "
                                  "gallery.source, e.g. --set gallery.source=onnx"),
-    config: Optional[Path] = ConfigOption,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config whose data to measure on (checked "
+                                          "against the data the export recorded); default: the recorded data"),
     overrides: Optional[list[str]] = SetOption,
-    force: bool = typer.Option(False, help="measure even if the gallery fingerprint differs from the manifest's"),
+    force: bool = typer.Option(False, help="measure even if the gallery fingerprint or the data differ from the "
+                               "manifest's"),
 ) -> None:
-    """Recompute cross-model metrics of an exported query model against a gallery model of any source."""
-    try:
-        settings = load_config(config, [*(overrides or []), f"gallery.path={gallery}", "gallery.checkpoint=null"])
-        from orchestrator.export import ExportError, verify_compatibility
+    """Recompute cross-model metrics of an exported query model against a gallery model of any source,
+    on the data the export recorded."""
+    from orchestrator.export import ExportError  # before the try: its except clause names it
 
-        manifest, metrics = verify_compatibility(query_model, gallery, settings, force)
+    try:
+        from orchestrator.export import verify_compatibility
+        from orchestrator.export.data_identity import data_location_overrides
+
+        data_overrides: list[str] = []
+        rest = list(overrides or [])
+        if config is None:  # the recorded data: only where it is read from may be overridden
+            data_overrides, rest = data_location_overrides(rest, "cmpnas verify-compat without --config")
+        settings = load_config(config, [*rest, f"gallery.path={gallery}", "gallery.checkpoint=null"])
+
+        manifest, metrics = verify_compatibility(query_model, gallery, settings, force, recorded_data=config is None,
+                                                 data_overrides=data_overrides, log=console.print)
         recorded = manifest["metrics"]["cross_model"]
         console.print(f"cross-model R@1 {metrics.recall_at_1:.2f} (recorded {recorded['r1']:.2f}), "
                       f"mAP {metrics.mean_average_precision:.2f} (recorded {recorded['map']:.2f}) "

@@ -49,14 +49,21 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     source: str = Field("fashion_mnist", description="a registered data source")
-    root: str | None = Field(None, description="folder of the data; default: the source's standard places")
+    root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
+                                               "the source's standard places")
     download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
     train_size: PositiveInt | None = Field(10000, description="training images (stratified subset); null: all")
-    query_size: PositiveInt = 2000
-    gallery_size: PositiveInt = 8000
-    image_size: PositiveInt = Field(28, description="image folders are resized to this square size")
-    channels: Literal[1, 3] = 1
-    seed: int = 0
+    query_size: PositiveInt = Field(2000, description="query images (verification: probes), a stratified split; "
+                                                      "unused where the files give the splits")
+    gallery_size: PositiveInt = Field(8000, description="gallery images (verification: enrolled), a stratified split "
+                                                        "disjoint from the queries; unused where the files give the "
+                                                        "splits")
+    image_size: PositiveInt = Field(28, description="square size file collections and ORL faces are resized to "
+                                                    "(whole, not cropped); Fashion-MNIST is 28")
+    channels: Literal[1, 3] = Field(1, description="1: gray (colour images converted by luma), 3: RGB (gray "
+                                                   "repeated); Fashion-MNIST is 1. A file collection of colour "
+                                                   "images must set it: left unset, it is refused")
+    seed: int = Field(0, description="seed of the stratified splits and subsets")
     protocol: Literal["closed_set", "open_set"] = Field(
         "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
                                   "train classes are disjoint from the query/gallery classes"
@@ -142,10 +149,10 @@ class GalleryConfig(_Section):
     embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
                                                     "take it from the model")
     stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
-    epochs: PositiveInt = 2
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 2e-3
-    weight_decay: float = Field(0.05, ge=0)
+    epochs: PositiveInt = Field(2, description="training epochs of a gallery model cmpnas trains")
+    batch_size: PositiveInt = Field(128, description="batch size of that training")
+    lr: PositiveFloat = Field(2e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
 
     @field_validator("source")
     @classmethod
@@ -184,7 +191,10 @@ class GalleryConfig(_Section):
 
 
 class SearchSpaceConfig(_Section):
-    name: str = "mnv3_28"
+    name: str = Field("mnv3_28", description="a registered space of query architectures: mnv3_28 for 28 px images, "
+                                             "mnv3_64 for 48-64 px, ofa_mnv3_224 for 128-224 px photos; a "
+                                             "search refuses a data.image_size outside the space's range "
+                                             "(mnv3_28 20-56, mnv3_64 48-128, ofa_mnv3_224 128-1024)")
 
     @field_validator("name")
     @classmethod
@@ -202,7 +212,7 @@ class AugmentationConfig(_Section):
     )
     crop_scale: tuple[float, float] = Field((0.35, 1.0), description="random resized crop: area fraction range")
     crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: aspect ratio range")
-    horizontal_flip: bool = True
+    horizontal_flip: bool = Field(True, description="random horizontal flip, when augmentation is on")
 
     @field_validator("enabled", mode="before")
     @classmethod
@@ -221,13 +231,17 @@ class AugmentationConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 256
-    lr: PositiveFloat = 3e-3
-    weight_decay: float = Field(0.05, ge=0)
+    epochs: PositiveInt = Field(3, description="training epochs of a candidate in mode scratch (raised to reach "
+                                               "min_steps)")
+    batch_size: PositiveInt = Field(256, description="batch size of candidate training")
+    lr: PositiveFloat = Field(3e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
     channels_last: bool = Field(True, description="about 2x faster depthwise convolutions on CPU")
     mixed_precision: bool = Field(False, description="bfloat16 autocast when a trial runs on a GPU; ignored on CPU")
-    loss_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS),
+        description="weight of each compatibility loss, >= 0, one at least > 0; a map given replaces the default "
+                    "whole: a loss left out is off")
     mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
         "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
                                "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
@@ -272,10 +286,10 @@ class SupernetConfig(_Section):
         None, description="supernet weights written by `cmpnas supernet train` and read by the inherit modes; "
                           "default: OUTPUT_DIR/supernet.safetensors"
     )
-    epochs: PositiveInt = 6
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 3e-3
-    weight_decay: float = Field(0.05, ge=0)
+    epochs: PositiveInt = Field(6, description="training epochs of the supernet")
+    batch_size: PositiveInt = Field(128, description="batch size of that training")
+    lr: PositiveFloat = Field(3e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
     num_random_subnets: int = Field(2, ge=0, description="random subnets per step, besides the largest and smallest")
     distillation: bool = Field(True, description="in-place distillation from the largest subnet")
     distillation_weight: float = Field(1.0, ge=0, description="weight of the distillation term when it is on")
@@ -286,9 +300,10 @@ class SupernetConfig(_Section):
 
 class EvolutionConfig(_Section):
     population_size: PositiveInt = Field(4, description="random candidates before evolution starts; the population kept")
-    sample_size: PositiveInt = Field(2, description="tournament size when choosing a parent")
+    sample_size: PositiveInt = Field(2, description="tournament size when choosing a parent; <= population_size")
     mutation_probability: float = Field(0.2, gt=0, le=1, description="per-gene resampling probability")
-    crossover_probability: float = Field(0.5, ge=0, le=1)
+    crossover_probability: float = Field(0.5, ge=0, le=1, description="probability that a child crosses its parent "
+                                                                       "with a second tournament winner")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> EvolutionConfig:
@@ -316,16 +331,16 @@ class EvaluationConfig(_Section):
 
 
 class Nsga2Config(_Section):
-    """Optuna's NSGAIISampler settings (two objectives: cross-model mAP up, MFLOPs down)."""
+    """Optuna's NSGAIISampler settings (two objectives: search.metric up, MFLOPs down)."""
 
     population_size: PositiveInt = Field(4, ge=2, description="trials per generation")
     mutation_probability: float | None = Field(None, gt=0, le=1, description="per-gene; null: 1 / number of genes")
-    crossover_probability: float = Field(0.9, ge=0, le=1)
+    crossover_probability: float = Field(0.9, ge=0, le=1, description="probability that a child is a crossover")
     swapping_probability: float = Field(0.5, ge=0, le=1, description="uniform crossover: per-gene swap probability")
 
 
 class AshaConfig(_Section):
-    """Ray Tune's ASHAScheduler on the per-epoch cross-model mAP (time attribute: epoch)."""
+    """Ray Tune's ASHAScheduler on the per-epoch search.metric (time attribute: epoch)."""
 
     grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2, gt=1, description="keep the top 1/reduction_factor at each rung")
@@ -334,7 +349,7 @@ class AshaConfig(_Section):
 class PredictorConfig(_Section):
     """Accuracy predictor that pre-screens proposals (ridge regression on one-hot genes)."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="screen proposals with it; strategy nsga2 proposes without it")
     candidates_per_proposal: PositiveInt = Field(8, description="proposals screened; the best predicted is tried")
     min_observations: PositiveInt = Field(4, ge=2, description="evaluated candidates before screening starts")
     l2: PositiveFloat = Field(1.0, description="ridge penalty")
@@ -344,14 +359,16 @@ class SearchConfig(_Section):
     strategy: str = Field("evolution", description="a registered search strategy")
     metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
                                                  "evaluation.task report")
-    num_candidates: PositiveInt = 8
+    num_candidates: PositiveInt = Field(8, description="trials: candidates proposed, trained and evaluated")
     max_concurrent: PositiveInt = Field(2, description="trials running at once")
-    seed: int = 0
-    max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore MFLOPs)")
+    seed: int = Field(0, description="seed of the strategy's proposals and of candidate training")
+    max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore "
+                                                               "MFLOPs); null: none, or the largest of budgets_mflops")
     budgets_mflops: list[PositiveFloat] | None = Field(
         None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
     )
-    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on cross_map")
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on the per-epoch "
+                                                                    "search.metric")
     evolution: EvolutionConfig = EvolutionConfig()
     nsga2: Nsga2Config = Nsga2Config()
     asha: AshaConfig = AshaConfig()
@@ -394,18 +411,20 @@ class SearchConfig(_Section):
 
 
 class ResourcesConfig(_Section):
-    cpus_per_trial: PositiveFloat = 1
+    cpus_per_trial: PositiveFloat = Field(1, description="CPUs Ray reserves for a trial (its torch threads: rounded "
+                                                         "up)")
     gpus_per_trial: float = Field(0, ge=0, description="fractions pack several trials on one GPU")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
-    measure_latency: bool = True
+    measure_latency: bool = Field(True, description="measure each candidate's CPU latency (median, batch 1, one "
+                                                    "thread)")
 
 
 class TrackingConfig(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db"
     )
-    experiment: str = Field("cmpnas-quickstart", min_length=1)
-    run_name: str | None = None
+    experiment: str = Field("cmpnas-quickstart", min_length=1, description="MLflow experiment of the search's runs")
+    run_name: str | None = Field(None, description="name of the search's parent run; null: search-<date>-<time>")
     outage_wait_s: float = Field(
         60, ge=0, description="at the end of a search, how long to wait for an unreachable tracking server before "
                               "leaving the journaled records to `cmpnas sync`"
@@ -418,7 +437,8 @@ class ExportConfig(_Section):
 
 
 class RayConfig(_Section):
-    address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://host:port joins a cluster")
+    address: str | None = Field(None, description="null starts a local Ray; 'auto', HOST:PORT (a `ray start` head) "
+                                "or ray://host:port joins a cluster")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of the local Ray instance; default: all")
     storage_path: str | None = Field(
         None, description="Tune results and checkpoints: a folder every node sees, or a URI (s3://, gs://); "
@@ -439,7 +459,8 @@ class CmpnasConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     export: ExportConfig = ExportConfig()
-    output_dir: str = Field("outputs/quickstart", min_length=1)
+    output_dir: str = Field("outputs/quickstart", min_length=1, description="OUTPUT_DIR: the search's state, "
+                            "checkpoints, Pareto table and plot, and by default Ray results and exports")
 
     @model_validator(mode="after")
     def _asha_can_stop_something(self) -> CmpnasConfig:

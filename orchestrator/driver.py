@@ -32,6 +32,8 @@ from evaluators.complexity import ComplexityReport
 from orchestrator import cmpnas_version
 from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.credentials import fields_with_credentials, redact_tree, redact_uri
+from orchestrator.dataset_inputs import data_split_inputs
 from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.gallery_setup import paragon_cost
 from orchestrator.journal import (
@@ -41,12 +43,21 @@ from orchestrator.journal import (
     retire_journal,
     unsent_writes,
 )
+from orchestrator.output_lock import locked_output_dir
 from orchestrator.pareto_report import ParetoReport, render_table
-from orchestrator.ray_cluster import ResourceRequest, connect_ray
+from orchestrator.ray_cluster import LOCAL, ResourceRequest, connect_ray, ray_address
+from orchestrator.ray_join import check_can_join
 from orchestrator.search_context import Paragon, SearchContext
 from orchestrator.search_inputs import SearchInputs, prepare_output_dir, prepare_search_inputs
 from orchestrator.search_records import finalize_search, open_journal, open_tracker, report_unsent_writes
-from orchestrator.search_state import RESUMABLE_PHASES, ResumeError, SearchState, check_resume_config
+from orchestrator.search_state import (
+    RESUMABLE_PHASES,
+    ResumeError,
+    SearchState,
+    check_recorded_tune_path,
+    check_resume_config,
+    tune_experiment_path,
+)
 from orchestrator.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.strategies import create_searcher
 from orchestrator.strategies.feasibility import check_search_budgets
@@ -63,7 +74,12 @@ from orchestrator.tags import (
     TRAINING_MODE_TAG,
     VERSION_TAG,
 )
-from orchestrator.tracking import SearchTracker, config_params, resolve_tracking_uri
+from orchestrator.tracking import (
+    SearchTracker,
+    config_params,
+    experiment_page_url,
+    resolve_tracking_uri,
+)
 from orchestrator.trials import SEARCH_MODE, run_trials, tune_trial_id
 from workers.gallery_embeddings import GalleryEmbeddings
 from workers.supernet_checkpoint import SupernetCheckpoint
@@ -107,14 +123,27 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
     finished trials kept, unfinished ones continued from their last checkpoint."""
     console = console or Console()
     output_dir = prepare_output_dir(config)
-    require_supernet_checkpoint(config)
-    tracking_uri = resolve_tracking_uri(config.tracking.uri)
-    state = open_search_state(config, output_dir, tracking_uri, resume)
-    try:
-        return _run_opened_search(config, console, state, output_dir, tracking_uri)
-    except BaseException:
-        forget_unstarted_search(state, output_dir)
-        raise
+    with locked_output_dir(output_dir, "cmpnas search" + (" --resume" if resume else "")):
+        require_supernet_checkpoint(config)
+        if ray_address(config.ray) != LOCAL:
+            check_can_join(ray_address(config.ray))  # before minutes of data and gallery set-up, not after
+        warn_of_credentials(config)
+        tracking_uri = resolve_tracking_uri(config.tracking.uri)
+        state = open_search_state(config, output_dir, tracking_uri, resume)
+        try:
+            return _run_opened_search(config, console, state, output_dir, tracking_uri)
+        except BaseException:
+            forget_unstarted_search(state, output_dir)
+            raise
+
+
+def warn_of_credentials(config: CmpnasConfig) -> None:
+    """Credentials in a URI are used, never recorded (``orchestrator.credentials``): say what that means."""
+    fields = fields_with_credentials(config.model_dump(mode="json"))
+    if fields:
+        logger.warning("%s holds credentials: they are used by this process but recorded nowhere (state file, "
+                       "MLflow params, logs); a resume or `cmpnas sync` needs them again, best from the environment "
+                       "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, AWS_*)", ", ".join(fields))
 
 
 def forget_unstarted_search(state: SearchState, output_dir: Path) -> None:
@@ -130,6 +159,8 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
     if state.phase == "trials_done":
         log("every trial of this search has ended; recording its Pareto front")
         journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
+        # This session only records the front; the count of sessions still says it ran.
+        journal.log_metrics(PARENT, {"search_sessions": state.sessions}, key=f"parent/sessions/{state.sessions}")
         report = finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
                                  metric=config.search.metric,
                                  compatibility_ratio=config.evaluation.compatibility_ratio)
@@ -147,6 +178,7 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
     # Before the embedding pass: a cost that cannot be measured (gallery.mflops unset) is refused first.
     gallery_cost = paragon_cost(config, inputs.gallery_model)
     supernet = load_supernet_for_search(config, inputs.space, inputs.gallery_model.fingerprint)
+    check_resumed_supernet(state, supernet)
     if supernet is not None:
         log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
             f"(fingerprint {supernet.fingerprint[:12]})")
@@ -174,7 +206,7 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
             log(f"resuming search {state.parent_run_id} (session {state.sessions}); "
                 f"{journal.pending} journaled writes still to send")
         log(f"MLflow: experiment '{config.tracking.experiment}', parent run {state.parent_run_id} "
-            f"at {tracker.tracking_uri}")
+            f"at {redact_uri(tracker.tracking_uri)}")
         ctx = SearchContext(config, inputs, paragon, journal, state, output_dir, console,
                             supernet_state=supernet.state if supernet is not None else None)
         try:
@@ -195,9 +227,31 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
             ray.shutdown()
     render_table(report, console)
     console.print(f"Pareto table: {output_dir / 'pareto.csv'}; plot: {output_dir / 'pareto.png'}; "
-                  f"open the runs with `mlflow ui --backend-store-uri {tracker.tracking_uri}`")
+                  + ui_hint(redact_uri(tracker.tracking_uri), tracker.experiment_id), highlight=False)
     report_shortfall(shortfall, console, status)
     return SearchOutcome(state.parent_run_id, report, output_dir, gallery.images_embedded, shortfall)
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """Where to see the runs: the server's page, or `mlflow ui` on a local store, opened on the runs
+    table (MLflow 3 otherwise opens its GenAI overview in a fresh browser, docs/mlflow.md)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"runs: {experiment_page_url(tracking_uri, experiment_id)}"
+    return (f"open the runs with `mlflow ui --backend-store-uri {tracking_uri}`, then "
+            f"{experiment_page_url('http://127.0.0.1:5000', experiment_id)}")
+
+
+def check_resumed_supernet(state: SearchState, supernet: SupernetCheckpoint | None) -> None:
+    """A resume inherits from the supernet the search started with, or is refused; a new search records it."""
+    fingerprint = supernet.fingerprint if supernet is not None else None
+    if state.sessions > 1 and state.supernet_fingerprint is not None and fingerprint != state.supernet_fingerprint:
+        found = f"fingerprint {fingerprint[:12]}" if fingerprint else "none (training.mode scratch)"
+        raise ResumeError(
+            f"the search in this output_dir started with the supernet of fingerprint {state.supernet_fingerprint[:12]}; "
+            f"supernet.checkpoint now gives {found}. Its finished trials inherited from the first: resume with that "
+            "supernet file, or start a new search in another output_dir"
+        )
+    state.supernet_fingerprint = fingerprint
 
 
 def log_schedule(config: CmpnasConfig, inputs: SearchInputs, log) -> None:
@@ -282,9 +336,10 @@ def attach_parent_run(tracker: SearchTracker, state: SearchState, run_name: str,
         existing = tracker.client.search_runs(
             [tracker.experiment_id], filter_string=f"tags.`{SEARCH_ID_TAG}` = '{state.search_id}'", max_results=1)
         state.parent_run_id = existing[0].info.run_id if existing else tracker.start_parent(run_name, tags=tags)
-    storage = config.ray.storage_path or str(output_dir / "ray_results")
+    derived = tune_experiment_path(config.ray.storage_path or str(output_dir / "ray_results"), state.parent_run_id)
+    check_recorded_tune_path(state, derived)
     state.experiment_id = tracker.experiment_id
-    state.tune_experiment_path = state.tune_experiment_path or f"{storage.rstrip('/')}/search-{state.parent_run_id[:8]}"
+    state.tune_experiment_path = derived
     if state.phase == "starting":
         state = state.moved_to("running")
     return state
@@ -294,8 +349,9 @@ def record_parent_run(ctx: SearchContext) -> None:
     """The parent run's params, config file and paragon metrics; keyed, so a resume does not log them twice."""
     config, inputs, journal = ctx.config, ctx.inputs, ctx.journal
     gallery_spec = inputs.gallery_model.input_spec
+    recorded_config = redact_tree(config.model_dump(mode="json"))  # credentials never leave the process
     journal.log_params(PARENT, {
-        **config_params(config.model_dump(mode="json")), "paragon_flops_skipped_ops": ctx.paragon.cost.skipped_ops,
+        **config_params(recorded_config), "paragon_flops_skipped_ops": ctx.paragon.cost.skipped_ops,
         "paragon_flops_convention": ctx.paragon.cost.convention,
         # The query models' preprocessing (the data's statistics) and the gallery model's, apart.
         "preprocess_mean": list(inputs.data.mean), "preprocess_std": list(inputs.data.std),
@@ -304,8 +360,11 @@ def record_parent_run(ctx: SearchContext) -> None:
         "gallery_embed_dim": inputs.gallery_model.embed_dim, "gallery_classifier_kind": ctx.embeddings.classifier_kind,
         **inputs.data.summary(),
     }, key="parent/params")
+    # The splits as MLflow dataset inputs, described, never copied (docs/mlflow.md).
+    journal.log_inputs(PARENT, data_split_inputs(inputs.data, config.data.source, config.data.root),
+                       key="parent/datasets")
     config_file = ctx.output_dir / "config.json"
-    config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    config_file.write_text(json.dumps(recorded_config, indent=2))
     journal.log_artifact(PARENT, config_file, key="parent/config.json")
     gallery_file = ctx.output_dir / GALLERY_IDENTITY_FILE
     gallery_file.write_text(json.dumps(inputs.gallery_model.identity(), indent=2))

@@ -13,6 +13,16 @@ Lines of the journal file::
     {"done": ID}                                         MLflow accepted it
     {"rejected": ID, "error": TEXT}                      MLflow refused it for good (e.g. bad value)
 
+The file is opened for appending only by the job holding ``output_dir`` (``orchestrator.output_lock``).
+A crash can cut only the last line short: opening the journal for writing truncates the file to
+its last newline (the cut write was never sent, or, for a ``done`` line, is sent again, which is
+idempotent), so the next append starts a line of its own instead of being glued to the torn one.
+Each append is fsynced before the write is sent: a write MLflow has accepted is in the journal.
+
+Only network errors (and MLflow's own non-permanent error codes) are an outage, retried later
+(``is_transient``). Any other failure of one write, such as a staged artifact that is missing or
+unreadable, is that write's alone: it is marked ``rejected`` with the error, and the rest is sent.
+
 Replaying is idempotent. Runs are named by references (``parent``, ``trial:<tune trial id>``)
 that resolve to MLflow run ids by tag, so a child run is found again rather than created twice.
 Metrics carry the timestamp taken when they were journaled: MLflow keys a metric history row by
@@ -29,6 +39,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import sqlite3
 import threading
 import typing
 import time
@@ -40,6 +52,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
+from orchestrator.credentials import redact_text
 from orchestrator.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
 from orchestrator.tracking import SearchTracker, now_ms, param_value
 
@@ -101,6 +114,32 @@ def read_journal(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     return entries, [entry_id for entry_id in order if entry_id not in finished]
 
 
+def truncate_torn_line(path: Path) -> None:
+    """Cut a journal file back to its last newline: what follows it is a line a crash cut short."""
+    if not path.is_file():
+        return
+    with path.open("r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            block = handle.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end == size:
+            return
+        handle.seek(end)
+        torn = handle.read(200)
+        handle.truncate(end)
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.warning("%s: removed a last line cut short by a crash (%d bytes: %r...)", path, size - end, torn[:80])
+
+
 def unsent_writes(folder: Path) -> int:
     """Writes journaled in ``folder`` that have neither reached MLflow nor been refused by it."""
     return len(read_journal(Path(folder) / JOURNAL_FILE)[1])
@@ -121,11 +160,26 @@ def retire_journal(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import requests
+
+    # requests' errors are OSErrors, like a missing file: only these ones mean the server is not there.
+    return (ConnectionError, TimeoutError, socket.gaierror, socket.herror, requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout, sqlite3.OperationalError)
+
+
 def is_transient(error: BaseException) -> bool:
-    """Worth retrying later: the server is down, restarting, overloaded or timing out."""
-    if isinstance(error, MlflowException):
-        return error.error_code not in PERMANENT_ERROR_CODES
-    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or "sqlite3.OperationalError" in repr(error)
+    """Worth retrying later: the server is down, restarting, overloaded or timing out (a network
+    error anywhere in the chain of causes). A local file that is missing or unreadable is not."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MlflowException):
+            return error.error_code not in PERMANENT_ERROR_CODES
+        if isinstance(error, _network_errors()) or "sqlite3.OperationalError" in repr(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class TrackingJournal:
@@ -189,13 +243,16 @@ class TrackingJournal:
         return key in self._entries
 
     def _load(self) -> None:
+        truncate_torn_line(self.path)
         self._entries, self._pending = read_journal(self.path)
 
     def _append(self, record: dict[str, Any]) -> None:
-        # One write() per line on an O_APPEND file: a killed process leaves whole lines behind.
+        # One write() per line on an O_APPEND file, fsynced before the write it records is sent.
         line = json.dumps(record, sort_keys=True) + "\n"
         with self.path.open("a") as handle:
             handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     # -- writes --------------------------------------------------------------------------------
     def write(self, op: str, run: str, args: dict[str, Any], key: str | None = None) -> bool:
@@ -244,8 +301,9 @@ class TrackingJournal:
                     if is_transient(error):
                         self._note_outage(error)
                         return False
-                    logger.error("MLflow refused journal entry %s (%s %s): %s; skipped", entry_id, entry["op"],
-                                 entry["run"], error)
+                    # MLflow refused it for good, or a local file it needs is gone: this write only.
+                    logger.error("journal entry %s (%s %s) cannot be sent: %s: %s; marked rejected, the rest is sent",
+                                 entry_id, entry["op"], entry["run"], type(error).__name__, error)
                     self._append({"rejected": entry_id, "error": str(error)[:2000]})
                 else:
                     self._append({"done": entry_id})
@@ -273,7 +331,7 @@ class TrackingJournal:
         self._next_try = time.monotonic() + delay
         if not self._outage_logged:
             logger.warning("tracking server unreachable (%s); %d writes kept in %s, the search goes on",
-                           str(error).splitlines()[0][:300], len(self._pending), self.path)
+                           redact_text(str(error).splitlines()[0][:300]), len(self._pending), self.path)
             self._outage_logged = True
 
     def _discard_staged(self, entry: dict[str, Any]) -> None:
@@ -330,6 +388,8 @@ class TrackingJournal:
                 client.set_terminated(run_id, status=args["status"], end_time=args.get("end_time"))
         elif op == "log_artifact":
             client.log_artifact(run_id, args["path"], args.get("artifact_path"))
+        elif op == "log_inputs":  # MLflow keeps one input per (name, digest) and run: a replay adds nothing
+            self.tracker.log_inputs(run_id, args["datasets"])
         else:
             raise ValueError(f"unknown journal operation {op!r}")
 
@@ -356,3 +416,7 @@ class TrackingJournal:
     def log_artifact(self, ref: str, path: str | Path, artifact_path: str | None = None,
                      key: str | None = None) -> bool:
         return self.write("log_artifact", ref, {"path": str(path), "artifact_path": artifact_path}, key)
+
+    def log_inputs(self, ref: str, datasets: list[dict[str, str]], key: str | None = None) -> bool:
+        """Dataset inputs as ``dataset_inputs.data_split_inputs`` describes them (JSON fields, never data)."""
+        return self.write("log_inputs", ref, {"datasets": [dict(fields) for fields in datasets]}, key)

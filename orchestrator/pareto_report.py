@@ -13,6 +13,11 @@ final metrics and the search's ratio (its parameter ``evaluation.compatibility_r
 When any candidate failed, the table is followed by ``compatibility_summary``: how many, how many on
 the front, the likely causes and the settings to change, so a front of failed candidates is never
 shown without saying so.
+
+``cmpnas pareto`` adds each candidate's run id (its first ``SHORT_RUN_ID`` characters, which
+``cmpnas export --candidate-run-id`` accepts as a unique prefix). The same table, in markdown (``front_markdown``), is the parent run's description in MLflow
+(``DESCRIPTION_TAG``), cut to the rows that fit MLflow's tag length (the rest are counted, and
+``pareto.csv`` holds them all).
 """
 
 from __future__ import annotations
@@ -41,10 +46,17 @@ from workers.trial_report import (
 # The accuracy objective is the search's own metric (``search.metric``, cross_map by default).
 OBJECTIVES = (("score", "max"), ("mflops", "min"))
 DEFAULT_METRIC = "cross_map"
+# The parent run's param holding search.metric (config_params names it so).
+SEARCH_METRIC_PARAM = "search.metric"
 # The parent run's param holding evaluation.compatibility_ratio (config_params names it so).
 COMPATIBILITY_RATIO_PARAM = "evaluation.compatibility_ratio"
 # Failed candidates named in a summary; the rest are counted.
 MAX_NAMED_FAILURES = 10
+# Characters of a run id the table shows (MLflow's are 32 hex digits): a prefix that
+# `cmpnas export --candidate-run-id` resolves, refusing one that is not unique.
+SHORT_RUN_ID = 12
+# MLflow cuts a tag value (the run description too) longer than this.
+MAX_DESCRIPTION_LENGTH = 8000
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
     ``evaluation.compatibility_ratio`` (0.5 before that field existed).
     """
     parent_run = tracker.client.get_run(parent_run_id)
-    metric = metric or parent_run.data.params.get("search.metric", DEFAULT_METRIC)
+    metric = metric or searched_metric(parent_run)
     if compatibility_ratio is None:
         compatibility_ratio = float(parent_run.data.params.get(COMPATIBILITY_RATIO_PARAM, DEFAULT_COMPATIBILITY_RATIO))
     homogeneous = homogeneous_metric(metric)
@@ -141,6 +153,11 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
                              parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan),
                              parent.get("paragon_" + metric.removeprefix("cross_"), math.nan))
     return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, metric, compatibility_ratio)
+
+
+def searched_metric(parent_run) -> str:
+    """The metric a search ranked by: its ``search.metric`` param, else (older searches) cross_map."""
+    return parent_run.data.params.get(SEARCH_METRIC_PARAM, DEFAULT_METRIC)
 
 
 def recorded_compatibility(run, metric: str, ratio: float) -> str | None:
@@ -220,23 +237,30 @@ def write_plot(report: ParetoReport, path: Path) -> Path:
     return path
 
 
-def render_table(report: ParetoReport, console: Console, only_front: bool = True) -> None:
+def render_table(report: ParetoReport, console: Console, only_front: bool = True, run_ids: bool = False) -> None:
+    """The front (or every candidate); ``run_ids``: a last column with each candidate's MLflow run id,
+    its first ``SHORT_RUN_ID`` characters (a unique prefix, which ``cmpnas export --candidate-run-id``
+    takes as the full id; ``pareto.csv`` holds the full ids). ``cmpnas pareto`` shows it."""
     table = Table(title=f"Pareto front (max {report.metric}, min FLOPs)" if only_front else "All candidates")
     # A searched metric other than R@1 and mAP (e.g. cross_tar_far_1e-2) gets its own column.
     extra = report.metric not in ("cross_r1", "cross_map")
     columns = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
                "homo R@1", "gap R@1", "latency ms", "compatibility")
     for column in columns:
-        table.add_column(column, justify="right" if column != "arch" else "left")
+        table.add_column(column, justify="right" if column != "arch" else "left", no_wrap=column == "arch")
+    if run_ids:  # never wrapped or cut: it is copied into `cmpnas export --candidate-run-id`
+        table.add_column("run id", justify="left", no_wrap=True, min_width=SHORT_RUN_ID)
+    ids = lambda run_id: (run_id[:SHORT_RUN_ID],) if run_ids else ()  # noqa: E731
     if report.paragon:
         p = report.paragon
         table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "", style="bold blue")
+                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "", *ids(""),
+                      style="bold blue")
     for row in report.front if only_front else report.candidates:
         table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
                       f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", *((f"{row.score:.2f}",) if extra else ()),
                       f"{row.homo_r1:.2f}", f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}",
-                      _compatibility_cell(row.compatibility), style="bold" if row.pareto else None)
+                      _compatibility_cell(row.compatibility), *ids(row.run_id), style="bold" if row.pareto else None)
     console.print(table)
     console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. "
                   f"compatibility: failed when {report.metric} < {report.compatibility_ratio:g} x "
@@ -244,6 +268,53 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
     summary = compatibility_summary(report)
     if summary is not None:
         console.print(f"[bold red]compatibility check:[/] {escape(summary)}", highlight=False)
+
+
+def front_markdown(report: ParetoReport, complete: bool = True) -> str:
+    """The front as ``render_table`` prints it, in markdown, for the parent run's description: at
+    most ``MAX_DESCRIPTION_LENGTH`` characters (rows that do not fit are counted, not cut)."""
+    extra = report.metric not in ("cross_r1", "cross_map")
+    header = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
+              "homo R@1", "gap R@1", "latency ms", "compatibility")
+    front = report.front
+    state = "" if complete else " so far (the search was interrupted; `cmpnas search --resume` continues it)"
+    # The table comes first: the UI shows a description's first lines until "Show more".
+    lines = [f"**Pareto front{state}** (max {report.metric}, min FLOPs): {len(front)} of {len(report.candidates)} "
+             "finished candidates; `pareto.csv` lists them all, `pareto.png` plots them.", "",
+             _markdown_row(header), "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    rows = []
+    if report.paragon:
+        p = report.paragon
+        rows.append(_markdown_row(("**paragon**", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}",
+                                   f"{p.map:.2f}", *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00",
+                                   "", "")))
+    for row in front:
+        verdict = "**FAILED**" if row.compatibility == COMPATIBILITY_FAILED else row.compatibility or "-"
+        rows.append(_markdown_row((row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
+                                   f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}",
+                                   *((f"{row.score:.2f}",) if extra else ()), f"{row.homo_r1:.2f}",
+                                   f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict)))
+    footer = ["", f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
+                  f"failed when {report.metric} < {report.compatibility_ratio:g} x "
+                  f"{homogeneous_metric(report.metric)} (evaluation.compatibility_ratio)."]
+    summary = compatibility_summary(report)
+    if summary is not None:
+        footer += ["", f"**Compatibility check:** {summary}"]
+    room = MAX_DESCRIPTION_LENGTH - len("\n".join(lines + footer)) - 200  # 200: the line saying what was left out
+    kept = 0
+    for row in rows:
+        if len(row) + 1 > room:
+            break
+        room -= len(row) + 1
+        kept += 1
+    lines += rows[:kept]
+    if kept < len(rows):
+        lines.append(f"| ... {len(rows) - kept} more rows in `pareto.csv` |" + " |" * (len(header) - 1))
+    return "\n".join(lines + footer)[:MAX_DESCRIPTION_LENGTH]
+
+
+def _markdown_row(cells) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
 def _compatibility_cell(verdict: str | None) -> str:

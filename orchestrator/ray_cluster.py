@@ -1,8 +1,10 @@
 """The Ray connection of a job (search or supernet training) and the check that its tasks fit.
 
 Rules:
-* with ``ray.address`` unset the job starts a local Ray (``ray.num_cpus`` CPUs) and shuts it
-  down at the end; with an address it joins that cluster, ships cmpnas's own packages in the
+* with ``ray.address`` (and ``RAY_ADDRESS``) unset the job starts a local Ray (``ray.num_cpus``
+  CPUs), even when a cluster started by ``ray start`` runs on the machine, and shuts it down at
+  the end; with an address it joins that cluster (checked first by
+  ``orchestrator.ray_join``: reachable, and accepting this driver's token), ships cmpnas's own packages in the
   runtime environment (``ray.ship_code``) and leaves the cluster running;
 * a task that asks for more CPUs or GPUs than the largest live node has would wait forever: on a
   local Ray that is refused (``ResourceRequestError``, naming the field to lower); on a joined
@@ -12,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +22,13 @@ from typing import Sequence
 import ray
 
 from orchestrator.config import RayConfig
+from orchestrator.ray_join import check_can_join
 
 logger = logging.getLogger(__name__)
+
+
+# ray.init's address for a new local Ray, never joining one.
+LOCAL = "local"
 
 
 class ResourceRequestError(RuntimeError):
@@ -44,9 +52,12 @@ def connect_ray(settings: RayConfig, requests: Sequence[ResourceRequest]) -> boo
     Returns whether this call started Ray, i.e. whether the caller must shut it down.
     """
     started = not ray.is_initialized()
-    joining = settings.address is not None
+    address = ray_address(settings)
+    joining = address != LOCAL
     if started:
-        ray.init(address=settings.address, num_cpus=None if joining else settings.num_cpus,
+        if joining:
+            check_can_join(address)  # seconds, where ray.init would retry for half a minute
+        ray.init(address=address, num_cpus=None if joining else settings.num_cpus,
                  runtime_env=code_runtime_env() if joining and settings.ship_code else None,
                  include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
@@ -57,6 +68,13 @@ def connect_ray(settings: RayConfig, requests: Sequence[ResourceRequest]) -> boo
             ray.shutdown()
         raise
     return started
+
+
+def ray_address(settings: RayConfig) -> str:
+    """``ray.address``, else Ray's ``RAY_ADDRESS`` (set for a job submitted to a cluster), else a Ray
+    of the job's own. Never Ray's default of joining whatever cluster ``ray start`` last recorded on
+    this machine (``/tmp/ray/ray_current_cluster``): a search without an address is local."""
+    return settings.address or os.environ.get("RAY_ADDRESS") or LOCAL
 
 
 def code_runtime_env() -> dict:

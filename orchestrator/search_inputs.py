@@ -16,6 +16,16 @@ A search and a supernet training both need, in this order:
 Step 5 is separate so that a job can check what depends on steps 1-4 (a supernet's fit) before
 spending the embedding pass.
 
+Two refusals come before step 2, so that a mismatch costs seconds, not a decoding pass:
+
+- the search space must fit ``data.image_size`` (``check_space_fits_images``: within the space's
+  declared ``image_sizes``);
+- colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
+  does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
+  the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
+  collection loads as 1 channel, as before. A recorded search holds every field (``model_dump``),
+  so a resumed one keeps the channels it ran with.
+
 Augmentation (``training.augmentation.enabled``): ``auto`` turns it on for photo collections
 (``PHOTO_SOURCES``) of at least ``AUGMENT_FROM_SIZE`` px (a crop of a 28 px thumbnail loses what
 tells it apart) unless the gallery is precomputed embeddings, which cannot follow a crop (``on``
@@ -32,10 +42,10 @@ from typing import Callable
 
 import torch
 
-from orchestrator.config import CmpnasConfig
+from orchestrator.config import CmpnasConfig, ConfigError
 from orchestrator.gallery_pass import RayDataGalleryPass
 from orchestrator.gallery_setup import gallery_request, obtain_gallery
-from search_space import SearchSpace, create_space
+from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.gallery_embeddings import GalleryEmbeddings, compute_gallery_embeddings
 from workers.gallery_sources import GalleryLoader, GalleryModel, GallerySourceError
@@ -73,11 +83,51 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
     data = config.data
     request = DataRequest(root=data.root, download=data.download, train_size=data.train_size,
                           query_size=data.query_size, gallery_size=data.gallery_size, seed=data.seed,
-                          image_size=data.image_size, channels=data.channels, protocol=data.protocol,
+                          image_size=data.image_size, channels=requested_channels(config), protocol=data.protocol,
                           train_classes=data.train_classes, max_bad_fraction=data.max_bad_fraction,
                           streaming={"auto": None, "on": True, "off": False}[data.streaming],
                           cache_dir=data.cache_dir, decode_workers=data.decode_workers)
     return load_retrieval_data(data.source, request)
+
+
+def requested_channels(config: CmpnasConfig) -> int | None:
+    """``data.channels`` as the loader is asked for it: None for a file collection whose config does not
+    set it (the loader then takes 1 for gray images and refuses colour ones), else the value."""
+    data = config.data
+    if data.source in PHOTO_SOURCES and "channels" not in data.model_fields_set:
+        return None
+    return data.channels
+
+
+def check_space_fits_images(config: CmpnasConfig) -> None:
+    """Refuse a search space whose declared ``image_sizes`` exclude ``data.image_size``, naming the
+    spaces that fit (``search_space.spaces``: the rule and each space's range)."""
+    name, size = config.search_space.name, config.data.image_size
+    space = _space_for_check(name)
+    if space is None or space.fits_image_size(size):
+        return
+    low, high = space.image_sizes
+    ranges = {other: candidate.image_sizes for other in list_spaces()
+              if (candidate := _space_for_check(other)) is not None and candidate.image_sizes is not None}
+    fitting = [other for other, (other_low, other_high) in ranges.items() if other_low <= size <= other_high]
+    resolutions = f"{min(space.resolutions)}-{max(space.resolutions)} px"
+    why = (f"every candidate would enlarge the images to {resolutions}" if size < low else
+           f"every candidate would shrink them to {resolutions}, losing most of their pixels")
+    declared = ", ".join(f"{other} {other_low}-{other_high} px" for other, (other_low, other_high) in ranges.items())
+    other_space = (f"set search_space.name to a space that fits {size} px ({', '.join(fitting)}), or "
+                   if fitting else f"no space fits {size} px: ")
+    raise ConfigError(
+        f"search_space.name={name!r} is for images of {low}-{high} px, but data.image_size={size}: {why}. "
+        f"{other_space[0].upper()}{other_space[1:]}set data.image_size within {low}-{high} (file collections "
+        f"and ORL faces are resized to it). Declared ranges: {declared} (docs/howto/own-data.md)"
+    )
+
+
+def _space_for_check(name: str) -> SearchSpace | None:
+    try:
+        return create_space(name, embed_dim=8, in_chans=1)
+    except Exception:  # noqa: BLE001 - a plugin space that cannot be built this way is not checked here
+        return None
 
 
 def resolve_augmentation(config: CmpnasConfig) -> AugmentationSettings | None:
@@ -141,6 +191,7 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
     """Steps 2-4 of the module's order. ``expected_gallery_fingerprint``: the gallery a resumed
     search started with; any other is refused before the embedding pass."""
     timings: dict[str, float] = {}
+    check_space_fits_images(config)
     started = time.perf_counter()
     data = load_data(config)
     timings["stage_data_seconds"] = time.perf_counter() - started

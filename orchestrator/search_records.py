@@ -7,8 +7,9 @@ unreachable at its end; neither needs the other. Rules of ``finalize_search``:
 * child runs that no trial of the search will finish are tagged ``SUPERSEDED_TAG`` and left out,
   so runs and trials correspond one to one;
 * the front is selected from the finished child runs in MLflow (``orchestrator.pareto_report``),
-  tagged, and written as ``pareto.csv`` and ``pareto.png``; the parent run ends FINISHED when
-  every trial ended, else KILLED (to be resumed);
+  tagged, and written as ``pareto.csv`` and ``pareto.png``; its table (markdown) becomes the parent
+  run's description (``DESCRIPTION_TAG``, written again at each end, so it shows the latest front);
+  the parent run ends FINISHED when every trial ended, else KILLED (to be resumed);
 * only a search whose trials all ended moves to phase ``finished``;
 * the compatibility check is summed up on the parent run of a search whose trials all ended:
   metrics ``compatibility_passed``, ``compatibility_failed`` and ``compatibility_failed_on_front``
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.credentials import redact_text, redact_uri
 from orchestrator.journal import (
     JOURNAL_FOLDER,
     PARENT,
@@ -34,12 +36,13 @@ from orchestrator.pareto_report import (
     ParetoReport,
     collect_report,
     compatibility_summary,
+    front_markdown,
     tag_front,
     write_csv,
     write_plot,
 )
 from orchestrator.search_state import SearchState
-from orchestrator.tags import COMPATIBILITY_FAILURES_TAG, SUPERSEDED_TAG, TRIAL_ID_TAG
+from orchestrator.tags import COMPATIBILITY_FAILURES_TAG, DESCRIPTION_TAG, SUPERSEDED_TAG, TRIAL_ID_TAG
 from orchestrator.tracking import SearchTracker
 
 
@@ -49,7 +52,8 @@ def open_tracker(tracking_uri: str, experiment: str) -> SearchTracker:
     except Exception as error:  # classified: only an outage becomes a user-facing error
         if is_transient(error):
             raise TrackingUnavailableError(
-                f"the tracking server at {tracking_uri} cannot be reached ({str(error).splitlines()[0][:300]}); "
+                f"the tracking server at {redact_uri(tracking_uri)} cannot be reached "
+                f"({redact_text(str(error).splitlines()[0][:300])}); "
                 "nothing was recorded. Start it (or set tracking.uri) and run the command again"
             ) from error
         raise
@@ -71,7 +75,7 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
     def unavailable(error: BaseException | None = None) -> TrackingUnavailableError:
         cause = f" ({str(error).splitlines()[0][:300]})" if error else ""
         return TrackingUnavailableError(
-            f"the tracking server at {tracker.tracking_uri} is unreachable{cause}; every result is kept: "
+            f"the tracking server at {redact_uri(tracker.tracking_uri)} is unreachable{redact_text(cause)}; every result is kept: "
             f"{journal.pending} writes in {journal.path}. When the server is back run "
             f"`cmpnas sync --output-dir {output_dir}`" + ("" if complete else " or `cmpnas search --resume`")
         )
@@ -83,6 +87,7 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
         supersede_orphan_runs(tracker, state)
         report = collect_report(tracker, state.parent_run_id, metric, compatibility_ratio)
         tag_front(tracker, report)
+        journal.set_tags(PARENT, {DESCRIPTION_TAG: front_markdown(report, complete)})
         for path in (write_csv(report, output_dir / "pareto.csv"), write_plot(report, output_dir / "pareto.png")):
             journal.log_artifact(PARENT, path)
         if complete:

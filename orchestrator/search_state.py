@@ -2,21 +2,29 @@
 
 It is written before anything else is recorded and names what a resume must find again: the
 MLflow experiment and parent run, the Ray Tune experiment folder, the configuration (and its
-hash), the gallery fingerprint, and how far the search got (``phase``). Writes are atomic
-(temporary file, then rename), so a driver killed mid-write leaves the previous state.
+hash), the gallery fingerprint, the supernet fingerprint in the inherit modes, and how far the
+search got (``phase``). Writes are atomic and durable (a temporary file of a unique name, fsynced,
+renamed over the old one, then the folder fsynced), so a driver killed mid-write leaves the
+previous state, and a machine that loses power after a phase was saved keeps it.
+
+The file holds no credentials (``orchestrator.credentials``: URIs are stored without their
+user-info and secret query parameters) and is not trusted to say where Tune's pickled experiment
+is: that path is derived from the configuration on every session (``tune_experiment_path``) and
+a recorded one that differs is refused (see docs/reliability.md, "Trust boundary").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ConfigError, flatten_fields
+from orchestrator.credentials import redact_tree, redact_uri
+from workers.durable_write import write_text_durably
 
 STATE_FILE = "search_state.json"
 # starting: parent run not yet known · running: trials under way · interrupted: stopped with trials
@@ -45,6 +53,8 @@ class SearchState:
     experiment_id: str | None = None
     tune_experiment_path: str | None = None
     gallery_fingerprint: str | None = None
+    # The supernet the candidates inherit from (training.mode inherit*), None in mode scratch.
+    supernet_fingerprint: str | None = None
     # The gallery model's identity: source, description, fingerprint, embedding size, input spec.
     gallery: dict[str, Any] | None = None
     sessions: int = 1
@@ -71,17 +81,43 @@ class SearchState:
             raise ResumeError(f"{path} is not a cmpnas search state ({error}); it was edited or damaged") from error
 
     def save(self, output_dir: str | Path) -> None:
+        """Write the state atomically and durably, with every URI in it stripped of credentials."""
         path = self.path_in(output_dir)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(temporary, path)
+        write_text_durably(path, json.dumps(redact_tree(asdict(self)), indent=2, sort_keys=True))
 
     def moved_to(self, phase: str) -> SearchState:
         return replace(self, phase=phase, history=[*self.history, phase])
 
 
+def holds_unfinished_search(output_dir: str | Path) -> bool:
+    """Whether ``output_dir`` holds a search that ``--resume`` can continue."""
+    state = SearchState.load(output_dir)
+    return state is not None and state.phase in RESUMABLE_PHASES
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    """The hash of a configuration as recorded, i.e. without credentials."""
+    return hashlib.sha256(json.dumps(redact_tree(config), sort_keys=True).encode()).hexdigest()
+
+
+def tune_experiment_path(storage_path: str, parent_run_id: str) -> str:
+    """Where a search keeps its Tune experiment: always derived from ``ray.storage_path`` (or
+    ``OUTPUT_DIR/ray_results``) and the parent run, never read from the state file, because a
+    resume unpickles what it finds there."""
+    return f"{storage_path.rstrip('/')}/search-{parent_run_id[:8]}"
+
+
+def check_recorded_tune_path(state: SearchState, derived: str) -> None:
+    """Refuse a state file naming another Tune experiment than the configuration gives: it was edited,
+    or the search ran with another ``ray.storage_path``; restoring from there would unpickle files
+    from outside the storage the search wrote to."""
+    recorded = state.tune_experiment_path
+    if recorded is not None and recorded != redact_uri(derived):
+        raise ResumeError(
+            f"{STATE_FILE} names the Tune experiment {recorded!r}, but ray.storage_path (default OUTPUT_DIR/ray_results) "
+            f"puts it at {redact_uri(derived)!r}. cmpnas restores (unpickles) a Tune experiment only from the "
+            "configured storage path: resume with the ray.storage_path and output_dir the search ran with"
+        )
 
 
 # Fields added after searches were recorded without them, with the values that keep such a search
@@ -110,7 +146,9 @@ def check_resume_config(recorded: dict[str, Any], requested: dict[str, Any]) -> 
 
     Raises ``ConfigError`` naming each field that differs and may not change.
     """
-    old, new = flatten_fields(with_earlier_defaults(recorded)), flatten_fields(requested)
+    # Compared without credentials: the recorded configuration holds none.
+    old = flatten_fields(redact_tree(with_earlier_defaults(recorded)))
+    new = flatten_fields(redact_tree(requested))
     changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
     refused = [name for name in changed if name not in CHANGEABLE_ON_RESUME and name != "output_dir"]
     if refused:

@@ -21,6 +21,8 @@ from rich.console import Console
 
 from orchestrator import cmpnas_version
 from orchestrator.config import CmpnasConfig
+from orchestrator.credentials import redact_uri
+from orchestrator.output_lock import locked_output_dir
 from orchestrator.ray_cluster import ResourceRequest, connect_ray
 from orchestrator.search_inputs import SearchInputs, prepare_output_dir, prepare_search_inputs
 from orchestrator.tags import (
@@ -34,6 +36,7 @@ from orchestrator.tags import (
     VERSION_TAG,
 )
 from orchestrator.tracking import SearchTracker, config_params, resolve_tracking_uri
+from workers.durable_write import replaced_durably
 from workers.fit import OptimSettings
 from workers.supernet_checkpoint import load_supernet
 from workers.supernet_training import SupernetTrainingSettings
@@ -115,8 +118,13 @@ def supernet_resources(config: CmpnasConfig) -> ResourceRequest:
 
 def train_supernet_job(config: CmpnasConfig, console: Console | None = None) -> SupernetOutcome:
     console = console or Console()
-    log = console.log
     output_dir = prepare_output_dir(config)
+    with locked_output_dir(output_dir, "cmpnas supernet train"):
+        return _train_supernet(config, console, output_dir)
+
+
+def _train_supernet(config: CmpnasConfig, console: Console, output_dir: Path) -> SupernetOutcome:
+    log = console.log
     inputs = prepare_search_inputs(config, log)
     data, space = inputs.data, inputs.space
     settings = supernet_training_settings(config, inputs.augmentation)
@@ -136,7 +144,7 @@ def train_supernet_job(config: CmpnasConfig, console: Console | None = None) -> 
                                     "search_space.name": space.name, "seed": config.search.seed, **data.summary()})
         log(f"training the supernet of '{space.name}' for {settings.optim.epochs} epochs "
             f"(largest + smallest + {settings.num_random_subnets} random subnets per step, distillation weight "
-            f"{settings.distillation_weight:g}); MLflow run {run_id} at {tracker.tracking_uri}")
+            f"{settings.distillation_weight:g}); MLflow run {run_id} at {redact_uri(tracker.tracking_uri)}")
         try:
             outcome = _fit_and_save(config, inputs, settings, tracker=tracker, run_id=run_id, output_dir=output_dir,
                                     console=console)
@@ -182,9 +190,8 @@ def _fit_and_save(config: CmpnasConfig, inputs: SearchInputs, settings: Supernet
     path = config.supernet_checkpoint_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:
-        temporary = path.with_name(path.name + ".tmp")
-        shutil.copyfile(Path(folder) / SUPERNET_FILE, temporary)
-        temporary.replace(path)
+        with replaced_durably(path) as temporary:
+            shutil.copyfile(Path(folder) / SUPERNET_FILE, temporary)
     checkpoint = load_supernet(path)
     history = [row for row in result.metrics_dataframe.to_dict("records")] if result.metrics_dataframe is not None else []
     final = result.metrics

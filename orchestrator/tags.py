@@ -5,6 +5,8 @@ Rules:
   (one trial), ``ROLE_SUPERNET`` (a supernet training);
 * child runs point at their parent with MLflow's own ``PARENT_RUN_TAG``, so the MLflow UI nests them;
 * boolean tags hold the strings ``"true"`` / ``"false"``;
+* MLflow's own tags (``mlflow.*``) are written only with the values MLflow's UI reads: the experiment
+  kind, the run description, a dataset input's context (see docs/mlflow.md);
 * tags are what later commands (``cmpnas pareto``, ``export``, a resumed search) look runs up by,
   so a name here is part of the recorded format: rename one only with a migration.
 """
@@ -57,3 +59,16 @@ GALLERY_BACKBONE_TAG = "gallery_backbone"
 GALLERY_SOURCE_TAG = "gallery_source"
 TRAINING_MODE_TAG = "training_mode"
 SEARCH_SPACE_TAG = "search_space"
+
+# -- how MLflow's UI shows a search (docs/mlflow.md) ------------------------------------------------------
+# An experiment's kind: "custom_model_development" is MLflow 3's model-training experiment (runs
+# table), as opposed to "genai_development" (traces overview). Set on every cmpnas experiment.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# A run's description (markdown), shown at the top of its page: the parent run's holds the front.
+DESCRIPTION_TAG = "mlflow.note.content"
+# A dataset input's role in the run: "train", "query" or "gallery" (MLflow's "mlflow.data.context").
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+# On an MLflow logged model (an exported query model): its registry versions, as MLflow writes them
+# (JSON list of {"name", "version"}), so the model's page links to the registry.
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"

@@ -6,6 +6,17 @@ Workers never talk to MLflow: the driver's Tune callbacks (``orchestrator.mlflow
 and needs credentials on one host only. All calls go through ``MlflowClient`` with explicit run
 ids, which is safe from Tune's callback thread and never depends on a process-global "active run".
 
+How a search looks in MLflow's UI (docs/mlflow.md):
+* every experiment cmpnas creates or opens is a model-training experiment (``EXPERIMENT_KIND_TAG``
+  = ``EXPERIMENT_KIND_TRAINING``), set when it is created and added to an older one without it; an
+  experiment someone gave another kind keeps it;
+* the data splits are dataset inputs of the parent run (``orchestrator.dataset_inputs``), written
+  through the journal and rebuilt into MLflow entities when sent. MLflow keeps one input per
+  (name, digest) and run, so a replay adds nothing;
+* MLflow 3.17's UI chooses the experiment page's layout by its "GenAI / Model training" switch (the
+  link's ``workflowType`` query, else the browser's last choice, else GenAI), not by the experiment's
+  kind: ``experiment_page_url`` and ``run_page_url`` are links that open on the runs.
+
 Layering, one way: ``tags`` <- ``tracking`` <- ``journal`` <- the callbacks.
 """
 
@@ -13,20 +24,35 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import flatten_fields
-from orchestrator.tags import PARENT_RUN_TAG, ROLE_SEARCH, ROLE_TAG
+from orchestrator.credentials import redact_uri
+from orchestrator.dataset_inputs import dataset_input
+from orchestrator.tags import (
+    EXPERIMENT_KIND_TAG,
+    EXPERIMENT_KIND_TRAINING,
+    PARENT_RUN_TAG,
+    ROLE_SEARCH,
+    ROLE_TAG,
+)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow refuses a param value longer than this.
 MAX_PARAM_LENGTH = 6000
+# The query of a UI link that opens MLflow 3's model-training layout (runs table), whatever the
+# browser chose last; without it a fresh browser opens the GenAI overview ("Traces: 0").
+UI_TRAINING_LAYOUT = "workflowType=machine_learning"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -49,6 +75,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def experiment_page_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI at ``ui_url``, opened on its runs table."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?{UI_TRAINING_LAYOUT}"
+
+
+def run_page_url(ui_url: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI at ``ui_url``, in the model-training layout."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_TRAINING_LAYOUT}"
+
+
 class SearchTracker:
     """The experiment of a search and the helpers to write its runs directly (unjournaled)."""
 
@@ -59,8 +95,24 @@ class SearchTracker:
         self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)
         if existing is None and not create:
-            raise LookupError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
-        self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment)
+            raise LookupError(f"no MLflow experiment named '{experiment}' at {redact_uri(tracking_uri)}")
+        if existing is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
+        else:
+            self.experiment_id = existing.experiment_id
+            if EXPERIMENT_KIND_TAG not in existing.tags:
+                self._mark_training_experiment(experiment)
+
+    def _mark_training_experiment(self, experiment: str) -> None:
+        """An experiment created before cmpnas set its kind: a UI nicety, so a refusal (a read-only
+        user running ``cmpnas pareto``) is only a warning."""
+        try:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
+        except MlflowException as error:
+            logger.warning("could not mark MLflow experiment '%s' as a model-training experiment (%s); "
+                           "open it in the UI with ?%s", experiment, str(error).splitlines()[0][:200],
+                           UI_TRAINING_LAYOUT)
 
     @classmethod
     def open_existing(cls, tracking_uri: str, experiment: str) -> SearchTracker:
@@ -95,6 +147,10 @@ class SearchTracker:
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_inputs(self, run_id: str, datasets: list[dict[str, str]]) -> None:
+        """Dataset inputs given as ``dataset_inputs.data_split_inputs`` entries; one already on the run is kept once."""
+        self.client.log_inputs(run_id, datasets=[dataset_input(fields) for fields in datasets])
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)

@@ -50,6 +50,18 @@ class SearchSpace:
     head_width: int
     resolutions: tuple[int, ...]
     stages: tuple[StageChoices, ...]
+    # The data.image_size range (low, high), in pixels, the space is meant for; a search refuses data
+    # outside it (``fits_image_size``). None: not declared, any size (spaces written before it existed).
+    image_sizes: tuple[int, int] | None = field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        if self.image_sizes is not None and not 0 < self.image_sizes[0] <= self.image_sizes[1]:
+            raise ValueError(f"image_sizes of space {self.name!r} must be (low, high) with 0 < low <= high, "
+                             f"got {self.image_sizes}")
+
+    def fits_image_size(self, size: int) -> bool:
+        """Whether images of ``size`` px suit the space: within ``image_sizes`` (always, when undeclared)."""
+        return self.image_sizes is None or self.image_sizes[0] <= size <= self.image_sizes[1]
 
     # -- genes ---------------------------------------------------------------------------------
     def genes(self) -> list[tuple[str, tuple[int, ...]]]:

@@ -10,6 +10,14 @@ The rules:
   activations; its docstring lists where it differs from OFA.
 - A space's name states its largest input side; a space's genes never change a stage's stride, so
   the sizes of the feature maps follow from the resolution alone (``search_space.budget`` needs it).
+- A space declares ``image_sizes``, the ``data.image_size`` range it is meant for, and a search
+  refuses data outside it (``orchestrator.search_inputs.check_space_fits_images``). The range runs
+  from the space's smallest resolution (below it, every candidate would enlarge the images: pixels
+  the data do not have, FLOPs spent on them) to twice its largest for the small spaces (beyond it,
+  every candidate throws away more than 3/4 of the pixels: the next space up fits). The ranges
+  overlap, so every size from 20 px up has a space. ``ofa_mnv3_224``, the largest, takes up to
+  1024 px: data may be stored larger than the query models' input for a gallery model with a
+  larger input (``docs/data.md``: set ``data.image_size`` to the largest size any model needs).
 """
 
 from __future__ import annotations
@@ -42,7 +50,10 @@ def _stages(widths: list[tuple[int, ...]], strides: list[int], depths: tuple[int
 
 @register_space
 def mnv3_28(*, embed_dim: int, in_chans: int) -> SearchSpace:
-    """For 28x28 images (Fashion-MNIST, MNIST): stride-1 stem, then 28 -> 14 -> 7 -> 7 -> 4 -> 4."""
+    """For 28x28 images (Fashion-MNIST, MNIST): stride-1 stem, then 28 -> 14 -> 7 -> 7 -> 4 -> 4.
+
+    Data of 20-56 px (``image_sizes``): its resolutions are 20-28, and 32 px thumbnails (CIFAR-sized)
+    fit too."""
     return SearchSpace(
         name="mnv3_28",
         in_chans=in_chans,
@@ -50,6 +61,7 @@ def mnv3_28(*, embed_dim: int, in_chans: int) -> SearchSpace:
         stem_width=16,
         head_width=256,
         resolutions=(20, 24, 28),
+        image_sizes=(20, 56),
         stages=_stages(
             widths=[(8, 12, 16), (16, 24, 32), (24, 32, 40), (32, 48, 64), (48, 64, 96)],
             strides=[2, 2, 1, 2, 1],
@@ -60,7 +72,9 @@ def mnv3_28(*, embed_dim: int, in_chans: int) -> SearchSpace:
 
 @register_space
 def mnv3_64(*, embed_dim: int, in_chans: int) -> SearchSpace:
-    """For 48-64 pixel images (faces, user image folders): four downsamplings after the stem."""
+    """For 48-64 pixel images (faces, user image folders): four downsamplings after the stem.
+
+    Data of 48-128 px (``image_sizes``): its resolutions are 48-64; above 128 px, ``ofa_mnv3_224``."""
     return SearchSpace(
         name="mnv3_64",
         in_chans=in_chans,
@@ -68,6 +82,7 @@ def mnv3_64(*, embed_dim: int, in_chans: int) -> SearchSpace:
         stem_width=16,
         head_width=512,
         resolutions=(48, 56, 64),
+        image_sizes=(48, 128),
         stages=_stages(
             widths=[(12, 16, 24), (24, 32, 40), (32, 40, 48), (48, 64, 80), (64, 96, 128)],
             strides=[2, 2, 2, 1, 2],
@@ -94,6 +109,10 @@ def ofa_mnv3_224(*, embed_dim: int, in_chans: int) -> SearchSpace:
       pooled last stage (160 or 192 channels) goes straight into the 1280-wide feature layer.
     - the head projects to the gallery's ``embed_dim`` (L2-normalised) instead of classifying.
 
+    Data of 128-1024 px (``image_sizes``): below 128 px every candidate would enlarge the images
+    (``mnv3_64`` fits up to 128 px); above 224 px the images are reduced to the candidate's
+    resolution, which leaves room for a gallery model with a larger input.
+
     Cost for one 3-channel image and ``embed_dim`` 128 (fvcore's count, one multiply-add = one flop):
     37.04 MFLOPs (smallest: 128 px, depth 2, kernel 3, expansion 3, x1.0) to 802.22 MFLOPs
     (largest: 224 px, depth 4, kernel 7, expansion 6, x1.2); ``tests/search_space/test_ofa_space.py``
@@ -107,6 +126,7 @@ def ofa_mnv3_224(*, embed_dim: int, in_chans: int) -> SearchSpace:
         stem_stride=2,
         head_width=1280,
         resolutions=(128, 160, 192, 224),
+        image_sizes=(128, 1024),
         stages=_stages(
             # OFA's widths at multipliers 1.0 and 1.2, rounded to multiples of 8 as OFA rounds them.
             widths=[(24, 32), (40, 48), (80, 96), (112, 136), (160, 192)],

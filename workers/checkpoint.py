@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from workers.durable_write import replaced_durably
+
 METADATA_KEY = "cmpnas"
 
 
@@ -33,7 +35,7 @@ def fingerprint(state: dict[str, torch.Tensor], model_metadata: dict[str, Any]) 
 
 def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], model_metadata: dict[str, Any],
                     extra_metadata: dict[str, Any] | None = None) -> str:
-    """Write ``state`` and metadata atomically; return the fingerprint."""
+    """Write ``state`` and metadata atomically and durably; return the fingerprint."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -41,9 +43,8 @@ def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], model_meta
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     digest = fingerprint(state, model_metadata)
     header = {"model": model_metadata, "extra": extra_metadata or {}, "fingerprint": digest}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
-    temporary.replace(path)
+    with replaced_durably(path) as temporary:
+        save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
     return digest
 
 
@@ -63,7 +64,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raw_header = (handle.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"{path} is not a readable safetensors checkpoint ({error}). cmpnas never unpickles files; "
+            f"{path} is not a readable safetensors checkpoint ({error}). cmpnas never unpickles checkpoints; "
             "re-create it with `cmpnas gallery train`"
         ) from error
     if raw_header is None:

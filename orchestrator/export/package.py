@@ -25,7 +25,10 @@ MANIFEST_FILE = "compatibility.json"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 WEIGHTS_FILE = "model.safetensors"
-MANIFEST_VERSION = 1
+# The gallery model the query model is compatible with: its identity and where it was (never the model).
+GALLERY_FILE = "gallery.json"
+# 2: ``data`` (the data the export was checked on), ``gallery.location`` and ``gallery.json``.
+MANIFEST_VERSION = 2
 
 
 class DeployableQueryModel(nn.Module):
@@ -72,10 +75,17 @@ def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[
     save_file(state, str(folder / WEIGHTS_FILE))
 
 
+def gallery_record(identity: dict[str, Any], location: str, search_run_id: str) -> dict[str, Any]:
+    """``gallery.json`` of an export: the gallery model's identity (``GalleryModel.identity``) and
+    its location when exported (a path or URI, ``redact_uri``-ed), never the model itself."""
+    return {**identity, "location": location, "search_run_id": search_run_id}
+
+
 def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int, mean, std,
-                   gallery: dict[str, Any], version: str, folder: Path) -> dict[str, Any]:
-    """``gallery``: the gallery model's identity (``GalleryModel.identity``): source, model, fingerprint,
-    embedding size and input spec; ``mean``/``std``: the query model's own preprocessing."""
+                   gallery: dict[str, Any], data: dict[str, Any], version: str, folder: Path) -> dict[str, Any]:
+    """``gallery``: the gallery model's identity (``GalleryModel.identity``: source, model, fingerprint,
+    embedding size and input spec) and ``location``; ``data``: the identity of the data the export was
+    checked on (``data_identity.data_identity``); ``mean``/``std``: the query model's own preprocessing."""
     metrics = candidate_run.data.metrics
     search_metrics = search_run.data.metrics
     return {
@@ -83,6 +93,7 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
         "cmpnas_version": version,
         "mlflow": {"candidate_run_id": candidate_run.info.run_id, "search_run_id": search_run.info.run_id},
         "gallery": gallery,
+        "data": data,
         "embedding": {"dim": spec.embed_dim, "normalization": "l2", "similarity": "inner product (cosine)"},
         "input": {
             "layout": "NCHW", "dtype": "float32", "channels": spec.in_chans, "height": image_size, "width": image_size,
@@ -107,7 +118,7 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
                             "map": metrics.get("final_homo_map")},
             "paragon": {"r1": search_metrics.get("paragon_r1"), "map": search_metrics.get("paragon_map")},
         },
-        "files": {name: file_sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE)},
+        "files": {name: file_sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, GALLERY_FILE)},
     }
 
 

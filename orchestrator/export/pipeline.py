@@ -2,6 +2,12 @@
 
 Every check runs on a staging copy before the first write to the tracking store or the output
 folder, so a failed export leaves both as they were.
+
+The data is the search's, from its recorded configuration, with only its location overridable
+(``ExportRequest.data_overrides``; ``orchestrator.export.data_identity``): the export says which
+data it evaluates on (one line), refuses data whose split digests differ from the search's dataset
+inputs, and records the data's identity in the manifest. The gallery model is linked, not copied:
+``gallery.json`` (identity and location) is part of every export folder and of its manifest's files.
 """
 
 from __future__ import annotations
@@ -14,12 +20,17 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import cmpnas_version
-from orchestrator.config import validate_config
 from orchestrator.export.checks import (
     check_parity, check_recorded_recall, cross_model_metrics, embed_gallery_split, onnx_session,
 )
+from orchestrator.credentials import redact_uri
+from orchestrator.export.data_identity import (
+    apply_data_overrides, data_identity, describe_data, search_split_differences,
+)
 from orchestrator.export.errors import ExportError
-from orchestrator.export.package import MANIFEST_FILE, DeployableQueryModel, build_manifest, load_candidate, write_formats
+from orchestrator.export.package import (
+    GALLERY_FILE, MANIFEST_FILE, DeployableQueryModel, build_manifest, gallery_record, load_candidate, write_formats,
+)
 from orchestrator.export.registry import register_export
 from orchestrator.export.selection import select_runs
 from orchestrator.gallery_setup import open_existing_gallery
@@ -40,11 +51,15 @@ class ExportRequest:
     model_name: str
     output_dir: Path | None = None
     search_run_id: str | None = None
-    run_id: str | None = None
+    # One candidate run to export instead of the front: a full run id or a unique prefix of one.
+    candidate_run_id: str | None = None
     max_mflops: float | None = None
     # The gallery model (file, or folder of embeddings) of the search's gallery.source; None: the search's own.
     gallery_path: Path | None = None
     register: bool = True
+    # ``data.<field>=value`` overrides of where the data is read from, applied over the search's recorded
+    # configuration (``data_identity.DATA_LOCATION_FIELDS``; others are refused).
+    data_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class ExportedModel:
     onnx_cross_r1: float
     version: str | None = None
     alias: str | None = None
+    # The MLflow logged model (onnx flavour) of the export, the registry version's source.
+    model_id: str | None = None
 
 
 def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
@@ -66,10 +83,15 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
         tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
     except LookupError as error:
         raise ExportError(str(error)) from error
-    search, runs = select_runs(tracker, request.search_run_id, request.run_id, request.max_mflops)
-    config = _search_config(tracker, search.info.run_id)
+    search, runs = select_runs(tracker, request.search_run_id, request.candidate_run_id, request.max_mflops)
+    config = _search_config(tracker, search.info.run_id, request.data_overrides)
     data = load_data(config)
+    identity = data_identity(config, data)
+    log(describe_data(identity))
+    _check_search_splits(search, identity)
     gallery = _search_gallery(config, data, request.gallery_path, search)
+    gallery_json = gallery_record(gallery.identity(), _location(request.gallery_path or config.gallery_path),
+                                  search.info.run_id)
     output_dir = Path(request.output_dir or Path(config.output_dir) / "export").resolve()
     log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
 
@@ -90,9 +112,11 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
             parity = check_parity(model, folder, input_shape)
             measured = cross_model_metrics(onnx_session(folder), data, gallery_embeddings)
             check_recorded_recall(measured, run.data.metrics["final_cross_r1"], f"candidate {spec.arch_id}")
+            (folder / GALLERY_FILE).write_text(json.dumps(gallery_json, indent=2, sort_keys=True))
             manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
-                                      mean=data.mean, std=data.std, gallery=gallery.identity(),
-                                      version=cmpnas_version(), folder=folder)
+                                      mean=data.mean, std=data.std,
+                                      gallery={**gallery.identity(), "location": gallery_json["location"]},
+                                      data=identity, version=cmpnas_version(), folder=folder)
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
                 f"{measured.recall_at_1:.2f} (recorded {run.data.metrics['final_cross_r1']:.2f})")
@@ -104,23 +128,41 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
             if final.exists():
                 shutil.rmtree(final)
             folder.rename(final)
-            version = alias = None
+            version = alias = model_id = None
             if request.register:
-                version, alias = register_export(tracker, request.model_name, run, final, manifest, request.max_mflops)
+                version, alias, model_id = register_export(tracker, request.model_name, run, final, manifest,
+                                                           request.max_mflops)
             exported.append(ExportedModel(run.info.run_id, manifest["arch_id"], final, manifest, parity, r1,
-                                          version, alias))
+                                          version, alias, model_id))
         return exported
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _search_config(tracker: SearchTracker, search_run_id: str):
+def _search_config(tracker: SearchTracker, search_run_id: str, data_overrides=()):
+    """The search's recorded configuration, with ``data_overrides`` (data location fields) applied."""
     folder = tempfile.mkdtemp(prefix="cmpnas-config-")
     try:
         path = tracker.client.download_artifacts(search_run_id, "config.json", folder)
-        return validate_config(json.loads(Path(path).read_text()), source=f"config.json of run {search_run_id}")
+        return apply_data_overrides(json.loads(Path(path).read_text()), data_overrides,
+                                    source=f"config.json of run {search_run_id}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_search_splits(search, identity: dict) -> None:
+    """The data must be the search's: its split digests equal the ones of the parent run's dataset inputs."""
+    differing = search_split_differences(search, identity)
+    if differing:
+        raise ExportError(f"the data at {identity['root'] or 'the standard place'} is not the data search "
+                          f"{search.info.run_id} ran on: the digests (labels and ids) of split(s) {'; '.join(differing)} "
+                          "differ. Point data.root (--set data.root=...) at the data the search used")
+
+
+def _location(path) -> str:
+    """Where the gallery model is: an absolute path, or a URI without credentials."""
+    text = str(path)
+    return redact_uri(text) if "://" in text else str(Path(text).expanduser().resolve())
 
 
 def _search_gallery(config, data: RetrievalData, path: Path | None, search) -> GalleryModel:

@@ -1,26 +1,60 @@
-"""``cmpnas verify-compat``: is an exported query model still compatible with this gallery model?"""
+"""``cmpnas verify-compat``: is an exported query model still compatible with this gallery model?
+
+Measured on the data the export recorded (``compatibility.json``, key ``data``; see
+``orchestrator.export.data_identity``): reloaded from the manifest (``recorded_data=True``, the CLI
+without ``--config``), or given by the configuration and checked against the recorded identity,
+a mismatch refused unless ``force``. Never silently on other data of the same image shape.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 from evaluators import RetrievalMetrics
 from orchestrator.config import CmpnasConfig
 from orchestrator.export.checks import cross_model_metrics, embed_gallery_split, onnx_session
+from orchestrator.export.data_identity import data_identity, describe_data, identity_differences, recorded_data_config
 from orchestrator.export.errors import ExportError
-from orchestrator.export.package import read_manifest
+from orchestrator.export.package import MANIFEST_FILE, read_manifest
 from orchestrator.gallery_setup import open_existing_gallery
 from workers.checkpoint import CheckpointError
 
 
-def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasConfig,
-                         force: bool = False) -> tuple[dict, RetrievalMetrics]:
-    """(manifest, cross-model metrics recomputed on the data of ``config``); ``gallery_path`` is the
-    gallery model in production, of any gallery.source (``config.gallery.source`` says which)."""
+def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasConfig, force: bool = False, *,
+                         recorded_data: bool = False, data_overrides: Sequence[str] = (),
+                         log: Callable[[str], None] = lambda message: None) -> tuple[dict, RetrievalMetrics]:
+    """(manifest, cross-model metrics recomputed); ``gallery_path`` is the gallery model in production,
+    of any gallery.source (``config.gallery.source`` says which).
+
+    The data: with ``recorded_data``, the one the manifest records (``data_overrides``: location
+    fields over it); else ``config``'s, refused when its identity differs from the recorded one
+    unless ``force``. ``log`` receives the line saying which data is measured on."""
     from orchestrator.search_inputs import load_data
 
     manifest = read_manifest(Path(query_model))
+    recorded = manifest.get("data")
+    if recorded_data:
+        if recorded is None:
+            raise ExportError(f"{Path(query_model) / MANIFEST_FILE} does not record the data it was checked on (an "
+                              "export older than cmpnas's data identity): pass --config with the search's data "
+                              "(its config.json), or export the model again")
+        config = recorded_data_config(config, recorded["config"], data_overrides,
+                                      source=f"the data recorded in {Path(query_model) / MANIFEST_FILE}")
     data = load_data(config)
+    identity = data_identity(config, data)
+    log(describe_data(identity))
+    if recorded is None:
+        log("the manifest records no data identity (an older export): the data cannot be checked")
+    else:
+        differences = identity_differences(recorded, identity)
+        if differences and not force:
+            raise ExportError(
+                f"the data is not the data {query_model} was exported and checked on: {'; '.join(differences)}. "
+                "Leave out --config to measure on the recorded data, point data.root at it, or --force to measure "
+                "anyway")
+        if differences:
+            log(f"--force: measuring on other data than recorded ({'; '.join(differences)})")
     try:
         gallery = open_existing_gallery(config, data, Path(gallery_path))
     except CheckpointError as error:

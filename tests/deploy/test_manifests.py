@@ -5,14 +5,20 @@ None of these can be run here (no Docker engine, no Kubernetes, no cloud account
 check what can be checked without them: every file parses, the search configs validate against
 the real schema, every command names the real console script and a registered subcommand, the
 config path is where the ConfigMap is mounted, the pieces agree with each other and with
-pyproject.toml (versions, extras, resources), and nothing is exposed beyond localhost or ClusterIP.
+pyproject.toml (versions, extras, resources), nothing is published beyond localhost or ClusterIP,
+every Ray cluster asks for a token and (on Kubernetes) lets in only the search's own pods, no
+password reaches a command line or a container's configuration, and every image is pinned.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import stat
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -29,9 +35,17 @@ KUBERAY = DEPLOY / "kuberay"
 LAUNCHER = DEPLOY / "ray-cluster" / "cluster.yaml"
 LAUNCHER_SEARCH = DEPLOY / "ray-cluster" / "search.yaml"
 COMPOSE = DEPLOY / "mlflow" / "docker-compose.yaml"
+MLFLOW_DOCKERFILE = DEPLOY / "mlflow" / "Dockerfile"
 DOCKERFILES = {"cpu": DEPLOY / "docker" / "Dockerfile.cpu", "cuda": DEPLOY / "docker" / "Dockerfile.cuda"}
+PIN_DIGESTS = DEPLOY / "pin-digests.sh"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 GPU = "nvidia.com/gpu"
+APP_LABEL = "app.kubernetes.io/name"
+RAY_AUTH_SECRET = "cmpnas-ray-auth"       # the Secret holding the Ray token, key auth_token (as KubeRay wants it)
+# The head ports clients use: GCS, dashboard (with the Jobs API, which runs code), Ray client server.
+RAY_HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------- helpers
@@ -157,18 +171,136 @@ def option_value(argv: list[str], name: str) -> str:
     raise AssertionError(f"{name} not in {argv}")
 
 
+def ray_pods() -> dict[str, dict]:
+    """Every pod template that runs Ray: head and worker groups of both clusters, and the pod of the
+    RayJob that runs `ray job submit` against the dashboard."""
+    pods = {f"{name}/{group}": pod for name, spec in cluster_specs().items() for group, pod in group_pods(spec).items()}
+    submitter = one("RayJob")["spec"].get("submitterPodTemplate")
+    assert submitter, "the RayJob names its submitter pod (labels for the NetworkPolicy, token for the Jobs API)"
+    pods["RayJob/submitter"] = submitter["spec"]
+    return pods
+
+
+def pod_labels() -> dict[str, dict]:
+    """The labels of each pod template of ray_pods(); KubeRay keeps them on the pods it creates."""
+    labels = {}
+    for name, spec in cluster_specs().items():
+        templates = [("head", spec["headGroupSpec"]["template"])]
+        templates += [(group["groupName"], group["template"]) for group in spec["workerGroupSpecs"]]
+        labels.update({f"{name}/{group}": template["metadata"].get("labels", {}) for group, template in templates})
+    labels["RayJob/submitter"] = one("RayJob")["spec"]["submitterPodTemplate"]["metadata"].get("labels", {})
+    return labels
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) applied to a pod's labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+                   "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not matched:
+            return False
+    return True
+
+
+def split_image(reference: str) -> tuple[str, str, str]:
+    """NAME[:TAG][@DIGEST] -> (name, tag, digest); a registry's :port stays in the name."""
+    name, _, digest = reference.partition("@")
+    tag = ""
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    return name, tag, digest
+
+
+def dockerfile_bases(path: Path) -> list[str]:
+    """The FROM images of a Dockerfile, with the defaults of its ARGs filled in."""
+    instructions = dockerfile_instructions(path)
+    args = dict(arg.split("=", 1) for keyword, arg in instructions if keyword == "ARG" and "=" in arg)
+    bases = []
+    for keyword, arguments in instructions:
+        if keyword == "FROM":
+            image = [token for token in arguments.split() if not token.startswith("--")][0]
+            bases.append(re.sub(r"\$\{(\w+)\}", lambda match: args[match.group(1)], image))
+    return bases
+
+
+def image_references() -> list[tuple[str, str]]:
+    """(where, reference) of every container image that deploy/ runs or builds on."""
+    found = [(f"compose {name}", service["image"])
+             for name, service in load_docs(COMPOSE)[0]["services"].items() if "image" in service]
+    for path in sorted(DEPLOY.rglob("Dockerfile*")):
+        found += [(path.relative_to(DEPLOY).as_posix(), base) for base in dockerfile_bases(path)]
+    for where, pod in ray_pods().items():
+        found += [(where, container["image"]) for container in [*pod.get("initContainers", []), *pod["containers"]]]
+    docker = load_docs(LAUNCHER)[0]["docker"]
+    found += [(f"launcher {key}", docker[key]) for key in ("image", "head_image", "worker_image") if key in docker]
+    return found
+
+
+def shell_text(value) -> str:
+    return "\n".join(map(str, value)) if isinstance(value, list) else str(value or "")
+
+
+def dockerignore_patterns(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern as Docker reads it: `*` and `?` stop at `/`, `**` crosses folders."""
+    out, index = "", 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out, index = out + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            out, index = out + ".*", index + 2
+        elif pattern[index] == "*":
+            out, index = out + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            out, index = out + "[^/]", index + 1
+        else:
+            out, index = out + re.escape(pattern[index]), index + 1
+    return re.compile(out)
+
+
+def dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `relative` (or a folder above it) out of the build context: the last
+    matching pattern wins and `!` takes a path back in."""
+    parts = PurePosixPath(relative).parts
+    candidates = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = dockerignore_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch(path) for path in candidates):
+            excluded = not negate
+    return excluded
+
+
+def copy_sources(path: Path) -> list[str]:
+    """The build-context paths that a Dockerfile's COPY and ADD instructions read."""
+    sources = []
+    for keyword, arguments in dockerfile_instructions(path):
+        if keyword in {"COPY", "ADD"}:
+            tokens = [token for token in arguments.split() if not token.startswith("--")]
+            sources += tokens[:-1]
+    return sources
+
+
 # ---------------------------------------------------------------- every file
 
 
 def test_deploy_has_the_expected_files():
     expected = {
         "docker/Dockerfile.cpu", "docker/Dockerfile.cuda", "kuberay/configmap.yaml", "kuberay/rayjob.yaml",
-        "kuberay/raycluster.yaml", "kuberay/pvc.yaml", "ray-cluster/cluster.yaml", "mlflow/docker-compose.yaml",
-        "mlflow/.env.example",
+        "kuberay/raycluster.yaml", "kuberay/pvc.yaml", "kuberay/networkpolicy.yaml", "ray-cluster/cluster.yaml",
+        "mlflow/docker-compose.yaml", "mlflow/.env.example", "mlflow/Dockerfile", "mlflow/.dockerignore",
+        "mlflow/mlflow-entrypoint.sh", "mlflow/minio-mlflow-policy.json", "pin-digests.sh",
     }
     present = {path.relative_to(DEPLOY).as_posix() for path in DEPLOY.rglob("*") if path.is_file()}
     assert expected <= present, f"missing: {sorted(expected - present)}"
-    assert (ROOT / "docs" / "deploy.md").is_file()
+    assert (ROOT / "docs" / "deploy.md").is_file() and (ROOT / ".dockerignore").is_file()
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda path: path.relative_to(DEPLOY).as_posix())
@@ -244,6 +376,9 @@ def test_rayjob_entrypoint_runs_a_registered_cmpnas_command():
     check_cmpnas_argv(argv, "RayJob entrypoint")
     assert argv[1] == "search"
     assert "search" in click_app().commands
+    # Re-applied after a lost head, the RayJob must continue the search recorded in output_dir (on
+    # the PVC) rather than refuse to start over it; a first run starts a new search.
+    assert "--resume-if-unfinished" in argv, "the RayJob entrypoint must pass --resume-if-unfinished"
 
 
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
@@ -319,11 +454,13 @@ def test_dockerfiles_run_as_non_root_on_the_pinned_ray(flavor):
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must end as a non-root user"
     args = dict(arg.split("=", 1) for keyword, arg in instructions if keyword == "ARG" and "=" in arg)
     assert args.get("RAY_VERSION") == pinned_version("ray"), "RAY_VERSION must equal the ray pin of pyproject.toml"
-    base = [arg for keyword, arg in instructions if keyword == "FROM"][-1].split()[0]
-    base = base.replace("${RAY_VERSION}", args["RAY_VERSION"])
-    assert "py311" in base or "3.11" in base, f"{base}: Python 3.11 expected"
+    base = dockerfile_bases(DOCKERFILES[flavor])[-1]
+    name, tag, _ = split_image(base)
+    assert "py311" in tag or "3.11" in tag, f"{base}: Python 3.11 expected"
+    if name == "rayproject/ray":  # written out literally once pinned to a digest (deploy/pin-digests.sh)
+        assert tag.startswith(pinned_version("ray") + "-"), f"{base}: the Ray image must be of the ray pin"
     if flavor == "cuda":
-        assert base.startswith(("nvidia/cuda:", "rayproject/ray:")) and ("gpu" in base or "cuda" in base), base
+        assert name in {"nvidia/cuda", "rayproject/ray"} and ("gpu" in tag or "cuda" in tag), base
 
 
 def test_launcher_installs_one_faiss_build_per_node_type():
@@ -352,7 +489,11 @@ def test_images_and_versions_agree_with_pyproject():
         assert spec["rayVersion"] == ray, f"{name}: rayVersion must equal the ray pin"
         for group, pod in group_pods(spec).items():
             image = pod["containers"][0]["image"]
-            assert re.fullmatch(rf"ghcr\.io/cmpnas/cmpnas:{re.escape(version)}-(cpu|cuda)", image), f"{name}/{group}: {image}"
+            assert re.fullmatch(rf"ghcr\.io/cmpnas/cmpnas:{re.escape(version)}-(cpu|cuda)(@{DIGEST.pattern})?", image), (
+                f"{name}/{group}: {image}")
+    submitter = ray_pods()["RayJob/submitter"]["containers"][0]["image"]
+    head = cluster_specs()["RayJob"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert submitter == head, "the submitter runs `ray job submit` of the head's image: same Ray"
     mlflow = pinned_version("mlflow")
     compose = load_docs(COMPOSE)[0]
     assert str(compose["services"]["mlflow"]["build"]["args"]["MLFLOW_VERSION"]) == mlflow
@@ -366,6 +507,7 @@ def test_rayjob_and_raycluster_have_the_same_groups():
     job, cluster = cluster_specs()["RayJob"], cluster_specs()["RayCluster"]
     assert job["headGroupSpec"] == cluster["headGroupSpec"]
     assert job["workerGroupSpecs"] == cluster["workerGroupSpecs"]
+    assert job.get("authOptions") == cluster.get("authOptions")
     assert one("RayJob")["spec"]["shutdownAfterJobFinishes"] is True
 
 
@@ -375,17 +517,16 @@ def test_gpu_worker_group_requests_gpus_and_the_head_none():
                       if int(group["template"]["spec"]["containers"][0]["resources"].get("limits", {}).get(GPU, 0)) >= 1]
         assert gpu_groups, f"{name}: no worker group limits {GPU}"
         for group in gpu_groups:
-            assert group["template"]["spec"]["containers"][0]["image"].endswith("-cuda"), group["groupName"]
+            assert split_image(group["template"]["spec"]["containers"][0]["image"])[1].endswith("-cuda"), group["groupName"]
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
         assert GPU not in head.get("limits", {}), f"{name}: the head needs no GPU"
         assert spec["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0", f"{name}: no trials on the head"
 
 
 def test_every_pod_runs_non_root():
-    for name, spec in cluster_specs().items():
-        for group, pod in group_pods(spec).items():
-            context = pod.get("securityContext", {})
-            assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) != 0, f"{name}/{group}"
+    for where, pod in ray_pods().items():
+        context = pod.get("securityContext", {})
+        assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) != 0, where
 
 
 def test_output_dir_is_on_a_volume_every_node_shares():
@@ -414,7 +555,10 @@ def test_mlflow_credentials_come_from_a_secret():
 # ---------------------------------------------------------------- exposure and secrets
 
 
-def test_nothing_is_exposed_beyond_cluster_ip():
+def test_nothing_is_published_outside_the_cluster():
+    """No Ingress, LoadBalancer or NodePort, compose ports on localhost. That keeps the Ray heads off
+    the outside world only: every pod of the Kubernetes cluster still reaches a ClusterIP Service.
+    Who else may connect is decided by token auth and the NetworkPolicy (the tests below)."""
     for path in yaml_files():
         for doc in load_docs(path):
             for node in walk(doc):
@@ -426,6 +570,72 @@ def test_nothing_is_exposed_beyond_cluster_ip():
                     assert node["serviceType"] == "ClusterIP", f"{where}: serviceType {node['serviceType']}"
                 for key in ("type", "serviceType"):
                     assert node.get(key) not in {"LoadBalancer", "NodePort"}, f"{where}: {key}={node.get(key)}"
+
+
+def test_ray_token_auth_is_on_for_every_ray_container():
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
+
+    assert AUTH_MODE_ENV_VAR == "RAY_AUTH_MODE", "the installed Ray reads another variable"
+    for name, spec in cluster_specs().items():
+        auth = spec.get("authOptions") or {}
+        assert auth.get("mode") == "token", f"{name}: authOptions.mode must be token"
+        assert auth.get("secretName") == RAY_AUTH_SECRET, (
+            f"{name}: authOptions.secretName must name the Secret of the token, so that the operator uses it too")
+    pods = ray_pods()
+    assert {"RayJob/head", "RayCluster/head", "RayJob/submitter"} <= set(pods) and len(pods) >= 5
+    for where, pod in pods.items():
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            label = f"{where}/{container['name']}"
+            env = {item["name"]: item for item in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{label}: RAY_AUTH_MODE must be token"
+            token = env.get("RAY_AUTH_TOKEN", {})
+            assert "value" not in token, f"{label}: the token belongs in the Secret, not in the manifest"
+            assert token.get("valueFrom", {}).get("secretKeyRef") == {"name": RAY_AUTH_SECRET, "key": "auth_token"}, (
+                f"{label}: RAY_AUTH_TOKEN must come from Secret {RAY_AUTH_SECRET}, key auth_token")
+    assert not [doc for doc in kube_docs() if doc.get("kind") == "Secret"], "no Secret (and no token) is committed"
+
+
+def test_network_policy_admits_only_the_searchs_own_pods():
+    policies = [doc for doc in kube_docs() if doc.get("kind") == "NetworkPolicy"]
+    assert policies, "deploy/kuberay needs a NetworkPolicy: a ClusterIP Service is open to every pod of the cluster"
+    for name, spec in cluster_specs().items():
+        ports = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+        assert {port["name"]: port["containerPort"] for port in ports} == RAY_HEAD_PORTS, name
+    labels = pod_labels()
+    for where, pod in labels.items():
+        assert pod.get(APP_LABEL) == "cmpnas", f"{where}: the NetworkPolicy knows the search's pods by {APP_LABEL}"
+        restricting = [policy for policy in policies if selects(policy["spec"]["podSelector"], pod)
+                       and "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])]
+        assert restricting, f"{where}: no NetworkPolicy restricts who may connect to it"
+
+    for policy in policies:
+        spec = policy["spec"]
+        if not any(selects(spec["podSelector"], pod) for pod in labels.values()):
+            continue
+        own_rules = []
+        for rule in spec.get("ingress", []):
+            assert rule.get("from"), f"{policy['metadata']['name']}: an ingress rule without `from` admits everyone"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, f"an ipBlock admits pods and hosts by address: {peer}"
+                if "namespaceSelector" not in peer:
+                    # Pods of the policy's namespace: the search's own, and every one of them (they
+                    # talk to each other on ports picked at random).
+                    selector = peer.get("podSelector", {})
+                    assert selector.get("matchLabels", {}).get(APP_LABEL) == "cmpnas", f"only the search's pods: {peer}"
+                    assert all(selects(selector, pod) for pod in labels.values()), f"{peer} leaves out some Ray pods"
+                    own_rules.append(rule)
+                else:
+                    # Another namespace: only the KubeRay operator, which polls a RayJob's status from the
+                    # dashboard, and only there.
+                    assert peer.get("podSelector", {}).get("matchLabels") == {
+                        "app.kubernetes.io/component": "kuberay-operator"}, f"unexpected peer {peer}"
+                    admitted = {(port.get("protocol", "TCP"), port["port"]) for port in rule.get("ports", [])}
+                    assert admitted == {("TCP", RAY_HEAD_PORTS["dashboard"])}, f"the operator needs the dashboard only: {rule}"
+        assert own_rules, f"{policy['metadata']['name']}: the Ray pods must admit each other"
+        for rule in own_rules:
+            if rule.get("ports"):  # a rule without ports admits every port
+                admitted = {port["port"] for port in rule["ports"]}
+                assert set(RAY_HEAD_PORTS.values()) <= admitted, f"GCS, dashboard and client ports must be admitted: {rule}"
 
 
 def test_compose_ports_are_bound_to_localhost():
@@ -450,23 +660,224 @@ def test_launcher_keeps_the_dashboard_private():
     assert "--dashboard-host=0.0.0.0" not in start
 
 
-def test_compose_takes_secrets_from_the_environment():
+def test_launcher_turns_token_auth_on_on_every_node():
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR, _get_default_token_path
+
+    launcher = load_docs(LAUNCHER)[0]
+    docker = launcher["docker"]
+    for kind in ("head", "worker"):
+        options = [*docker.get("run_options", []), *docker.get(f"{kind}_run_options", [])]
+        assert any(re.fullmatch(rf"(--env|-e)[ =]{AUTH_MODE_ENV_VAR}=token", option.strip()) for option in options), (
+            f"the {kind} containers must run with {AUTH_MODE_ENV_VAR}=token")
+    start = " ".join(launcher.get("head_start_ray_commands", []) + launcher.get("worker_start_ray_commands", []))
+    assert f"{AUTH_MODE_ENV_VAR}=" not in start, "RAY_AUTH_MODE is set once, for the whole container"
+    # Every node gets the token at the path Ray reads by default (~/.ray/auth_token of its user).
+    default = PurePosixPath("~") / _get_default_token_path().relative_to(Path.home()).as_posix()
+    assert str(default) in launcher["file_mounts"], f"file_mounts must put the token at {default} on every node"
+
+
+# ---------------------------------------------------------------- compose: secrets and credentials
+
+
+def compose_services() -> dict:
+    return load_docs(COMPOSE)[0]["services"]
+
+
+def test_no_password_on_a_compose_command_line():
+    """`ps` shows every process's arguments and `docker inspect` a container's command: neither may
+    hold a password, whether written in or interpolated by compose."""
+    for name, service in compose_services().items():
+        texts = {key: shell_text(service.get(key)) for key in ("command", "entrypoint")}
+        texts["healthcheck"] = shell_text(service.get("healthcheck", {}).get("test"))
+        for key, text in texts.items():
+            names = re.findall(r"\$+\{?([A-Za-z_][A-Za-z0-9_]*)", text)
+            leaked = sorted({variable for variable in names if SECRET_NAME.search(variable) and not variable.endswith("_FILE")})
+            assert not leaked, f"{name}.{key} puts {leaked} on a command line"
+            assert not re.search(r"://[^\s/@]+:[^\s/@]+@", text), f"{name}.{key}: a URI with credentials on a command line"
+            for line in text.splitlines():
+                if re.search(r"\bmc admin user add\b", line):
+                    assert re.search(r"<\s*/run/secrets/\w+\s*$", line), f"{name}: the secret key goes to mc on stdin: {line}"
+    command = compose_services()["mlflow"]["command"]
+    assert not [token for token in command if token.startswith("--backend-store-uri")], (
+        "the backend store URI holds the database password: the image's entrypoint passes it in the environment")
+
+
+def test_compose_secrets_are_files():
     compose = load_docs(COMPOSE)[0]
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
-    example = {line.split("=", 1)[0] for line in (DEPLOY / "mlflow" / ".env.example").read_text().splitlines()
-               if "=" in line and not line.startswith("#")}
-    assert used <= example, f".env.example lacks {sorted(used - example)}"
+    declared = compose.get("secrets", {})
+    assert declared, "passwords and keys are Docker secrets"
+    for secret, source in declared.items():
+        assert set(source) == {"file"} and PurePosixPath(source["file"]).parts[0] == "secrets", (
+            f"secret {secret}: a file under deploy/mlflow/secrets/, not an environment variable")
+    ignored = (DEPLOY / "mlflow" / ".gitignore").read_text().split()
+    assert ".env" in ignored and "secrets/" in ignored, "deploy/mlflow/.env and secrets/ stay out of git"
     for name, service in compose["services"].items():
         environment = service.get("environment", {})
         assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
+        mounted = set(service.get("secrets", []))
+        assert mounted <= set(declared), f"{name}: secrets {sorted(mounted - set(declared))} are not declared"
         for key, value in environment.items():
-            if re.search(r"PASSWORD|SECRET|ACCESS_KEY", key):
-                assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*(:?[?-][^}]*)?\}", str(value)), f"{name}.{key} is a literal"
-    command = compose["services"]["mlflow"]["command"]
-    command = command if isinstance(command, list) else shlex.split(command)
+            assert not re.search(r"\$\{[A-Za-z0-9_]*(PASSWORD|SECRET|TOKEN)", str(value), re.IGNORECASE), f"{name}.{key}"
+            if SECRET_NAME.search(key):
+                path = PurePosixPath(str(value))
+                assert key.endswith("_FILE") and path.parent == PurePosixPath("/run/secrets") and path.name in mounted, (
+                    f"{name}.{key}: `docker inspect` shows the environment; pass a *_FILE naming a mounted secret")
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    example = {line.split("=", 1)[0] for line in (DEPLOY / "mlflow" / ".env.example").read_text().splitlines()
+               if "=" in line and not line.startswith("#")}
+    assert used <= example, f".env.example lacks {sorted(used - example)}"
+    assert not [key for key in example if SECRET_NAME.search(key)], ".env holds no password: those are secret files"
+
+
+def test_mlflow_reads_the_database_password_from_a_file():
+    services = compose_services()
+    command = services["mlflow"]["command"]
     assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
-    backend = option_value(command, "--backend-store-uri")
-    assert backend.startswith("postgresql://") and "${POSTGRES_PASSWORD" in backend
-    bucket = option_value(command, "--artifacts-destination").removeprefix("s3://").split("/")[0]
-    assert f"local/{bucket}" in "\n".join(compose["services"]["create-bucket"]["command"])
-    assert ".env" in (DEPLOY / "mlflow" / ".gitignore").read_text().split()
+    assert services["mlflow"]["environment"]["POSTGRES_PASSWORD_FILE"] == services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
+    instructions = dockerfile_instructions(MLFLOW_DOCKERFILE)
+    entrypoint = json.loads([arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"][-1])
+    copies = [arguments.split() for keyword, arguments in instructions if keyword == "COPY" and "mlflow-entrypoint.sh" in arguments]
+    assert copies and entrypoint == [copies[-1][-1]], "the image's ENTRYPOINT is mlflow-entrypoint.sh"
+    from mlflow.cli import server
+
+    option = next(param for param in server.params if "--backend-store-uri" in param.opts)
+    assert option.envvar == "MLFLOW_BACKEND_STORE_URI", "mlflow server no longer reads the URI from the environment"
+    assert "export MLFLOW_BACKEND_STORE_URI" in (DEPLOY / "mlflow" / "mlflow-entrypoint.sh").read_text()
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_mlflow_entrypoint_hands_the_secrets_over_in_the_environment(tmp_path):
+    script = DEPLOY / "mlflow" / "mlflow-entrypoint.sh"
+    (tmp_path / "postgres_password").write_text("abc-DEF_123\n")
+    (tmp_path / "s3_key").write_text("s3-secret-key\n")
+    env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "mlflow", "POSTGRES_HOST": "postgres", "POSTGRES_DB": "mlflow",
+           "POSTGRES_PASSWORD_FILE": str(tmp_path / "postgres_password"), "MLFLOW_S3_SECRET_KEY_FILE": str(tmp_path / "s3_key")}
+    show = ["sh", "-c", 'printf "%s\\n%s\\n%s" "$MLFLOW_BACKEND_STORE_URI" "$AWS_SECRET_ACCESS_KEY" "$*"', "sh", "server"]
+    done = subprocess.run(["sh", str(script), *show], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["postgresql://mlflow:abc-DEF_123@postgres:5432/mlflow", "s3-secret-key", "server"]
+
+    (tmp_path / "postgres_password").write_text("needs%escaping\n")
+    done = subprocess.run(["sh", str(script), "true"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "only letters, digits" in done.stderr
+    env["POSTGRES_PASSWORD_FILE"] = str(tmp_path / "missing")
+    done = subprocess.run(["sh", str(script), "true"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "missing or empty" in done.stderr
+
+
+def test_mlflow_has_its_own_minio_user_limited_to_the_artifact_bucket():
+    services = compose_services()
+    mlflow, minio, init = services["mlflow"], services["minio"], services["minio-init"]
+    root = {PurePosixPath(minio["environment"][key]).name for key in ("MINIO_ROOT_USER_FILE", "MINIO_ROOT_PASSWORD_FILE")}
+    assert not root & set(mlflow.get("secrets", [])), "the MLflow server must not see MinIO's root credentials"
+    assert "MINIO_ROOT" not in json.dumps(mlflow["environment"])
+    access = re.fullmatch(r"\$\{(\w+)(:?[?-][^}]*)?\}", str(mlflow["environment"]["AWS_ACCESS_KEY_ID"])).group(1)
+    assert "ROOT" not in access
+    secret_key = PurePosixPath(mlflow["environment"]["MLFLOW_S3_SECRET_KEY_FILE"]).name
+    assert secret_key in mlflow["secrets"] and secret_key not in root
+    assert "AWS_SECRET_ACCESS_KEY" in (DEPLOY / "mlflow" / "mlflow-entrypoint.sh").read_text()
+    assert mlflow["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+    # minio-init creates that user, with that key, and gives it the bucket policy.
+    script = shell_text(init["command"])
+    assert root | {secret_key} <= set(init["secrets"])
+    user_variable = re.search(r'mc admin user add \S+ "\$\$(\w+)" < /run/secrets/(\w+)', script)
+    assert user_variable and user_variable.group(2) == secret_key, "MLflow's user must get MLflow's secret key"
+    assert re.fullmatch(rf"\$\{{{access}(:?[?-][^}}]*)?\}}", str(init["environment"][user_variable.group(1)])), (
+        "minio-init must create the user whose access key MLflow uses")
+    attach = re.search(r'mc admin policy attach \S+ (\S+) --user "\$\$(\w+)"', script)
+    create = re.search(r"mc admin policy create \S+ (\S+) (\S+)", script)
+    assert attach and create and attach.group(2) == user_variable.group(1) and attach.group(1) == create.group(1)
+    mounts = {PurePosixPath(target): source for source, target, *_ in (volume.split(":") for volume in init["volumes"])}
+    policy = json.loads((COMPOSE.parent / mounts[PurePosixPath(create.group(2))]).read_text())
+
+    bucket = option_value(mlflow["command"], "--artifacts-destination").removeprefix("s3://").split("/")[0]
+    assert re.search(rf"mc mb --ignore-existing local/{re.escape(bucket)}\s*$", script, re.MULTILINE)
+    resources, actions = set(), set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        resources |= set([statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"])
+        actions |= set([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}, f"the policy must cover {bucket} only"
+    assert all(action.startswith("s3:") and "*" not in action for action in actions), sorted(actions)
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions, "MLflow reads, writes and lists artifacts"
+
+
+# ---------------------------------------------------------------- build contexts and image pins
+
+
+def test_build_contexts_leave_out_secrets_and_local_state():
+    patterns = dockerignore_patterns(ROOT / ".dockerignore")
+    assert {".venv", ".env", ".git"} <= set(patterns)
+    for path in (".venv/bin/python", ".env", "deploy/mlflow/.env", "deploy/mlflow/secrets/postgres_password", ".git/HEAD",
+                 "mlruns/0/meta.yaml", "outputs/quickstart/pareto.csv", "orchestrator/__pycache__/cli.cpython-311.pyc",
+                 ".pytest_cache/README.md", "mlflow.db"):
+        assert dockerignored(path, patterns), f"the repository's build context must leave out {path}"
+    for flavor, dockerfile in DOCKERFILES.items():  # built from the repository root
+        for source in copy_sources(dockerfile):
+            assert not dockerignored(source, patterns), f"Dockerfile.{flavor} copies {source}, which .dockerignore drops"
+
+    build = compose_services()["mlflow"]["build"]
+    context = COMPOSE.parent / build["context"]
+    assert context.resolve() == MLFLOW_DOCKERFILE.parent.resolve() and build["dockerfile"] == MLFLOW_DOCKERFILE.name
+    patterns = dockerignore_patterns(context / ".dockerignore")
+    for path in (".env", "secrets/postgres_password", "secrets/minio_root_password"):
+        assert dockerignored(path, patterns), f"the MLflow image's build context must leave out {path}"
+    for source in copy_sources(MLFLOW_DOCKERFILE):
+        assert not dockerignored(source, patterns) and (context / source).is_file(), source
+
+
+# Exact releases: 1.2.3 anywhere in the tag, or MinIO's RELEASE timestamps. PostgreSQL numbers its
+# releases MAJOR.MINOR since version 10: postgres:17.6 is one release, postgres:17 moves.
+EXACT_RELEASE = re.compile(r"(?<![\d.])\d+\.\d+\.\d+(?![\d.])|^RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$")
+MAJOR_MINOR_RELEASES = {"postgres": re.compile(r"\d+\.\d+(-[a-z0-9.]+)?")}
+
+
+def test_every_image_is_pinned():
+    references = image_references()
+    assert len(references) >= 10
+    for where, reference in references:
+        name, tag, digest = split_image(reference)
+        assert tag != "latest" and (tag or digest), f"{where}: {reference} floats"
+        if digest:
+            assert DIGEST.fullmatch(digest), f"{where}: {reference}"
+            continue
+        two_part = MAJOR_MINOR_RELEASES.get(name)
+        assert EXACT_RELEASE.search(tag) or (two_part and two_part.fullmatch(tag)), (
+            f"{where}: {reference} is not an exact release (a tag like 17, 3.11-slim or latest moves); "
+            "use the full version, or pin the digest with deploy/pin-digests.sh")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_pin_digests_pins_every_pulled_image(tmp_path):
+    """Runs deploy/pin-digests.sh on a copy of deploy/ against a stand-in `crane` (no registry here):
+    every image pulled from a registry gets NAME:TAG@sha256:..., the images built here stay as they
+    are, the files still parse, and a second run changes nothing."""
+    import hashlib
+    import sys
+
+    assert os.stat(PIN_DIGESTS).st_mode & stat.S_IXUSR, "deploy/pin-digests.sh must be executable"
+    work = tmp_path / "repo"
+    shutil.copytree(DEPLOY, work / "deploy")
+    fake = tmp_path / "bin" / "crane"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport hashlib, sys\nassert sys.argv[1] == 'digest'\n"
+                    "print('sha256:' + hashlib.sha256(sys.argv[2].encode()).hexdigest())\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PIN_OWN", None)
+    subprocess.run(["bash", str(work / "deploy" / PIN_DIGESTS.name)], env=env, check=True, capture_output=True, text=True)
+
+    pinned = "\n".join(path.read_text() for path in sorted((work / "deploy").rglob("*")) if path.is_file())
+    for where, reference in image_references():
+        name = split_image(reference)[0]
+        if name.startswith(("ghcr.io/cmpnas/", "cmpnas/")):
+            assert f"{reference}@" not in pinned, f"{where}: images built here are pinned only with PIN_OWN=1"
+            continue
+        digest = "sha256:" + hashlib.sha256(reference.split("@")[0].encode()).hexdigest()
+        assert f"{reference.split('@')[0]}@{digest}" in pinned, f"{where}: {reference} was not pinned"
+    for path in (work / "deploy").rglob("*.yaml"):
+        assert all(isinstance(doc, dict) for doc in yaml.safe_load_all(path.read_text()) if doc is not None), path
+
+    before = {path: path.read_text() for path in (work / "deploy").rglob("*") if path.is_file()}
+    subprocess.run(["bash", str(work / "deploy" / PIN_DIGESTS.name)], env=env, check=True, capture_output=True, text=True)
+    assert before == {path: path.read_text() for path in (work / "deploy").rglob("*") if path.is_file()}

@@ -11,9 +11,12 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.journal import JOURNAL_FOLDER, JOURNAL_FILE
 from orchestrator.search_state import SearchState
+from orchestrator.tags import PARETO_TAG
 from tests.conftest import MlflowServerProcess, tiny_tree
 
 # Each test runs two or three tiny searches as processes; the first also waits for the session's gallery.
@@ -43,13 +47,19 @@ def fault_tree(tmp_path, gallery_dir, **sections) -> dict:
     return tiny_tree(tmp_path, **base)
 
 
+# A search without ray.address starts its own Ray, unless a cluster started on the machine by `ray start`
+# (or another test's ray.cluster_utils.Cluster) is recorded in /tmp/ray/ray_current_cluster: ray.init
+# then joins that one, and refuses ray.num_cpus. The tests' searches keep to a Ray of their own.
+LOCAL_RAY = {} if os.environ.get("RAY_ADDRESS") else {"RAY_ADDRESS": "local"}
+
+
 def start_cli(tmp_path, *args) -> subprocess.Popen:
     """`cmpnas ARGS` in its own session, so the whole process tree (Ray included) can be killed."""
     log = tmp_path / f"cli-{time.monotonic_ns()}.log"
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **LOCAL_RAY})
     process.log = log
     return process
 
@@ -165,7 +175,23 @@ def assert_exact_records(tracking_uri: str, output_dir: Path) -> dict:
     assert metrics["trials_failed"] == 0 and metrics["candidates_finished"] == CANDIDATES
     for key in ("paragon_r1", "trials_started", "pareto_size"):
         assert len(client.get_metric_history(parent.info.run_id, key)) == 1, key
+    # The front is tagged: every candidate says whether it is on it, as many on it as pareto_size says.
+    front_tags = sorted(str(run.data.tags.get(PARETO_TAG)) for run in children)
+    assert set(front_tags) <= {"true", "false"}, front_tags
+    assert 1 <= front_tags.count("true") == metrics["pareto_size"], (front_tags, metrics["pareto_size"])
     return {"children": children, "parent": parent, "client": client}
+
+
+def resume_to_exact_records(tmp_path, tree: dict) -> dict:
+    """`cmpnas search --resume` of a killed search, run to the end: the records must be exact and
+    say two sessions ran."""
+    output_dir = Path(tree["output_dir"])
+    code, output = run_cli(tmp_path, "search", "--resume", "--set", f"output_dir={output_dir}")
+    assert code == 0, output[-3000:]
+    records = assert_exact_records(tree["tracking"]["uri"], output_dir)
+    assert SearchState.load(output_dir).sessions == 2
+    assert records["parent"].data.metrics["search_sessions"] == 2
+    return records
 
 
 def test_a_trial_worker_killed_mid_trial_is_retried_and_recorded_once(tmp_path, gallery_dir):
@@ -207,13 +233,146 @@ def test_the_driver_killed_at_a_random_point_resumes_without_loss_or_duplicates(
     finally:
         kill_session(process)
     killed_phase = SearchState.load(output_dir).phase
-    code, output = run_cli(tmp_path, "search", "--resume", "--set", f"output_dir={output_dir}")
-    assert code == 0, output[-3000:]
-    records = assert_exact_records(tree["tracking"]["uri"], output_dir)
-    assert SearchState.load(output_dir).sessions == 2
-    assert records["parent"].data.metrics["search_sessions"] == 2
+    records = resume_to_exact_records(tmp_path, tree)
     _report(f"driver_sigkill_seed{seed}", faults=1, records=records,
             detail={"results_before_kill": results_before_kill, "phase_at_kill": killed_phase})
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a search has recorded, read from outside the driver: its state file, its journal and
+    MLflow's sqlite store. ``children`` maps each child run to (status, has an epoch metric); None
+    where the store was not read (or was busy with a write)."""
+    at_s: float
+    phase: str | None
+    parent_run_id: str | None
+    epochs_journaled: int | None = None
+    children: dict[str, tuple[str, bool]] | None = None
+    parent_status: str | None = None
+    pareto_csv: bool = False
+
+    @property
+    def children_finished(self) -> int:
+        return sum(status == "FINISHED" for status, _ in (self.children or {}).values())
+
+    @property
+    def children_with_epochs(self) -> int:
+        return sum(has_epoch for _, has_epoch in (self.children or {}).values())
+
+    def summary(self) -> dict:
+        return {"phase": self.phase, "seconds_after_start": round(self.at_s, 2),
+                "epochs_journaled": self.epochs_journaled, "parent_status": self.parent_status,
+                "child_runs": None if self.children is None else len(self.children),
+                "children_finished": self.children_finished, "children_with_epochs": self.children_with_epochs,
+                "pareto_csv": self.pareto_csv}
+
+
+def observe(output_dir: Path, store: Path | None, started: float, journal: bool = True) -> Observation:
+    """One look at the search; ``store`` (the sqlite file) None: the state file only, which is cheap."""
+    try:
+        state = json.loads(SearchState.path_in(output_dir).read_text())
+    except FileNotFoundError:
+        state = {}
+    parent_run_id = state.get("parent_run_id")
+    children = parent_status = None
+    if store is not None and parent_run_id is not None:
+        parent_status, children = store_runs(store, parent_run_id)
+    return Observation(time.monotonic() - started, state.get("phase"), parent_run_id,
+                       epochs_reported(output_dir) if journal else None, children, parent_status,
+                       (output_dir / "pareto.csv").is_file())
+
+
+def store_runs(store: Path, parent_run_id: str) -> tuple[str | None, dict[str, tuple[str, bool]] | None]:
+    """The parent run's status and its child runs, read-only from MLflow's sqlite file."""
+    if not store.is_file():
+        return None, None
+    try:
+        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=0.5)) as db:
+            parent = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (parent_run_id,)).fetchone()
+            rows = db.execute(
+                "SELECT r.run_uuid, r.status, EXISTS(SELECT 1 FROM metrics m WHERE m.run_uuid = r.run_uuid "
+                "AND m.key = ?) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = 'mlflow.parentRunId' AND t.value = ?", (EPOCH_METRICS[0], parent_run_id)).fetchall()
+    except sqlite3.OperationalError:  # a write holds the lock, or the tables are not there yet: look again
+        return None, None
+    return (parent[0] if parent else None), {run_id: (status, bool(has_epoch)) for run_id, status, has_epoch in rows}
+
+
+# Named phases to kill the driver at, each seen from outside (no hook in the product):
+# (reached, passed: the phase is over, so the kill came too late; seconds between looks; reads the store).
+KILL_PHASES = {
+    # The parent run exists (state file: parent_run_id, phase running) and no trial has reported an epoch.
+    "before_first_trial": (
+        lambda o: (o.phase == "running" and o.parent_run_id is not None and o.epochs_journaled == 0
+                   and o.children is not None and o.children_with_epochs == 0),
+        lambda o: bool(o.epochs_journaled) or o.children_with_epochs > 0 or o.phase in ("trials_done", "finished"),
+        0.05, True),
+    # A child run is FINISHED in MLflow and another trial is not.
+    "after_finished_trial": (
+        lambda o: o.phase == "running" and 1 <= o.children_finished < CANDIDATES,
+        lambda o: o.children_finished >= CANDIDATES or o.phase in ("trials_done", "finished"),
+        0.05, True),
+    # Every trial ended (state file: trials_done, saved just before finalize_search records the front),
+    # the front not yet recorded (phase finished is saved last). Only the state file is read, every 10 ms.
+    "during_front": (
+        lambda o: o.phase == "trials_done",
+        lambda o: o.phase == "finished",
+        0.01, False),
+}
+
+
+def kill_at_phase(process: subprocess.Popen, name: str, output_dir: Path, store: Path, started: float,
+                  timeout: float = 360) -> Observation:
+    """Poll the search until it is in phase ``name``, then SIGKILL its process tree; returns what was seen."""
+    reached, passed, every_s, reads_store = KILL_PHASES[name]
+    deadline = started + timeout
+    while True:
+        seen = observe(output_dir, store if reads_store else None, started, journal=reads_store)
+        if reached(seen):
+            try:  # the driver stops at once, while its process tree is collected for the kill
+                os.killpg(process.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+            kill_session(process)
+            return seen
+        if passed(seen):
+            kill_session(process)
+            raise AssertionError(f"missed phase {name}: the search was past it when first seen ({seen.summary()})")
+        if process.poll() is not None:
+            raise AssertionError(f"the search ended (code {process.returncode}) before phase {name}: "
+                                 + process.log.read_text()[-3000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for phase {name} ({seen.summary()})")
+        time.sleep(every_s)
+
+
+@pytest.mark.parametrize("phase", list(KILL_PHASES))
+def test_the_driver_killed_at_a_named_phase_resumes_with_exact_records(tmp_path, gallery_dir, phase):
+    tree = fault_tree(tmp_path, gallery_dir)
+    output_dir = Path(tree["output_dir"])
+    store = Path(tree["tracking"]["uri"].removeprefix("sqlite:///"))
+    started = time.monotonic()
+    process = start_cli(tmp_path, "search", "--config", str(write_config(tmp_path, tree)))
+    try:
+        seen = kill_at_phase(process, phase, output_dir, store, started)
+    finally:
+        kill_session(process)
+    # The driver is dead: what its state file, journal and MLflow hold now is what it left at the kill.
+    at_kill = observe(output_dir, store, started)
+    print(f"\n[{phase}] kill decided on {seen.summary()}\n[{phase}] left at the kill: {at_kill.summary()}")
+    if phase == "before_first_trial":
+        assert at_kill.phase == "running" and at_kill.parent_status == "RUNNING", at_kill
+        assert at_kill.epochs_journaled == 0 and at_kill.children_with_epochs == 0, at_kill
+    elif phase == "after_finished_trial":
+        assert at_kill.phase == "running", at_kill
+        assert 1 <= at_kill.children_finished < CANDIDATES, at_kill
+    else:
+        assert at_kill.phase == "trials_done", at_kill
+        assert at_kill.epochs_journaled == CANDIDATES * EPOCHS, at_kill
+
+    records = resume_to_exact_records(tmp_path, tree)
+    _report(f"driver_sigkill_{phase}", faults=1, records=records,
+            detail={"phase_at_kill": at_kill.phase, "at_kill": at_kill.summary()})
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_a_refused_write_is_recorded_and_does_not_block_the_rest(tmp_path, caplo
     records = [json.loads(line) for line in journal.path.read_text().splitlines()]
     assert sum("rejected" in record for record in records) == 1
     assert tracker.client.get_run(parent).data.metrics["after"] == 1.0
-    assert "refused journal entry" in caplog.text
+    assert "cannot be sent: MlflowException" in caplog.text
 
 
 def test_a_half_written_last_line_is_skipped(tmp_path):
@@ -117,10 +117,55 @@ def test_a_half_written_last_line_is_skipped(tmp_path):
     assert TrackingJournal(tracker, parent, tmp_path / "journal", FAST).pending == 0
 
 
+def test_an_append_after_a_torn_last_line_survives_a_reopen(tmp_path):
+    journal, tracker, parent = _journal(tmp_path)
+    journal.log_metrics(PARENT, {"a": 1.0})
+    with journal.path.open("a") as handle:
+        handle.write('{"entry": "cut-sh')  # the driver was killed in the middle of this write
+    TrackingJournal._open.clear()
+    resumed = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert journal.path.read_text().endswith("}\n")  # the torn line is gone on open
+    with _Outage(tracker.client):
+        resumed.log_metrics(PARENT, {"b": 2.0})  # appended after the torn line, not sent yet
+    lines = journal.path.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # every line whole: nothing glued to the torn one
+    again = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert again.pending == 1  # the write survives another restart ...
+    assert again.flush(wait=True)
+    assert tracker.client.get_run(parent).data.metrics["b"] == 2.0  # ... and is sent
+
+
+def test_a_missing_staged_artifact_is_rejected_alone_and_is_no_outage(tmp_path, caplog):
+    journal, tracker, parent = _journal(tmp_path)
+    source = tmp_path / "report.csv"
+    source.write_text("a,b\n")
+    with _Outage(tracker.client):
+        journal.log_artifact(PARENT, source, key="parent/report")
+        journal.log_metrics(PARENT, {"after": 1.0})
+    staged = next((tmp_path / "journal" / "artifacts").rglob("report.csv"))
+    staged.unlink()  # e.g. removed by hand, or by another process that had sent it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert journal.flush(wait=True)  # not "unreachable": the rest is sent
+    assert journal.pending == 0
+    assert tracker.client.get_run(parent).data.metrics["after"] == 1.0
+    records = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    assert [record["rejected"] for record in records if "rejected" in record] == ["parent/report"]
+    assert "cannot be sent: FileNotFoundError" in caplog.text and "unreachable" not in caplog.text
+
+
 def test_outage_errors_are_retried_and_bad_requests_are_not():
+    import requests
+
     assert is_transient(MlflowException("down", error_code=TEMPORARILY_UNAVAILABLE))
     assert is_transient(ConnectionRefusedError())
+    assert is_transient(requests.exceptions.ConnectionError("refused"))
     assert not is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+    assert not is_transient(FileNotFoundError("staged artifact"))
+    assert not is_transient(PermissionError("unreadable"))
+    wrapped = RuntimeError("upload failed")
+    wrapped.__cause__ = TimeoutError()
+    assert is_transient(wrapped)
 
 
 def test_resume_refuses_a_changed_search_and_names_the_field(tmp_path):

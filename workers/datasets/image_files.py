@@ -8,7 +8,10 @@ Rules:
 * an image larger than ``MAX_IMAGE_PIXELS`` is refused before it is decoded (a decompression
   bomb: a small file that expands to gigabytes); Pillow's own limit is set to the same value;
 * every way a file can fail to decode (not an image, truncated, too large) raises
-  ``ImageDecodeError`` with the reason, so a collection can count and skip bad files.
+  ``ImageDecodeError`` with the reason, so a collection can count and skip bad files;
+* an image is *stored in colour* when its mode carries colour (RGB, RGBA, CMYK, YCbCr, ...; a
+  palette with any entry that is not gray), read from the file's header without decoding it
+  (``stored_in_colour``). An RGB file of gray pixels counts as colour: what it holds is not looked at.
 """
 
 from __future__ import annotations
@@ -59,6 +62,27 @@ def decode_image_file(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
     array = np.asarray(decoded, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+# Pillow modes without colour: bilevel, gray (with alpha), 32-bit integer and float gray, and 16-bit gray ("I;16...").
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+
+
+def stored_in_colour(path: str | Path) -> bool | None:
+    """Whether the image file is stored in colour (module rules), from its header; None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode in GRAY_MODES or mode.startswith("I;"):
+                return False
+            if mode in ("P", "PA"):
+                palette = image.getpalette() or []
+                return any(len(set(palette[start : start + 3])) > 1 for start in range(0, len(palette) - 2, 3))
+            return True
+    except Exception:  # noqa: BLE001 - a bad file is the decoder's to count and report
+        return None
 
 
 def decode_image(path: str | Path, size: int, channels: int, fix: str) -> np.ndarray:

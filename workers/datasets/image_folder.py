@@ -19,23 +19,32 @@ images is skipped, and a warning names it; a split folder without images is refu
 paths relative to ROOT (``cat/1.png``, ``train/cat/1.png``). Files are decoded once by
 ``workers.datasets.decoding``: into the shard cache (``data.streaming`` auto/on) or memory (off);
 files that cannot be decoded are skipped up to ``data.max_bad_fraction``.
+
+Colour is a choice, never a silent conversion (``choose_channels``): with ``data.channels`` unset
+(``DataRequest.channels`` None), up to ``CHANNEL_SAMPLE`` files spread over the listing are looked
+at (headers only, ``image_files.stored_in_colour``); when all are gray the collection loads as 1
+channel, and when any is in colour it is refused, saying what ``data.channels`` 1 and 3 do.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from workers.datasets.decoding import DecodeSettings, decode_files
-from workers.datasets.image_files import IMAGE_SUFFIXES, image_files_under
+from workers.datasets.image_files import IMAGE_SUFFIXES, image_files_under, stored_in_colour
 from workers.datasets.listing import SPLIT_NAMES, LabelledFiles
 from workers.datasets.registry import register_source
 from workers.datasets.splits import split_as_assigned, split_one_pool
 from workers.datasets.types import DataError, DataRequest, RetrievalData
 
 logger = logging.getLogger(__name__)
+
+# Files whose headers are read to tell a gray collection from a colour one when data.channels is unset.
+CHANNEL_SAMPLE = 256
 
 
 @register_source("image_folder")
@@ -50,6 +59,7 @@ def load_image_folder_source(request: DataRequest) -> RetrievalData:
 
 def load_labelled_files(name: str, listing: LabelledFiles, request: DataRequest) -> RetrievalData:
     """Decode a file source's listing once and split it: as assigned when the listing has splits, else as one pool."""
+    request = choose_channels(listing, request)
     decoded = decode_files(listing, decode_settings(request, streaming_default=True))
     files = decoded.files
     if files.splits is None:
@@ -57,6 +67,28 @@ def load_labelled_files(name: str, listing: LabelledFiles, request: DataRequest)
                               files.ids, bad_files=decoded.bad)
     return split_as_assigned(name, listing.description, decoded.images, files.labels, files.class_names,
                              files.splits, request, files.ids, bad_files=decoded.bad)
+
+
+def choose_channels(listing: LabelledFiles, request: DataRequest) -> DataRequest:
+    """``request`` with its channels chosen: as given, or (None: data.channels unset) 1 for a gray
+    collection; a colour one is refused (module rules)."""
+    if request.channels is not None:
+        return request
+    count = min(CHANNEL_SAMPLE, len(listing))
+    colour = []
+    for position in np.unique(np.linspace(0, len(listing) - 1, num=count).round().astype(int)) if count else []:
+        if stored_in_colour(listing.paths[position]):
+            colour.append(str(listing.ids[position]))
+            if len(colour) == 3:
+                break
+    if not colour:
+        return replace(request, channels=1)
+    raise DataError(
+        f"{listing.description} holds colour images (e.g. {colour}) and data.channels is not set: choose "
+        "data.channels: 3 to train and search on the RGB images (the query models then take 3-channel input; "
+        "the usual choice for photos), or data.channels: 1 to convert every image to gray (Pillow's luma) and "
+        "search on gray. E.g. --set data.channels=3"
+    )
 
 
 def decode_settings(request: DataRequest, streaming_default: bool) -> DecodeSettings:

@@ -135,7 +135,9 @@ class DataRequest:
     gallery_size: int = 8000
     seed: int = 0
     image_size: int = 28
-    channels: int = 1
+    # None: not chosen (``data.channels`` unset for a file collection): 1 when its images are gray,
+    # refused when they are in colour (``workers.datasets.image_folder.choose_channels``).
+    channels: int | None = 1
     protocol: str = "closed_set"  # or open_set: train classes disjoint from query/gallery classes
     train_classes: int | None = None  # open_set on one pool: the first N classes train (default: half)
     max_bad_fraction: float = 0.01

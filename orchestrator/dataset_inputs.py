@@ -1,0 +1,79 @@
+"""The data splits of a search as MLflow dataset inputs: described, never copied.
+
+``data_split_inputs`` gives one entry per split (train, query, gallery) in the JSON form the
+journal stores; ``dataset_input`` rebuilds the MLflow entity when the journal sends it. An entry:
+name ``<data name>-<split>``; digest, 16 hex digits of SHA-256 over the split's image shape,
+labels and ids (``split_digest``: another subset, order or file changes it); source, the data
+folder (type ``local``) or, without one, the built-in set's name (type ``cmpnas``); schema, its
+image and label tensors; profile, its counts, image size and protocol. ``split_digest`` is also
+the identity an export records of the data it was measured on (``orchestrator.export.data_identity``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.data.schema import TensorDatasetSchema
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.types import Schema, TensorSpec
+
+from orchestrator.tags import DATASET_CONTEXT_TAG
+from workers.datasets.types import ImageSet, RetrievalData
+
+# A dataset's source type when the data has no folder (a built-in set found in its standard places).
+BUILTIN_SOURCE_TYPE = "cmpnas"
+SPLITS = ("train", "query", "gallery")
+
+
+def data_split_inputs(data: RetrievalData, source: str, root: str | None) -> list[dict[str, str]]:
+    """The train, query and gallery splits as MLflow dataset inputs, in the journal's JSON form.
+
+    ``source``/``root``: ``data.source`` and ``data.root``. Each split is described, never copied:
+    name ``<data name>-<split>``; digest, a hash of its image shape, labels and ids (another
+    subset, order or file changes it); source, the data folder (type ``local``) or, without one,
+    the built-in set's name (type ``cmpnas``); schema, its image and label tensors; profile, its
+    counts, image size and protocol (the train split also its channel statistics and bad files)."""
+    if root:
+        source_type, where = "local", {"uri": str(Path(root).expanduser().resolve()), "data_source": source}
+    else:
+        source_type, where = BUILTIN_SOURCE_TYPE, {"data_source": source}
+    inputs = []
+    for split in SPLITS:
+        images: ImageSet = getattr(data, split)
+        shape = tuple(int(size) for size in images.images.shape[1:])
+        labels = np.asarray(images.labels, dtype=np.int64)
+        schema = TensorDatasetSchema(Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "images")]),
+                                     Schema([TensorSpec(np.dtype(np.int64), (-1,), "labels")]))
+        profile: dict[str, Any] = {
+            "num_images": len(images), "num_classes": int(len(np.unique(labels))),
+            "dataset_classes": data.num_classes, "image_size": shape[-1], "channels": shape[0],
+            "protocol": data.protocol, "streamed": images.streamed,
+        }
+        if split == "train":
+            profile.update(mean=list(data.mean), std=list(data.std), bad_files=len(data.bad_files))
+        inputs.append({
+            "name": f"{data.name}-{split}", "digest": split_digest(shape, labels, images.ids),
+            "source_type": source_type, "source": json.dumps(where, sort_keys=True),
+            "schema": json.dumps(schema.to_dict()), "profile": json.dumps(profile, sort_keys=True),
+            "context": split,
+        })
+    return inputs
+
+
+def split_digest(shape: tuple[int, ...], labels: np.ndarray, ids) -> str:
+    """16 hex digits of SHA-256 over a split's image shape, labels and ids (MLflow allows 36)."""
+    digest = hashlib.sha256(json.dumps(list(shape)).encode())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    digest.update("\n".join(str(image_id) for image_id in ids).encode())
+    return digest.hexdigest()[:16]
+
+
+def dataset_input(fields: dict[str, str]) -> DatasetInput:
+    """The MLflow entity of one entry of ``data_split_inputs`` (as the journal stored it)."""
+    dataset = Dataset(name=fields["name"], digest=fields["digest"], source_type=fields["source_type"],
+                      source=fields["source"], schema=fields.get("schema"), profile=fields.get("profile"))
+    return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, fields["context"])])

@@ -1,0 +1,47 @@
+"""Files that are either whole or absent, and that survive a power cut once written.
+
+``replaced_durably(path)`` gives a temporary path of a unique name in ``path``'s folder (two
+writers of one file never share a temporary); when the block ends it fsyncs that file, renames it
+over ``path`` and fsyncs the folder, so the rename itself is on disk. If the block raises, the
+temporary is removed and ``path`` is as it was. Used for the search state, gallery and supernet
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def replaced_durably(path: str | Path) -> Iterator[Path]:
+    """Write to the yielded temporary path; it becomes ``path`` atomically and durably at the end."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _fsync(temporary, os.O_RDONLY)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent, os.O_RDONLY)
+
+
+def write_text_durably(path: str | Path, text: str) -> None:
+    with replaced_durably(path) as temporary:
+        temporary.write_text(text)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
