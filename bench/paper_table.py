@@ -11,12 +11,20 @@ method (e.g. a weight-sharing supernet) is one more ``@recipe("name")`` function
 - ``fixed_bct``: the same architecture and schedule with the search's compatibility losses (BCT
   influence through the frozen gallery classifier, and the cosine alignment term):
   compatibility through parameters only.
+- ``losses``: the loss ablation on the same fixed architecture and schedule: each compatibility
+  loss alone (``LOSS_ABLATION``: no own classifier, so a loss that cannot place query embeddings
+  in the gallery's space by itself shows it), then the default combination with each added loss.
 - ``cmpnas``: the search's Pareto points, the best under each FLOPs budget, as recorded by the
   search (selected on the evaluation split, so optimistic) and retrained from scratch with fresh
   seeds (``--retrain-seeds``).
 
     python bench/paper_table.py --domain fashion --workdir /tmp/paper-fashion [--from-run RUN_ID]
     python bench/paper_table.py --domain faces --workdir /tmp/paper-faces --plot docs/paper_faces.png
+    python bench/paper_table.py --domain fashion --workdir /tmp/paper-fashion --recipes paragon,losses
+
+Every run also writes its rows to ``bench/results/paper_table_<domain>.json`` (``--results``): a
+list of objects with ``name``, ``mflops``, ``cost_reduction``, ``cross_<metric>`` and
+``gap_<metric>`` (paragon minus row, in points) for the domain's metrics, and ``seeds``.
 
 Without ``--from-run`` the search of the domain's config runs first, in this process.
 """
@@ -43,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task  # noqa: E402
 from orchestrator.config import CmpnasConfig, load_config  # noqa: E402
+from orchestrator.gallery_setup import paragon_cost  # noqa: E402
 from search_space import ArchSpec, build_query_model  # noqa: E402
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate  # noqa: E402
 from workers.fit import OptimSettings  # noqa: E402
@@ -178,7 +187,7 @@ def fmt(metrics: dict[str, float]) -> str:
 def paragon(ctx: TableContext) -> list[Row]:
     data, gallery = ctx.data, ctx.gallery
     metrics = strip(ctx.task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "x"))
-    complexity = count_complexity(ctx.gallery_checkpoint.model, (data.in_chans, data.image_size, data.image_size))
+    complexity = paragon_cost(ctx.config, ctx.gallery_checkpoint)
     return [Row(f"paragon {ctx.config.gallery.backbone} (gallery/gallery)", "paragon", complexity.mflops,
                 complexity.params, 1.0, metrics, metrics, note="the accuracy ceiling")]
 
@@ -209,6 +218,24 @@ def fixed_bct(ctx: TableContext) -> list[Row]:
     return [seeded_row(ctx, f"{fixed_name(ctx)} + BCT losses", "fixed_bct", fixed_model_builder(ctx),
                        ctx.data.image_size, weights, range(ctx.args.seeds),
                        note=f"compatibility through parameters only ({described})")]
+
+
+# Each compatibility loss alone, at the weight it has (or would have) in the default sum:
+# l2_regression is 2 x cosine_alignment on unit vectors, hence half its weight.
+LOSS_ABLATION = {"bct_influence": 1.0, "cosine_alignment": 10.0, "l2_regression": 5.0, "cross_contrastive": 1.0,
+                 "relational": 1.0}
+
+
+@recipe("losses")
+def losses(ctx: TableContext) -> list[Row]:
+    default = {name: weight for name, weight in ctx.config.training.loss_weights.items() if weight}
+    plans = [(f"{name} alone", {name: weight}) for name, weight in LOSS_ABLATION.items()]
+    plans += [(f"default + {name}", {**default, name: weight}) for name, weight in LOSS_ABLATION.items()
+              if name not in default and name != "l2_regression"]
+    return [seeded_row(ctx, f"{fixed_name(ctx)}, {label}", "losses", fixed_model_builder(ctx), ctx.data.image_size,
+                       weights, range(ctx.args.seeds),
+                       note=" + ".join(f"{weight:g} {name}" for name, weight in weights.items()))
+            for label, weights in plans]
 
 
 @recipe("cmpnas")
@@ -265,6 +292,8 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="no training: render the table and plot from the rows a previous run saved")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the rows as JSON; default: bench/results/paper_table_<domain>.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     domain = DOMAINS[args.domain]
@@ -301,7 +330,7 @@ def main() -> None:
         if recorded != checkpoint.fingerprint:
             sys.exit(f"search {run_id} used gallery {recorded}, the workdir's gallery is {checkpoint.fingerprint}")
     ctx = TableContext(domain, config, data, checkpoint, gallery, create_task(config.evaluation.task),
-                       count_complexity(checkpoint.model, (data.in_chans, data.image_size, data.image_size)).flops,
+                       paragon_cost(config, checkpoint).flops,
                        device, args, run_id, tracker)
     # Rows are saved per recipe after each one: an interrupted run keeps what it measured, and a run
     # of some recipes (same workdir, so the same data, gallery and search) replaces only theirs.
@@ -325,9 +354,30 @@ def main() -> None:
     markdown = render(ctx, sum(ctx.timings.values()))
     print(markdown)
     (workdir / f"{args.domain}_table.md").write_text(markdown)
+    results = args.results or REPO / "bench" / "results" / f"paper_table_{args.domain}.json"
+    results.write_text(json.dumps(result_rows(ctx), indent=1) + "\n")
+    print(f"rows: {results}")
     if args.plot:
         plot(ctx, args.plot)
         print(f"plot: {args.plot}")
+
+
+def result_rows(ctx: TableContext) -> list[dict]:
+    """The rows for ``--results``: name, cost, each cross-model metric and its gap to the paragon, seeds."""
+    paragon_row = next((row for row in ctx.rows if row.recipe == "paragon"), None)
+    rows = []
+    for row in ctx.rows:
+        entry = {"name": row.method, "recipe": row.recipe, "mflops": round(row.mflops, 4),
+                 "cost_reduction": round(row.cost_reduction, 2), "seeds": row.seeds, "note": row.note}
+        for metric in ctx.domain.columns:
+            if metric in row.cross:
+                entry[f"cross_{metric}"] = round(row.cross[metric], 2)
+                if paragon_row is not None:
+                    entry[f"gap_{metric}"] = round(paragon_row.cross[metric] - row.cross[metric], 2)
+                if f"cross_{metric}" in row.spread:
+                    entry[f"cross_{metric}_range"] = [round(value, 2) for value in row.spread[f"cross_{metric}"]]
+        rows.append(entry)
+    return rows
 
 
 def cached_gallery_embeddings(path: Path, checkpoint, data, device, compute):

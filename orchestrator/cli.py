@@ -32,6 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.gallery_embed import GalleryEmbedError
     from orchestrator.gallery_export import GalleryExportError
     from orchestrator.gallery_index import GalleryIndexError
+    from orchestrator.journal import TrackingCredentialsError
     from orchestrator.output_lock import OutputDirLockedError
     from orchestrator.query_service import QueryError
     from orchestrator.ray_cluster import ResourceRequestError
@@ -43,10 +44,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from workers.datasets import DataError
 
     return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, BudgetInfeasibleError,
-            OutputDirError, OutputDirLockedError, ResourceRequestError, ClusterJoinError, ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError,
-            QueryError)
+            OutputDirError, OutputDirLockedError, TrackingCredentialsError, ResourceRequestError, ClusterJoinError,
+            ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError, QueryError)
 
 
+# How long `search --resume-if-unfinished` waits for output_dir's lock: an NFSv4 lease (about 90 s)
+# held for a lost node, with margin.
+RESTARTED_JOB_LOCK_WAIT_S = 180.0
 # Exit status when results are safe in the local journal but not yet in MLflow: retry later.
 EXIT_TRACKING_UNAVAILABLE = 3
 
@@ -93,7 +97,9 @@ def search(
             settings = _recorded_config(settings, extra)
         from orchestrator.driver import run_search
 
-        outcome = run_search(settings, console, resume=resume)
+        # A re-started job may find the lock of its lost predecessor still held by a network volume's lease.
+        outcome = run_search(settings, console, resume=resume,
+                             lock_wait_s=RESTARTED_JOB_LOCK_WAIT_S if resume_if_unfinished else 0.0)
     except _user_errors() as error:
         _fail(error)
     except TrackingUnavailableError as error:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from search_space.registry import SPACES
 from workers.datasets.registry import SOURCES
 from workers.gallery_sources.registry import GALLERY_SOURCES
-from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES
+from workers.losses import DEFAULT_LOSS_WEIGHTS, LOSSES, loss_parameter_problems
 
 if TYPE_CHECKING:
     from orchestrator.strategies import Strategy
@@ -242,6 +242,11 @@ class TrainingConfig(_Section):
         default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS),
         description="weight of each compatibility loss, >= 0, one at least > 0; a map given replaces the default "
                     "whole: a loss left out is off")
+    loss_parameters: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="parameters of the compatibility losses, by loss name (a key of loss_weights) and parameter "
+                    "name, e.g. {cross_contrastive: {temperature: 0.05}}; a loss or parameter left out takes its "
+                    "default (docs/losses.md lists them)")
     mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
         "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
                                "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
@@ -278,6 +283,15 @@ class TrainingConfig(_Section):
             raise ValueError("loss weights must be >= 0")
         if not any(value.values()):
             raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
+        return value
+
+    @field_validator("loss_parameters")
+    @classmethod
+    def _loss_parameters_fit(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        # The error is shown after "training.loss_parameters: " already; a problem of one parameter names it further.
+        problems = [problem.removeprefix("training.loss_parameters: ") for problem in loss_parameter_problems(value)]
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 

@@ -117,16 +117,16 @@ def trial_resources(config: CmpnasConfig) -> ResourceRequest:
                            "resources.cpus_per_trial", "resources.gpus_per_trial")
 
 
-def run_search(config: CmpnasConfig, console: Console | None = None, resume: bool = False) -> SearchOutcome:
+def run_search(config: CmpnasConfig, console: Console | None = None, resume: bool = False,
+               lock_wait_s: float = 0.0) -> SearchOutcome:
     """Run a search, or with ``resume`` continue the one recorded in ``output_dir`` (see
     ``orchestrator.search_state``): same MLflow parent run, child runs re-attached by trial id,
-    finished trials kept, unfinished ones continued from their last checkpoint."""
+    finished trials kept, unfinished ones continued from their last checkpoint. ``lock_wait_s``: how
+    long to wait for ``output_dir`` held elsewhere (``orchestrator.output_lock``) before refusing."""
     console = console or Console()
     output_dir = prepare_output_dir(config)
-    with locked_output_dir(output_dir, "cmpnas search" + (" --resume" if resume else "")):
+    with locked_output_dir(output_dir, "cmpnas search" + (" --resume" if resume else ""), wait_s=lock_wait_s):
         require_supernet_checkpoint(config)
-        if ray_address(config.ray) != LOCAL:
-            check_can_join(ray_address(config.ray))  # before minutes of data and gallery set-up, not after
         warn_of_credentials(config)
         tracking_uri = resolve_tracking_uri(config.tracking.uri)
         state = open_search_state(config, output_dir, tracking_uri, resume)
@@ -173,7 +173,10 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
         return SearchOutcome(state.parent_run_id, report, output_dir, 0, shortfall)
     search_started = time.perf_counter()
 
-    inputs = prepare_search_inputs(config, log, expected_gallery_fingerprint=state.gallery_fingerprint)
+    if ray_address(config.ray) != LOCAL:
+        check_can_join(ray_address(config.ray))  # before minutes of data and gallery set-up, not after
+    inputs = prepare_search_inputs(config, log, expected_gallery_fingerprint=state.gallery_fingerprint,
+                                   resumed=state.sessions > 1)
     check_search_budgets(inputs.space, config.search)  # before the parent run: a refusal records nothing
     # Before the embedding pass: a cost that cannot be measured (gallery.mflops unset) is refused first.
     gallery_cost = paragon_cost(config, inputs.gallery_model)

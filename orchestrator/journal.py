@@ -73,8 +73,25 @@ _MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_RE
                          "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
+# The server is there but refuses this process (HTTP 401/403). Kept for later like an outage (the
+# writes are not wrong), but said as what it is: credentials are never recorded
+# (orchestrator.credentials), so a resume or sync must be given them again.
+CREDENTIAL_ERROR_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"})
+CREDENTIALS_ADVICE = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                      "environment, or give tracking.uri with them again: cmpnas records no credentials, so a "
+                      "resume or `cmpnas sync` needs them anew")
+
+
 class TrackingUnavailableError(RuntimeError):
     """The tracking server cannot be reached; what was recorded is kept in the journal."""
+
+
+class TrackingCredentialsError(RuntimeError):
+    """The tracking server refuses this process's credentials (or their absence)."""
+
+
+def is_credential_error(error: BaseException) -> bool:
+    return isinstance(error, MlflowException) and error.error_code in CREDENTIAL_ERROR_CODES
 
 
 @dataclass(frozen=True)
@@ -330,8 +347,13 @@ class TrackingJournal:
         delay = min(self.policy.max_delay_s, self.policy.first_delay_s * 2 ** (self._failures - 1))
         self._next_try = time.monotonic() + delay
         if not self._outage_logged:
-            logger.warning("tracking server unreachable (%s); %d writes kept in %s, the search goes on",
-                           redact_text(str(error).splitlines()[0][:300]), len(self._pending), self.path)
+            cause = redact_text(str(error).splitlines()[0][:300])
+            if is_credential_error(error):
+                logger.warning("tracking server refused this process's credentials (%s); %d writes kept in %s, the "
+                               "search goes on: %s", cause, len(self._pending), self.path, CREDENTIALS_ADVICE)
+            else:
+                logger.warning("tracking server unreachable (%s); %d writes kept in %s, the search goes on",
+                               cause, len(self._pending), self.path)
             self._outage_logged = True
 
     def _discard_staged(self, entry: dict[str, Any]) -> None:

@@ -7,7 +7,10 @@ Rules:
   ends; a second job on the folder is refused at once (``OutputDirLockedError``) with the holder's
   command, process id and host, which the lock file records;
 * the kernel releases the lock when the holding process dies, however it dies (SIGKILL, OOM,
-  preemption), so a killed driver never leaves the folder blocked and a resume needs no cleanup;
+  preemption), so a killed driver never leaves the folder blocked and a resume needs no cleanup.
+  On a network volume (NFS, EFS) whose client machine is lost, the server frees it only when its
+  lease expires (about 90 s on NFSv4): a job that expects that case (``cmpnas search
+  --resume-if-unfinished``, a re-applied RayJob) waits up to ``wait_s`` for the lock;
 * inside one process the lock is re-entrant (a search that trains its gallery model first takes
   it once): ``flock`` locks belong to an open file, and a second open in the same process would
   conflict with the first;
@@ -20,15 +23,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from orchestrator.credentials import redact_text
+
+logger = logging.getLogger(__name__)
 LOCK_FILE = ".cmpnas.lock"
+LOCK_POLL_S = 5.0
 
 
 class OutputDirLockedError(RuntimeError):
@@ -40,8 +49,9 @@ _held_guard = threading.Lock()
 
 
 @contextmanager
-def locked_output_dir(output_dir: str | Path, job: str) -> Iterator[Path]:
-    """Hold ``output_dir`` for ``job`` (e.g. ``"cmpnas search"``) while the block runs."""
+def locked_output_dir(output_dir: str | Path, job: str, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold ``output_dir`` for ``job`` (e.g. ``"cmpnas search"``) while the block runs; a lock held
+    elsewhere is waited for up to ``wait_s`` seconds, then refused."""
     folder = Path(output_dir).resolve()
     with _held_guard:
         if folder in _held:
@@ -52,7 +62,7 @@ def locked_output_dir(output_dir: str | Path, job: str) -> Iterator[Path]:
             reentered = False
     if not reentered:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor = _acquire(folder, job)
+        descriptor = _acquire(folder, job, wait_s)
         with _held_guard:
             _held[folder] = (descriptor, 1)
     try:
@@ -67,11 +77,21 @@ def locked_output_dir(output_dir: str | Path, job: str) -> Iterator[Path]:
                 os.close(descriptor)  # releases the lock
 
 
-def _acquire(folder: Path, job: str) -> int:
+def _acquire(folder: Path, job: str, wait_s: float) -> int:
     path = folder / LOCK_FILE
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("output_dir=%s is held by %s; waiting up to %.0f s more", folder,
+                               _read_holder(descriptor), deadline - time.monotonic())
+                time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
     except BlockingIOError:
         holder = _read_holder(descriptor)
         os.close(descriptor)
@@ -82,7 +102,9 @@ def _acquire(folder: Path, job: str) -> int:
     except BaseException:
         os.close(descriptor)
         raise
-    holder = json.dumps({"job": job, "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[:8]})
+    # The command line may carry a URI with credentials (--set tracking.uri=...): stored redacted.
+    holder = json.dumps({"job": job, "pid": os.getpid(), "host": socket.gethostname(),
+                         "argv": [redact_text(argument) for argument in sys.argv[:8]]})
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, holder.encode(), 0)
     return descriptor

@@ -73,7 +73,10 @@ def connect_ray(settings: RayConfig, requests: Sequence[ResourceRequest]) -> boo
 def ray_address(settings: RayConfig) -> str:
     """``ray.address``, else Ray's ``RAY_ADDRESS`` (set for a job submitted to a cluster), else a Ray
     of the job's own. Never Ray's default of joining whatever cluster ``ray start`` last recorded on
-    this machine (``/tmp/ray/ray_current_cluster``): a search without an address is local."""
+    this machine (``/tmp/ray/ray_current_cluster``): a search without an address is local. A joined
+    cluster gets cmpnas's packages as ``py_modules`` (``ray.ship_code``); a job submitted with its
+    own ``py_modules`` in its runtime environment sets ``ray.ship_code: false``, as Ray refuses to
+    merge the two."""
     return settings.address or os.environ.get("RAY_ADDRESS") or LOCAL
 
 

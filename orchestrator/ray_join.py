@@ -61,17 +61,17 @@ def check_can_join(address: str) -> None:
     gcs_address = _gcs_address(address)
     if gcs_address is None:
         return  # `auto` with no cluster recorded on this machine: ray.init says so itself
-    if address == "auto" and token_source() is not None:
-        return  # Ray turns token mode on by itself for `auto` when it finds a token
     host, _, port = gcs_address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as error:
         raise ClusterJoinError(
             f"ray.address={address!r}: nothing accepts connections at {gcs_address} ({error}). Start the head "
             "there (`ray start --head --port PORT`), or set ray.address (--address) to the address `ray start` "
             "printed"
         ) from None
+    if address == "auto" and token_source() is not None:
+        return  # Ray turns token mode on by itself for `auto` when it finds a token
     if token_mode_on() and token_source() is None:
         # Ray's token loader aborts the process in this state: say so before any Ray client exists.
         raise ClusterJoinError(f"ray.address={address!r}: {NO_TOKEN_ADVICE}")
@@ -81,14 +81,13 @@ def check_can_join(address: str) -> None:
 
 
 def _gcs_address(address: str) -> str | None:
-    if address != "auto":
-        return address
+    """The address ``ray.init`` will connect to: ``auto`` resolved, localhost as the node's IP."""
     from ray._private.services import canonicalize_bootstrap_address
 
     try:
         return canonicalize_bootstrap_address(address)
-    except Exception:  # noqa: BLE001 - no recorded cluster: ray.init reports it
-        return None
+    except Exception:  # noqa: BLE001 - no recorded cluster for `auto`, or a malformed address: ray.init reports it
+        return None if address == "auto" else address
 
 
 def _authentication_refusal(gcs_address: str) -> str | None:

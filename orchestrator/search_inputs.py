@@ -23,8 +23,8 @@ Two refusals come before step 2, so that a mismatch costs seconds, not a decodin
 - colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
   does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
   the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
-  collection loads as 1 channel, as before. A recorded search holds every field (``model_dump``),
-  so a resumed one keeps the channels it ran with.
+  collection loads as 1 channel, as before. Neither applies to a resumed search
+  (``prepare_search_inputs(resumed=True)``), which keeps the channels and space it ran with.
 
 Augmentation (``training.augmentation.enabled``): ``auto`` turns it on for photo collections
 (``PHOTO_SOURCES``) of at least ``AUGMENT_FROM_SIZE`` px (a crop of a 28 px thumbnail loses what
@@ -186,12 +186,17 @@ class SearchInputs:
         return RayDataGalleryPass(self.gallery_loader, self.gallery_model.embed_dim, self.gallery_model.fingerprint)
 
 
-def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_fingerprint: str | None = None
-                          ) -> SearchInputs:
+def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_fingerprint: str | None = None,
+                          resumed: bool = False) -> SearchInputs:
     """Steps 2-4 of the module's order. ``expected_gallery_fingerprint``: the gallery a resumed
-    search started with; any other is refused before the embedding pass."""
+    search started with; any other is refused before the embedding pass. A ``resumed`` search runs
+    as it was recorded: the two refusals are for new searches (its ``data.channels`` counts as
+    chosen, and its space was accepted when it started), since a resume may not change either."""
     timings: dict[str, float] = {}
-    check_space_fits_images(config)
+    if resumed:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"channels": config.data.channels})})
+    else:
+        check_space_fits_images(config)
     started = time.perf_counter()
     data = load_data(config)
     timings["stage_data_seconds"] = time.perf_counter() - started

@@ -29,7 +29,10 @@ from orchestrator.journal import (
     JOURNAL_FOLDER,
     PARENT,
     TrackingJournal,
+    CREDENTIALS_ADVICE,
+    TrackingCredentialsError,
     TrackingUnavailableError,
+    is_credential_error,
     is_transient,
 )
 from orchestrator.pareto_report import (
@@ -49,7 +52,13 @@ from orchestrator.tracking import SearchTracker
 def open_tracker(tracking_uri: str, experiment: str) -> SearchTracker:
     try:
         return SearchTracker(tracking_uri, experiment)
-    except Exception as error:  # classified: only an outage becomes a user-facing error
+    except Exception as error:  # classified: only an outage or refused credentials become user-facing errors
+        if is_credential_error(error):
+            raise TrackingCredentialsError(
+                f"the tracking server at {redact_uri(tracking_uri)} refused this process "
+                f"({redact_text(str(error).splitlines()[0][:300])}); nothing was recorded. {CREDENTIALS_ADVICE[0].upper()}"
+                f"{CREDENTIALS_ADVICE[1:]}"
+            ) from error
         if is_transient(error):
             raise TrackingUnavailableError(
                 f"the tracking server at {redact_uri(tracking_uri)} cannot be reached "

@@ -126,6 +126,7 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "protocol"): "closed_set", ("data", "train_classes"): None, ("data", "max_bad_fraction"): 0.0,
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
     ("training", "min_steps"): 0,
+    ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
                                    "horizontal_flip": True},
     ("evaluation", "compatibility_ratio"): 0.5,

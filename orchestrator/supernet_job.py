@@ -103,6 +103,7 @@ def supernet_training_settings(config: CmpnasConfig, augmentation: AugmentationS
         optim=OptimSettings(epochs=supernet.epochs, batch_size=supernet.batch_size, lr=supernet.lr,
                             weight_decay=supernet.weight_decay, seed=config.search.seed),
         loss_weights=dict(config.training.loss_weights),
+        loss_parameters={name: dict(values) for name, values in config.training.loss_parameters.items()},
         num_random_subnets=supernet.num_random_subnets,
         distillation_weight=supernet.distillation_weight if supernet.distillation else 0.0,
         channels_last=config.training.channels_last,
@@ -141,6 +142,7 @@ def _train_supernet(config: CmpnasConfig, console: Console, output_dir: Path) ->
         run_id = run.info.run_id
         tracker.log_params(run_id, {**config_params({"supernet": config.supernet.model_dump(mode="json")}),
                                     "training.loss_weights": dict(config.training.loss_weights),
+                                    "training.loss_parameters": dict(config.training.loss_parameters),
                                     "search_space.name": space.name, "seed": config.search.seed, **data.summary()})
         log(f"training the supernet of '{space.name}' for {settings.optim.epochs} epochs "
             f"(largest + smallest + {settings.num_random_subnets} random subnets per step, distillation weight "

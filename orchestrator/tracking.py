@@ -67,8 +67,9 @@ def param_value(value: Any) -> str:
 
 
 def config_params(tree: dict[str, Any]) -> dict[str, Any]:
-    """A configuration as params named by dotted field; the loss weights stay one param."""
-    return flatten_fields(tree, keep_whole=("loss_weights",))
+    """A configuration as params named by dotted field; the loss weights stay one param, and so do the
+    loss parameters."""
+    return flatten_fields(tree, keep_whole=("loss_weights", "loss_parameters"))
 
 
 def now_ms() -> int:

@@ -53,6 +53,7 @@ def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
             optim=OptimSettings(epochs=trial_epochs(ctx), batch_size=training.batch_size, lr=training.lr,
                                 weight_decay=training.weight_decay, seed=config.search.seed),
             loss_weights=dict(training.loss_weights),
+            loss_parameters={name: dict(values) for name, values in training.loss_parameters.items()},
             channels_last=training.channels_last,
             mixed_precision=training.mixed_precision,
             augmentation=ctx.inputs.augmentation,

@@ -22,6 +22,8 @@ from workers.training_batches import AugmentationSettings, ImageBatches
 class CandidateTrainingSettings:
     optim: OptimSettings
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    # loss name -> parameter name -> value (training.loss_parameters); keyword-only
+    loss_parameters: dict[str, dict[str, float]] = field(default_factory=dict, kw_only=True)
     channels_last: bool = True
     mixed_precision: bool = False
     augmentation: AugmentationSettings | None = None
@@ -47,7 +49,7 @@ def fine_tune_candidate(
     torch.manual_seed(settings.optim.seed)
     if settings.augmentation is not None and view_gallery is None:
         raise ValueError("augmented training needs the gallery model (view_gallery) to embed each augmented view")
-    losses = WeightedLossSum(settings.loss_weights)
+    losses = WeightedLossSum(settings.loss_weights, settings.loss_parameters)
     targets = CompatibilityTargets.build(data, gallery, device,
                                          view_gallery if settings.augmentation is not None else None)
     trainable = nn.ModuleDict({"model": model, "own_classifier": targets.own_classifier})

@@ -22,6 +22,9 @@ def replaced_durably(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file 0600; the file it replaces keeps its mode, a new one gets the umask's
+    # (a serving container of another uid reads checkpoints and state).
+    os.fchmod(handle, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
     os.close(handle)
     temporary = Path(name)
     try:
@@ -37,6 +40,17 @@ def replaced_durably(path: str | Path) -> Iterator[Path]:
 def write_text_durably(path: str | Path, text: str) -> None:
     with replaced_durably(path) as temporary:
         temporary.write_text(text)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -35,6 +35,8 @@ from workers.training_batches import AugmentationSettings, ImageBatches
 class SupernetTrainingSettings:
     optim: OptimSettings
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    # loss name -> parameter name -> value (training.loss_parameters); keyword-only
+    loss_parameters: dict[str, dict[str, float]] = field(default_factory=dict, kw_only=True)
     num_random_subnets: int = 2
     distillation_weight: float = 1.0
     channels_last: bool = True
@@ -71,7 +73,7 @@ def train_supernet(
     if settings.augmentation is not None and view_gallery is None:
         raise ValueError("augmented training needs the gallery model (view_gallery) to embed each augmented view")
     space = supernet.space
-    losses = WeightedLossSum(settings.loss_weights)
+    losses = WeightedLossSum(settings.loss_weights, settings.loss_parameters)
     targets = CompatibilityTargets.build(data, gallery, device,
                                          view_gallery if settings.augmentation is not None else None)
     trainable = nn.ModuleDict({"supernet": supernet, "own_classifier": targets.own_classifier})

@@ -287,11 +287,11 @@ def embed_configured_gallery(config: CmpnasConfig, request: GalleryEmbedRequest,
     gallery = loader.open()
     options = dict(index_factory=request.index_factory, shard_size=request.shard_size, batch_size=request.batch_size,
                    log=log, console=console)
-    if config.ray.address is None:
+    from orchestrator.ray_cluster import LOCAL, connect_ray, ray_address
+
+    if ray_address(config.ray) == LOCAL:
         return embed_collection(gallery, collection, request.output_dir, **options)
     import ray
-
-    from orchestrator.ray_cluster import connect_ray
 
     started = connect_ray(config.ray, [])
     try:

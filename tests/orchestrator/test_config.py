@@ -87,3 +87,48 @@ def test_flatten_fields_keeps_the_named_dicts_whole():
                                     "output_dir": "out"}
     assert flatten_fields(tree, keep_whole=("loss_weights",)) == {
         "training.epochs": 3, "training.loss_weights": {"own_classifier": 1.0}, "output_dir": "out"}
+
+
+def test_loss_parameters_default_to_none_set_and_reach_the_config():
+    from orchestrator.config import TrainingConfig
+
+    assert TrainingConfig().loss_parameters == {}
+    config = load_config(None, ["training.loss_parameters={cross_contrastive: {temperature: 0.05}}"])
+    assert config.training.loss_parameters == {"cross_contrastive": {"temperature": 0.05}}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({"triplet": {"margin": 1.0}},
+         r"training.loss_parameters: .*unknown losses \['triplet'\]; allowed values are \[.*'cross_contrastive'"),
+        ({"relational": {"temp": 1.0}},
+         r"training.loss_parameters.relational.temp: unknown parameter .*allowed parameters are \['temperature'\]"),
+        ({"own_classifier": {"temperature": 1.0}},
+         r"training.loss_parameters.own_classifier.temperature: .*allowed parameters are \[\]"),
+        ({"cross_contrastive": {"temperature": 0}}, r"training.loss_parameters.cross_contrastive.temperature: .*> 0"),
+        ({"relational": {"temperature": -1.0}}, r"training.loss_parameters.relational.temperature: .*> 0"),
+        ({"relational": {"temperature": float("inf")}}, r"training.loss_parameters"),
+        ({"relational": {"temperature": "warm"}}, r"training.loss_parameters.relational.temperature"),
+        ({"relational": 0.1}, r"training.loss_parameters.relational"),
+    ],
+)
+def test_bad_loss_parameters_name_the_dotted_field_and_what_is_allowed(parameters, expected):
+    with pytest.raises(ConfigError, match=expected):
+        validate_config({"training": {"loss_parameters": parameters}})
+
+
+def test_loss_parameters_are_logged_as_one_param_and_predate_recorded_searches():
+    from orchestrator.search_state import FIELDS_OF_EARLIER_SEARCHES, check_resume_config, with_earlier_defaults
+    from orchestrator.tracking import config_params
+
+    parameters = {"relational": {"temperature": 0.2}}
+    assert config_params({"training": {"loss_parameters": parameters}}) == {"training.loss_parameters": parameters}
+    assert FIELDS_OF_EARLIER_SEARCHES[("training", "loss_parameters")] == {}
+    current = validate_config({}).model_dump(mode="json")
+    recorded = {**current, "training": {k: v for k, v in current["training"].items() if k != "loss_parameters"}}
+    assert with_earlier_defaults(recorded)["training"]["loss_parameters"] == {}
+    assert check_resume_config(recorded, current) == []
+    changed = validate_config({"training": {"loss_parameters": parameters}}).model_dump(mode="json")
+    with pytest.raises(ConfigError, match="training.loss_parameters"):
+        check_resume_config(recorded, changed)

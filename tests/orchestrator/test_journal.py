@@ -5,10 +5,10 @@ import logging
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, UNAUTHENTICATED
 
 from orchestrator.config import ConfigError, validate_config
-from orchestrator.journal import PARENT, RetryPolicy, TrackingJournal, is_transient, trial_ref
+from orchestrator.journal import PARENT, RetryPolicy, TrackingJournal, is_credential_error, is_transient, trial_ref
 from orchestrator.search_state import CHANGEABLE_ON_RESUME, check_resume_config
 from orchestrator.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
 from orchestrator.tracking import SearchTracker
@@ -163,6 +163,8 @@ def test_outage_errors_are_retried_and_bad_requests_are_not():
     assert not is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
     assert not is_transient(FileNotFoundError("staged artifact"))
     assert not is_transient(PermissionError("unreadable"))
+    refused = MlflowException("401 Unauthorized", error_code=UNAUTHENTICATED)
+    assert is_transient(refused) and is_credential_error(refused)  # kept for later, but said as what it is
     wrapped = RuntimeError("upload failed")
     wrapped.__cause__ = TimeoutError()
     assert is_transient(wrapped)

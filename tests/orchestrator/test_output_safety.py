@@ -49,7 +49,8 @@ def held_output_dir(tmp_path):
     folder = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from orchestrator.output_lock import locked_output_dir\n"
-         f"with locked_output_dir({str(folder)!r}, 'cmpnas search'):\n    print('held', flush=True); time.sleep(600)"],
+         f"with locked_output_dir({str(folder)!r}, 'cmpnas search'):\n    print('held', flush=True); time.sleep(600)",
+         f"--set=tracking.uri=http://me:{SECRET}@mlflow:5000"],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     yield folder, holder
@@ -70,6 +71,8 @@ def test_a_second_job_on_a_held_output_dir_is_refused_naming_the_holder(held_out
         assert "OutputDirLockedError" in result.text and f"pid {holder.pid}" in result.text, (command, result.text)
         assert "cmpnas search" in result.text and "another folder" in result.text
     assert sorted(path.name for path in folder.iterdir()) == [LOCK_FILE]  # the refused jobs wrote nothing
+    lock_record = (folder / LOCK_FILE).read_text()
+    assert "mlflow:5000" in lock_record and SECRET not in lock_record  # the holder's argv, without credentials
 
 
 def test_the_lock_dies_with_its_holder_and_is_reentrant_within_a_process(held_output_dir):
@@ -184,3 +187,37 @@ def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, 
     assert run.data.params["tracking.uri"] == url
     assert not any(SECRET in value for value in [*run.data.params.values(), *run.data.tags.values()])
     assert json.loads((tmp_path / "out" / "search_state.json").read_text())["tracking_uri"] == url
+
+
+def test_a_restarted_job_waits_for_a_lock_that_is_released_meanwhile(held_output_dir, monkeypatch):
+    import threading
+
+    import orchestrator.output_lock as output_lock
+
+    folder, holder = held_output_dir
+    monkeypatch.setattr(output_lock, "LOCK_POLL_S", 0.2)
+    threading.Timer(1.0, holder.kill).start()  # the lost node's lease runs out
+    started = time.monotonic()
+    with locked_output_dir(folder, "cmpnas search --resume", wait_s=30):
+        waited = time.monotonic() - started
+    assert 0.8 < waited < 10
+    holder.wait()
+
+
+def test_refused_credentials_are_named_as_such_not_as_an_outage(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
+
+    import orchestrator.search_records as search_records
+    from orchestrator.journal import TrackingCredentialsError
+
+    def refusing(uri, experiment):  # what MLflow raises for a server's HTTP 401
+        raise MlflowException(f"API request to {uri}/api/2.0/mlflow/experiments/get-by-name failed: 401",
+                              error_code=UNAUTHENTICATED)
+
+    monkeypatch.setattr(search_records, "SearchTracker", refusing)
+    with pytest.raises(TrackingCredentialsError) as refusal:
+        search_records.open_tracker(f"https://me:{SECRET}@mlflow.example", "e")
+    message = str(refusal.value)
+    assert "MLFLOW_TRACKING_USERNAME" in message and "refused this process" in message
+    assert SECRET not in message and "unreachable" not in message and "cannot be reached" not in message

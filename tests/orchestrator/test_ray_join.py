@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,27 +44,35 @@ def token_head(tmp_path_factory):
     folder = tmp_path_factory.mktemp("token-head")
     token, port = secrets.token_hex(32), free_port()
     env = driver_env(folder / "home", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    log = folder / "ray-start.log"
+    # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes, which pytest's
+    # numbered folders (/tmp/pytest-of-<user>/pytest-<n>/...) exceed once n has three digits.
+    ray_temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats", f"--temp-dir={folder / 'ray'}", "--node-ip-address=127.0.0.1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--disable-usage-stats", f"--temp-dir={ray_temp}", "--node-ip-address=127.0.0.1"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        probe = subprocess.run([sys.executable, "-c", f"from orchestrator.ray_join import check_can_join; "
-                                f"check_can_join({address!r})"], env=env, capture_output=True, timeout=60)
-        if probe.returncode == 0:
-            break
-        assert head.poll() is None, "ray start --head exited"
-        time.sleep(1)
-    else:
-        pytest.fail(f"the token head at {address} never accepted its own token")
-    yield address, token
-    os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            probe = subprocess.run([sys.executable, "-c", f"from orchestrator.ray_join import check_can_join; "
+                                    f"check_can_join({address!r})"], env=env, capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, f"ray start --head exited: {log.read_text()[-3000:]}"
+            time.sleep(1)
+        else:
+            pytest.fail(f"the token head at {address} never accepted its own token")
+        yield address, token
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def test_search_without_the_token_mode_fails_in_seconds_naming_what_to_set(token_head, tmp_path):

@@ -24,3 +24,16 @@ def test_two_writers_of_one_file_get_their_own_temporaries(tmp_path):
         second.write_text("second")
     assert path.read_text() == "first"  # the outer block ends last: its file is the one kept
     assert [entry.name for entry in tmp_path.iterdir()] == ["gallery.safetensors"]
+
+
+def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_own(tmp_path):
+    import os
+
+    path = tmp_path / "checkpoint.safetensors"
+    write_text_durably(path, "new")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: other users may read it
+    path.chmod(0o640)
+    write_text_durably(path, "replaced")
+    assert path.stat().st_mode & 0o777 == 0o640
