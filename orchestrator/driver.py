@@ -32,9 +32,9 @@ from evaluators.complexity import ComplexityReport
 from orchestrator import cmpnas_version
 from orchestrator.budget_report import best_per_budget, record_budget_sweep
 from orchestrator.config import CmpnasConfig
+from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.credentials import fields_with_credentials, redact_tree, redact_uri
 from orchestrator.dataset_inputs import data_split_inputs
-from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.gallery_setup import paragon_cost
 from orchestrator.journal import (
     JOURNAL_FOLDER,
