@@ -144,3 +144,22 @@ def test_load_data_refuses_a_colour_folder_unless_data_channels_is_set(tmp_path)
     with pytest.raises(DataError, match="data.channels is not set"):
         load_data(validate_config({"data": data}))
     assert load_data(validate_config({"data": {**data, "channels": 3}})).in_chans == 3
+
+
+def test_a_resumed_search_is_exempt_from_the_checks_a_new_one_meets(tmp_path):
+    """A resume runs as recorded: the colour choice and the space's image sizes were settled when it started
+    (or predate these checks), and a resume may change neither."""
+    from orchestrator.config import ConfigError
+    from orchestrator.search_inputs import prepare_search_inputs
+    from workers.gallery_sources import GallerySourceError
+
+    root = _folder(tmp_path / "photos", colour=True)
+    config = validate_config({  # 12 px is outside mnv3_28's sizes, and channels is unset on a colour folder
+        "data": {"source": "image_folder", "root": str(root), "image_size": 12, "train_size": None, "query_size": 6,
+                 "gallery_size": 9, "streaming": "off"},
+        "gallery": {"source": "onnx", "path": str(tmp_path / "missing.onnx")},
+        "search_space": {"name": "mnv3_28"}, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match="search_space.name='mnv3_28' is for images of"):
+        prepare_search_inputs(config, print)
+    with pytest.raises(GallerySourceError, match="missing.onnx"):  # past both checks and the data, at the gallery
+        prepare_search_inputs(config, print, resumed=True)
