@@ -155,16 +155,19 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
             raise ConfigError(f"`cmpnas gallery train` trains a gallery model of gallery.source 'cmpnas'; this config "
                               f"uses gallery.source={settings.gallery.source!r}, a model that needs no training here")
         from evaluators import RetrievalEvaluator
-        from orchestrator.search_inputs import load_data, prepare_output_dir
+        from orchestrator.search_inputs import load_search_data, prepare_output_dir
         from orchestrator.gallery_setup import train_and_save_gallery
         from workers.preprocess import embed_images, pick_device
 
         from orchestrator.output_lock import locked_output_dir
 
         with locked_output_dir(prepare_output_dir(settings), "cmpnas gallery train"):
-            data = load_data(settings)
+            search_data = load_search_data(settings)
             device = pick_device()
-            checkpoint = train_and_save_gallery(settings, data, device, console.log)
+            # On the train split less the validation images, as a search trains it (and early-stops on them).
+            checkpoint = train_and_save_gallery(settings, search_data.selection, device, console.log)
+        # Measured on the query and gallery splits: held out when there is a validation split.
+        data = search_data.held_out or search_data.selection
         model = checkpoint.model
         embed = lambda split: embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std,  # noqa: E731
                                            model.arch.image_size, device)
@@ -280,6 +283,7 @@ def pareto(
     try:
         search_run_id = _deprecated_run_id(run_id, search_run_id, "--search-run-id")
         settings = load_config(config)
+        from orchestrator.final_training_report import collect_final_training, render_final_training
         from orchestrator.pareto_report import collect_report, render_table
         from orchestrator.tracking import SearchTracker, resolve_tracking_uri
 
@@ -289,7 +293,9 @@ def pareto(
         search_run_id = search_run_id or tracker.latest_search_run_id()
         if search_run_id is None:
             raise ConfigError(f"experiment '{name}' at {uri} has no cmpnas search runs; run `cmpnas search` first")
-        render_table(collect_report(tracker, search_run_id), console, only_front=not show_all, run_ids=True)
+        report = collect_report(tracker, search_run_id)
+        render_table(report, console, only_front=not show_all, run_ids=True)
+        render_final_training(collect_final_training(tracker, search_run_id, report), report, console)
     except _user_errors() as error:
         _fail(error)
     except LookupError as error:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from search_space.registry import SPACES
 from workers.datasets.registry import SOURCES
@@ -64,6 +64,10 @@ class DataConfig(_Section):
                                                    "repeated); Fashion-MNIST is 1. A file collection of colour "
                                                    "images must set it: left unset, it is refused")
     seed: int = Field(0, description="seed of the stratified splits and subsets")
+    validation_size: NonNegativeInt = Field(
+        0, description="images carved from the train split (stratified) for selection: candidates are ranked and "
+                       "the gallery model early-stopped on them, while query and gallery are only reported; 0: off "
+                       "(selection and reporting share query and gallery, an optimistic reading)")
     protocol: Literal["closed_set", "open_set"] = Field(
         "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
                                   "train classes are disjoint from the query/gallery classes"
@@ -153,6 +157,11 @@ class GalleryConfig(_Section):
     batch_size: PositiveInt = Field(128, description="batch size of that training")
     lr: PositiveFloat = Field(2e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
     weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
+    patience: PositiveInt | None = Field(
+        None, description="early stopping of a gallery model cmpnas trains: stop after this many epochs without a "
+                          "better validation score (search.metric, gallery/gallery on the validation split; needs "
+                          "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
+                          "null: train gallery.epochs epochs")
 
     @field_validator("source")
     @classmethod
@@ -369,6 +378,14 @@ class PredictorConfig(_Section):
     l2: PositiveFloat = Field(1.0, description="ridge penalty")
 
 
+class FinalTrainingConfig(_Section):
+    epochs: NonNegativeInt = Field(
+        0, description="final training: after the front is recorded, every front candidate is trained again from "
+                       "its starting weights (random in mode scratch, the supernet's slice in the inherit modes) for "
+                       "this many epochs, a longer schedule than training.epochs, each as its own child run beside "
+                       "the as-searched one; 0: off")
+
+
 class SearchConfig(_Section):
     strategy: str = Field("evolution", description="a registered search strategy")
     metric: str = Field("cross_map", description="the cross-model metric the search maximises; one the trials of "
@@ -387,6 +404,7 @@ class SearchConfig(_Section):
     nsga2: Nsga2Config = Nsga2Config()
     asha: AshaConfig = AshaConfig()
     predictor: PredictorConfig = PredictorConfig()
+    final_training: FinalTrainingConfig = FinalTrainingConfig()
 
     @field_validator("strategy")
     @classmethod
@@ -475,6 +493,23 @@ class CmpnasConfig(_Section):
     export: ExportConfig = ExportConfig()
     output_dir: str = Field("outputs/quickstart", min_length=1, description="OUTPUT_DIR: the search's state, "
                             "checkpoints, Pareto table and plot, and by default Ray results and exports")
+
+    @model_validator(mode="after")
+    def _final_training_is_longer(self) -> CmpnasConfig:
+        final = self.search.final_training.epochs
+        if final and final <= self.training.trial_epochs:
+            raise ValueError(f"search.final_training.epochs={final} must be more than the {self.training.trial_epochs} "
+                             "epochs a trial trains (training.epochs; training.finetune_epochs in the inherit modes): "
+                             "final training is the longer schedule; raise it, or set 0 to turn it off")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_has_a_validation_split(self) -> CmpnasConfig:
+        if self.gallery.patience is not None and self.data.validation_size == 0:
+            raise ValueError(f"gallery.patience={self.gallery.patience} stops the gallery model's training on the "
+                             "validation split, and data.validation_size is 0; set data.validation_size (e.g. 2000), "
+                             "or unset gallery.patience")
+        return self
 
     @model_validator(mode="after")
     def _asha_can_stop_something(self) -> CmpnasConfig:

@@ -1,7 +1,7 @@
 """The data splits of a search as MLflow dataset inputs: described, never copied.
 
-``data_split_inputs`` gives one entry per split (train, query, gallery) in the JSON form the
-journal stores; ``dataset_input`` rebuilds the MLflow entity when the journal sends it. An entry:
+``data_split_inputs`` gives one entry per split (train, query, gallery; with a validation split
+also validation_query and validation_gallery) in the JSON form the journal stores; ``dataset_input`` rebuilds the MLflow entity when the journal sends it. An entry:
 name ``<data name>-<split>``; digest, 16 hex digits of SHA-256 over the split's image shape,
 labels and ids (``split_digest``: another subset, order or file changes it); source, the data
 folder (type ``local``) or, without one, the built-in set's name (type ``cmpnas``); schema, its
@@ -22,15 +22,19 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import Schema, TensorSpec
 
 from orchestrator.tags import DATASET_CONTEXT_TAG
-from workers.datasets.types import ImageSet, RetrievalData
+from workers.datasets.types import RetrievalData
 
 # A dataset's source type when the data has no folder (a built-in set found in its standard places).
 BUILTIN_SOURCE_TYPE = "cmpnas"
 SPLITS = ("train", "query", "gallery")
 
 
-def data_split_inputs(data: RetrievalData, source: str, root: str | None) -> list[dict[str, str]]:
+def data_split_inputs(data: RetrievalData, source: str, root: str | None,
+                      held_out: RetrievalData | None = None) -> list[dict[str, str]]:
     """The train, query and gallery splits as MLflow dataset inputs, in the journal's JSON form.
+    With a validation split, ``data`` is the selection view and ``held_out`` the full data: the
+    view's query/gallery are logged as ``validation_query``/``validation_gallery`` and the held-out
+    splits as ``query``/``gallery``.
 
     ``source``/``root``: ``data.source`` and ``data.root``. Each split is described, never copied:
     name ``<data name>-<split>``; digest, a hash of its image shape, labels and ids (another
@@ -41,9 +45,12 @@ def data_split_inputs(data: RetrievalData, source: str, root: str | None) -> lis
         source_type, where = "local", {"uri": str(Path(root).expanduser().resolve()), "data_source": source}
     else:
         source_type, where = BUILTIN_SOURCE_TYPE, {"data_source": source}
+    named = [(split, getattr(data, split)) for split in SPLITS]
+    if held_out is not None:
+        named = [("train", data.train), ("validation_query", data.query), ("validation_gallery", data.gallery),
+                 ("query", held_out.query), ("gallery", held_out.gallery)]
     inputs = []
-    for split in SPLITS:
-        images: ImageSet = getattr(data, split)
+    for split, images in named:
         shape = tuple(int(size) for size in images.images.shape[1:])
         labels = np.asarray(images.labels, dtype=np.int64)
         schema = TensorDatasetSchema(Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "images")]),

@@ -35,6 +35,8 @@ from orchestrator.config import CmpnasConfig
 from orchestrator.convergence import SearchConvergenceCallback
 from orchestrator.credentials import fields_with_credentials, redact_tree, redact_uri
 from orchestrator.dataset_inputs import data_split_inputs
+from orchestrator.final_training import run_final_training
+from orchestrator.final_training_report import render_final_training
 from orchestrator.gallery_setup import paragon_cost
 from orchestrator.journal import (
     JOURNAL_FOLDER,
@@ -44,7 +46,7 @@ from orchestrator.journal import (
     unsent_writes,
 )
 from orchestrator.output_lock import locked_output_dir
-from orchestrator.pareto_report import ParetoReport, render_table
+from orchestrator.pareto_report import ParetoReport, collect_report, render_table
 from orchestrator.ray_cluster import LOCAL, ResourceRequest, connect_ray, ray_address
 from orchestrator.ray_join import check_can_join
 from orchestrator.search_context import Paragon, SearchContext
@@ -156,6 +158,15 @@ def forget_unstarted_search(state: SearchState, output_dir: Path) -> None:
 def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchState, output_dir: Path,
                        tracking_uri: str) -> SearchOutcome:
     log = console.log
+    final_training = config.search.final_training.epochs > 0
+    if state.phase == "trials_done" and final_training:
+        # The front first; the final training then needs the data and Ray, set up below.
+        log("every trial of this search has ended; recording its Pareto front before the final training")
+        journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
+        finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
+                        metric=config.search.metric, compatibility_ratio=config.evaluation.compatibility_ratio,
+                        next_phase="final_training")
+        state = SearchState.load(output_dir)
     if state.phase == "trials_done":
         log("every trial of this search has ended; recording its Pareto front")
         journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
@@ -194,8 +205,13 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
         gallery = inputs.embed_gallery(log)  # on Ray Data for a streamed collection, hence after connecting
         paragon = measure_paragon(config, inputs, gallery, gallery_cost)
         searched = config.search.metric.removeprefix("cross_")
-        log(f"paragon: R@1 {paragon.metrics['paragon_r1']:.2f}, mAP {paragon.metrics['paragon_map']:.2f}, "
-            f"{searched} {paragon.metrics['paragon_' + searched]:.2f}, {paragon.cost.mflops:.1f} MFLOPs")
+        log(f"paragon{' (validation split)' if inputs.held_out else ''}: R@1 {paragon.metrics['paragon_r1']:.2f}, "
+            f"mAP {paragon.metrics['paragon_map']:.2f}, {searched} {paragon.metrics['paragon_' + searched]:.2f}, "
+            f"{paragon.cost.mflops:.1f} MFLOPs")
+        if inputs.held_out is not None:
+            log(f"paragon (held out): R@1 {paragon.metrics['paragon_heldout_r1']:.2f}, mAP "
+                f"{paragon.metrics['paragon_heldout_map']:.2f}, {searched} "
+                f"{paragon.metrics['paragon_heldout_' + searched]:.2f}")
         tracker = open_tracker(tracking_uri, config.tracking.experiment)
         run_name = config.tracking.run_name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         state = attach_parent_run(tracker, state, run_name, parent_run_tags(config, inputs, supernet, state),
@@ -232,7 +248,7 @@ def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchStat
     console.print(f"Pareto table: {output_dir / 'pareto.csv'}; plot: {output_dir / 'pareto.png'}; "
                   + ui_hint(redact_uri(tracker.tracking_uri), tracker.experiment_id), highlight=False)
     report_shortfall(shortfall, console, status)
-    return SearchOutcome(state.parent_run_id, report, output_dir, gallery.images_embedded, shortfall)
+    return SearchOutcome(state.parent_run_id, report, output_dir, inputs.images_embedded, shortfall)
 
 
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
@@ -275,10 +291,15 @@ def report_shortfall(shortfall: Shortfall | None, console: Console, status: str 
 
 def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, gallery: GalleryEmbeddings,
                     cost: ComplexityReport) -> Paragon:
-    """The gallery model against itself on the query and gallery splits, with its cost per image."""
-    data = inputs.data
-    metrics = create_task(config.evaluation.task).evaluate(gallery.query, data.query.labels, gallery.gallery,
-                                                           data.gallery.labels, "paragon")
+    """The gallery model against itself on the query and gallery splits, with its cost per image; with
+    a validation split, on the validation halves (``paragon_*``, what candidates are ranked against)
+    and on the held-out splits (``paragon_heldout_*``, what they are reported against)."""
+    data, task = inputs.data, create_task(config.evaluation.task)
+    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon")
+    held_out = inputs.held_out
+    if held_out is not None:
+        metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
+                                     held_out.gallery.labels, "paragon_heldout"))
     return Paragon(metrics, cost)
 
 
@@ -361,10 +382,11 @@ def record_parent_run(ctx: SearchContext) -> None:
         "gallery_input_size": gallery_spec.size, "gallery_input_channels": gallery_spec.channels,
         "gallery_input_mean": list(gallery_spec.mean), "gallery_input_std": list(gallery_spec.std),
         "gallery_embed_dim": inputs.gallery_model.embed_dim, "gallery_classifier_kind": ctx.embeddings.classifier_kind,
-        **inputs.data.summary(),
+        **data_summary(inputs),
     }, key="parent/params")
     # The splits as MLflow dataset inputs, described, never copied (docs/mlflow.md).
-    journal.log_inputs(PARENT, data_split_inputs(inputs.data, config.data.source, config.data.root),
+    journal.log_inputs(PARENT, data_split_inputs(inputs.data, config.data.source, config.data.root,
+                                                     inputs.held_out_data),
                        key="parent/datasets")
     config_file = ctx.output_dir / "config.json"
     config_file.write_text(json.dumps(recorded_config, indent=2))
@@ -384,9 +406,21 @@ def record_parent_run(ctx: SearchContext) -> None:
         **ctx.paragon.metrics,
         "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
-        "gallery_images_embedded": ctx.embeddings.images_embedded, "data_bad_files": len(inputs.data.bad_files),
+        "gallery_images_embedded": inputs.images_embedded, "data_bad_files": len(inputs.data.bad_files),
         **inputs.timings,
     }, key="parent/paragon")
+
+
+def data_summary(inputs: SearchInputs) -> dict:
+    """The data's counts as parameters: with a validation split, query/gallery are the held-out splits
+    and the validation halves are named apart."""
+    summary = inputs.data.summary()
+    held_out = inputs.held_out_data
+    if held_out is not None:
+        summary.update(validation_query_images=summary["query_images"],
+                       validation_gallery_images=summary["gallery_images"],
+                       query_images=len(held_out.query), gallery_images=len(held_out.gallery))
+    return summary
 
 
 def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | None]:
@@ -394,6 +428,13 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | No
     ended with fewer candidates than asked (``orchestrator.shortfall``), if it did."""
     config = ctx.config
     record_parent_run(ctx)
+    if ctx.state.phase == "final_training":  # resumed after its front was recorded
+        ctx.journal.log_metrics(PARENT, {"search_sessions": ctx.state.sessions},
+                                key=f"parent/sessions/{ctx.state.sessions}")
+        report = collect_report(ctx.journal.tracker, ctx.state.parent_run_id, config.search.metric,
+                                config.evaluation.compatibility_ratio)
+        finish_with_final_training(ctx, report)
+        return "FINISHED", report, None
     started = time.perf_counter()
     counter, predictions = FlopsCounter(), {}
     searcher = create_searcher(ctx.inputs.space, config.search, config.search.metric, SEARCH_MODE,
@@ -415,9 +456,13 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | No
     else:
         ctx.state = ctx.state.moved_to("interrupted")
     ctx.save_state()
+    final_training = complete and config.search.final_training.epochs > 0
     report = finalize_search(ctx.journal, ctx.state, ctx.output_dir, ctx.console,
                              outage_wait_s=config.tracking.outage_wait_s, metric=config.search.metric,
-                             compatibility_ratio=config.evaluation.compatibility_ratio)
+                             compatibility_ratio=config.evaluation.compatibility_ratio,
+                             next_phase="final_training" if final_training else "finished")
+    if final_training:
+        ctx.state = SearchState.load(ctx.output_dir)
     if config.search.budgets_mflops:
         picks = best_per_budget(report, config.search.budgets_mflops)
         record_budget_sweep(ctx.journal, picks, ctx.output_dir)
@@ -429,4 +474,16 @@ def record_search(ctx: SearchContext) -> tuple[str, ParetoReport, Shortfall | No
                                trials_failed=results.num_errors, candidates_finished=len(report.candidates))
     if complete:  # an interrupted search is resumed, and judged when its trials have all ended
         record_shortfall(ctx.journal, config.search, shortfall)
+    if final_training:
+        finish_with_final_training(ctx, report)
     return ("FINISHED" if complete else "KILLED"), report, shortfall
+
+
+def finish_with_final_training(ctx: SearchContext, report: ParetoReport) -> None:
+    """search.final_training after the recorded front, then the search is finished (orchestrator.final_training)."""
+    rows = run_final_training(ctx, report)
+    render_final_training(rows, report, ctx.console)
+    ctx.journal.set_status(PARENT, "FINISHED", key=f"parent/finished/{ctx.state.sessions}")
+    ctx.journal.flush()
+    ctx.state = ctx.state.moved_to("finished")
+    ctx.save_state()

@@ -21,7 +21,7 @@ from workers.gallery import GalleryCheckpoint, load_gallery, save_gallery
 from workers.gallery_sources import GalleryModel, GallerySourceError, GallerySourceRequest, InputSpecRequest, \
     load_gallery_model
 from workers.gallery_sources.cmpnas_checkpoint import CmpnasGalleryModel
-from workers.gallery_training import GalleryTrainingSettings, train_gallery
+from workers.gallery_training import GalleryEarlyStopping, GalleryTrainingSettings, train_gallery
 
 CONFIGURED_COST_CONVENTION = "as configured in gallery.mflops"
 
@@ -39,18 +39,39 @@ def gallery_training_settings(config: CmpnasConfig) -> GalleryTrainingSettings:
     )
 
 
+def gallery_early_stopping(config: CmpnasConfig, data: RetrievalData) -> GalleryEarlyStopping | None:
+    """gallery.patience's early stopping, scored on ``data``'s query/gallery: the selection view's
+    validation halves (``orchestrator.search_inputs.load_search_data``), never the held-out splits."""
+    if config.gallery.patience is None:
+        return None
+    return GalleryEarlyStopping(validation=data, task=config.evaluation.task,
+                                metric=config.search.metric.removeprefix("cross_"), patience=config.gallery.patience)
+
+
 def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log) -> GalleryCheckpoint:
+    """Train on ``data.train`` and save to the configured path; ``data`` is the selection view when the
+    config has a validation split (early stopping scores its query/gallery halves)."""
     path = config.gallery_checkpoint_path
     settings = gallery_training_settings(config)
+    stopper = gallery_early_stopping(config, data)
+    schedule = f"{settings.optim.epochs} epochs" if stopper is None else (
+        f"up to {settings.optim.epochs} epochs, stopping after {stopper.patience} without a better validation "
+        f"{stopper.metric} ({len(data.query) + len(data.gallery)} validation images)")
     log(f"training gallery model {settings.backbone} (D={settings.embed_dim}) on {len(data.train)} images, "
-        f"{settings.optim.epochs} epochs, on {device}")
-    model = train_gallery(
-        data, settings, device,
-        on_epoch=lambda epoch, stats: log(f"  gallery epoch {epoch}: loss {stats['loss']:.4f}, "
-                                          f"{stats['images_per_second']:.0f} images/s"),
-    )
+        f"{schedule}, on {device}")
+
+    def report(epoch: int, stats: dict[str, float]) -> None:
+        validation = "" if stopper is None else f", validation {stopper.metric} {stats['validation_' + stopper.metric]:.2f}"
+        log(f"  gallery epoch {epoch}: loss {stats['loss']:.4f}, {stats['images_per_second']:.0f} images/s{validation}")
+
+    model = train_gallery(data, settings, device, on_epoch=report, early_stopping=stopper)
     info = {"dataset": data.name, "train_images": len(data.train), "epochs": settings.optim.epochs,
             "class_names": list(data.class_names), "split": split_identity(config)}
+    if stopper is not None:
+        info.update(stopper.record())
+        log(f"gallery model: best validation {stopper.metric} {stopper.best_score:.2f} at epoch {stopper.best_epoch} "
+            f"of {len(stopper.curve)} ({'stopped early' if stopper.stopped_early else 'ran every epoch'}); "
+            "that epoch's weights are kept")
     save_gallery(path, model, data.mean, data.std, info)
     checkpoint = load_gallery(path, device)
     log(f"saved gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
@@ -141,13 +162,17 @@ def split_identity(config: CmpnasConfig) -> dict:
                 "gallery_size": data.gallery_size}
     if data.protocol == "open_set":
         identity.update(protocol=data.protocol, train_classes=data.train_classes, train_size=data.train_size)
+    if data.validation_size:  # named only when set, so checkpoints without one keep their identity
+        identity.update(validation_size=data.validation_size, train_size=data.train_size)
     return identity
 
 
 def split_must_match(config: CmpnasConfig) -> bool:
     """Whether a reused checkpoint must come from this very split: where train shares a pool with query
-    and gallery (file collections), and open-set everywhere (a closed-set model has seen the searched classes)."""
-    return config.data.source in ("image_folder", "manifest") or config.data.protocol == "open_set"
+    and gallery (file collections), open-set everywhere (a closed-set model has seen the searched classes),
+    and with a validation split (a model trained on the validation images would be scored on them)."""
+    return (config.data.source in ("image_folder", "manifest") or config.data.protocol == "open_set"
+            or config.data.validation_size > 0)
 
 
 def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data: RetrievalData, path: Path) -> None:
@@ -170,8 +195,8 @@ def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data
                         f"this search uses {data.name!r} with classes {list(data.class_names)}")
     elif split_must_match(config) and info.get("split") != split_identity(config):
         problems.append("it was trained on another split of this data (data.seed, data.query_size, "
-                        "data.gallery_size, data.protocol or data.train_classes differ), so it may have seen today's "
-                        "query and gallery images or classes")
+                        "data.gallery_size, data.protocol, data.train_classes or data.validation_size differ), so it "
+                        "may have seen today's query, gallery or validation images or classes")
     if arch.in_chans != data.in_chans:
         problems.append(f"it takes {arch.in_chans}-channel images, the data has {data.in_chans} (data.channels)")
     if arch.num_classes != data.num_classes:

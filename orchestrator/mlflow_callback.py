@@ -1,6 +1,7 @@
 """The Tune callback that turns a search's trials into MLflow child runs, through the journal.
 
-One child run per trial: the architecture as params, per-epoch metrics, the final metrics and
+One child run per trial (role ``candidate``, or ``final_training`` for the front's final training,
+tagged with the candidate run it retrains): the architecture as params, per-epoch metrics, the final metrics and
 params (``workers.trial_report``), the model as artifacts, and a terminal status. Rules:
 
 * a tracking error never fails a trial (``tracking_must_not_fail_trials``): Tune would re-run a
@@ -34,6 +35,7 @@ from orchestrator.tags import (
     RETRIES_TAG,
     ROLE_CANDIDATE,
     ROLE_TAG,
+    SOURCE_RUN_TAG,
     STOPPED_EARLY_TAG,
     TRIAL_ID_TAG,
 )
@@ -109,10 +111,15 @@ class MlflowTrialCallback(JournaledCallback):
     """
 
     def __init__(self, tracker: SearchTracker, parent_run_id: str, journal: TrackingJournal | None = None,
-                 metric: str = "cross_map", compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO):
+                 metric: str = "cross_map", compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO,
+                 role: str = ROLE_CANDIDATE, source_runs: dict[str, str] | None = None):
         super().__init__(tracker, parent_run_id, journal)
         self.metric = metric
         self.compatibility_ratio = compatibility_ratio
+        # ROLE_FINAL_TRAINING: the trials retrain front candidates; ``source_runs`` maps each one's
+        # architecture (its trial config's ``arch``) to the candidate run it retrains.
+        self.role = role
+        self.source_runs = dict(source_runs or {})
         self.started: set[str] = set()
         self.ended: set[str] = set()
 
@@ -120,6 +127,8 @@ class MlflowTrialCallback(JournaledCallback):
         # Callbacks pickled before the compatibility check existed hold neither setting.
         state.setdefault("metric", "cross_map")
         state.setdefault("compatibility_ratio", DEFAULT_COMPATIBILITY_RATIO)
+        state.setdefault("role", ROLE_CANDIDATE)
+        state.setdefault("source_runs", {})
         super().__setstate__(state)
         # Which trials this session started: a restored callback starts a new session. Trials the
         # snapshot saw running may have finished since; ending them KILLED would be wrong.
@@ -136,11 +145,11 @@ class MlflowTrialCallback(JournaledCallback):
         spec = ArchSpec.from_json(trial.config["arch"])
         self.started.add(trial.trial_id)
         self.ended.discard(trial.trial_id)
-        created = self.journal.create_run(
-            ref, f"{spec.arch_id}-{trial.trial_id}",
-            {PARENT_RUN_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: ROLE_CANDIDATE},
-            key=f"{ref}/run",
-        )
+        tags = {PARENT_RUN_TAG: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: self.role}
+        if trial.config["arch"] in self.source_runs:
+            tags[SOURCE_RUN_TAG] = self.source_runs[trial.config["arch"]]
+        stage = "" if self.role == ROLE_CANDIDATE else "final-"
+        created = self.journal.create_run(ref, f"{spec.arch_id}-{stage}{trial.trial_id}", tags, key=f"{ref}/run")
         self.journal.log_params(ref, architecture_params(spec), key=f"{ref}/architecture")
         if not created:  # retried, or resumed after an interruption that ended its run KILLED
             self.journal.set_status(ref, "RUNNING")

@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluators import FLOPS_CONVENTION, pareto_front
-from orchestrator.tags import COMPATIBILITY_TAG, PARETO_TAG, SUPERSEDED_TAG
+from orchestrator.tags import COMPATIBILITY_TAG, PARETO_TAG, ROLE_CANDIDATE, ROLE_TAG, SUPERSEDED_TAG
 from orchestrator.tracking import SearchTracker
 from workers.trial_report import (
     COMPATIBILITY_FAILED,
@@ -74,6 +74,9 @@ class CandidateRow:
     pareto: bool = False
     homo_score: float = math.nan  # the searched metric's homogeneous counterpart (homo_<m>)
     compatibility: str | None = None  # "passed", "failed", or None: nothing to judge
+    # With a validation split (data.validation_size): the held-out splits, reported beside, never ranked on.
+    heldout_cross_r1: float = math.nan
+    heldout_score: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class ParagonRow:
     r1: float
     map: float
     score: float = math.nan
+    heldout_r1: float = math.nan
+    heldout_score: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class ParetoReport:
     paragon: ParagonRow | None
     metric: str = DEFAULT_METRIC
     compatibility_ratio: float = DEFAULT_COMPATIBILITY_RATIO
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the search had a validation split, so the rows carry held-out metrics too."""
+        return any(not math.isnan(row.heldout_cross_r1) for row in self.candidates)
 
     @property
     def front(self) -> list[CandidateRow]:
@@ -128,6 +138,8 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
         metrics = run.data.metrics
         if run.info.status != "FINISHED" or "final_mflops" not in metrics or run.data.tags.get(SUPERSEDED_TAG) == "true":
             continue
+        if run.data.tags.get(ROLE_TAG, ROLE_CANDIDATE) != ROLE_CANDIDATE:  # final training: reported apart
+            continue
         rows.append(
             CandidateRow(
                 run_id=run.info.run_id,
@@ -142,6 +154,8 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
                 score=metrics.get(f"final_{metric}", math.nan),
                 homo_score=metrics.get(f"final_{homogeneous}", math.nan),
                 compatibility=recorded_compatibility(run, metric, compatibility_ratio),
+                heldout_cross_r1=metrics.get("final_heldout_cross_r1", math.nan),
+                heldout_score=metrics.get(f"final_heldout_{metric}", math.nan),
             )
         )
     front = set(pareto_front([[getattr(row, name) for name, _ in OBJECTIVES] for row in rows], [s for _, s in OBJECTIVES]))
@@ -151,7 +165,9 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, metric: str | Non
     if "paragon_mflops" in parent:
         paragon = ParagonRow(parent["paragon_mflops"], int(parent.get("paragon_params", 0)),
                              parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan),
-                             parent.get("paragon_" + metric.removeprefix("cross_"), math.nan))
+                             parent.get("paragon_" + metric.removeprefix("cross_"), math.nan),
+                             parent.get("paragon_heldout_r1", math.nan),
+                             parent.get("paragon_heldout_" + metric.removeprefix("cross_"), math.nan))
     return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, metric, compatibility_ratio)
 
 
@@ -198,13 +214,15 @@ def write_csv(report: ParetoReport, path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["run_id", "arch_id", "mflops", "params", "cost_reduction", "cross_r1", "cross_map",
                          "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon", "searched_metric", "searched_value",
-                         "searched_homo_value", "compatibility_ratio", "compatibility"])
+                         "searched_homo_value", "compatibility_ratio", "compatibility", "heldout_cross_r1",
+                         "heldout_searched_value", "heldout_gap_r1_to_paragon"])
         for row in report.candidates:
             writer.writerow([row.run_id, row.arch_id, f"{row.mflops:.4f}", row.params, f"{row.cost_reduction:.2f}",
                              f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
                              f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}", report.metric,
                              f"{row.score:.2f}", f"{row.homo_score:.2f}", f"{report.compatibility_ratio:g}",
-                             row.compatibility or ""])
+                             row.compatibility or "", f"{row.heldout_cross_r1:.2f}", f"{row.heldout_score:.2f}",
+                             f"{_held_out_gap(report, row):.2f}"])
     return path
 
 
@@ -245,7 +263,7 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
     # A searched metric other than R@1 and mAP (e.g. cross_tar_far_1e-2) gets its own column.
     extra = report.metric not in ("cross_r1", "cross_map")
     columns = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
-               "homo R@1", "gap R@1", "latency ms", "compatibility")
+               "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
     for column in columns:
         table.add_column(column, justify="right" if column != "arch" else "left", no_wrap=column == "arch")
     if run_ids:  # never wrapped or cut: it is copied into `cmpnas export --candidate-run-id`
@@ -254,14 +272,17 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
     if report.paragon:
         p = report.paragon
         table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "", *ids(""),
-                      style="bold blue")
+                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "",
+                      *_held_out_paragon_cells(report), *ids(""), style="bold blue")
     for row in report.front if only_front else report.candidates:
         table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
                       f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", *((f"{row.score:.2f}",) if extra else ()),
                       f"{row.homo_r1:.2f}", f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}",
-                      _compatibility_cell(row.compatibility), *ids(row.run_id), style="bold" if row.pareto else None)
+                      _compatibility_cell(row.compatibility), *_held_out_cells(report, row), *ids(row.run_id),
+                      style="bold" if row.pareto else None)
     console.print(table)
+    if report.held_out:
+        console.print(HELD_OUT_NOTE, highlight=False)
     console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. "
                   f"compatibility: failed when {report.metric} < {report.compatibility_ratio:g} x "
                   f"{homogeneous_metric(report.metric)} (evaluation.compatibility_ratio).", highlight=False)
@@ -275,7 +296,7 @@ def front_markdown(report: ParetoReport, complete: bool = True) -> str:
     most ``MAX_DESCRIPTION_LENGTH`` characters (rows that do not fit are counted, not cut)."""
     extra = report.metric not in ("cross_r1", "cross_map")
     header = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.metric,) if extra else ()),
-              "homo R@1", "gap R@1", "latency ms", "compatibility")
+              "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
     front = report.front
     state = "" if complete else " so far (the search was interrupted; `cmpnas search --resume` continues it)"
     # The table comes first: the UI shows a description's first lines until "Show more".
@@ -287,14 +308,15 @@ def front_markdown(report: ParetoReport, complete: bool = True) -> str:
         p = report.paragon
         rows.append(_markdown_row(("**paragon**", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}",
                                    f"{p.map:.2f}", *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00",
-                                   "", "")))
+                                   "", "", *_held_out_paragon_cells(report))))
     for row in front:
         verdict = "**FAILED**" if row.compatibility == COMPATIBILITY_FAILED else row.compatibility or "-"
         rows.append(_markdown_row((row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
                                    f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}",
                                    *((f"{row.score:.2f}",) if extra else ()), f"{row.homo_r1:.2f}",
-                                   f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict)))
-    footer = ["", f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
+                                   f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict,
+                                   *_held_out_cells(report, row))))
+    footer = ["", *((HELD_OUT_NOTE, "") if report.held_out else ()), f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
                   f"failed when {report.metric} < {report.compatibility_ratio:g} x "
                   f"{homogeneous_metric(report.metric)} (evaluation.compatibility_ratio)."]
     summary = compatibility_summary(report)
@@ -325,3 +347,30 @@ def _compatibility_cell(verdict: str | None) -> str:
 
 def _gap(report: ParetoReport, row: CandidateRow) -> float:
     return report.paragon.r1 - row.cross_r1 if report.paragon else math.nan
+
+
+HELD_OUT_NOTE = ("Selected on the validation split (data.validation_size, carved from train): cross R@1, mAP, "
+                 "gap and compatibility are measured there. held-out: the same candidates on the held-out query "
+                 "and gallery splits, which nothing was selected on; held-out gap = paragon's held-out R@1 - "
+                 "held-out cross-model R@1.")
+
+
+# Two columns, so the table still fits a terminal; pareto.csv also holds the held-out searched metric.
+def _held_out_header(report: ParetoReport) -> tuple[str, ...]:
+    return ("held-out R@1", "held-out gap") if report.held_out else ()
+
+
+def _held_out_cells(report: ParetoReport, row: CandidateRow) -> tuple[str, ...]:
+    if not report.held_out:
+        return ()
+    return f"{row.heldout_cross_r1:.2f}", f"{_held_out_gap(report, row):.2f}"
+
+
+def _held_out_paragon_cells(report: ParetoReport) -> tuple[str, ...]:
+    if not report.held_out:
+        return ()
+    return f"{report.paragon.heldout_r1:.2f}", "0.00"
+
+
+def _held_out_gap(report: ParetoReport, row: CandidateRow) -> float:
+    return report.paragon.heldout_r1 - row.heldout_cross_r1 if report.paragon else math.nan

@@ -3,12 +3,16 @@
 A search and a supernet training both need, in this order:
 1. the output folder, checked writable before any work (``prepare_output_dir``);
 2. the data, decoded once (``load_data``): a file collection into the shard cache, read by batch
-   (``data.streaming``), with its bad files counted and skipped;
+   (``data.streaming``), with its bad files counted and skipped; with ``data.validation_size``,
+   split into the selection view and the held-out query/gallery splits (``load_search_data``,
+   rules in ``workers.datasets.validation``): the job trains, early-stops and selects on the
+   former, and only reports the latter;
 3. the frozen gallery model from its source (``gallery.source``): a checkpoint checked against
    the data, one trained and saved on first use, or the team's own model or embeddings
    (``orchestrator.gallery_setup.obtain_gallery``);
 4. the search space, sized by the gallery's embedding dimension and the data's channels;
-5. the gallery model's embeddings of the train, query and gallery splits, computed once per job
+5. the gallery model's embeddings of the train, query and gallery splits (and of the held-out
+   query and gallery splits, when there is a validation split), computed once per job
    (``SearchInputs.embed_gallery``): on Ray Data for a streamed collection when Ray is connected
    (``orchestrator.gallery_pass``), else in this process; after it the gallery model is moved back to the CPU, so it
    holds no accelerator memory while trials run.
@@ -47,7 +51,8 @@ from orchestrator.gallery_pass import RayDataGalleryPass
 from orchestrator.gallery_setup import gallery_request, obtain_gallery
 from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
-from workers.gallery_embeddings import GalleryEmbeddings, compute_gallery_embeddings
+from workers.datasets.validation import carve_validation
+from workers.gallery_embeddings import GalleryEmbeddings, HeldOutSplits, compute_gallery_embeddings, embed_held_out
 from workers.gallery_sources import GalleryLoader, GalleryModel, GallerySourceError
 from workers.preprocess import pick_device
 from workers.training_batches import AugmentationSettings
@@ -88,6 +93,24 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
                           streaming={"auto": None, "on": True, "off": False}[data.streaming],
                           cache_dir=data.cache_dir, decode_workers=data.decode_workers)
     return load_retrieval_data(data.source, request)
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """The data of a job. ``selection`` is what it trains, early-stops and ranks on; ``held_out``
+    holds the query/gallery splits that are only reported. Without a validation split
+    (``data.validation_size`` 0) ``held_out`` is None and selection uses query/gallery itself."""
+
+    selection: RetrievalData
+    held_out: RetrievalData | None = None
+
+
+def load_search_data(config: CmpnasConfig) -> SearchData:
+    """``load_data``, then the validation split carved from train when ``data.validation_size`` is set."""
+    data = load_data(config)
+    if not config.data.validation_size:
+        return SearchData(data)
+    return SearchData(carve_validation(data, config.data.validation_size, config.data.seed), held_out=data)
 
 
 def requested_channels(config: CmpnasConfig) -> int | None:
@@ -157,17 +180,35 @@ class SearchInputs:
     augmentation: AugmentationSettings | None = None
     # How a trial opens its own copy of the gallery model (for augmented views).
     gallery_loader: GalleryLoader | None = None
+    # The query/gallery splits only reported, when ``data`` is a selection view (``SearchData``).
+    held_out_data: RetrievalData | None = None
+    held_out: HeldOutSplits | None = None
 
     def embed_gallery(self, log: Log) -> GalleryEmbeddings:
-        """The gallery model's embeddings of every split, computed on the first call only."""
+        """The gallery model's embeddings of every split (the held-out ones included), computed on the
+        first call only."""
         if self.embeddings is None:
+            split_embedder = self._ray_data_pass()
             self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device, self.classifier,
-                                                         split_embedder=self._ray_data_pass())
+                                                         split_embedder=split_embedder)
+            seconds, count = self.embeddings.seconds, self.embeddings.images_embedded
+            if self.held_out_data is not None:
+                started = time.perf_counter()
+                self.held_out = embed_held_out(self.gallery_model, self.held_out_data, self.device,
+                                               split_embedder=split_embedder)
+                seconds += time.perf_counter() - started
+                count += self.held_out.images_embedded
             self.gallery_model.release()
-            self.timings["stage_gallery_embedding_seconds"] = self.embeddings.seconds
-            log(f"gallery model embedded {self.embeddings.images_embedded} images once for the whole job "
-                f"({self.embeddings.seconds:.1f}s); BCT classifier: {self.embeddings.classifier_kind}")
+            self.timings["stage_gallery_embedding_seconds"] = seconds
+            log(f"gallery model embedded {count} images once for the whole job ({seconds:.1f}s); BCT classifier: "
+                f"{self.embeddings.classifier_kind}")
         return self.embeddings
+
+    @property
+    def images_embedded(self) -> int:
+        """The gallery model's count of the images it embedded for this job, held-out splits included."""
+        held_out = self.held_out.images_embedded if self.held_out is not None else 0
+        return (self.embeddings.images_embedded if self.embeddings is not None else 0) + held_out
 
     def _ray_data_pass(self) -> RayDataGalleryPass | None:
         """Ray Data actors embed a streamed collection when Ray is connected and it pays: the cluster
@@ -180,6 +221,8 @@ class SearchInputs:
                 and self.gallery_model.source not in PRECOMPUTED_GALLERY_SOURCES):
             return None
         total = len(self.data.train) + len(self.data.query) + len(self.data.gallery)
+        if self.held_out_data is not None:
+            total += len(self.held_out_data.query) + len(self.held_out_data.gallery)
         gpus_elsewhere = ray.cluster_resources().get("GPU", 0) >= 1 and self.device.type != "cuda"
         if not (gpus_elsewhere or len(ray.nodes()) > 1 or total >= RAY_DATA_PASS_FROM):
             return None
@@ -198,9 +241,15 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
     else:
         check_space_fits_images(config)
     started = time.perf_counter()
-    data = load_data(config)
+    search_data = load_search_data(config)
+    data = search_data.selection
     timings["stage_data_seconds"] = time.perf_counter() - started
     log(f"data: {data.summary()}")
+    if search_data.held_out is not None:
+        held_out = search_data.held_out
+        log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images carved from train "
+            f"(data.validation_size), for selection; the {len(held_out.query)} query and {len(held_out.gallery)} "
+            "gallery images are held out and only reported")
     if data.bad_files:
         shown = "; ".join(f"{item.id} ({item.reason})" for item in data.bad_files[:3])
         log(f"skipped {len(data.bad_files)} file(s) that could not be decoded (data.max_bad_fraction="
@@ -222,6 +271,6 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
         log(f"training augmentation: random resized crop (scale {augmentation.crop_scale}), horizontal flip "
             f"{'on' if augmentation.horizontal_flip else 'off'}; the gallery model embeds each augmented view")
     return SearchInputs(data, gallery_model, space, device, timings, classifier=config.gallery.classifier,
-                        augmentation=augmentation,
+                        augmentation=augmentation, held_out_data=search_data.held_out,
                         gallery_loader=GalleryLoader(config.gallery.source,
                                                      gallery_request(config, data.in_chans, data.image_size)))

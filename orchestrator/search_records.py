@@ -45,7 +45,8 @@ from orchestrator.pareto_report import (
     write_plot,
 )
 from orchestrator.search_state import SearchState
-from orchestrator.tags import COMPATIBILITY_FAILURES_TAG, DESCRIPTION_TAG, SUPERSEDED_TAG, TRIAL_ID_TAG
+from orchestrator.tags import (COMPATIBILITY_FAILURES_TAG, DESCRIPTION_TAG, ROLE_FINAL_TRAINING, ROLE_TAG, SUPERSEDED_TAG,
+                              TRIAL_ID_TAG)
 from orchestrator.tracking import SearchTracker
 
 
@@ -74,10 +75,12 @@ def open_journal(tracker: SearchTracker, state: SearchState, output_dir: Path) -
 
 def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Path, console: Console, *,
                     outage_wait_s: float, metric: str = "cross_map",
-                    compatibility_ratio: float | None = None) -> ParetoReport:
+                    compatibility_ratio: float | None = None, next_phase: str = "finished") -> ParetoReport:
     """Send what is journaled, then select and record the Pareto front from MLflow (see the module's rules).
 
-    ``compatibility_ratio``: ``evaluation.compatibility_ratio``; None reads it from the parent run's params."""
+    ``compatibility_ratio``: ``evaluation.compatibility_ratio``; None reads it from the parent run's params.
+    ``next_phase``: the phase a complete search moves to once its front is recorded (``final_training``
+    when search.final_training follows; the parent run then stays RUNNING until it has)."""
     tracker = journal.tracker
     complete = state.phase == "trials_done"
 
@@ -109,7 +112,8 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
             if failures is not None:
                 journal.set_tags(PARENT, {COMPATIBILITY_FAILURES_TAG: failures[:5000]},
                                  key="parent/compatibility-failures")
-        journal.set_status(PARENT, "FINISHED" if complete else "KILLED")
+        if next_phase == "finished" or not complete:
+            journal.set_status(PARENT, "FINISHED" if complete else "KILLED")
     except Exception as error:
         if is_transient(error):
             raise unavailable(error) from error
@@ -117,7 +121,7 @@ def finalize_search(journal: TrackingJournal, state: SearchState, output_dir: Pa
     if not journal.drain(outage_wait_s):
         raise unavailable()
     if complete:
-        state = state.moved_to("finished")
+        state = state.moved_to(next_phase)
         state.save(output_dir)
     return report
 
@@ -139,6 +143,8 @@ def supersede_orphan_runs(tracker: SearchTracker, state: SearchState) -> None:
         return
     known = set(state.trial_ids)
     for run in tracker.child_runs(state.parent_run_id):
+        if run.data.tags.get(ROLE_TAG) == ROLE_FINAL_TRAINING:  # not search trials (orchestrator.final_training)
+            continue
         trial_id = run.data.tags.get(TRIAL_ID_TAG)
         if trial_id not in known and run.data.tags.get(SUPERSEDED_TAG) != "true":
             tracker.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")

@@ -28,8 +28,9 @@ from workers.durable_write import write_text_durably
 
 STATE_FILE = "search_state.json"
 # starting: parent run not yet known · running: trials under way · interrupted: stopped with trials
-# left · trials_done: every trial ended, the Pareto stage is not yet recorded · finished: all recorded
-RESUMABLE_PHASES = ("starting", "running", "interrupted", "trials_done")
+# left · trials_done: every trial ended, the Pareto stage is not yet recorded · final_training: the
+# front is recorded, its final training (search.final_training) not yet · finished: all recorded
+RESUMABLE_PHASES = ("starting", "running", "interrupted", "trials_done", "final_training")
 # Fields a resume may change: where things run and where results go, never what is searched.
 # (The Tune experiment keeps its own copy of trial resources, concurrency and retry settings.)
 CHANGEABLE_ON_RESUME = frozenset({

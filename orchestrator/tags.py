@@ -2,7 +2,8 @@
 
 Rules:
 * a run's kind is its ``ROLE_TAG``: ``ROLE_SEARCH`` (a search's parent run), ``ROLE_CANDIDATE``
-  (one trial), ``ROLE_SUPERNET`` (a supernet training);
+  (one trial), ``ROLE_FINAL_TRAINING`` (a front candidate trained again, ``SOURCE_RUN_TAG`` naming
+  it), ``ROLE_SUPERNET`` (a supernet training);
 * child runs point at their parent with MLflow's own ``PARENT_RUN_TAG``, so the MLflow UI nests them;
 * boolean tags hold the strings ``"true"`` / ``"false"``;
 * MLflow's own tags (``mlflow.*``) are written only with the values MLflow's UI reads: the experiment
@@ -19,6 +20,10 @@ ROLE_TAG = "cmpnas.role"
 ROLE_SEARCH = "search"
 ROLE_CANDIDATE = "candidate"
 ROLE_SUPERNET = "supernet"
+# A front candidate trained again with the longer schedule of search.final_training, after the search.
+ROLE_FINAL_TRAINING = "final_training"
+# On a final-training run: the candidate run (as searched) it retrains.
+SOURCE_RUN_TAG = "cmpnas.source_run_id"
 # The search's own id (search_state.json): finds the parent run again after a crash before it was saved.
 SEARCH_ID_TAG = "cmpnas.search_id"
 # The Tune trial of a candidate run: a retried or resumed trial re-attaches to its run by it.

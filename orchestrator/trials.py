@@ -66,6 +66,7 @@ def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
         supernet_state=ctx.supernet_state,
         calibration_images=config.supernet.calibration_images,
         task=config.evaluation.task,
+        held_out=ctx.inputs.held_out,
     )
 
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
-EpochCallback = Callable[[int, dict[str, float]], None]
+# Returns True to stop training after this epoch (early stopping); None or False to go on.
+EpochCallback = Callable[[int, dict[str, float]], "bool | None"]
 StateSink = Callable[[dict[str, Any]], None]
 
 
@@ -54,8 +55,9 @@ def fit(
     to average over the epoch; indices let a loss look up per-image targets (e.g. cached gallery
     embeddings). After every epoch (1-based), ``state_sink`` gets the full training state (weights
     of ``trainable``, optimizer, schedule, shuffling RNG, epoch) and then ``on_epoch(epoch, stats)``
-    runs with the modules in eval mode. Passing such a state as ``resume`` continues after its
-    epoch exactly as if training had not stopped.
+    runs with the modules in eval mode; when it returns True, training stops there (the schedule
+    stays the one of ``settings.epochs``: early stopping cuts it short). Passing such a state as
+    ``resume`` continues after its epoch exactly as if training had not stopped.
     """
     labels = batches.labels
     generator = torch.Generator().manual_seed(settings.seed)
@@ -119,6 +121,6 @@ def fit(
                 state_sink(copy.deepcopy({"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                                           "epoch": epoch}))
-            if on_epoch is not None:
-                on_epoch(epoch, stats)
+            if on_epoch is not None and on_epoch(epoch, stats):
+                break
     return history

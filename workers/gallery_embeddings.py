@@ -62,9 +62,27 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
     if isinstance(gallery, GalleryCheckpoint):
         gallery = CmpnasGalleryModel(gallery)
     started = time.perf_counter()
+    embedded, images_embedded = _embed_splits(gallery, data, ("train", "query", "gallery"), device, batch_size,
+                                              split_embedder)
+    chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
+    return GalleryEmbeddings(
+        **embedded,
+        classifier_weight=chosen.weight,
+        classifier_bias=chosen.bias,
+        logit_scale=chosen.logit_scale,
+        fingerprint=gallery.fingerprint,
+        images_embedded=images_embedded,
+        seconds=time.perf_counter() - started,
+        classifier_kind=chosen.kind,
+    )
+
+
+def _embed_splits(gallery: GalleryModel, data: RetrievalData, splits: tuple[str, ...], device: torch.device,
+                  batch_size: int, split_embedder: SplitEmbedder | None) -> tuple[dict[str, np.ndarray], int]:
+    """The named splits of ``data`` through the gallery model, and how many images it ran on."""
     embedded = {}
     images_embedded = 0
-    for split in ("train", "query", "gallery"):
+    for split in splits:
         images = getattr(data, split)
         if split_embedder is None:
             start_count = gallery.images_embedded
@@ -77,14 +95,26 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
             raise ValueError(f"gallery model {gallery.description} returned embeddings of shape "
                              f"{embedded[split].shape} for the {len(images)} {split} images, expected "
                              f"({len(images)}, {gallery.embed_dim})")
-    chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
-    return GalleryEmbeddings(
-        **embedded,
-        classifier_weight=chosen.weight,
-        classifier_bias=chosen.bias,
-        logit_scale=chosen.logit_scale,
-        fingerprint=gallery.fingerprint,
-        images_embedded=images_embedded,
-        seconds=time.perf_counter() - started,
-        classifier_kind=chosen.kind,
-    )
+    return embedded, images_embedded
+
+
+@dataclass(frozen=True)
+class HeldOutSplits:
+    """The held-out query and gallery splits of a search with a validation split
+    (``workers.datasets.validation``), with the gallery model's embeddings of both: a trial evaluates
+    them once, after its last epoch, for reporting only; nothing is selected on them."""
+
+    query: ImageSet
+    gallery: ImageSet
+    query_embeddings: np.ndarray  # the gallery model's, for the paragon
+    gallery_embeddings: np.ndarray
+    images_embedded: int = 0
+
+
+def embed_held_out(gallery: GalleryModel | GalleryCheckpoint, data: RetrievalData, device: torch.device,
+                   batch_size: int = 512, split_embedder: SplitEmbedder | None = None) -> HeldOutSplits:
+    """``data``'s query and gallery splits (the held-out ones) through the gallery model, once."""
+    if isinstance(gallery, GalleryCheckpoint):
+        gallery = CmpnasGalleryModel(gallery)
+    embedded, count = _embed_splits(gallery, data, ("query", "gallery"), device, batch_size, split_embedder)
+    return HeldOutSplits(data.query, data.gallery, embedded["query"], embedded["gallery"], count)

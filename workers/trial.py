@@ -9,7 +9,9 @@ to embed each augmented view. A candidate starts from random weights (mode ``scr
 its slice of the supernet with recalibrated batch norm (``inherit``: then fine-tuned;
 ``inherit_zero_shot``: evaluated as is, reported as epoch 0). What each epoch reports, and what
 makes the last epoch's result final, is defined in ``workers.trial_report``. A retried trial
-resumes after the last epoch it checkpointed, so no epoch is reported twice.
+resumes after the last epoch it checkpointed, so no epoch is reported twice. With a validation split
+the epochs report the validation halves (what strategies and schedulers rank on) and the last one
+adds the held-out splits (``heldout_*``), which nothing ranks on.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
 from workers.bn_calibration import calibration_indices, recalibrate_batch_norm
 from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
-from workers.datasets import RetrievalData
-from workers.gallery_embeddings import GalleryEmbeddings
+from workers.datasets import ImageSet, RetrievalData
+from workers.gallery_embeddings import GalleryEmbeddings, HeldOutSplits
 from workers.compatibility_targets import open_view_gallery
 from workers.gallery_sources import GalleryLoader
 from workers.preprocess import embed_images, pick_device, to_model_input
@@ -53,6 +55,9 @@ class SharedTrialInputs:
     task: str = "retrieval"  # evaluators.tasks: which metrics every epoch reports
     # Opens the gallery model in the trial: needed only when training is augmented (targets follow the crop).
     gallery_loader: GalleryLoader | None = None
+    # With a validation split: ``data``'s query/gallery are the validation halves (ranked on), and these
+    # held-out splits are evaluated once, after the last epoch, for reporting only.
+    held_out: HeldOutSplits | None = None
 
 
 def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
@@ -90,6 +95,8 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
         if epoch == epochs:
             metrics.update(task.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels,
                                          "homo"))
+            if shared.held_out is not None:
+                metrics.update(_held_out_metrics(model, spec, shared, task, device))
             metrics.update(_cost_metrics(model, spec, shared))
             # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
             metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
@@ -110,6 +117,23 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
                         state_sink=latest_state.update, resume=resume,
                         view_gallery=open_view_gallery(shared.training.augmentation, shared.gallery_loader,
                                                        shared.gallery.fingerprint))
+
+
+def _held_out_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInputs, task,
+                      device: torch.device) -> dict[str, float]:
+    """The candidate on the held-out splits: ``heldout_cross_*`` against the gallery model's gallery
+    embeddings, ``heldout_homo_*`` against its own (workers.trial_report)."""
+    held_out, data = shared.held_out, shared.data
+
+    def embed(images: ImageSet):
+        return embed_images(model, images.images, data.mean, data.std, spec.resolution, device,
+                            channels_last=shared.training.channels_last)
+
+    queries = embed(held_out.query)
+    return {**task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings, held_out.gallery.labels,
+                            "heldout_cross"),
+            **task.evaluate(queries, held_out.query.labels, embed(held_out.gallery), held_out.gallery.labels,
+                            "heldout_homo")}
 
 
 def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:

@@ -11,8 +11,12 @@ Rules of the report (``workers.trial.run_candidate_trial``):
   ``SPEC_FILE``;
 * the **final result** is the last epoch's: it adds the homogeneous metrics (``homo_*``), the
   cost (``flops``, ``mflops``, ``params``, ``cost_reduction``, ``latency_ms``) and where and how
-  the trial ran (``FINAL_PARAMS``). A trial that a scheduler stopped early never reports one, so
-  its accuracy is not final and its cost unmeasured: ``is_final_result`` tells them apart.
+  the trial ran (``FINAL_PARAMS``); with a validation split (``data.validation_size``), where
+  ``cross_*``/``homo_*`` are measured on the validation halves, also the held-out query/gallery
+  splits' ``heldout_cross_*`` and ``heldout_homo_*``: reported, never ranked on (the
+  compatibility verdict and ``search.metric`` read the validation ones). A trial that a
+  scheduler stopped early never reports one, so its accuracy is not final and its cost
+  unmeasured: ``is_final_result`` tells them apart.
 
 The compatibility check of a final result (``compatibility_verdict``, the one place of the rule):
 with ``<m>`` the searched metric without its prefix (``search.metric`` = ``cross_<m>``, e.g.
@@ -66,7 +70,7 @@ def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
 def final_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """What to log once for a final result, each name prefixed ``final_``."""
     return {f"final_{key}": value for key, value in result.items()
-            if key in FINAL_METRICS or key.startswith(("cross_", "homo_"))}
+            if key in FINAL_METRICS or key.startswith(("cross_", "homo_", "heldout_"))}
 
 
 def final_params(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,10 @@ def test_embedded_default_loads_and_overrides_apply():
         ({"gallery": {"backbone": "resnet9000"}}, r"gallery.backbone: .*not a timm model"),
         ({"bogus": 1}, r"bogus: unknown field; allowed fields here are \[.*'data'"),
         ({"search": {"evolution": {"population_size": 2, "sample_size": 5}}}, r"search.evolution: .*sample_size"),
+        ({"gallery": {"patience": 3}}, r"gallery.patience=3 .*data.validation_size is 0; set data.validation_size"),
+        ({"data": {"validation_size": -1}}, r"data.validation_size: .*greater than or equal to 0"),
+        ({"training": {"epochs": 3}, "search": {"final_training": {"epochs": 3}}},
+         r"search.final_training.epochs=3 must be more than the 3 epochs a trial trains"),
     ],
 )
 def test_bad_configs_name_the_field_and_what_is_allowed(tree, expected):

@@ -212,8 +212,9 @@ def test_a_trial_worker_killed_mid_trial_is_retried_and_recorded_once(tmp_path, 
     _report("worker_sigkill", faults=1, records=records)
 
 
-# More seeds for the figures in docs/reliability.md: CMPNAS_FAULT_SEEDS=1,2,3,4,5
-SEEDS = [int(seed) for seed in os.environ.get("CMPNAS_FAULT_SEEDS", "1,2").split(",")]
+# One seed by default (the suite's time budget); more for the figures in docs/reliability.md:
+# CMPNAS_FAULT_SEEDS=1,2,3,4,5
+SEEDS = [int(seed) for seed in os.environ.get("CMPNAS_FAULT_SEEDS", "1").split(",")]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -346,7 +347,12 @@ def kill_at_phase(process: subprocess.Popen, name: str, output_dir: Path, store:
         time.sleep(every_s)
 
 
-@pytest.mark.parametrize("phase", list(KILL_PHASES))
+# during_front by default (the phase that found a bug; the random kills cover the running phase); every
+# phase for docs/reliability.md: CMPNAS_KILL_PHASES=before_first_trial,after_finished_trial,during_front
+PHASES = os.environ.get("CMPNAS_KILL_PHASES", "during_front").split(",")
+
+
+@pytest.mark.parametrize("phase", PHASES)
 def test_the_driver_killed_at_a_named_phase_resumes_with_exact_records(tmp_path, gallery_dir, phase):
     tree = fault_tree(tmp_path, gallery_dir)
     output_dir = Path(tree["output_dir"])

@@ -91,7 +91,8 @@ def test_mlflow_tag_names_are_defined_only_in_the_tags_module():
 
 def test_reading_a_front_does_not_load_the_trainable():
     # `cmpnas pareto` needs the tracking client and the report, not torch's trainable or Ray Tune.
-    code = ("import sys, orchestrator.cli, orchestrator.pareto_report, orchestrator.tracking; "
+    code = ("import sys, orchestrator.cli, orchestrator.pareto_report, orchestrator.final_training_report, "
+            "orchestrator.tracking; "
             "print(sorted(m for m in ('workers.trial', 'ray.tune', 'orchestrator.driver') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

@@ -1,0 +1,52 @@
+"""A validation split carved from train, so that what is selected is not what is reported.
+
+Rules (``data.validation_size``):
+
+* ``data.validation_size`` images are drawn from the **train** split, stratified and seeded by
+  ``data.seed``; query and gallery are never touched. 0 turns the split off: selection and reporting
+  then share the query/gallery splits (the quickstart's optimistic reading, named as such).
+* The drawn images are split again, stratified, into a validation query half (``size // 2``) and a
+  validation gallery half (the rest): retrieval needs both sides, and with disjoint halves an image
+  is never its own match.
+* ``carve_validation`` returns the **selection view**: ``train`` is the train split less the
+  validation images, ``query``/``gallery`` are the validation halves. Searches train, early-stop
+  and select on this view; the held-out query/gallery splits are evaluated only for reporting.
+* Preprocessing statistics (``mean``, ``std``) stay those of the whole train split, so the view and
+  the held-out splits normalise images identically.
+* Every validation-query class needs validation-gallery images, and train must keep images: sizes
+  that cannot give that are refused, naming ``data.validation_size``.
+* Open-set: the validation images come from the train classes (the only classes train has), so
+  validation measures retrieval among seen classes while the held-out splits measure unseen ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from workers.datasets.splits import stratified_split
+from workers.datasets.types import DataError, RetrievalData
+
+
+def carve_validation(data: RetrievalData, size: int, seed: int) -> RetrievalData:
+    """The selection view of ``data``: train less ``size`` validation images, which become its query
+    (half) and gallery (the rest) splits (module rules)."""
+    train = data.train
+    if size < 4:
+        raise DataError(f"data.validation_size={size} is too small for a validation query and gallery half; give "
+                        "at least 4 images (a few per class), or 0 to turn the validation split off")
+    if size >= len(train):
+        raise DataError(f"data.validation_size={size} leaves no training images out of the {len(train)} of the train "
+                        "split; lower it, or raise data.train_size")
+    labels = np.asarray(train.labels)
+    validation_index, train_index = stratified_split(labels, [size, len(labels) - size], seed)
+    query_part, gallery_part = stratified_split(labels[validation_index], [size // 2, size - size // 2], seed + 1)
+    query = train.subset(validation_index[query_part])
+    gallery = train.subset(validation_index[gallery_part])
+    missing = sorted(set(query.labels.tolist()) - set(gallery.labels.tolist()))
+    if missing:
+        names = [data.class_names[label] for label in missing[:10]]
+        raise DataError(f"data.validation_size={size} gives classes {names} validation queries but no validation "
+                        "gallery images; raise data.validation_size (at least two images per train class)")
+    return replace(data, train=train.subset(train_index), query=query, gallery=gallery)
