@@ -22,12 +22,15 @@ os.environ["CMPNAS_CACHE"] = tempfile.mkdtemp(prefix="cmpnas-test-cache-")
 
 def tiny_tree(tmp_path, **sections) -> dict:
     """A small but real search: Fashion-MNIST subsets, a real timm gallery, a few short trials."""
+    # The validation split and the losses are stated, so that tests invoking the CLI without --config
+    # (on the embedded quickstart default) run the same search as those validating this tree.
     tree = {
-        "data": {"train_size": 3000, "query_size": 300, "gallery_size": 1200, "seed": 0},
+        "data": {"train_size": 3000, "query_size": 300, "gallery_size": 1200, "seed": 0, "validation_size": 0},
         "gallery": {"backbone": "resnet10t", "epochs": 2, "batch_size": 128, "lr": 0.002,
                     "checkpoint": str(tmp_path / "gallery.safetensors")},
         # min_steps 0: the tests' small splits train the epochs they name.
-        "training": {"epochs": 2, "batch_size": 128, "lr": 0.003, "min_steps": 0},
+        "training": {"epochs": 2, "batch_size": 128, "lr": 0.003, "min_steps": 0,
+                     "loss_weights": {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}},
         "search": {"strategy": "evolution", "num_candidates": 3, "max_concurrent": 2, "seed": 0, "max_mflops": 2.5,
                    "evolution": {"population_size": 2, "sample_size": 2}},
         "resources": {"cpus_per_trial": 1, "max_failures": 0, "measure_latency": True},
