@@ -33,7 +33,8 @@ from orchestrator.mlflow_callback import MlflowTrialCallback
 from orchestrator.pareto_report import ParetoReport
 from orchestrator.progress import RichProgressCallback
 from orchestrator.search_context import SearchContext
-from orchestrator.tags import ROLE_FINAL_TRAINING, ROLE_TAG, SOURCE_RUN_TAG, SUPERSEDED_TAG
+from orchestrator.search_records import supersede_run
+from orchestrator.tags import ROLE_FINAL_TRAINING, ROLE_TAG, SOURCE_RUN_TAG
 from orchestrator.tracking import SearchTracker
 from orchestrator.trials import SEARCH_MODE, shared_trial_inputs
 from orchestrator.tune_logs import quiet_staging_races
@@ -108,8 +109,5 @@ def run_final_training(ctx: SearchContext, report: ParetoReport) -> list[FinalTr
 def supersede_unfinished_final_runs(tracker: SearchTracker, parent_run_id: str) -> None:
     """Final trainings an earlier session left unfinished: marked superseded (and KILLED if RUNNING)."""
     for run in tracker.child_runs(parent_run_id):
-        if (run.data.tags.get(ROLE_TAG) == ROLE_FINAL_TRAINING and run.info.status != "FINISHED"
-                and run.data.tags.get(SUPERSEDED_TAG) != "true"):
-            tracker.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
-            if run.info.status == "RUNNING":
-                tracker.end_run(run.info.run_id, "KILLED")
+        if run.data.tags.get(ROLE_TAG) == ROLE_FINAL_TRAINING and run.info.status != "FINISHED":
+            supersede_run(tracker, run)

@@ -145,8 +145,15 @@ def supersede_orphan_runs(tracker: SearchTracker, state: SearchState) -> None:
     for run in tracker.child_runs(state.parent_run_id):
         if run.data.tags.get(ROLE_TAG) == ROLE_FINAL_TRAINING:  # not search trials (orchestrator.final_training)
             continue
-        trial_id = run.data.tags.get(TRIAL_ID_TAG)
-        if trial_id not in known and run.data.tags.get(SUPERSEDED_TAG) != "true":
-            tracker.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
-            if run.info.status == "RUNNING":
-                tracker.end_run(run.info.run_id, "KILLED")
+        if run.data.tags.get(TRIAL_ID_TAG) not in known:
+            supersede_run(tracker, run)
+
+
+def supersede_run(tracker: SearchTracker, run) -> None:
+    """Mark a child run that nothing will finish ``SUPERSEDED_TAG`` (reports leave it out), and end it
+    KILLED if it is still RUNNING; a run already marked is left as it is."""
+    if run.data.tags.get(SUPERSEDED_TAG) == "true":
+        return
+    tracker.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
+    if run.info.status == "RUNNING":
+        tracker.end_run(run.info.run_id, "KILLED")
