@@ -167,7 +167,7 @@ def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[lis
             # On the train split less the validation images, as a search trains it (and early-stops on them).
             checkpoint = train_and_save_gallery(settings, search_data.selection, device, console.log)
         # Measured on the query and gallery splits: held out when there is a validation split.
-        data = search_data.held_out or search_data.selection
+        data = search_data.reported
         model = checkpoint.model
         embed = lambda split: embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std,  # noqa: E731
                                            model.arch.image_size, device)
@@ -313,7 +313,8 @@ def export(
     tracking_uri: str = typer.Option(None, help="default: tracking.uri, else MLFLOW_TRACKING_URI, else sqlite"),
     search_run_id: str = typer.Option(None, help="parent run of a search; default: the latest search"),
     candidate_run_id: str = typer.Option(None, help="export this one candidate run instead of the Pareto front "
-                                         "(the run id column of `cmpnas pareto --all`)"),
+                                         "(the run id column of `cmpnas pareto --all`; a final training's "
+                                         "run id exports the retrained model)"),
     run_id: str = typer.Option(None, "--run-id", hidden=True, help="deprecated: --candidate-run-id"),
     max_mflops: float = typer.Option(None, help="export the best candidate within this budget (by the search's "
                                      "search.metric, as the budget sweep ranks)"),

@@ -22,11 +22,20 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import Schema, TensorSpec
 
 from orchestrator.tags import DATASET_CONTEXT_TAG
-from workers.datasets.types import RetrievalData
+from workers.datasets.types import RETRIEVAL_SPLITS, ImageSet, RetrievalData
 
 # A dataset's source type when the data has no folder (a built-in set found in its standard places).
 BUILTIN_SOURCE_TYPE = "cmpnas"
-SPLITS = ("train", "query", "gallery")
+
+
+def named_splits(data: RetrievalData, held_out: RetrievalData | None = None) -> list[tuple[str, ImageSet]]:
+    """The splits of a search by their dataset-input context: train, query and gallery; with a
+    validation split (``data`` the selection view, ``held_out`` the full data) train (less the
+    validation images), validation_query, validation_gallery, and the held-out query and gallery."""
+    if held_out is None:
+        return [(split, getattr(data, split)) for split in RETRIEVAL_SPLITS]
+    return [("train", data.train), ("validation_query", data.query), ("validation_gallery", data.gallery),
+            ("query", held_out.query), ("gallery", held_out.gallery)]
 
 
 def data_split_inputs(data: RetrievalData, source: str, root: str | None,
@@ -45,12 +54,8 @@ def data_split_inputs(data: RetrievalData, source: str, root: str | None,
         source_type, where = "local", {"uri": str(Path(root).expanduser().resolve()), "data_source": source}
     else:
         source_type, where = BUILTIN_SOURCE_TYPE, {"data_source": source}
-    named = [(split, getattr(data, split)) for split in SPLITS]
-    if held_out is not None:
-        named = [("train", data.train), ("validation_query", data.query), ("validation_gallery", data.gallery),
-                 ("query", held_out.query), ("gallery", held_out.gallery)]
     inputs = []
-    for split, images in named:
+    for split, images in named_splits(data, held_out):
         shape = tuple(int(size) for size in images.images.shape[1:])
         labels = np.asarray(images.labels, dtype=np.int64)
         schema = TensorDatasetSchema(Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "images")]),

@@ -29,14 +29,12 @@ from orchestrator.config import CmpnasConfig
 from orchestrator.final_training_report import (FINAL_TRAINING_FILE, FinalTrainingRow, collect_final_training,
                                                 final_training_runs, write_final_training_csv)
 from orchestrator.journal import PARENT
-from orchestrator.mlflow_callback import MlflowTrialCallback
 from orchestrator.pareto_report import ParetoReport
-from orchestrator.progress import RichProgressCallback
 from orchestrator.search_context import SearchContext
 from orchestrator.search_records import supersede_run
 from orchestrator.tags import ROLE_FINAL_TRAINING, ROLE_TAG, SOURCE_RUN_TAG
 from orchestrator.tracking import SearchTracker
-from orchestrator.trials import SEARCH_MODE, shared_trial_inputs
+from orchestrator.trials import SEARCH_MODE, candidate_trainable, shared_trial_inputs, trial_callbacks
 from orchestrator.tune_logs import quiet_staging_races
 
 
@@ -64,14 +62,9 @@ def run_final_training(ctx: SearchContext, report: ParetoReport) -> list[FinalTr
                         f"; the trials trained {shared.training.optim.epochs})")
         quiet_staging_races()
         shared = replace(shared, training=replace(shared.training, optim=replace(shared.training.optim, epochs=epochs)))
-        resources = config.resources
-        from workers.trial import run_candidate_trial
-
-        trainable = tune.with_resources(tune.with_parameters(run_candidate_trial, shared=shared),
-                                        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
         storage_path, _, name = ctx.state.tune_experiment_path.rpartition("/")
         tuner = tune.Tuner(
-            trainable,
+            candidate_trainable(ctx, shared),
             param_space={"arch": tune.grid_search([archs[row.run_id] for row in todo])},
             tune_config=tune.TuneConfig(metric=config.search.metric, mode=SEARCH_MODE,
                                         max_concurrent_trials=config.search.max_concurrent,
@@ -79,15 +72,9 @@ def run_final_training(ctx: SearchContext, report: ParetoReport) -> list[FinalTr
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"{name}-final_training-{ctx.state.sessions}", storage_path=storage_path,
-                callbacks=[
-                    MlflowTrialCallback(tracker, ctx.state.parent_run_id, journal, metric=config.search.metric,
-                                        compatibility_ratio=config.evaluation.compatibility_ratio,
-                                        role=ROLE_FINAL_TRAINING,
-                                        source_runs={arch: run_id for run_id, arch in archs.items()}),
-                    RichProgressCallback(ctx.console, len(todo), epochs, metric=config.search.metric,
-                                         compatibility_ratio=config.evaluation.compatibility_ratio),
-                ],
-                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                callbacks=trial_callbacks(ctx, len(todo), epochs, role=ROLE_FINAL_TRAINING,
+                                          source_runs={arch: run_id for run_id, arch in archs.items()}),
+                failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,
             ),

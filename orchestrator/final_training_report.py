@@ -85,10 +85,12 @@ def render_final_training(rows: list[FinalTrainingRow], report: ParetoReport, co
     reference = (paragon.heldout_r1 if report.held_out else paragon.r1) if paragon else math.nan
     metric = rows[0].metric
     table = Table(title=f"Final training of the front ({metric})")
-    for column in ("arch", "MFLOPs", "as searched", "final training", "change", "gap to paragon"):
-        table.add_column(column, justify="left" if column == "arch" else "right", no_wrap=column == "arch")
+    for column in ("run id", "arch", "MFLOPs", "as searched", "final training", "change", "gap to paragon"):
+        table.add_column(column, justify="left" if column in ("run id", "arch") else "right",
+                         no_wrap=column in ("run id", "arch"))
     for row in rows:
-        table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.searched:.2f}", f"{row.final:.2f}",
+        # The final training's own run: `cmpnas export --candidate-run-id` exports that model.
+        table.add_row(row.run_id[:12], row.arch_id, f"{row.mflops:.2f}", f"{row.searched:.2f}", f"{row.final:.2f}",
                       f"{row.final - row.searched:+.2f}", f"{reference - row.final:.2f}")
     console.print(table)
     console.print(f"paragon {metric} {reference:.2f}; final training: the same architecture from the same starting "

@@ -104,6 +104,11 @@ class SearchData:
     selection: RetrievalData
     held_out: RetrievalData | None = None
 
+    @property
+    def reported(self) -> RetrievalData:
+        """The data whose query/gallery splits are reported on: held out when there is a validation split."""
+        return self.held_out or self.selection
+
 
 def load_search_data(config: CmpnasConfig) -> SearchData:
     """``load_data``, then the validation split carved from train when ``data.validation_size`` is set."""

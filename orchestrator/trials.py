@@ -4,6 +4,9 @@ Rules:
 * what all trials share (data, gallery embeddings, training settings, the supernet's weights)
   travels once through the object store (``tune.with_parameters``); a trial's config carries only
   its architecture (``{"arch": spec_json}``);
+* a search's trials and its final trainings (``orchestrator.final_training``) share one trainable
+  (``candidate_trainable``) and one pair of callbacks (``trial_callbacks``): MLflow child runs and
+  the terminal's progress;
 * trials reuse their Ray actors: a fresh actor per trial re-imports torch and re-fetches the
   shared inputs, 8-14 s of idle slot per trial on a 2-core machine;
 * the Tune experiment lives at ``SearchState.tune_experiment_path``; a resumed search restores it
@@ -29,6 +32,7 @@ from orchestrator.early_stopping import create_scheduler
 from orchestrator.mlflow_callback import MlflowTrialCallback
 from orchestrator.progress import RichProgressCallback
 from orchestrator.search_context import SearchContext
+from orchestrator.tags import ROLE_CANDIDATE
 from orchestrator.tune_logs import quiet_staging_races
 from workers.candidate_training import CandidateTrainingSettings
 from workers.fit import OptimSettings
@@ -70,13 +74,32 @@ def shared_trial_inputs(ctx: SearchContext) -> SharedTrialInputs:
     )
 
 
+def candidate_trainable(ctx: SearchContext, shared: SharedTrialInputs):
+    """``run_candidate_trial`` over ``shared`` (put once in the object store), with the CPUs and GPUs
+    of ``resources.cpus_per_trial``/``gpus_per_trial`` per trial."""
+    resources = ctx.config.resources
+    return tune.with_resources(tune.with_parameters(run_candidate_trial, shared=shared),
+                               {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+
+
+def trial_callbacks(ctx: SearchContext, num_trials: int, epochs: int, role: str = ROLE_CANDIDATE,
+                    source_runs: dict[str, str] | None = None) -> list[Callback]:
+    """Each trial a child run of the search (``role``; ``source_runs``: see ``MlflowTrialCallback``),
+    and its progress on the terminal (``num_trials`` of ``epochs`` epochs each)."""
+    config = ctx.config
+    return [
+        MlflowTrialCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.journal, metric=config.search.metric,
+                            compatibility_ratio=config.evaluation.compatibility_ratio, role=role,
+                            source_runs=source_runs),
+        RichProgressCallback(ctx.console, num_trials, epochs, metric=config.search.metric,
+                             compatibility_ratio=config.evaluation.compatibility_ratio),
+    ]
+
+
 def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence[Callback] = ()) -> tune.ResultGrid:
     config, resources = ctx.config, ctx.config.resources
     quiet_staging_races()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_candidate_trial, shared=shared_trial_inputs(ctx)),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
-    )
+    trainable = candidate_trainable(ctx, shared_trial_inputs(ctx))
     experiment_path = ctx.state.tune_experiment_path
     if ctx.state.sessions > 1 and can_restore(experiment_path):
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
@@ -95,15 +118,7 @@ def run_trials(ctx: SearchContext, searcher: Searcher, extra_callbacks: Sequence
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[
-                MlflowTrialCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.journal,
-                                    metric=config.search.metric,
-                                    compatibility_ratio=config.evaluation.compatibility_ratio),
-                RichProgressCallback(ctx.console, config.search.num_candidates, trial_epochs(ctx),
-                                     metric=config.search.metric,
-                                     compatibility_ratio=config.evaluation.compatibility_ratio),
-                *extra_callbacks,
-            ],
+            callbacks=[*trial_callbacks(ctx, config.search.num_candidates, trial_epochs(ctx)), *extra_callbacks],
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             # Every epoch's checkpoint is kept (a small query model each): Tune's experiment snapshot can
             # lag the trials, and a resume restores the checkpoint the snapshot names. With only the

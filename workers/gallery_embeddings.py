@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.datasets import ImageSet, RetrievalData
+from workers.datasets import RETRIEVAL_SPLITS, ImageSet, RetrievalData
 from workers.gallery import GalleryCheckpoint
 from workers.gallery_classifier import choose_classifier
 from workers.gallery_sources import GalleryModel
@@ -62,7 +62,7 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
     if isinstance(gallery, GalleryCheckpoint):
         gallery = CmpnasGalleryModel(gallery)
     started = time.perf_counter()
-    embedded, images_embedded = _embed_splits(gallery, data, ("train", "query", "gallery"), device, batch_size,
+    embedded, images_embedded = _embed_splits(gallery, data, RETRIEVAL_SPLITS, device, batch_size,
                                               split_embedder)
     chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
     return GalleryEmbeddings(

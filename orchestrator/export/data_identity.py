@@ -12,7 +12,10 @@ Rules:
 * the data's identity (``data_identity``): source, root (resolved, ``redact_uri``-ed), name,
   protocol, seed, split sizes, image size and channels, the split digests
   (``orchestrator.dataset_inputs.split_digest``: image shape, labels and ids of each split) and the
-  ``data`` section of the configuration it was loaded with. An export records it in its
+  ``data`` section of the configuration it was loaded with. The splits are the search's dataset
+  inputs (``orchestrator.dataset_inputs.named_splits``): with a validation split
+  (``data.validation_size``) train is the train split less the validation images, the validation
+  halves are named beside it, and query/gallery are the held-out splits the export measures on. An export records it in its
   manifest (``compatibility.json``, key ``data``);
 * export refuses data whose split digests differ from the ones the search recorded as its dataset
   inputs (``check_search_splits``), so a ``data.root`` override must hold the same images;
@@ -26,22 +29,23 @@ Rules:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from orchestrator.config import CmpnasConfig, ConfigError, apply_override, validate_config
 from orchestrator.credentials import redact_tree, redact_uri
 from orchestrator.tags import DATASET_CONTEXT_TAG
-from orchestrator.dataset_inputs import split_digest
-from workers.datasets import RetrievalData
+from orchestrator.dataset_inputs import named_splits, split_digest
+
+if TYPE_CHECKING:  # loading the data is the callers' (orchestrator.search_inputs imports the data sources)
+    from orchestrator.search_inputs import SearchData
 
 # The data fields that say where the data is read from and how, never which images: the only
 # data.* fields an export (or verify-compat on the recorded data) may override.
 DATA_LOCATION_FIELDS = ("root", "cache_dir", "download", "streaming", "decode_workers")
 # Sections of an export's own configuration: where the search and the registry are.
 EXPORT_OWN_SECTIONS = ("tracking", "export")
-SPLITS = ("train", "query", "gallery")
 # What must be equal for two data sets to be evaluated alike (the train split is not evaluated).
 COMPARED = ("source", "sizes.query", "sizes.gallery", "digests.query", "digests.gallery", "image_size", "channels")
 
@@ -113,14 +117,16 @@ def _location(root: str | None) -> str | None:
     return str(Path(root).expanduser().resolve())
 
 
-def data_identity(config: CmpnasConfig, data: RetrievalData) -> dict[str, Any]:
+def data_identity(config: CmpnasConfig, search_data: SearchData) -> dict[str, Any]:
     """The identity of loaded data (the module's rules): what an export records and checks."""
+    data = search_data.selection
+    splits = named_splits(data, search_data.held_out)
     return {
         "source": config.data.source, "root": _location(config.data.root), "name": data.name,
         "protocol": data.protocol, "seed": config.data.seed,
-        "sizes": {split: len(getattr(data, split)) for split in SPLITS},
+        "sizes": {split: len(images) for split, images in splits},
         "image_size": data.image_size, "channels": data.in_chans,
-        "digests": {split: _digest(getattr(data, split)) for split in SPLITS},
+        "digests": {split: _digest(images) for split, images in splits},
         "config": redact_tree(config.data.model_dump(mode="json")),
     }
 
@@ -129,7 +135,9 @@ def describe_data(identity: dict[str, Any]) -> str:
     """One line: source, root, split sizes (and seed, protocol)."""
     sizes = identity["sizes"]
     where = identity["root"] or "its standard place (no data.root)"
-    return (f"data: {identity['source']} at {where}; train {sizes['train']}, query {sizes['query']}, gallery "
+    validation = (f", validation {sizes['validation_query'] + sizes['validation_gallery']}, held out: query"
+                  if "validation_query" in sizes else ", query")
+    return (f"data: {identity['source']} at {where}; train {sizes['train']}{validation} {sizes['query']}, gallery "
             f"{sizes['gallery']} images (seed {identity['seed']}, {identity['protocol']}; query/gallery digests "
             f"{identity['digests']['query']}/{identity['digests']['gallery']})")
 
@@ -148,11 +156,12 @@ def identity_differences(recorded: dict[str, Any], measured: dict[str, Any]) -> 
 
 
 def recorded_split_digests(search_run) -> dict[str, str]:
-    """The split digests a search recorded as its parent run's dataset inputs ({} for older searches)."""
+    """The split digests a search recorded as its parent run's dataset inputs, by context ({} for older
+    searches)."""
     digests = {}
     for item in getattr(search_run.inputs, "dataset_inputs", None) or []:
         context = {tag.key: tag.value for tag in item.tags}.get(DATASET_CONTEXT_TAG)
-        if context in SPLITS:
+        if context:
             digests[context] = item.dataset.digest
     return digests
 

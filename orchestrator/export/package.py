@@ -3,6 +3,13 @@
 The exported graph takes float32 images scaled to [0, 1] (pixel / 255) at the data's image size
 and does the rest itself: normalisation and resizing to the candidate's resolution, exactly as
 in training. A consumer needs no cmpnas code, only the manifest's input description.
+
+The manifest's ``metrics`` are the recorded figures on the data it records (``data``), the data the
+export is checked on and ``cmpnas verify-compat`` measures on. With a validation split
+(``data.validation_size``) those are the held-out query/gallery splits: the search's
+``final_heldout_*`` and ``paragon_heldout_*``, with the validation scores it ranked on beside them
+(``metrics.validation``); without one, the search's ``final_*`` and ``paragon_*``
+(``recorded_metric_keys``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,22 @@ WEIGHTS_FILE = "model.safetensors"
 # The gallery model the query model is compatible with: its identity and where it was (never the model).
 GALLERY_FILE = "gallery.json"
 # 2: ``data`` (the data the export was checked on), ``gallery.location`` and ``gallery.json``.
-MANIFEST_VERSION = 2
+# 3: ``metrics`` on the held-out splits when the search had a validation split (``metrics.split``).
+MANIFEST_VERSION = 3
+
+
+def recorded_metric_keys(candidate_metrics: dict[str, float]) -> tuple[str, str]:
+    """The prefixes of a candidate's and of its search's figures on the data an export is checked on
+    (the full data's query/gallery): held out when the search had a validation split, since its
+    ``final_cross_*`` are then scores on the validation halves."""
+    if "final_heldout_cross_r1" in candidate_metrics:
+        return "final_heldout_", "paragon_heldout_"
+    return "final_", "paragon_"
+
+
+def recorded_cross_r1(candidate_metrics: dict[str, float]) -> float:
+    """The candidate's recorded cross-model R@1 on the data an export is checked on."""
+    return candidate_metrics[recorded_metric_keys(candidate_metrics)[0] + "cross_r1"]
 
 
 class DeployableQueryModel(nn.Module):
@@ -88,6 +110,19 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
     checked on (``data_identity.data_identity``); ``mean``/``std``: the query model's own preprocessing."""
     metrics = candidate_run.data.metrics
     search_metrics = search_run.data.metrics
+    final, paragon = recorded_metric_keys(metrics)
+    recorded = {
+        "split": "held_out" if final == "final_heldout_" else "query_gallery",
+        "cross_model": {"r1": metrics[final + "cross_r1"], "r5": metrics.get(final + "cross_r5"),
+                        "map": metrics[final + "cross_map"]},
+        "homogeneous": {"r1": metrics.get(final + "homo_r1"), "r5": metrics.get(final + "homo_r5"),
+                        "map": metrics.get(final + "homo_map")},
+        "paragon": {"r1": search_metrics.get(paragon + "r1"), "map": search_metrics.get(paragon + "map")},
+    }
+    if final == "final_heldout_":  # what the search ranked on, never what the model is judged by
+        recorded["validation"] = {"cross_model": {"r1": metrics["final_cross_r1"], "map": metrics["final_cross_map"]},
+                                  "paragon": {"r1": search_metrics.get("paragon_r1"),
+                                              "map": search_metrics.get("paragon_map")}}
     return {
         "manifest_version": MANIFEST_VERSION,
         "cmpnas_version": version,
@@ -111,13 +146,7 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
             "params": int(metrics["final_params"]), "latency_ms_cpu_batch1": metrics.get("final_latency_ms"),
             "cost_reduction_vs_paragon": metrics.get("final_cost_reduction"),
         },
-        "metrics": {
-            "cross_model": {"r1": metrics["final_cross_r1"], "r5": metrics.get("final_cross_r5"),
-                            "map": metrics["final_cross_map"]},
-            "homogeneous": {"r1": metrics.get("final_homo_r1"), "r5": metrics.get("final_homo_r5"),
-                            "map": metrics.get("final_homo_map")},
-            "paragon": {"r1": search_metrics.get("paragon_r1"), "map": search_metrics.get("paragon_map")},
-        },
+        "metrics": recorded,
         "files": {name: file_sha256(folder / name) for name in (ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, GALLERY_FILE)},
     }
 

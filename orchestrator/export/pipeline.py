@@ -29,7 +29,8 @@ from orchestrator.export.data_identity import (
 )
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import (
-    GALLERY_FILE, MANIFEST_FILE, DeployableQueryModel, build_manifest, gallery_record, load_candidate, write_formats,
+    GALLERY_FILE, MANIFEST_FILE, DeployableQueryModel, build_manifest, gallery_record, load_candidate, recorded_cross_r1,
+    write_formats,
 )
 from orchestrator.export.registry import register_export
 from orchestrator.export.selection import select_runs
@@ -77,7 +78,7 @@ class ExportedModel:
 
 
 def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
-    from orchestrator.search_inputs import load_data
+    from orchestrator.search_inputs import load_search_data
 
     try:
         tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
@@ -85,8 +86,10 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
         raise ExportError(str(error)) from error
     search, runs = select_runs(tracker, request.search_run_id, request.candidate_run_id, request.max_mflops)
     config = _search_config(tracker, search.info.run_id, request.data_overrides)
-    data = load_data(config)
-    identity = data_identity(config, data)
+    search_data = load_search_data(config)
+    # Measured on the query/gallery splits the search reported: the held-out ones with a validation split.
+    data = search_data.reported
+    identity = data_identity(config, search_data)
     log(describe_data(identity))
     _check_search_splits(search, identity)
     gallery = _search_gallery(config, data, request.gallery_path, search)
@@ -111,7 +114,8 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
             write_formats(model, folder, input_shape)
             parity = check_parity(model, folder, input_shape)
             measured = cross_model_metrics(onnx_session(folder), data, gallery_embeddings)
-            check_recorded_recall(measured, run.data.metrics["final_cross_r1"], f"candidate {spec.arch_id}")
+            recorded_r1 = recorded_cross_r1(run.data.metrics)
+            check_recorded_recall(measured, recorded_r1, f"candidate {spec.arch_id}")
             (folder / GALLERY_FILE).write_text(json.dumps(gallery_json, indent=2, sort_keys=True))
             manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
                                       mean=data.mean, std=data.std,
@@ -119,7 +123,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
                                       data=identity, version=cmpnas_version(), folder=folder)
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
-                f"{measured.recall_at_1:.2f} (recorded {run.data.metrics['final_cross_r1']:.2f})")
+                f"{measured.recall_at_1:.2f} (recorded {recorded_r1:.2f})")
             staged.append((run, folder, manifest, parity, measured.recall_at_1))
 
         exported = []

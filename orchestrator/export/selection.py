@@ -1,4 +1,10 @@
-"""Which candidate runs an export takes: the Pareto front, one run, or the best under a budget."""
+"""Which candidate runs an export takes: the Pareto front, one run, or the best under a budget.
+
+The front and the best under a budget are chosen among the search's candidate runs (role
+``candidate``), as the search chose. One run (``--candidate-run-id``) may also be a final training
+of a front candidate (role ``final_training``, ``orchestrator.final_training``): the same
+architecture trained longer, exported as it was recorded.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from orchestrator.budget_report import best_within_budget
 from orchestrator.credentials import redact_uri
 from orchestrator.export.errors import ExportError
 from orchestrator.pareto_report import searched_metric
-from orchestrator.tags import PARENT_RUN_TAG, PARETO_TAG, ROLE_CANDIDATE, ROLE_SEARCH, ROLE_TAG, SUPERSEDED_TAG
+from orchestrator.tags import (PARENT_RUN_TAG, PARETO_TAG, ROLE_CANDIDATE, ROLE_FINAL_TRAINING, ROLE_SEARCH, ROLE_TAG,
+                               SUPERSEDED_TAG)
 from orchestrator.tracking import SearchTracker
 
 
@@ -33,7 +40,8 @@ MIN_PREFIX_LENGTH = 6
 
 
 def get_candidate_run(tracker: SearchTracker, run_id: str):
-    """A candidate run by its full id or by a unique prefix of it (``cmpnas pareto`` shows 12 characters)."""
+    """A candidate or final-training run by its full id or by a unique prefix of it (``cmpnas pareto``
+    shows 12 characters)."""
     run_id = run_id.strip()
     if len(run_id) >= FULL_RUN_ID_LENGTH:
         return get_run(tracker, run_id)
@@ -41,7 +49,8 @@ def get_candidate_run(tracker: SearchTracker, run_id: str):
     if len(run_id) < MIN_PREFIX_LENGTH or any(char not in "0123456789abcdef" for char in run_id):
         raise ExportError(f"--candidate-run-id {run_id!r} is neither a run id (32 hex digits) nor a prefix of one of "
                           f"at least {MIN_PREFIX_LENGTH} hex digits; see the run id column of `cmpnas pareto --all`")
-    matches = [run for run in _candidate_runs(tracker) if run.info.run_id.startswith(run_id)]
+    matches = [run for role in (ROLE_CANDIDATE, ROLE_FINAL_TRAINING) for run in _runs_with_role(tracker, role)
+               if run.info.run_id.startswith(run_id)]
     if not matches:
         raise ExportError(f"no candidate run id of the experiment starts with {run_id!r} at "
                           f"{redact_uri(tracker.tracking_uri)}; see the run id column of `cmpnas pareto --all`")
@@ -51,10 +60,10 @@ def get_candidate_run(tracker: SearchTracker, run_id: str):
     return matches[0]
 
 
-def _candidate_runs(tracker: SearchTracker) -> list:
+def _runs_with_role(tracker: SearchTracker, role: str) -> list:
     runs, token = [], None
     while True:
-        page = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_CANDIDATE}'",
+        page = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{role}'",
                                           max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
@@ -71,9 +80,9 @@ def select_runs(tracker: SearchTracker, search_run_id: str | None, candidate_run
     if candidate_run_id is not None:
         candidate = get_candidate_run(tracker, candidate_run_id)
         candidate_run_id = candidate.info.run_id
-        if candidate.data.tags.get(ROLE_TAG) != ROLE_CANDIDATE:
-            raise ExportError(f"run {candidate_run_id} is not a cmpnas candidate run (tag {ROLE_TAG}={ROLE_CANDIDATE}); "
-                              "a search's parent run is --search-run-id")
+        if candidate.data.tags.get(ROLE_TAG) not in (ROLE_CANDIDATE, ROLE_FINAL_TRAINING):
+            raise ExportError(f"run {candidate_run_id} is not a cmpnas candidate run (tag {ROLE_TAG}={ROLE_CANDIDATE} "
+                              f"or {ROLE_FINAL_TRAINING}); a search's parent run is --search-run-id")
         _require_finished(candidate)
         parent = candidate.data.tags[PARENT_RUN_TAG]
         if search_run_id is not None and search_run_id != parent:
@@ -84,7 +93,8 @@ def select_runs(tracker: SearchTracker, search_run_id: str | None, candidate_run
     if search.data.tags.get(ROLE_TAG) != ROLE_SEARCH:
         raise ExportError(f"run {search.info.run_id} is not a cmpnas search run (tag {ROLE_TAG}={ROLE_SEARCH})")
     finished = [run for run in tracker.child_runs(search.info.run_id)
-                if run.info.status == "FINISHED" and "final_mflops" in run.data.metrics]
+                if run.info.status == "FINISHED" and "final_mflops" in run.data.metrics
+                and run.data.tags.get(ROLE_TAG) == ROLE_CANDIDATE]
     if max_mflops is not None:
         metric = searched_metric(search)
         current = [run for run in finished if run.data.tags.get(SUPERSEDED_TAG) != "true"]

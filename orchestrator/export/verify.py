@@ -30,7 +30,7 @@ def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasCo
     The data: with ``recorded_data``, the one the manifest records (``data_overrides``: location
     fields over it); else ``config``'s, refused when its identity differs from the recorded one
     unless ``force``. ``log`` receives the line saying which data is measured on."""
-    from orchestrator.search_inputs import load_data
+    from orchestrator.search_inputs import load_search_data
 
     manifest = read_manifest(Path(query_model))
     recorded = manifest.get("data")
@@ -41,8 +41,9 @@ def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasCo
                               "(its config.json), or export the model again")
         config = recorded_data_config(config, recorded["config"], data_overrides,
                                       source=f"the data recorded in {Path(query_model) / MANIFEST_FILE}")
-    data = load_data(config)
-    identity = data_identity(config, data)
+    search_data = load_search_data(config)
+    data = search_data.reported
+    identity = data_identity(config, search_data)
     log(describe_data(identity))
     if recorded is None:
         log("the manifest records no data identity (an older export): the data cannot be checked")

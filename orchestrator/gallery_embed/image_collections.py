@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.gallery_embed.errors import GalleryEmbedError
-from workers.datasets import RetrievalData
+from workers.datasets import RETRIEVAL_SPLITS, RetrievalData
 from workers.datasets.image_files import IMAGE_SUFFIXES, decode_image, image_files_under
 from workers.datasets.shard_cache import ShardedImages
 from workers.datasets.types import ImageArray
 from workers.gallery_sources import GalleryInputSpec
 
-SPLITS = ("train", "query", "gallery")
+# The splits `cmpnas gallery embed --split` may name: those of the search's data.
+SPLITS = RETRIEVAL_SPLITS
 
 
 class ImageCollection(ABC):

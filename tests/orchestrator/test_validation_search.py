@@ -10,6 +10,7 @@ from rich.console import Console
 
 from orchestrator.config import validate_config
 from orchestrator.driver import run_search
+from orchestrator.export import ExportRequest, export_candidates, verify_compatibility
 from orchestrator.final_training_report import collect_final_training, final_training_runs
 from orchestrator.search_state import SearchState
 from orchestrator.tags import (DATASET_CONTEXT_TAG, ROLE_CANDIDATE, ROLE_FINAL_TRAINING, ROLE_TAG, SOURCE_RUN_TAG,
@@ -81,6 +82,30 @@ def test_a_search_selects_on_validation_reports_held_out_and_trains_its_front_ag
     parent = tracker.client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["final_training_runs"] == len(front)
     assert SearchState.load(outcome.output_dir).phase == "finished"
+
+    # Export checks the ONNX model on the full data, whose query/gallery are the held-out splits: against
+    # the held-out R@1, and the manifest records those figures (the validation ones beside them).
+    exported = export_candidates(ExportRequest(config.tracking.uri, config.tracking.experiment, "validation-test",
+                                               search_run_id=outcome.parent_run_id, register=False))
+    assert exported
+    for model in exported:
+        run = tracker.client.get_run(model.run_id)
+        recorded = model.manifest["metrics"]
+        assert recorded["split"] == "held_out"
+        assert recorded["cross_model"]["r1"] == run.data.metrics["final_heldout_cross_r1"]
+        assert recorded["validation"]["cross_model"]["r1"] == run.data.metrics["final_cross_r1"]
+        assert recorded["paragon"]["r1"] == parent.data.metrics["paragon_heldout_r1"]
+        assert abs(model.onnx_cross_r1 - recorded["cross_model"]["r1"]) <= 100.0 / 200 + 1e-9
+    _, verified = verify_compatibility(exported[0].folder, config.gallery_checkpoint_path, config)
+    assert abs(verified.recall_at_1 - exported[0].manifest["metrics"]["cross_model"]["r1"]) <= 100.0 / 200 + 1e-9
+    assert exported[0].manifest["data"]["sizes"] == {"train": 700, "validation_query": 100, "validation_gallery": 100,
+                                                     "query": 200, "gallery": 400}
+    # A final training's run id (a prefix, as the table shows it) exports the retrained model.
+    (retrained,) = export_candidates(ExportRequest(config.tracking.uri, config.tracking.experiment, "validation-test",
+                                                   candidate_run_id=finals[0].info.run_id[:12], register=False,
+                                                   output_dir=tmp_path / "final-export"))
+    assert retrained.run_id == finals[0].info.run_id
+    assert retrained.manifest["metrics"]["cross_model"]["r1"] == finals[0].data.metrics["final_heldout_cross_r1"]
 
     # A driver killed during final training: one final run left RUNNING, the state file at final_training.
     # The resume supersedes that run, trains its candidate again, keeps the finished ones, and finishes.

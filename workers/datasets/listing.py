@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLIT_NAMES = ("train", "query", "gallery")
+from workers.datasets.types import RETRIEVAL_SPLITS
+
+# Split folders (image_folder) and split column values (manifest) name the data's splits.
+SPLIT_NAMES = RETRIEVAL_SPLITS
 
 
 @dataclass(frozen=True)

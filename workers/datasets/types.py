@@ -64,6 +64,10 @@ class BadFile:
     reason: str
 
 
+# The splits of a RetrievalData, in the order they are logged, embedded and compared.
+RETRIEVAL_SPLITS = ("train", "query", "gallery")
+
+
 @dataclass(frozen=True)
 class RetrievalData:
     """Train split for fine-tuning, and disjoint query/gallery splits for retrieval metrics."""
