@@ -13,7 +13,7 @@ import torch
 from orchestrator.search_inputs import load_data
 from orchestrator.export import ExportError, ExportRequest, export_candidates, verify_compatibility
 from orchestrator.export.package import GALLERY_FILE, MANIFEST_FILE, ONNX_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE
-from orchestrator.tags import PARENT_RUN_TAG
+from orchestrator.tags import PARENT_RUN_TAG, ROLE_CANDIDATE, ROLE_FINAL_TRAINING
 from workers.gallery import load_gallery, save_gallery
 from workers.preprocess import embed_images
 
@@ -412,12 +412,15 @@ def test_candidate_run_id_prefixes_must_be_unique_and_long_enough():
 
     from orchestrator.export.selection import get_candidate_run
 
-    ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24]
+    ids = ["abcdef01" + "0" * 24, "abcdef02" + "0" * 24, "f1a1" + "0" * 28]
+    roles = {ids[0]: ROLE_CANDIDATE, ids[1]: ROLE_CANDIDATE, ids[2]: ROLE_FINAL_TRAINING}
     runs = [SimpleNamespace(info=SimpleNamespace(run_id=run_id)) for run_id in ids]
     page = type("Page", (list,), {"token": None})
-    client = SimpleNamespace(search_runs=lambda *args, **kwargs: page(runs))
+    client = SimpleNamespace(search_runs=lambda experiments, filter_string, **kwargs: page(
+        run for run in runs if filter_string.endswith(f"'{roles[run.info.run_id]}'")))
     tracker = SimpleNamespace(client=client, experiment_id="1", tracking_uri="sqlite:///x.db")
     assert get_candidate_run(tracker, "ABCDEF02").info.run_id == ids[1]
+    assert get_candidate_run(tracker, "f1a100").info.run_id == ids[2]  # a final training exports its model too
     with pytest.raises(ExportError, match="2 candidate runs start with 'abcdef0'"):
         get_candidate_run(tracker, "abcdef0")
     with pytest.raises(ExportError, match="at least 6 hex digits"):
@@ -488,7 +491,8 @@ def test_verify_compat_measures_on_the_recorded_data_or_refuses_other_data(expor
 
 def test_budget_export_and_the_budget_sweep_rank_by_the_searched_metric(tmp_path):
     """One rule: the search's search.metric (here cross_r1, which disagrees with cross_map), fewer MFLOPs
-    breaking ties; cross_map for a search recorded without the param; superseded runs never win."""
+    breaking ties; cross_map for a search recorded without the param; superseded runs and final trainings
+    (not candidates of the search) never win."""
     from types import SimpleNamespace
 
     from orchestrator.budget_report import best_per_budget
@@ -498,12 +502,13 @@ def test_budget_export_and_the_budget_sweep_rank_by_the_searched_metric(tmp_path
 
     values = {"a": (1.0, 50.0, 30.0), "b": (1.5, 40.0, 60.0), "c": (0.8, 50.0, 10.0), "d": (0.5, 99.0, 99.0)}
 
-    def run(name, mflops, r1, map_, superseded=False):
+    def run(name, mflops, r1, map_, superseded=False, role=ROLE_CANDIDATE):
         return SimpleNamespace(info=SimpleNamespace(run_id=name, status="FINISHED"), data=SimpleNamespace(
             metrics={"final_mflops": mflops, "final_cross_r1": r1, "final_cross_map": map_},
-            tags={SUPERSEDED_TAG: "true"} if superseded else {}, params={}))
+            tags={ROLE_TAG: role, **({SUPERSEDED_TAG: "true"} if superseded else {})}, params={}))
 
     children = [run(name, *numbers, superseded=name == "d") for name, numbers in values.items()]
+    children.append(run("final-of-c", 0.8, 90.0, 90.0, role=ROLE_FINAL_TRAINING))
 
     def tracker(params):
         search = SimpleNamespace(info=SimpleNamespace(run_id="s"), data=SimpleNamespace(
