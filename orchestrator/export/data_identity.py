@@ -12,11 +12,11 @@ Rules:
 * the data's identity (``data_identity``): source, root (resolved, ``redact_uri``-ed), name,
   protocol, seed, split sizes, image size and channels, the split digests
   (``orchestrator.dataset_inputs.split_digest``: image shape, labels and ids of each split) and the
-  ``data`` section of the configuration it was loaded with. The splits are the search's dataset
-  inputs (``orchestrator.dataset_inputs.named_splits``): with a validation split
+  ``data`` section of the configuration it was loaded with. An export records it in its
+  manifest (``compatibility.json``, key ``data``). The splits are the search's dataset inputs
+  (``orchestrator.dataset_inputs.named_splits``): with a validation split
   (``data.validation_size``) train is the train split less the validation images, the validation
-  halves are named beside it, and query/gallery are the held-out splits the export measures on. An export records it in its
-  manifest (``compatibility.json``, key ``data``);
+  halves are named beside it, and query/gallery are the held-out splits the export measures on;
 * export refuses data whose split digests differ from the ones the search recorded as its dataset
   inputs (``check_search_splits``), so a ``data.root`` override must hold the same images;
 * ``verify-compat`` without ``--config`` reloads the data the manifest records (location
