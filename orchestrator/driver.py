@@ -158,30 +158,26 @@ def forget_unstarted_search(state: SearchState, output_dir: Path) -> None:
 def _run_opened_search(config: CmpnasConfig, console: Console, state: SearchState, output_dir: Path,
                        tracking_uri: str) -> SearchOutcome:
     log = console.log
-    final_training = config.search.final_training.epochs > 0
-    if state.phase == "trials_done" and final_training:
-        # The front first; the final training then needs the data and Ray, set up below.
-        log("every trial of this search has ended; recording its Pareto front before the final training")
-        journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
-        finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
-                        metric=config.search.metric, compatibility_ratio=config.evaluation.compatibility_ratio,
-                        next_phase="final_training")
-        state = SearchState.load(output_dir)
     if state.phase == "trials_done":
-        log("every trial of this search has ended; recording its Pareto front")
+        final_training = config.search.final_training.epochs > 0
+        log("every trial of this search has ended; recording its Pareto front"
+            + (" before the final training" if final_training else ""))
         journal = open_journal(open_tracker(tracking_uri, state.experiment), state, output_dir)
-        # This session only records the front; the count of sessions still says it ran.
+        # This session records the front (and trains it again); the count of sessions still says it ran.
         journal.log_metrics(PARENT, {"search_sessions": state.sessions}, key=f"parent/sessions/{state.sessions}")
         report = finalize_search(journal, state, output_dir, console, outage_wait_s=config.tracking.outage_wait_s,
                                  metric=config.search.metric,
-                                 compatibility_ratio=config.evaluation.compatibility_ratio)
+                                 compatibility_ratio=config.evaluation.compatibility_ratio,
+                                 next_phase="final_training" if final_training else "finished")
         # The failed trials of the ended session are not known here; missing candidates still count.
         shortfall = find_shortfall(config.search, complete=True, trials_started=len(state.trial_ids), trials_failed=0,
                                    candidates_finished=len(report.candidates))
         record_shortfall(journal, config.search, shortfall)
-        render_table(report, console)
-        report_shortfall(shortfall, console)
-        return SearchOutcome(state.parent_run_id, report, output_dir, 0, shortfall)
+        if not final_training:
+            render_table(report, console)
+            report_shortfall(shortfall, console)
+            return SearchOutcome(state.parent_run_id, report, output_dir, 0, shortfall)
+        state = SearchState.load(output_dir)  # phase final_training: it needs the data and Ray, set up below
     search_started = time.perf_counter()
 
     if ray_address(config.ray) != LOCAL:

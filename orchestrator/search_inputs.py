@@ -196,17 +196,16 @@ class SearchInputs:
             split_embedder = self._ray_data_pass()
             self.embeddings = compute_gallery_embeddings(self.gallery_model, self.data, self.device, self.classifier,
                                                          split_embedder=split_embedder)
-            seconds, count = self.embeddings.seconds, self.embeddings.images_embedded
+            seconds = self.embeddings.seconds
             if self.held_out_data is not None:
                 started = time.perf_counter()
                 self.held_out = embed_held_out(self.gallery_model, self.held_out_data, self.device,
                                                split_embedder=split_embedder)
                 seconds += time.perf_counter() - started
-                count += self.held_out.images_embedded
             self.gallery_model.release()
             self.timings["stage_gallery_embedding_seconds"] = seconds
-            log(f"gallery model embedded {count} images once for the whole job ({seconds:.1f}s); BCT classifier: "
-                f"{self.embeddings.classifier_kind}")
+            log(f"gallery model embedded {self.images_embedded} images once for the whole job ({seconds:.1f}s); "
+                f"BCT classifier: {self.embeddings.classifier_kind}")
         return self.embeddings
 
     @property

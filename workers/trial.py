@@ -76,8 +76,8 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     task = create_task(shared.task)
     epochs = shared.training.optim.epochs
 
-    def embed(split: str):
-        return embed_images(model, getattr(data, split).images, data.mean, data.std, spec.resolution, device,
+    def embed(images: ImageSet):
+        return embed_images(model, images.images, data.mean, data.std, spec.resolution, device,
                             channels_last=shared.training.channels_last)
 
     resume = None
@@ -89,14 +89,19 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     latest_state: dict[str, Any] = {}
 
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
-        query_embeddings = embed("query")
+        query_embeddings = embed(data.query)
         cross = task.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")
         metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross}
         if epoch == epochs:
-            metrics.update(task.evaluate(query_embeddings, data.query.labels, embed("gallery"), data.gallery.labels,
+            metrics.update(task.evaluate(query_embeddings, data.query.labels, embed(data.gallery), data.gallery.labels,
                                          "homo"))
-            if shared.held_out is not None:
-                metrics.update(_held_out_metrics(model, spec, shared, task, device))
+            held_out = shared.held_out
+            if held_out is not None:  # reported only: against the gallery model's gallery, and against its own
+                queries = embed(held_out.query)
+                metrics.update(task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings,
+                                             held_out.gallery.labels, "heldout_cross"))
+                metrics.update(task.evaluate(queries, held_out.query.labels, embed(held_out.gallery),
+                                             held_out.gallery.labels, "heldout_homo"))
             metrics.update(_cost_metrics(model, spec, shared))
             # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
             metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
@@ -117,23 +122,6 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
                         state_sink=latest_state.update, resume=resume,
                         view_gallery=open_view_gallery(shared.training.augmentation, shared.gallery_loader,
                                                        shared.gallery.fingerprint))
-
-
-def _held_out_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInputs, task,
-                      device: torch.device) -> dict[str, float]:
-    """The candidate on the held-out splits: ``heldout_cross_*`` against the gallery model's gallery
-    embeddings, ``heldout_homo_*`` against its own (workers.trial_report)."""
-    held_out, data = shared.held_out, shared.data
-
-    def embed(images: ImageSet):
-        return embed_images(model, images.images, data.mean, data.std, spec.resolution, device,
-                            channels_last=shared.training.channels_last)
-
-    queries = embed(held_out.query)
-    return {**task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings, held_out.gallery.labels,
-                            "heldout_cross"),
-            **task.evaluate(queries, held_out.query.labels, embed(held_out.gallery), held_out.gallery.labels,
-                            "heldout_homo")}
 
 
 def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:

@@ -124,3 +124,16 @@ def test_a_search_selects_on_validation_reports_held_out_and_trains_its_front_ag
     parent = tracker.client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["search_sessions"] == 2
     assert SearchState.load(outcome.output_dir).phase == "finished"
+
+    # A driver killed after the trials, before the front was recorded: the resume records the front, then
+    # goes on to final training, which finds every front candidate already trained again and finishes.
+    SearchState.load(outcome.output_dir).moved_to("trials_done").save(outcome.output_dir)
+    tracker.client.update_run(outcome.parent_run_id, status="RUNNING")
+    again = run_search(config, Console(quiet=True), resume=True)
+    assert {row.run_id for row in again.report.front} == front
+    assert sorted(run.info.run_id for run in final_training_runs(tracker, outcome.parent_run_id)) == sorted(
+        run.info.run_id for run in finals_now)  # nothing trained a third time
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["search_sessions"] == 3
+    assert parent.data.metrics["candidates_asked"] == 2
+    assert SearchState.load(outcome.output_dir).phase == "finished"
