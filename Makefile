@@ -1,25 +1,27 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# Each creates the virtual environment, installs cmpnas with its pinned stack and the data, then runs.
+# Each creates the virtual environment, installs cmpnas with every package pinned (constraints.txt)
+# and the data, then runs. PIP_ARGS: extra pip options (.ci/run adds --no-cache-dir).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cmpnas-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
+PIP_ARGS ?=
 
 .PHONY: demo test install data clean
 
 demo: install data
-	$(BIN)/cmpnas search --config configs/quickstart.yaml
+	$(BIN)/cmpnas search
 
 test: install data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[cpu,dev,faces]'
+	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.

@@ -39,16 +39,17 @@ sys.path.insert(0, str(REPO))
 
 from evaluators import RetrievalEvaluator  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.gallery_setup import gallery_request  # noqa: E402
-from orchestrator.search_inputs import load_data  # noqa: E402
-from orchestrator.tracking import SearchTracker  # noqa: E402
+from orchestrator.setup.data import load_data  # noqa: E402
+from orchestrator.setup.gallery import gallery_request  # noqa: E402
+from orchestrator.tracking.client import SearchTracker  # noqa: E402
 from search_space import build_query_model, create_space  # noqa: E402
-from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate  # noqa: E402
-from workers.fit import OptimSettings  # noqa: E402
-from workers.gallery_embeddings import compute_gallery_embeddings  # noqa: E402
-from workers.gallery_sources import load_gallery_model  # noqa: E402
-from workers.gallery_sources.timm_weights import PooledFeatures  # noqa: E402
-from workers.preprocess import embed_images  # noqa: E402
+from workers.compatibility.candidate import fine_tune_candidate  # noqa: E402
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
+from workers.gallery.embeddings import compute_gallery_embeddings  # noqa: E402
+from workers.gallery.sources import load_gallery_model  # noqa: E402
+from workers.gallery.sources.timm_weights import PooledFeatures  # noqa: E402
+from workers.training.fit import OptimSettings  # noqa: E402
+from workers.training.preprocess import ModelInput, embed_images  # noqa: E402
 
 BACKBONE = "resnet18"
 SIZE = 32
@@ -163,10 +164,10 @@ def compare_classifiers(config_path: Path, seeds: list[int], epochs: int) -> lis
             for seed in seeds:
                 torch.manual_seed(seed)
                 model = build_query_model(spec)
-                settings = CandidateTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3, seed=seed))
+                settings = CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3, seed=seed))
                 started = time.perf_counter()
-                fine_tune_candidate(model, spec.resolution, data, embeddings, settings, torch.device("cpu"))
-                queries = embed_images(model, data.query.images, data.mean, data.std, spec.resolution)
+                fine_tune_candidate(model, spec.resolution, settings, TrainingRun(data, embeddings, torch.device("cpu")))
+                queries = embed_images(model, data.query.images, ModelInput(data.mean, data.std, spec.resolution))
                 metrics = RetrievalEvaluator().evaluate(queries, data.query.labels, embeddings.gallery,
                                                         data.gallery.labels)
                 scores.append((metrics.recall_at_1, metrics.mean_average_precision, time.perf_counter() - started))

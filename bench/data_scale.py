@@ -41,7 +41,7 @@ DRIVER = """
 import json, resource, sys
 from rich.console import Console
 from orchestrator.config import load_config
-from orchestrator.driver import run_search
+from orchestrator.search.driver import run_search
 config = load_config(sys.argv[1])
 outcome = run_search(config, Console(stderr=True))
 print("DRIVER " + json.dumps({"parent_run_id": outcome.parent_run_id,
@@ -132,7 +132,7 @@ def run_search(config: Path, log: Path) -> dict:
 def trial_figures(workdir: Path, parent_run_id: str) -> dict:
     import mlflow
 
-    from orchestrator.tags import PARENT_RUN_TAG
+    from orchestrator.tracking.tags import PARENT_RUN_TAG
 
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     parent = client.get_run(parent_run_id)
@@ -154,8 +154,8 @@ def loader_throughput(config: Path, batches: int = 20) -> dict:
     import torch
 
     from orchestrator.config import load_config
-    from orchestrator.search_inputs import load_data
-    from workers.training_batches import AugmentationSettings, ImageBatches
+    from orchestrator.setup.data import load_data
+    from workers.training.batches import AugmentationSettings, ImageBatches
 
     data = load_data(load_config(config))  # the cache exists: nothing is decoded again
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))

@@ -43,11 +43,11 @@ def main() -> None:
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(args.threads))
 
+    import faiss
     import numpy as np
     import psutil
     import torch
 
-    import faiss
     from evaluators.knn import FaissInnerProductKNN
 
     torch.set_num_threads(args.threads)

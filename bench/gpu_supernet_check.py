@@ -21,15 +21,16 @@ import torch
 from evaluators import RetrievalEvaluator, count_complexity
 from search_space import build_query_model, create_space
 from search_space.supernet import ElasticSupernet, extract_subnet
-from workers.bn_calibration import recalibrate_batch_norm
-from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
+from workers.compatibility.bn_calibration import recalibrate_batch_norm
+from workers.compatibility.candidate import fine_tune_candidate
+from workers.compatibility.supernet import SupernetTrainingSettings, train_supernet
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
 from workers.datasets import DataRequest, load_retrieval_data
-from workers.fit import OptimSettings
-from workers.gallery import GalleryCheckpoint
-from workers.gallery_embeddings import compute_gallery_embeddings
-from workers.gallery_training import GalleryTrainingSettings, train_gallery
-from workers.preprocess import embed_images, to_model_input
-from workers.supernet_training import SupernetTrainingSettings, train_supernet
+from workers.gallery.embeddings import compute_gallery_embeddings
+from workers.gallery.model import GalleryCheckpoint
+from workers.gallery.training import GalleryTrainingSettings, train_gallery
+from workers.training.fit import OptimSettings
+from workers.training.preprocess import ModelInput, embed_images, to_model_input
 
 LOSSES = {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
 
@@ -69,11 +70,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     supernet = ElasticSupernet(space).to(device)
-    settings = SupernetTrainingSettings(OptimSettings(epochs=args.supernet_epochs, batch_size=256, lr=3e-3),
-                                        LOSSES, num_random_subnets=2, distillation_weight=1.0,
-                                        channels_last=False, mixed_precision=args.bf16)
+    settings = SupernetTrainingSettings(CompatibilityTrainingSettings(OptimSettings(epochs=args.supernet_epochs, batch_size=256, lr=3e-3), LOSSES, channels_last=False, mixed_precision=args.bf16), num_random_subnets=2, distillation_weight=1.0)
     started = time.perf_counter()
-    history = train_supernet(supernet, data, gallery, settings, device)
+    history = train_supernet(supernet, settings, TrainingRun(data, gallery, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     result["supernet"] = {"seconds": time.perf_counter() - started,
@@ -91,7 +90,7 @@ def main() -> None:
             candidates.append(spec)
 
     def evaluate(model, spec):
-        queries = embed_images(model, data.query.images, data.mean, data.std, spec.resolution, device)
+        queries = embed_images(model, data.query.images, ModelInput(data.mean, data.std, spec.resolution, device))
         metrics = evaluator.evaluate(queries, data.query.labels, gallery.gallery, data.gallery.labels)
         return round(metrics.recall_at_1, 2), round(metrics.mean_average_precision, 2)
 
@@ -109,9 +108,9 @@ def main() -> None:
                 recalibrate_batch_norm(model, inputs, 2000)
             epochs = {"scratch": args.epochs, "inherit": args.finetune_epochs, "inherit_zero_shot": 0}[mode]
             if epochs:
-                training = CandidateTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3), LOSSES,
+                training = CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3), LOSSES,
                                                      channels_last=False)
-                fine_tune_candidate(model, spec.resolution, data, gallery, training, device)
+                fine_tune_candidate(model, spec.resolution, training, TrainingRun(data, gallery, device))
             r1, mean_ap = evaluate(model, spec)
             row[mode] = {"r1": r1, "map": mean_ap, "seconds": round(time.perf_counter() - started, 2)}
         rows.append(row)

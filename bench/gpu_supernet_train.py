@@ -2,7 +2,7 @@
 
 `cmpnas supernet train` is the product's way (a Tune trial on a GPU node, tracked in MLflow). The
 lent GPU machine of this project has neither Ray nor MLflow, so this script runs the same worker
-code (`workers.supernet_training.train_supernet`, same settings as `supernet_training_settings` of
+code (`workers.compatibility.supernet.train_supernet`, same settings as `supernet_training_settings` of
 the quickstart config) against a given gallery checkpoint and writes a checkpoint that a search
 with that gallery accepts (the gallery fingerprint is the checkpoint's, not a recomputation).
 
@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 
 from search_space.supernet import ElasticSupernet, sandwich_specs
+from workers.compatibility.supernet import SupernetTrainingSettings, train_supernet
+from workers.compatibility.supernet_checkpoint import save_supernet
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
 from workers.datasets import DataRequest, load_retrieval_data
-from workers.fit import OptimSettings
-from workers.gallery import load_gallery
-from workers.gallery_embeddings import compute_gallery_embeddings
-from workers.preprocess import to_model_input
-from workers.supernet_checkpoint import save_supernet
-from workers.supernet_training import SupernetTrainingSettings, train_supernet
+from workers.gallery.embeddings import compute_gallery_embeddings
+from workers.gallery.model import load_gallery
+from workers.training.fit import EpochHooks, OptimSettings
+from workers.training.preprocess import to_model_input
 
 QUICKSTART_LOSSES = {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
 
@@ -132,10 +133,7 @@ def main() -> None:
     from search_space import create_space
 
     space = create_space(args.space, embed_dim=gallery.embed_dim, in_chans=data.in_chans)
-    probe_settings = SupernetTrainingSettings(
-        OptimSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed),
-        QUICKSTART_LOSSES, num_random_subnets=args.num_random_subnets,
-        distillation_weight=args.distillation_weight, channels_last=args.channels_last)
+    probe_settings = SupernetTrainingSettings(CompatibilityTrainingSettings(OptimSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed), QUICKSTART_LOSSES, channels_last=args.channels_last), num_random_subnets=args.num_random_subnets, distillation_weight=args.distillation_weight)
 
     probes = {}
     backends = ("on", "off") if args.cudnn == "auto" else (args.cudnn,)
@@ -163,11 +161,8 @@ def main() -> None:
     print(f"training {epochs} epochs ({steps_per_epoch} steps each) with cudnn {chosen}", flush=True)
     write_report()
 
-    settings = SupernetTrainingSettings(
-        OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed),
-        QUICKSTART_LOSSES, num_random_subnets=args.num_random_subnets,
-        distillation_weight=args.distillation_weight, channels_last=args.channels_last)
+    settings = SupernetTrainingSettings(CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      seed=args.seed), QUICKSTART_LOSSES, channels_last=args.channels_last), num_random_subnets=args.num_random_subnets, distillation_weight=args.distillation_weight)
     torch.manual_seed(args.seed)
     supernet = ElasticSupernet(space).to(device)
     if args.channels_last:
@@ -191,7 +186,7 @@ def main() -> None:
         print(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.0f} images/s, "
               f"{seconds:.0f}s", flush=True)
 
-    train_supernet(supernet, data, gallery, settings, device, on_epoch)
+    train_supernet(supernet, settings, TrainingRun(data, gallery, device, hooks=EpochHooks(on_epoch=on_epoch)))
     report["train_seconds"] = time.perf_counter() - train_started
     if device.type == "cuda":
         report["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -19,13 +19,14 @@ import torch
 
 from evaluators import RetrievalEvaluator, count_complexity
 from search_space import build_query_model, create_space
-from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
+from workers.compatibility.candidate import fine_tune_candidate
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
 from workers.datasets import DataRequest, load_retrieval_data
-from workers.fit import OptimSettings
-from workers.gallery import GalleryCheckpoint
-from workers.gallery_embeddings import compute_gallery_embeddings
-from workers.gallery_training import GalleryTrainingSettings, train_gallery
-from workers.preprocess import embed_images
+from workers.gallery.embeddings import compute_gallery_embeddings
+from workers.gallery.model import GalleryCheckpoint
+from workers.gallery.training import GalleryTrainingSettings, train_gallery
+from workers.training.fit import EpochHooks, OptimSettings
+from workers.training.preprocess import ModelInput, embed_images
 
 
 def main() -> None:
@@ -69,16 +70,15 @@ def main() -> None:
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats()
             candidate = build_query_model(spec).to(device)
-            training = CandidateTrainingSettings(
+            training = CompatibilityTrainingSettings(
                 optim=OptimSettings(epochs=args.epochs, batch_size=256, lr=3e-3, seed=0),
                 loss_weights={"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0},
                 channels_last=False, mixed_precision=mixed_precision)
             history: list[dict] = []
             started = time.perf_counter()
-            fine_tune_candidate(candidate, spec.resolution, data, gallery, training, device,
-                                on_epoch=lambda epoch, stats: history.append(stats))
+            fine_tune_candidate(candidate, spec.resolution, training, TrainingRun(data, gallery, device, hooks=EpochHooks(on_epoch=lambda epoch, stats: history.append(stats))))
             seconds = time.perf_counter() - started
-            queries = embed_images(candidate, data.query.images, data.mean, data.std, spec.resolution, device)
+            queries = embed_images(candidate, data.query.images, ModelInput(data.mean, data.std, spec.resolution, device))
             cross = evaluator.evaluate(queries, data.query.labels, gallery.gallery, data.gallery.labels)
             row = {"candidate": name, "arch": spec.short_name(), "bf16": mixed_precision,
                    "mflops": count_complexity(build_query_model(spec), (1, spec.resolution, spec.resolution)).mflops,

@@ -253,7 +253,7 @@ def write_gallery_models(folder: Path, size: int = 64, classes: int = 12) -> dic
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(REPO))
-    from workers.gallery_sources.timm_weights import PooledFeatures
+    from workers.gallery.sources.timm_weights import PooledFeatures
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"GALLERY_WEIGHTS": folder / "gallery_resnet18.safetensors",
@@ -314,7 +314,7 @@ if args[:1] == ["start"] and "--head" in args:
     head = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     open(pidfile, "w").write(str(head.pid))
     sys.path.insert(0, {repo!r})
-    from orchestrator.ray_join import ClusterJoinError, check_can_join
+    from orchestrator.setup.ray_join import ClusterJoinError, check_can_join
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if head.poll() is not None:

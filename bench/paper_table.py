@@ -63,13 +63,14 @@ sys.path.insert(0, str(REPO))
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task  # noqa: E402
 from orchestrator.config import CmpnasConfig, load_config  # noqa: E402
-from orchestrator.final_training import final_training_epochs  # noqa: E402
-from orchestrator.gallery_setup import paragon_cost  # noqa: E402
+from orchestrator.search.final_training import final_training_epochs  # noqa: E402
+from orchestrator.setup.gallery import paragon_cost  # noqa: E402
 from search_space import ArchSpec, build_query_model  # noqa: E402
-from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate  # noqa: E402
-from workers.fit import OptimSettings  # noqa: E402
-from workers.gallery import GalleryArchitecture, GalleryEmbeddingNet  # noqa: E402
-from workers.preprocess import embed_images, pick_device  # noqa: E402
+from workers.compatibility.candidate import fine_tune_candidate  # noqa: E402
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
+from workers.gallery.model import GalleryArchitecture, GalleryEmbeddingNet  # noqa: E402
+from workers.training.fit import OptimSettings  # noqa: E402
+from workers.training.preprocess import ModelInput, embed_images, pick_device  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,10 @@ def recipe(name: str) -> Callable[[Recipe], Recipe]:
 # -- training and measuring one query model ---------------------------------------------------
 
 def training_settings(config: CmpnasConfig, loss_weights: dict[str, float], seed: int, train_images: int,
-                      epochs: int | None = None) -> CandidateTrainingSettings:
+                      epochs: int | None = None) -> CompatibilityTrainingSettings:
     """The search's training settings (the trials' epochs unless ``epochs``), with these losses and seed."""
     t = config.training
-    return CandidateTrainingSettings(
+    return CompatibilityTrainingSettings(
         optim=OptimSettings(epochs=epochs or t.epochs_for(train_images), batch_size=t.batch_size, lr=t.lr,
                             weight_decay=t.weight_decay, seed=seed),
         loss_weights=loss_weights, loss_parameters={name: dict(v) for name, v in t.loss_parameters.items()},
@@ -188,13 +189,12 @@ def train_and_measure(ctx: TableContext, build: Callable[[], torch.nn.Module], r
     channels_last = ctx.config.training.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fine_tune_candidate(model, resolution, ctx.data, ctx.gallery,
-                        training_settings(ctx.config, loss_weights, seed, len(ctx.data.train), epochs), ctx.device)
+    fine_tune_candidate(model, resolution, training_settings(ctx.config, loss_weights, seed, len(ctx.data.train), epochs), TrainingRun(ctx.data, ctx.gallery, ctx.device))
     data, held_out = ctx.data, ctx.held_out
 
     def embed(images):
-        return embed_images(model, images.images, data.mean, data.std, resolution, ctx.device,
-                            channels_last=channels_last)
+        return embed_images(model, images.images,
+                            ModelInput(data.mean, data.std, resolution, ctx.device, channels_last=channels_last))
 
     validation = strip(ctx.task.evaluate(embed(data.query), data.query.labels, ctx.gallery.gallery,
                                          data.gallery.labels, "x"))
@@ -317,10 +317,10 @@ def best_loss_setting(rows: list[Row], head: str) -> Row | None:
 
 @recipe("cmpnas")
 def cmpnas(ctx: TableContext) -> list[Row]:
-    from orchestrator.final_training_report import collect_final_training
-    from orchestrator.pareto_report import collect_report
+    from orchestrator.results.final_training import collect_final_training
+    from orchestrator.results.front import collect_report
 
-    report = collect_report(ctx.tracker, ctx.search_run_id, ctx.config.search.metric)
+    report = collect_report(ctx.tracker, ctx.search_run_id, ctx.config.scoring)
     finals = {row.source_run_id: row for row in collect_final_training(ctx.tracker, ctx.search_run_id, report)}
     budgets = ctx.args.budgets or [round(ctx.config.search.max_mflops * f, 3) for f in (2 / 3, 1.0)]
     final_epochs = final_training_epochs(ctx.config, len(ctx.data.train))
@@ -396,11 +396,11 @@ def main() -> None:
 
     from rich.console import Console
 
-    from orchestrator.driver import run_search
-    from orchestrator.gallery_setup import obtain_gallery
-    from orchestrator.search_inputs import load_search_data
-    from orchestrator.tracking import SearchTracker
-    from workers.gallery_embeddings import compute_gallery_embeddings, embed_held_out
+    from orchestrator.search.driver import run_search
+    from orchestrator.setup.data import load_search_data
+    from orchestrator.setup.gallery import obtain_gallery
+    from orchestrator.tracking.client import SearchTracker
+    from workers.gallery.embeddings import compute_gallery_embeddings, embed_held_out
 
     console = Console(width=150)
     device = pick_device()
@@ -594,12 +594,12 @@ def plot(ctx: TableContext, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from orchestrator.pareto_report import collect_report
+    from orchestrator.results.front import collect_report
 
     head = ctx.domain.headline
     figure, axes = plt.subplots(figsize=(7, 4.5))
     if ctx.tracker is not None:
-        report = collect_report(ctx.tracker, ctx.search_run_id, ctx.config.search.metric)
+        report = collect_report(ctx.tracker, ctx.search_run_id, ctx.config.scoring)
         for row_set, style, label in ((report.candidates, dict(c="0.7", s=20), "searched candidates"),):
             axes.scatter([r.mflops for r in row_set],
                          [held_out_metric(ctx, r.run_id, head) for r in row_set],

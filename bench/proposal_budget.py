@@ -36,8 +36,8 @@ import time
 import numpy as np
 
 from evaluators import count_complexity
-from orchestrator.config import SearchConfig
-from orchestrator.strategies import STRATEGIES, create_searcher
+from orchestrator.config.schema import SearchConfig
+from orchestrator.strategies import STRATEGIES, SearchRequest, create_searcher
 from search_space import ArchSpec, build_query_model, create_space, estimate_flops, estimate_mflops, list_spaces
 from search_space.budget import ceiling_mflops, feasible_counts, floor_mflops
 
@@ -80,8 +80,8 @@ def run_strategy(space, strategy: str, budget: float, candidates: int, seed: int
     config = SearchConfig(strategy=strategy, max_mflops=budget, num_candidates=candidates, seed=seed)
     rng = random.Random(seed)
     started = time.perf_counter()
-    searcher = create_searcher(space, config, "cross_map", "max", constraint=lambda spec: measured(spec) <= budget,
-                               cost=measured)
+    searcher = create_searcher(SearchRequest(space, config, "cross_map", measured,
+                                             constraint=lambda spec: measured(spec) <= budget))
     specs = []
     for index in range(candidates):
         suggestion = searcher.suggest(f"t{index}")

@@ -57,10 +57,10 @@ def main() -> None:
     import torch
 
     from orchestrator.config import load_config
-    from orchestrator.search_inputs import load_data
-    from orchestrator.tracking import SearchTracker
-    from workers.gallery import load_gallery
-    from workers.preprocess import embed_images
+    from orchestrator.setup.data import load_data
+    from orchestrator.tracking.client import SearchTracker
+    from workers.gallery.model import load_gallery
+    from workers.training.preprocess import ModelInput, embed_images
 
     config = load_config(args.config, [f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
                                        f"output_dir={workdir / domain}", *args.overrides])
@@ -88,7 +88,7 @@ def main() -> None:
     timed = min(per_trial_images, args.sample or per_trial_images)
     images = np.concatenate([data.train.images, data.gallery.images])[:timed]
     started = time.perf_counter()
-    embed_images(model, images, checkpoint.mean, checkpoint.std, model.arch.image_size)
+    embed_images(model, images, ModelInput(checkpoint.mean, checkpoint.std, model.arch.image_size))
     per_trial_seconds = (time.perf_counter() - started) * per_trial_images / timed
     cached_images = int(metrics["gallery_images_embedded"])
     cached_seconds = metrics["stage_gallery_embedding_seconds"]

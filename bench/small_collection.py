@@ -67,7 +67,7 @@ def main() -> None:
     (workdir / f"{label}.log").write_text(done.stdout + done.stderr)
     wall = time.perf_counter() - started
 
-    from orchestrator.tracking import SearchTracker
+    from orchestrator.tracking.client import SearchTracker
 
     tracker = SearchTracker.open_existing(tracking, f"small-collection-{label}")
     parent = tracker.client.search_runs([tracker.experiment_id], order_by=["attributes.start_time DESC"],

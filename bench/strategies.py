@@ -22,11 +22,11 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.config import load_config
-from orchestrator.driver import run_search
-from orchestrator.search_inputs import load_data
-from orchestrator.gallery_setup import train_and_save_gallery
-from orchestrator.tracking import SearchTracker
-from workers.preprocess import pick_device
+from orchestrator.search.driver import run_search
+from orchestrator.setup.data import load_data
+from orchestrator.setup.gallery import train_and_save_gallery
+from orchestrator.tracking.client import SearchTracker
+from workers.training.preprocess import pick_device
 
 VARIANTS = {
     "random": ["search.strategy=random"],

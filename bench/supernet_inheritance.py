@@ -95,10 +95,10 @@ def main() -> None:
 
     from rich.console import Console
 
-    from orchestrator.driver import run_search
-    from orchestrator.supernet_job import train_supernet_job
-    from orchestrator.tracking import SearchTracker
-    from workers.supernet_checkpoint import load_supernet
+    from orchestrator.search.driver import run_search
+    from orchestrator.supernet.job import train_supernet_job
+    from orchestrator.tracking.client import SearchTracker
+    from workers.compatibility.supernet_checkpoint import load_supernet
 
     console = Console(width=150)
     wall: dict[str, float] = {}

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from evaluators import count_complexity
 from search_space import build_query_model, create_space
-from workers.gallery import GalleryArchitecture, GalleryEmbeddingNet
+from workers.gallery.model import GalleryArchitecture, GalleryEmbeddingNet
 
 
 def _rates(model, batch, labels, classify, repeats):

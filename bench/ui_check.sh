@@ -45,9 +45,9 @@ echo "== mlflow ui at $url (store $db)"
 # The records, through the same ajax-api the UI's pages call.
 "$BIN/python" - "$url" "$experiment" "$work/pages.env" <<'PY'
 import json, sys, urllib.request
-from orchestrator.tags import (DATASET_CONTEXT_TAG, DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING,
+from orchestrator.tracking.tags import (DATASET_CONTEXT_TAG, DESCRIPTION_TAG, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING,
                                PARENT_RUN_TAG, ROLE_SEARCH, ROLE_TAG)
-from orchestrator.tracking import experiment_page_url, run_page_url
+from orchestrator.tracking.client import experiment_page_url, run_page_url
 url, name, pages = sys.argv[1:]
 
 def call(path, body=None):

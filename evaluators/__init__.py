@@ -1,11 +1,10 @@
 """Evaluators: retrieval and verification metrics on FAISS, model complexity and latency, Pareto math,
-hypervolume, rank correlation."""
+hypervolume."""
 
 from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity, measure_cpu_latency_ms
 from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
-from evaluators.rank_correlation import spearman
 from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
 from evaluators.tasks import EvaluationTask, create_task, list_tasks, register_task, searchable_metrics
 from evaluators.verification import OperatingPoint, VerificationEvaluator, VerificationMetrics, tar_at_far
@@ -31,5 +30,4 @@ __all__ = [
     "register_task",
     "searchable_metrics",
     "tar_at_far",
-    "spearman",
 ]

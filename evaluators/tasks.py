@@ -46,7 +46,8 @@ class EvaluationTask(ABC):
                  gallery_labels: np.ndarray, prefix: str) -> dict[str, float]: ...
 
 
-TASKS: Registry[type[EvaluationTask]] = Registry("evaluation task", "evaluation.task")
+TASKS: Registry[type[EvaluationTask]] = Registry(
+    "evaluation task", "evaluation.task", builtins={"retrieval": "evaluators.tasks", "verification": "evaluators.tasks"})
 
 
 def register_task(task: type[EvaluationTask]) -> type[EvaluationTask]:

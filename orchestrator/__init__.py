@@ -1,13 +1,6 @@
-"""The cmpnas driver side: configuration, CLI, Ray orchestration, MLflow tracking, Pareto, export."""
+"""The cmpnas driver side: configuration, CLI, Ray orchestration, MLflow tracking, Pareto, export, serving.
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
-
-
-def cmpnas_version() -> str:
-    """The installed cmpnas version, recorded on every run (``tags.VERSION_TAG``) and export."""
-    try:
-        return version("cmpnas")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
+Subpackages, each with one job (the import directions are in docs/architecture.md and enforced by
+tests/test_layering.py): ``common``, ``config``, ``tracking``, ``strategies``, ``setup``,
+``results``, ``search``, ``supernet``, ``export``, ``serving``; ``cli`` on top.
+"""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from orchestrator.credentials import redact_text
+from orchestrator.common.credentials import redact_text
 from orchestrator.config import ConfigError, load_config
+from orchestrator.tracking.errors import TrackingUnavailableError
+from search_space.errors import CmpnasError
 
 app = typer.Typer(help="Compatibility-aware neural architecture search for heterogeneous visual search.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -28,42 +32,28 @@ ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; default: 
 SetOption = typer.Option(None, "--set", help="override a field, e.g. --set search.num_candidates=16 (repeatable)")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.gallery_embed import GalleryEmbedError
-    from orchestrator.gallery_export import GalleryExportError
-    from orchestrator.gallery_index import GalleryIndexError
-    from orchestrator.journal import TrackingCredentialsError
-    from orchestrator.output_lock import OutputDirLockedError
-    from orchestrator.query_service import QueryError
-    from orchestrator.ray_cluster import ResourceRequestError
-    from orchestrator.ray_join import ClusterJoinError
-    from orchestrator.search_inputs import OutputDirError
-    from orchestrator.search_state import ResumeError
-    from search_space import BudgetInfeasibleError, OutOfSpaceError, SpecFormatError
-    from workers.checkpoint import CheckpointError
-    from workers.datasets import DataError
-
-    return (ConfigError, DataError, CheckpointError, OutOfSpaceError, SpecFormatError, BudgetInfeasibleError,
-            OutputDirError, OutputDirLockedError, TrackingCredentialsError, ResourceRequestError, ClusterJoinError,
-            ResumeError, GalleryEmbedError, GalleryIndexError, GalleryExportError, QueryError)
-
-
 # How long `search --resume-if-unfinished` waits for output_dir's lock: an NFSv4 lease (about 90 s)
 # held for a lost node, with margin.
 RESTARTED_JOB_LOCK_WAIT_S = 180.0
 # Exit status when results are safe in the local journal but not yet in MLflow: retry later.
-EXIT_TRACKING_UNAVAILABLE = 3
+EXIT_TRACKING_UNAVAILABLE = TrackingUnavailableError.exit_code
 
 
-def _tracking_unavailable(error: BaseException) -> None:
-    console.print(f"[bold yellow]tracking unavailable:[/] {redact_text(str(error))}", markup=True, highlight=False)
-    raise typer.Exit(code=EXIT_TRACKING_UNAVAILABLE)
-
-
-def _fail(error: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {type(error).__name__}: {redact_text(str(error))}", markup=True,
-                  highlight=False)
-    raise typer.Exit(code=2)
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Every error cmpnas reports to its user (``CmpnasError``) as one line, credentials redacted, and
+    its exit status: 2, or 3 when the records wait in the local journal for `cmpnas sync`. Anything
+    else is a bug and keeps its traceback."""
+    try:
+        yield
+    except CmpnasError as error:
+        if error.exit_code == EXIT_TRACKING_UNAVAILABLE:
+            console.print(f"[bold yellow]tracking unavailable:[/] {redact_text(str(error))}", markup=True,
+                          highlight=False)
+        else:
+            console.print(f"[bold red]error:[/] {type(error).__name__}: {redact_text(str(error))}", markup=True,
+                          highlight=False)
+        raise typer.Exit(code=error.exit_code) from None
 
 
 @app.command()
@@ -79,33 +69,27 @@ def search(
         "one: the entrypoint of a job that may be started again (a KubeRay RayJob re-applied after a lost head)"),
 ) -> None:
     """Run a search: gallery model, candidates on Ray Tune, results and Pareto front in MLflow."""
-    from orchestrator.journal import TrackingUnavailableError
-
-    try:
+    with reported_errors():
         extra = [*(overrides or []), *([f"ray.address={address}"] if address else [])]
         settings = load_config(config, extra)
         if resume and resume_if_unfinished:
             raise ConfigError("--resume and --resume-if-unfinished: give one (the second resumes only when there is "
                               "an unfinished search in output_dir)")
         if resume_if_unfinished:
-            from orchestrator.search_state import holds_unfinished_search
+            from orchestrator.search.state import holds_unfinished_search
 
             resume = holds_unfinished_search(settings.output_dir)
             console.print(f"--resume-if-unfinished: {'resuming the unfinished' if resume else 'no unfinished'} search "
                           f"in {settings.output_dir}" + ("" if resume else "; starting a new one"))
         if resume and config is None:
             settings = _recorded_config(settings, extra)
-        from orchestrator.driver import run_search
+        from orchestrator.search.driver import run_search
 
         # A re-started job may find the lock of its lost predecessor still held by a network volume's lease.
         outcome = run_search(settings, console, resume=resume,
                              lock_wait_s=RESTARTED_JOB_LOCK_WAIT_S if resume_if_unfinished else 0.0)
-    except _user_errors() as error:
-        _fail(error)
-    except TrackingUnavailableError as error:
-        _tracking_unavailable(error)
     if outcome.shortfall is not None:  # recorded and printed by the search; not a success
-        from orchestrator.shortfall import EXIT_SEARCH_SHORT
+        from orchestrator.search.shortfall import EXIT_SEARCH_SHORT
 
         raise typer.Exit(code=EXIT_SEARCH_SHORT)
 
@@ -114,7 +98,7 @@ def _recorded_config(settings, overrides: list[str]):
     """Without --config, a resume continues with the configuration the search was started with
     (found in output_dir, which --set output_dir=... may point at), plus the --set overrides."""
     from orchestrator.config import apply_override, validate_config
-    from orchestrator.search_state import SearchState, with_earlier_defaults
+    from orchestrator.search.state import SearchState, with_earlier_defaults
 
     recorded = SearchState.load(settings.output_dir)
     if recorded is None:
@@ -133,49 +117,25 @@ def sync(
 ) -> None:
     """Send a search's journaled MLflow records (idempotent) and, once its trials have all ended,
     record its Pareto front."""
-    from orchestrator.journal import TrackingUnavailableError
+    with reported_errors():
+        from orchestrator.search.sync import sync_search
 
-    try:
-        from orchestrator.sync import sync_search
-
-        summary = sync_search(output_dir, tracking_uri, wait, console)
-        console.print(summary)
-    except _user_errors() as error:
-        _fail(error)
-    except TrackingUnavailableError as error:
-        _tracking_unavailable(error)
+        console.print(sync_search(output_dir, tracking_uri, wait))
 
 
 @gallery_app.command("train")
 def gallery_train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> None:
     """Train a cmpnas gallery model and save it to gallery.path (or OUTPUT_DIR/gallery.safetensors)."""
-    try:
+    with reported_errors():
         settings = load_config(config, overrides)
         if settings.gallery.source != "cmpnas":
             raise ConfigError(f"`cmpnas gallery train` trains a gallery model of gallery.source 'cmpnas'; this config "
                               f"uses gallery.source={settings.gallery.source!r}, a model that needs no training here")
-        from evaluators import RetrievalEvaluator
-        from orchestrator.search_inputs import load_search_data, prepare_output_dir
-        from orchestrator.gallery_setup import train_and_save_gallery
-        from workers.preprocess import embed_images, pick_device
+        from orchestrator.setup.gallery import train_configured_gallery
 
-        from orchestrator.output_lock import locked_output_dir
-
-        with locked_output_dir(prepare_output_dir(settings), "cmpnas gallery train"):
-            search_data = load_search_data(settings)
-            device = pick_device()
-            # On the train split less the validation images, as a search trains it (and early-stops on them).
-            checkpoint = train_and_save_gallery(settings, search_data.selection, device, console.log)
-        # Measured on the query and gallery splits: held out when there is a validation split.
-        data = search_data.reported
-        model = checkpoint.model
-        embed = lambda split: embed_images(model, getattr(data, split).images, checkpoint.mean, checkpoint.std,  # noqa: E731
-                                           model.arch.image_size, device)
-        metrics = RetrievalEvaluator().evaluate(embed("query"), data.query.labels, embed("gallery"), data.gallery.labels)
+        metrics = train_configured_gallery(settings, console.log)
         console.print(f"paragon (gallery/gallery): R@1 {metrics.recall_at_1:.2f}, R@5 {metrics.recall_at_5:.2f}, "
                       f"mAP {metrics.mean_average_precision:.2f}")
-    except _user_errors() as error:
-        _fail(error)
 
 
 @gallery_app.command("embed")
@@ -196,21 +156,21 @@ def gallery_embed(
     actors: Optional[int] = typer.Option(None, help="on Ray: embedding actors; default: one per GPU, else per CPU"),
 ) -> None:
     """Embed an image collection with the configured gallery model, into a folder with a FAISS index."""
-    try:
+    with reported_errors():
         settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
-        from orchestrator.gallery_embed import SPLITS, GalleryEmbedRequest, embed_configured_gallery
+        from orchestrator.serving.embed import SPLITS, EmbedOptions, GalleryEmbedRequest, embed_configured_gallery
 
-        request = GalleryEmbedRequest(output_dir=output, images=images, splits=tuple(split or SPLITS),
-                                      index_factory=index, shard_size=shard_size, batch_size=batch_size, actors=actors)
+        options = EmbedOptions(index_factory=index, shard_size=shard_size, batch_size=batch_size, log=console.log,
+                               console=console)
+        request = GalleryEmbedRequest(output_dir=output, images=images, splits=tuple(split or SPLITS), options=options,
+                                      actors=actors)
         if images is not None and split:
             raise ConfigError("--split chooses among the configured data's splits; with --images the folder is "
                               "embedded whole: give one or the other")
-        embedded = embed_configured_gallery(settings, request, console.log, console)
+        embedded = embed_configured_gallery(settings, request)
         console.print(f"{embedded.folder}: {embedded.count} embeddings (D={embedded.record['embed_dim']}), index "
                       f"{embedded.record['index_factory']!r}, {embedded.shards_reused} of {embedded.shards_total} "
                       "shards reused")
-    except _user_errors() as error:
-        _fail(error)
 
 
 @gallery_app.command("export")
@@ -220,43 +180,35 @@ def gallery_export(
     output: Path = typer.Option(..., help="folder for gallery.onnx and gallery.json"),
 ) -> None:
     """Export the cmpnas-trained gallery model as ONNX (gallery.source: onnx reads it without gallery.input)."""
-    try:
+    with reported_errors():
         settings = load_config(config, overrides)
-        from orchestrator.gallery_export import export_configured_gallery
+        from orchestrator.export.gallery_model import export_configured_gallery
 
         exported = export_configured_gallery(settings, output, console.log)
         console.print(f"{exported.onnx_path} (fingerprint as gallery.source onnx: "
                       f"{exported.record['source_fingerprints']['onnx'][:12]})")
-    except _user_errors() as error:
-        _fail(error)
 
 
 @supernet_app.command("train")
 def supernet_train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption,
                    address: Optional[str] = typer.Option(None, help="join a Ray cluster (ray.address)")) -> None:
     """Train the compatible supernet once and save it to supernet.checkpoint (or OUTPUT_DIR/supernet.safetensors)."""
-    try:
+    with reported_errors():
         settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
-        from orchestrator.supernet_job import SupernetTrainingError, train_supernet_job
+        from orchestrator.supernet.job import train_supernet_job
 
         train_supernet_job(settings, console)
-    except _user_errors() as error:
-        _fail(error)
-    except SupernetTrainingError as error:
-        _fail(error)
 
 
 @space_app.command("info")
 def space_info(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> None:
     """The configured space's smallest and largest architecture, their MFLOPs and the paragon's cost
     reduction at each end, and how many architectures budgets admit (search.max_mflops, budgets_mflops)."""
-    try:
+    with reported_errors():
         settings = load_config(config, overrides)
-        from orchestrator.space_info import describe_space, render_space_info
+        from orchestrator.search.space_info import describe_space, render_space_info
 
         render_space_info(describe_space(settings), console)
-    except _user_errors() as error:
-        _fail(error)
 
 
 def _deprecated_run_id(old: Optional[str], new: Optional[str], new_name: str) -> Optional[str]:
@@ -280,12 +232,13 @@ def pareto(
 ) -> None:
     """Show the Pareto front of an existing search from MLflow, with each candidate's run id
     (`cmpnas export --candidate-run-id`)."""
-    try:
+    with reported_errors():
         search_run_id = _deprecated_run_id(run_id, search_run_id, "--search-run-id")
         settings = load_config(config)
-        from orchestrator.final_training_report import collect_final_training, render_final_training
-        from orchestrator.pareto_report import collect_report, render_table
-        from orchestrator.tracking import SearchTracker, resolve_tracking_uri
+        from orchestrator.results.final_training import collect_final_training, render_final_training
+        from orchestrator.results.front import collect_report
+        from orchestrator.results.front_rendering import render_table
+        from orchestrator.tracking.client import SearchTracker, resolve_tracking_uri
 
         uri = tracking_uri or resolve_tracking_uri(settings.tracking.uri)
         name = experiment or settings.tracking.experiment
@@ -296,10 +249,6 @@ def pareto(
         report = collect_report(tracker, search_run_id)
         render_table(report, console, only_front=not show_all, run_ids=True)
         render_final_training(collect_final_training(tracker, search_run_id, report), report, console)
-    except _user_errors() as error:
-        _fail(error)
-    except LookupError as error:
-        _fail(error)
 
 
 @app.command()
@@ -325,13 +274,11 @@ def export(
 ) -> None:
     """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest,
     checked on the search's recorded data."""
-    from orchestrator.export import ExportError  # before the try: its except clause names it
-
-    try:
+    with reported_errors():
         candidate_run_id = _deprecated_run_id(run_id, candidate_run_id, "--candidate-run-id")
         from orchestrator.export import ExportRequest, export_candidates
         from orchestrator.export.data_identity import export_overrides
-        from orchestrator.tracking import resolve_tracking_uri
+        from orchestrator.tracking.client import resolve_tracking_uri
 
         data_overrides, own_overrides = export_overrides(overrides or [])
         settings = load_config(config, own_overrides)
@@ -347,8 +294,6 @@ def export(
         for model in export_candidates(request, console.log):
             registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""
             console.print(f"{model.arch_id}: {model.folder}{registered}")
-    except (*_user_errors(), ExportError) as error:
-        _fail(error)
 
 
 @app.command("verify-compat")
@@ -364,10 +309,8 @@ def verify_compat(
 ) -> None:
     """Recompute cross-model metrics of an exported query model against a gallery model of any source,
     on the data the export recorded."""
-    from orchestrator.export import ExportError  # before the try: its except clause names it
-
-    try:
-        from orchestrator.export import verify_compatibility
+    with reported_errors():
+        from orchestrator.export import VerifyOptions, verify_compatibility
         from orchestrator.export.data_identity import data_location_overrides
 
         data_overrides: list[str] = []
@@ -376,14 +319,12 @@ def verify_compat(
             data_overrides, rest = data_location_overrides(rest, "cmpnas verify-compat without --config")
         settings = load_config(config, [*rest, f"gallery.path={gallery}", "gallery.checkpoint=null"])
 
-        manifest, metrics = verify_compatibility(query_model, gallery, settings, force, recorded_data=config is None,
-                                                 data_overrides=data_overrides, log=console.print)
+        options = VerifyOptions(force=force, recorded_data=config is None, data_overrides=data_overrides)
+        manifest, metrics = verify_compatibility(query_model, gallery, settings, options, log=console.print)
         recorded = manifest["metrics"]["cross_model"]
         console.print(f"cross-model R@1 {metrics.recall_at_1:.2f} (recorded {recorded['r1']:.2f}), "
                       f"mAP {metrics.mean_average_precision:.2f} (recorded {recorded['map']:.2f}) "
                       f"on {metrics.num_queries} queries against {metrics.num_gallery} gallery images")
-    except (*_user_errors(), ExportError) as error:
-        _fail(error)
 
 
 @app.command()
@@ -397,14 +338,11 @@ def query(
     """Nearest gallery images of each image: one JSON line per image, {"image", "results": [{"id", "score"}]}."""
     import json
 
-    try:
-        from orchestrator.export import ExportError
-        from orchestrator.query_service import query_images
+    with reported_errors():
+        from orchestrator.serving.query import query_images
 
         for result in query_images(model, index, images, k, force=force):
             typer.echo(json.dumps(result.to_json()))
-    except (*_user_errors(), ExportError) as error:
-        _fail(error)
 
 
 def main() -> None:

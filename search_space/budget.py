@@ -42,6 +42,7 @@ from typing import Iterator
 
 import numpy as np
 
+from search_space.errors import CmpnasError
 from search_space.flops import estimate_flops, head_flops, stage_flops, stem_flops, stem_output_size
 from search_space.space import SearchSpace
 from search_space.spec import ArchSpec, StageSpec
@@ -50,7 +51,7 @@ GRID_STEPS = 4096  # cost units per budget in the counting grid: a rim of <= (st
 MAX_SAMPLE_DRAWS = 100_000  # the smallest architecture is always drawable, so this bound is never reached
 
 
-class BudgetInfeasibleError(ValueError):
+class BudgetInfeasibleError(CmpnasError, ValueError):
     """A FLOPs budget below the cost of the smallest architecture of the space."""
 
 

@@ -58,10 +58,11 @@ def stem_flops(space: SearchSpace, resolution: int) -> int:
     return pixels * space.stem_width * space.in_chans * STEM_KERNEL**2 + 2 * pixels * space.stem_width
 
 
-def block_flops(in_chs: int, out_chs: int, kernel: int, expand: int, stride: int, size: int, use_se: bool
-                ) -> tuple[int, int]:
-    """(flops, output side) of one inverted-residual block on a ``size`` x ``size`` input."""
-    mid = expanded_channels(in_chs, expand)
+def block_flops(in_chs: int, stage: StageSpec, stride: int, size: int, use_se: bool) -> tuple[int, int]:
+    """(flops, output side) of one inverted-residual block of ``stage`` (its width, kernel and expansion)
+    on a ``size`` x ``size`` input of ``in_chs`` channels."""
+    out_chs, kernel = stage.width, stage.kernel
+    mid = expanded_channels(in_chs, stage.expand)
     out_size = conv_output_size(size, kernel, stride)
     flops = size * size * mid * (in_chs + 2)  # pointwise expansion + batch norm
     flops += out_size * out_size * mid * (kernel * kernel + 2)  # depthwise + batch norm
@@ -75,8 +76,7 @@ def stage_flops(choices: StageChoices, stage: StageSpec, in_chs: int, size: int)
     """(flops, output side) of one stage: its first block strides, the others keep the size."""
     total = 0
     for index in range(stage.depth):
-        flops, size = block_flops(in_chs, stage.width, stage.kernel, stage.expand,
-                                  choices.stride if index == 0 else 1, size, choices.use_se)
+        flops, size = block_flops(in_chs, stage, choices.stride if index == 0 else 1, size, choices.use_se)
         total += flops
         in_chs = stage.width
     return total, size

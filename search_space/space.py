@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from search_space.errors import CmpnasError
 from search_space.spec import ArchSpec, StageSpec
 
 STAGE_GENES = ("depth", "kernel", "expand", "width")
 
 
-class OutOfSpaceError(ValueError):
+class OutOfSpaceError(CmpnasError, ValueError):
     """An architecture spec that the search space does not contain."""
 
 

@@ -11,7 +11,7 @@ The rules:
 - A space's name states its largest input side; a space's genes never change a stage's stride, so
   the sizes of the feature maps follow from the resolution alone (``search_space.budget`` needs it).
 - A space declares ``image_sizes``, the ``data.image_size`` range it is meant for, and a search
-  refuses data outside it (``orchestrator.search_inputs.check_space_fits_images``). The range runs
+  refuses data outside it (``orchestrator.setup.inputs.check_space_fits_images``). The range runs
   from the space's smallest resolution (below it, every candidate would enlarge the images: pixels
   the data do not have, FLOPs spent on them) to twice its largest for the small spaces (beyond it,
   every candidate throws away more than 3/4 of the pixels: the next space up fits). The ranges

@@ -11,8 +11,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from search_space.errors import CmpnasError
 
-class SpecFormatError(ValueError):
+
+class SpecFormatError(CmpnasError, ValueError):
     """A serialised spec that cannot be decoded at all (not JSON, missing or extra keys)."""
 
 

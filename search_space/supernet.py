@@ -14,7 +14,7 @@ parameters, so gradients of every sampled subnet land in the shared weights. Bat
 sliced affine parameters; in training mode it normalises with batch statistics and leaves the
 running statistics alone (they would mix every subnet's statistics), in eval mode it uses the
 sliced running statistics. After extraction a subnet's statistics are recalibrated on training
-images (``workers.bn_calibration``).
+images (``workers.compatibility.bn_calibration``).
 
 ``subnet(spec)`` returns the same standalone module ``build_query_model(spec)`` builds, with the
 inherited weights copied in, so training, evaluation and export treat both alike.
@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.builder import QueryEmbeddingNet, build_query_model
+from search_space.errors import CmpnasError
 from search_space.flops import expanded_channels, se_reduced_channels
 from search_space.registry import create_space
 from search_space.space import SearchSpace
-from search_space.spec import ArchSpec
+from search_space.spec import ArchSpec, StageSpec
 
 
-class SupernetMismatchError(ValueError):
+class SupernetMismatchError(CmpnasError, ValueError):
     """Weights or a spec that belong to another search space (or embedding size) than the supernet."""
 
 
@@ -74,17 +75,18 @@ class ElasticSupernet(nn.Module):
         for stage, choices, blocks in zip(spec.stages, self.space.stages, self.stages):
             for index in range(stage.depth):
                 stride = choices.stride if index == 0 else 1
-                x = self._block(blocks[index], x, in_chs, stage.width, stage.expand, stage.kernel, stride)
+                x = self._block(blocks[index], x, in_chs, stage, stride)
                 in_chs = stage.width
         features = x.mean((2, 3))
         linear = self.head[0]
         features = self.head[1](F.linear(features, linear.weight[:, :in_chs], linear.bias))
         return F.normalize(self.embedding(features), dim=1)
 
-    def _block(self, block: nn.Module, x: torch.Tensor, in_chs: int, out_chs: int, expand: int, kernel: int,
-               stride: int) -> torch.Tensor:
+    def _block(self, block: nn.Module, x: torch.Tensor, in_chs: int, stage: StageSpec, stride: int) -> torch.Tensor:
+        """One inverted-residual block of the subnet: ``stage``'s width, expansion and kernel sliced out of ``block``."""
         shortcut = x
-        mid_chs = expanded_channels(in_chs, expand)
+        out_chs, kernel = stage.width, stage.kernel
+        mid_chs = expanded_channels(in_chs, stage.expand)
         x = pointwise_conv(x, block.conv_pw.weight[:mid_chs, :in_chs])
         x = self._norm(block.bn1, x, mid_chs)
         dw_weight = centre_crop(block.conv_dw.weight[:mid_chs], kernel)

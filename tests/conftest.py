@@ -20,6 +20,12 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ["CMPNAS_CACHE"] = tempfile.mkdtemp(prefix="cmpnas-test-cache-")
 
 
+# A search without ray.address starts its own Ray, unless a cluster started on the machine by `ray start`
+# (or another test's ray.cluster_utils.Cluster) is recorded in /tmp/ray/ray_current_cluster: ray.init
+# then joins that one, and refuses ray.num_cpus. The tests' searches keep to a Ray of their own.
+LOCAL_RAY = {} if os.environ.get("RAY_ADDRESS") else {"RAY_ADDRESS": "local"}
+
+
 def tiny_tree(tmp_path, **sections) -> dict:
     """A small but real search: Fashion-MNIST subsets, a real timm gallery, a few short trials."""
     # The validation split and the losses are stated, so that tests invoking the CLI without --config
@@ -58,9 +64,9 @@ def gallery_dir(tmp_path_factory):
     from rich.console import Console
 
     from orchestrator.config import validate_config
-    from orchestrator.search_inputs import load_data
-    from orchestrator.gallery_setup import train_and_save_gallery
-    from workers.preprocess import pick_device
+    from orchestrator.setup.data import load_data
+    from orchestrator.setup.gallery import train_and_save_gallery
+    from workers.training.preprocess import pick_device
 
     folder = tmp_path_factory.mktemp("gallery")
     config = validate_config(tiny_tree(folder))
@@ -71,7 +77,7 @@ def gallery_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(gallery_dir):
     from orchestrator.config import validate_config
-    from orchestrator.search_inputs import load_data
+    from orchestrator.setup.data import load_data
 
     return load_data(validate_config(tiny_tree(gallery_dir)))
 
@@ -82,8 +88,8 @@ def finished_search(gallery_dir, tmp_path_factory):
     from rich.console import Console
 
     from orchestrator.config import validate_config
-    from orchestrator.driver import run_search
-    from orchestrator.tracking import SearchTracker
+    from orchestrator.search.driver import run_search
+    from orchestrator.tracking.client import SearchTracker
 
     folder = tmp_path_factory.mktemp("search")
     # Candidates on half the gallery's training images: the tests read records, not accuracy.

@@ -17,13 +17,15 @@ from typing import Any
 import torch
 
 from search_space.supernet import ElasticSupernet
+from workers.compatibility.supernet import SupernetTrainingSettings, train_supernet
+from workers.compatibility.supernet_checkpoint import save_supernet
+from workers.compatibility.targets import open_view_gallery
+from workers.compatibility.training import TrainingRun
 from workers.datasets import RetrievalData
-from workers.gallery_embeddings import GalleryEmbeddings
-from workers.preprocess import pick_device
-from workers.supernet_checkpoint import save_supernet
-from workers.compatibility_targets import open_view_gallery
-from workers.gallery_sources import GalleryLoader
-from workers.supernet_training import SupernetTrainingSettings, train_supernet
+from workers.gallery.embeddings import GalleryEmbeddings
+from workers.gallery.sources import GalleryLoader
+from workers.training.fit import EpochHooks
+from workers.training.preprocess import pick_device
 
 SUPERNET_FILE = "supernet.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -47,12 +49,12 @@ def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) 
     started, started_cpu = time.perf_counter(), time.process_time()
     device = pick_device()
     data, gallery = shared.data, shared.gallery
-    torch.manual_seed(shared.training.optim.seed)
+    torch.manual_seed(shared.training.compatibility.optim.seed)
     supernet = ElasticSupernet.for_space(shared.space_name, embed_dim=gallery.embed_dim, in_chans=data.in_chans)
     supernet = supernet.to(device)
-    if shared.training.channels_last:
+    if shared.training.compatibility.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
-    epochs = shared.training.optim.epochs
+    epochs = shared.training.compatibility.optim.epochs
 
     resume = None
     previous_seconds = previous_cpu = 0.0
@@ -72,13 +74,14 @@ def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) 
         info = {"dataset": data.name, "train_images": len(data.train), "epochs_done": epoch, "epochs": epochs,
                 "num_random_subnets": shared.training.num_random_subnets,
                 "distillation_weight": shared.training.distillation_weight,
-                "loss_weights": shared.training.loss_weights, "train_seconds": seconds, "cpu_seconds": cpu_seconds}
+                "loss_weights": shared.training.compatibility.loss_weights, "train_seconds": seconds, "cpu_seconds": cpu_seconds}
         with tempfile.TemporaryDirectory() as folder:
             save_supernet(Path(folder) / SUPERNET_FILE, supernet, gallery.fingerprint, info)
             torch.save({**latest_state, "train_seconds": seconds, "cpu_seconds": cpu_seconds},
                        Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    view_gallery = open_view_gallery(shared.training.augmentation, shared.gallery_loader, gallery.fingerprint)
-    train_supernet(supernet, data, gallery, shared.training, device, on_epoch, state_sink=latest_state.update,
-                   resume=resume, view_gallery=view_gallery)
+    view_gallery = open_view_gallery(shared.training.compatibility.augmentation, shared.gallery_loader, gallery.fingerprint)
+    run = TrainingRun(data, gallery, device, view_gallery,
+                      EpochHooks(on_epoch=on_epoch, state_sink=latest_state.update, resume=resume))
+    train_supernet(supernet, shared.training, run)

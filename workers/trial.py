@@ -29,13 +29,15 @@ import torch
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
-from workers.bn_calibration import calibration_indices, recalibrate_batch_norm
-from workers.candidate_training import CandidateTrainingSettings, fine_tune_candidate
+from workers.compatibility.bn_calibration import calibration_indices, recalibrate_batch_norm
+from workers.compatibility.candidate import fine_tune_candidate
+from workers.compatibility.targets import open_view_gallery
+from workers.compatibility.training import CompatibilityTrainingSettings, TrainingRun
 from workers.datasets import ImageSet, RetrievalData
-from workers.gallery_embeddings import GalleryEmbeddings, HeldOutSplits
-from workers.compatibility_targets import open_view_gallery
-from workers.gallery_sources import GalleryLoader
-from workers.preprocess import embed_images, pick_device, to_model_input
+from workers.gallery.embeddings import GalleryEmbeddings, HeldOutSplits
+from workers.gallery.sources import GalleryLoader
+from workers.training.fit import EpochHooks
+from workers.training.preprocess import ModelInput, embed_images, pick_device, to_model_input
 from workers.trial_report import MODEL_FILE, SPEC_FILE
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -45,7 +47,7 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 class SharedTrialInputs:
     data: RetrievalData
     gallery: GalleryEmbeddings
-    training: CandidateTrainingSettings
+    training: CompatibilityTrainingSettings
     paragon_flops: int
     threads_per_trial: int = 1
     measure_latency: bool = True
@@ -64,64 +66,81 @@ def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> No
     from ray import tune
 
     torch.set_num_threads(max(1, shared.threads_per_trial))
-    started = time.perf_counter()
-    started_cpu = time.process_time()
     spec = ArchSpec.from_json(config["arch"])
     device = pick_device()
     # Seeded before the weights are drawn: a candidate's result depends on its architecture and the
     # seed, not on which worker process happened to run it.
     torch.manual_seed(shared.training.optim.seed)
-    model = _initial_model(spec, shared, device)
-    data, gallery = shared.data, shared.gallery
-    task = create_task(shared.task)
-    epochs = shared.training.optim.epochs
-
-    def embed(images: ImageSet):
-        return embed_images(model, images.images, data.mean, data.std, spec.resolution, device,
-                            channels_last=shared.training.channels_last)
-
+    trial = _CandidateTrial(spec, shared, device)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             # Our own file of tensors and plain containers: weights_only loading executes no code.
             resume = torch.load(Path(folder) / TRAINER_STATE_FILE, map_location=device, weights_only=True)
-    latest_state: dict[str, Any] = {}
+    if shared.training.optim.epochs == 0:
+        trial.report(0, {})
+        return
+    view_gallery = open_view_gallery(shared.training.augmentation, shared.gallery_loader, shared.gallery.fingerprint)
+    run = TrainingRun(shared.data, shared.gallery, device, view_gallery,
+                      EpochHooks(on_epoch=trial.report, state_sink=trial.latest_state.update, resume=resume))
+    fine_tune_candidate(trial.model, spec.resolution, shared.training, run)
 
-    def on_epoch(epoch: int, stats: dict[str, float]) -> None:
-        query_embeddings = embed(data.query)
-        cross = task.evaluate(query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")
-        metrics: dict[str, Any] = {"epoch": epoch, **stats, **cross}
-        if epoch == epochs:
-            metrics.update(task.evaluate(query_embeddings, data.query.labels, embed(data.gallery), data.gallery.labels,
-                                         "homo"))
-            held_out = shared.held_out
-            if held_out is not None:  # reported only: against the gallery model's gallery, and against its own
-                queries = embed(held_out.query)
-                metrics.update(task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings,
-                                             held_out.gallery.labels, "heldout_cross"))
-                metrics.update(task.evaluate(queries, held_out.query.labels, embed(held_out.gallery),
-                                             held_out.gallery.labels, "heldout_homo"))
-            metrics.update(_cost_metrics(model, spec, shared))
-            # CPU time of this trial's process (all its threads): compute spent, whatever else shares the CPUs.
-            metrics.update(trial_seconds=time.perf_counter() - started, trial_cpu_seconds=time.process_time() - started_cpu,
-                           device=str(device), node_id=_node_id(), mode=shared.mode,
-                           # The trial process's peak resident memory (a reused actor: over all its trials).
-                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            if device.type == "cuda":
-                metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+
+class _CandidateTrial:
+    """One candidate being trained: what each epoch reports to Tune (``workers.trial_report``)."""
+
+    def __init__(self, spec: ArchSpec, shared: SharedTrialInputs, device: torch.device):
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
+        self.spec, self.shared, self.device = spec, shared, device
+        self.model = _initial_model(spec, shared, device)
+        self.task = create_task(shared.task)
+        self.model_input = ModelInput(shared.data.mean, shared.data.std, spec.resolution, device,
+                                      channels_last=shared.training.channels_last)
+        self.latest_state: dict[str, Any] = {}
+
+    def embed(self, images: ImageSet):
+        return embed_images(self.model, images.images, self.model_input)
+
+    def report(self, epoch: int, stats: dict[str, float]) -> None:
+        """Called after each epoch: the metrics of ``workers.trial_report`` and a checkpoint, to Tune."""
+        from ray import tune
+
+        data, gallery = self.shared.data, self.shared.gallery
+        query_embeddings = self.embed(data.query)
+        metrics: dict[str, Any] = {"epoch": epoch, **stats, **self.task.evaluate(
+            query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")}
+        if epoch == self.shared.training.optim.epochs:
+            metrics.update(self.task.evaluate(query_embeddings, data.query.labels, self.embed(data.gallery),
+                                              data.gallery.labels, "homo"))
+            metrics.update(self._held_out_metrics(), **_cost_metrics(self.model, self.spec, self.shared),
+                           **self._run_metrics())
         with tempfile.TemporaryDirectory() as folder:
-            _save_candidate(Path(folder), model, spec)
-            torch.save(latest_state, Path(folder) / TRAINER_STATE_FILE)
+            _save_candidate(Path(folder), self.model, self.spec)
+            torch.save(self.latest_state, Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    if epochs == 0:
-        on_epoch(0, {})
-        return
-    fine_tune_candidate(model, spec.resolution, data, gallery, shared.training, device, on_epoch,
-                        state_sink=latest_state.update, resume=resume,
-                        view_gallery=open_view_gallery(shared.training.augmentation, shared.gallery_loader,
-                                                       shared.gallery.fingerprint))
+    def _held_out_metrics(self) -> dict[str, float]:
+        """Reported only: the held-out queries against the gallery model's gallery, and against its own."""
+        held_out = self.shared.held_out
+        if held_out is None:
+            return {}
+        queries = self.embed(held_out.query)
+        return {**self.task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings,
+                                     held_out.gallery.labels, "heldout_cross"),
+                **self.task.evaluate(queries, held_out.query.labels, self.embed(held_out.gallery),
+                                     held_out.gallery.labels, "heldout_homo")}
+
+    def _run_metrics(self) -> dict[str, Any]:
+        """Where and how the trial ran: CPU time of its process (all its threads: compute spent, whatever
+        else shares the CPUs), the process's peak resident memory (a reused actor: over all its trials)."""
+        metrics: dict[str, Any] = {
+            "trial_seconds": time.perf_counter() - self.started, "trial_cpu_seconds": time.process_time() - self.started_cpu,
+            "device": str(self.device), "node_id": _node_id(), "mode": self.shared.mode,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if self.device.type == "cuda":
+            metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return metrics
 
 
 def _initial_model(spec: ArchSpec, shared: SharedTrialInputs, device: torch.device) -> torch.nn.Module:

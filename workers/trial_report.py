@@ -18,7 +18,7 @@ Rules of the report (``workers.trial.run_candidate_trial``):
   scheduler stopped early never reports one, so its accuracy is not final and its cost
   unmeasured: ``is_final_result`` tells them apart.
 
-The compatibility check of a final result (``compatibility_verdict``, the one place of the rule):
+The compatibility check of a final result (``Scoring.verdict``, the one place of the rule):
 with ``<m>`` the searched metric without its prefix (``search.metric`` = ``cross_<m>``, e.g.
 ``cross_map`` -> ``map``, ``cross_tar_far_1e-2`` -> ``tar_far_1e-2``) and ``ratio`` =
 ``evaluation.compatibility_ratio`` (default 0.5), a trial **fails** when
@@ -37,6 +37,7 @@ says what usually makes a candidate fail and which settings to change.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 # The candidate's weights (safetensors, the architecture in its metadata) and its architecture (JSON).
@@ -77,12 +78,10 @@ def final_params(result: Mapping[str, Any]) -> dict[str, Any]:
     return {key: result.get(key, "") for key in FINAL_PARAMS}
 
 
-# -- the compatibility check (see the module's rules) ----------------------------------------------
+# -- how a search scores and judges its candidates (see the module's rules) -------------------------
 COMPATIBILITY_PASSED = "passed"
 COMPATIBILITY_FAILED = "failed"
 CompatibilityVerdict = Literal["passed", "failed"]
-# evaluation.compatibility_ratio's default, for callers built without a configuration.
-DEFAULT_COMPATIBILITY_RATIO = 0.5
 # What usually makes a candidate fail the check, and the settings to change.
 COMPATIBILITY_FAILURE_CAUSES = (
     "too few optimizer steps (raise training.epochs, or training.finetune_epochs in mode inherit, or "
@@ -98,23 +97,50 @@ def homogeneous_metric(metric: str) -> str:
     return "homo_" + metric.removeprefix("cross_")
 
 
-def compatibility_verdict(result: Mapping[str, Any] | None, metric: str,
-                          ratio: float = DEFAULT_COMPATIBILITY_RATIO) -> CompatibilityVerdict | None:
-    """``"failed"`` when the final ``metric`` (``cross_<m>``) is below ``ratio`` x the final ``homo_<m>``,
-    ``"passed"`` otherwise, None when there is nothing to judge (see the module's rules: not a final
-    result, a metric missing or NaN, a homogeneous metric of zero or below)."""
-    homogeneous = homogeneous_metric(metric)
-    if not is_final_result(result) or metric not in result or homogeneous not in result:
-        return None
-    cross, homo = float(result[metric]), float(result[homogeneous])
-    if math.isnan(cross) or math.isnan(homo) or homo <= 0:
-        return None
-    return COMPATIBILITY_FAILED if cross < ratio * homo else COMPATIBILITY_PASSED
+@dataclass(frozen=True)
+class Scoring:
+    """How a search scores its candidates: the cross-model ``metric`` it maximises
+    (``search.metric``) and the ``compatibility_ratio`` of the compatibility check
+    (``evaluation.compatibility_ratio``). Built once per search (``CmpnasConfig.scoring``), or from
+    a recorded search's params (``orchestrator.results.front``); the defaults are stated here only."""
+
+    metric: str = "cross_map"
+    compatibility_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        homogeneous_metric(self.metric)  # refuses a metric that is not cross-model
+
+    @property
+    def homogeneous(self) -> str:
+        """``homo_<m>``: the searched metric with the query model on both sides."""
+        return homogeneous_metric(self.metric)
+
+    @property
+    def measure(self) -> str:
+        """``<m>``: the searched metric without its prefix (``map`` for ``cross_map``), as the paragon's is named."""
+        return self.metric.removeprefix("cross_")
+
+    @property
+    def rule(self) -> str:
+        """The check in words: ``cross_map < 0.5 x homo_map``."""
+        return f"{self.metric} < {self.compatibility_ratio:g} x {self.homogeneous}"
+
+    def verdict(self, result: Mapping[str, Any] | None) -> CompatibilityVerdict | None:
+        """``"failed"`` when the final ``cross_<m>`` is below ``compatibility_ratio`` x the final ``homo_<m>``,
+        ``"passed"`` otherwise, None when there is nothing to judge (see the module's rules: not a final
+        result, a metric missing or NaN, a homogeneous metric of zero or below)."""
+        if not is_final_result(result) or self.metric not in result or self.homogeneous not in result:
+            return None
+        cross, homo = float(result[self.metric]), float(result[self.homogeneous])
+        if math.isnan(cross) or math.isnan(homo) or homo <= 0:
+            return None
+        return COMPATIBILITY_FAILED if cross < self.compatibility_ratio * homo else COMPATIBILITY_PASSED
+
+    def describe_failure(self, result: Mapping[str, Any]) -> str:
+        """One line on a failed check: the values compared, the likely causes and the settings to change."""
+        ratio, cross, homo = self.compatibility_ratio, float(result[self.metric]), float(result[self.homogeneous])
+        return (f"{self.metric} {cross:.2f} < {ratio:g} x {self.homogeneous} {homo:.2f} (= {ratio * homo:.2f}); "
+                f"likely causes: {COMPATIBILITY_FAILURE_CAUSES}")
 
 
-def describe_compatibility_failure(result: Mapping[str, Any], metric: str, ratio: float) -> str:
-    """One line on a failed check: the values compared, the likely causes and the settings to change."""
-    homogeneous = homogeneous_metric(metric)
-    cross, homo = float(result[metric]), float(result[homogeneous])
-    return (f"{metric} {cross:.2f} < {ratio:g} x {homogeneous} {homo:.2f} (= {ratio * homo:.2f}); likely causes: "
-            f"{COMPATIBILITY_FAILURE_CAUSES}")
+DEFAULT_SCORING = Scoring()

@@ -2,6 +2,6 @@
 
 from orchestrator.export.errors import ExportError
 from orchestrator.export.pipeline import ExportRequest, export_candidates
-from orchestrator.export.verify import verify_compatibility
+from orchestrator.export.verify import VerifyOptions, verify_compatibility
 
-__all__ = ["ExportError", "ExportRequest", "export_candidates", "verify_compatibility"]
+__all__ = ["ExportError", "ExportRequest", "VerifyOptions", "export_candidates", "verify_compatibility"]

@@ -12,7 +12,7 @@ from orchestrator.export.errors import ExportError
 from orchestrator.export.package import ONNX_FILE, TORCHSCRIPT_FILE
 from workers.datasets import RetrievalData
 from workers.datasets.types import ImageArray
-from workers.gallery_sources import GalleryModel
+from workers.gallery.sources import GalleryModel
 
 PARITY_TOLERANCE = 1e-4
 

@@ -11,10 +11,10 @@ Rules:
   registry is) and refuses the rest, which it reads from the recorded configuration;
 * the data's identity (``data_identity``): source, root (resolved, ``redact_uri``-ed), name,
   protocol, seed, split sizes, image size and channels, the split digests
-  (``orchestrator.dataset_inputs.split_digest``: image shape, labels and ids of each split) and the
+  (``orchestrator.tracking.dataset_inputs.split_digest``: image shape, labels and ids of each split) and the
   ``data`` section of the configuration it was loaded with. An export records it in its
   manifest (``compatibility.json``, key ``data``). The splits are the search's dataset inputs
-  (``orchestrator.dataset_inputs.named_splits``): with a validation split
+  (``orchestrator.tracking.dataset_inputs.named_splits``): with a validation split
   (``data.validation_size``) train is the train split less the validation images, the validation
   halves are named beside it, and query/gallery are the held-out splits the export measures on;
 * export refuses data whose split digests differ from the ones the search recorded as its dataset
@@ -29,17 +29,15 @@ Rules:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from orchestrator.common.credentials import redact_tree, redact_uri
 from orchestrator.config import CmpnasConfig, ConfigError, apply_override, validate_config
-from orchestrator.credentials import redact_tree, redact_uri
-from orchestrator.tags import DATASET_CONTEXT_TAG
-from orchestrator.dataset_inputs import named_splits, split_digest
-
-if TYPE_CHECKING:  # loading the data is the callers' (orchestrator.search_inputs imports the data sources)
-    from orchestrator.search_inputs import SearchData
+from orchestrator.setup.data import SearchData
+from orchestrator.tracking.dataset_inputs import named_splits, split_digest
+from orchestrator.tracking.tags import DATASET_CONTEXT_TAG
 
 # The data fields that say where the data is read from and how, never which images: the only
 # data.* fields an export (or verify-compat on the recorded data) may override.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ import torch
 from torch import nn
 
 from evaluators import FLOPS_CONVENTION
+from orchestrator.common.version import cmpnas_version
 from orchestrator.export.errors import ExportError
 from search_space import ArchSpec, build_query_model
-from workers.file_digest import file_sha256
-from workers.preprocess import normalize_and_resize
+from workers.storage.file_digest import file_sha256
+from workers.training.preprocess import normalize_and_resize
 
 MANIFEST_FILE = "compatibility.json"
 ONNX_FILE = "model.onnx"
@@ -103,11 +105,24 @@ def gallery_record(identity: dict[str, Any], location: str, search_run_id: str) 
     return {**identity, "location": location, "search_run_id": search_run_id}
 
 
-def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int, mean, std,
-                   gallery: dict[str, Any], data: dict[str, Any], version: str, folder: Path) -> dict[str, Any]:
-    """``gallery``: the gallery model's identity (``GalleryModel.identity``: source, model, fingerprint,
-    embedding size and input spec) and ``location``; ``data``: the identity of the data the export was
-    checked on (``data_identity.data_identity``); ``mean``/``std``: the query model's own preprocessing."""
+@dataclass(frozen=True)
+class MeasuredWith:
+    """What an export was checked with: the data's image size and statistics (the query model's own
+    preprocessing), the data's identity (``data_identity.data_identity``), and the gallery model's
+    identity (``GalleryModel.identity``: source, model, fingerprint, embedding size and input spec)
+    with its ``location``."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data: dict[str, Any]
+    gallery: dict[str, Any]
+
+
+def build_manifest(spec: ArchSpec, runs: tuple[Any, Any], measured: MeasuredWith, folder: Path) -> dict[str, Any]:
+    """The compatibility manifest of ``spec`` exported into ``folder``; ``runs``: its (candidate, search) runs."""
+    candidate_run, search_run = runs
+    image_size, mean, std = measured.image_size, measured.mean, measured.std
     metrics = candidate_run.data.metrics
     search_metrics = search_run.data.metrics
     final, paragon = recorded_metric_keys(metrics)
@@ -125,10 +140,10 @@ def build_manifest(*, spec: ArchSpec, candidate_run, search_run, image_size: int
                                               "map": search_metrics.get("paragon_map")}}
     return {
         "manifest_version": MANIFEST_VERSION,
-        "cmpnas_version": version,
+        "cmpnas_version": cmpnas_version(),
         "mlflow": {"candidate_run_id": candidate_run.info.run_id, "search_run_id": search_run.info.run_id},
-        "gallery": gallery,
-        "data": data,
+        "gallery": measured.gallery,
+        "data": measured.data,
         "embedding": {"dim": spec.embed_dim, "normalization": "l2", "similarity": "inner product (cosine)"},
         "input": {
             "layout": "NCHW", "dtype": "float32", "channels": spec.in_chans, "height": image_size, "width": image_size,

@@ -19,27 +19,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import cmpnas_version
+import numpy as np
+
+from orchestrator.common.credentials import redact_uri
 from orchestrator.export.checks import (
-    check_parity, check_recorded_recall, cross_model_metrics, embed_gallery_split, onnx_session,
+    check_parity,
+    check_recorded_recall,
+    cross_model_metrics,
+    embed_gallery_split,
+    onnx_session,
 )
-from orchestrator.credentials import redact_uri
 from orchestrator.export.data_identity import (
-    apply_data_overrides, data_identity, describe_data, search_split_differences,
+    apply_data_overrides,
+    data_identity,
+    describe_data,
+    search_split_differences,
 )
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import (
-    GALLERY_FILE, MANIFEST_FILE, DeployableQueryModel, build_manifest, gallery_record, load_candidate, recorded_cross_r1,
+    GALLERY_FILE,
+    MANIFEST_FILE,
+    DeployableQueryModel,
+    MeasuredWith,
+    build_manifest,
+    gallery_record,
+    load_candidate,
+    recorded_cross_r1,
     write_formats,
 )
 from orchestrator.export.registry import register_export
 from orchestrator.export.selection import select_runs
-from orchestrator.gallery_setup import open_existing_gallery
-from orchestrator.tags import GALLERY_FINGERPRINT_TAG
-from orchestrator.tracking import SearchTracker
-from workers.checkpoint import CheckpointError
+from orchestrator.setup.data import load_search_data
+from orchestrator.setup.gallery import open_existing_gallery
+from orchestrator.tracking.client import SearchTracker
+from orchestrator.tracking.tags import GALLERY_FINGERPRINT_TAG
 from workers.datasets import RetrievalData
-from workers.gallery_sources import GalleryModel
+from workers.gallery.sources import GalleryModel
+from workers.storage.checkpoint import CheckpointError
 from workers.trial_report import MODEL_FILE, SPEC_FILE
 
 Log = Callable[[str], None]
@@ -78,12 +94,8 @@ class ExportedModel:
 
 
 def export_candidates(request: ExportRequest, log: Log = print) -> list[ExportedModel]:
-    from orchestrator.search_inputs import load_search_data
-
-    try:
-        tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
-    except LookupError as error:
-        raise ExportError(str(error)) from error
+    """Package, check and (with ``request.register``) register the candidates ``request`` selects."""
+    tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
     search, runs = select_runs(tracker, request.search_run_id, request.candidate_run_id, request.max_mflops)
     config = _search_config(tracker, search.info.run_id, request.data_overrides)
     search_data = load_search_data(config)
@@ -97,50 +109,73 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
                                   search.info.run_id)
     output_dir = Path(request.output_dir or Path(config.output_dir) / "export").resolve()
     log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
-
-    gallery_embeddings = embed_gallery_split(gallery, data)
-    input_shape = (data.in_chans, data.image_size, data.image_size)
+    measured = MeasuredWith(data.image_size, data.mean, data.std, identity,
+                            {**gallery.identity(), "location": gallery_json["location"]})
+    target = _Target(tracker, search, data, embed_gallery_split(gallery, data), gallery_json)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
-        staged = []
-        for run in runs:
-            source = Path(tracker.client.download_artifacts(run.info.run_id, "model", str(staging / run.info.run_id)))
-            spec, network = load_candidate(source / MODEL_FILE, source / SPEC_FILE)
-            # The query model's preprocessing is the data's, as in training; the gallery model has its own.
-            model = DeployableQueryModel(network, data.mean, data.std, spec.resolution).eval()
-            folder = staging / spec.arch_id
-            folder.mkdir()
-            write_formats(model, folder, input_shape)
-            parity = check_parity(model, folder, input_shape)
-            measured = cross_model_metrics(onnx_session(folder), data, gallery_embeddings)
-            recorded_r1 = recorded_cross_r1(run.data.metrics)
-            check_recorded_recall(measured, recorded_r1, f"candidate {spec.arch_id}")
-            (folder / GALLERY_FILE).write_text(json.dumps(gallery_json, indent=2, sort_keys=True))
-            manifest = build_manifest(spec=spec, candidate_run=run, search_run=search, image_size=data.image_size,
-                                      mean=data.mean, std=data.std,
-                                      gallery={**gallery.identity(), "location": gallery_json["location"]},
-                                      data=identity, version=cmpnas_version(), folder=folder)
-            (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
-                f"{measured.recall_at_1:.2f} (recorded {recorded_r1:.2f})")
-            staged.append((run, folder, manifest, parity, measured.recall_at_1))
-
-        exported = []
-        for run, folder, manifest, parity, r1 in staged:
-            final = output_dir / manifest["arch_id"]
-            if final.exists():
-                shutil.rmtree(final)
-            folder.rename(final)
-            version = alias = model_id = None
-            if request.register:
-                version, alias, model_id = register_export(tracker, request.model_name, run, final, manifest,
-                                                           request.max_mflops)
-            exported.append(ExportedModel(run.info.run_id, manifest["arch_id"], final, manifest, parity, r1,
-                                          version, alias, model_id))
-        return exported
+        staged = [_stage(run, target, measured, staging, log) for run in runs]
+        return [_publish(entry, output_dir, tracker, request) for entry in staged]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What every candidate of an export is checked against: the search, its data and gallery embeddings."""
+
+    tracker: SearchTracker
+    search: object
+    data: RetrievalData
+    gallery_embeddings: np.ndarray
+    gallery_json: dict
+
+
+@dataclass(frozen=True)
+class _Staged:
+    run: object
+    folder: Path
+    manifest: dict
+    parity: dict[str, float]
+    onnx_cross_r1: float
+
+
+def _stage(run, target: _Target, measured: MeasuredWith, staging: Path, log: Log) -> _Staged:
+    """One candidate packaged in the staging folder and checked: format parity, recorded R@1."""
+    data = target.data
+    source = Path(target.tracker.client.download_artifacts(run.info.run_id, "model", str(staging / run.info.run_id)))
+    spec, network = load_candidate(source / MODEL_FILE, source / SPEC_FILE)
+    # The query model's preprocessing is the data's, as in training; the gallery model has its own.
+    model = DeployableQueryModel(network, data.mean, data.std, spec.resolution).eval()
+    folder = staging / spec.arch_id
+    folder.mkdir()
+    input_shape = (data.in_chans, data.image_size, data.image_size)
+    write_formats(model, folder, input_shape)
+    parity = check_parity(model, folder, input_shape)
+    measured_r1 = cross_model_metrics(onnx_session(folder), data, target.gallery_embeddings)
+    recorded_r1 = recorded_cross_r1(run.data.metrics)
+    check_recorded_recall(measured_r1, recorded_r1, f"candidate {spec.arch_id}")
+    (folder / GALLERY_FILE).write_text(json.dumps(target.gallery_json, indent=2, sort_keys=True))
+    manifest = build_manifest(spec, (run, target.search), measured, folder)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
+        f"{measured_r1.recall_at_1:.2f} (recorded {recorded_r1:.2f})")
+    return _Staged(run, folder, manifest, parity, measured_r1.recall_at_1)
+
+
+def _publish(staged: _Staged, output_dir: Path, tracker: SearchTracker, request: ExportRequest) -> ExportedModel:
+    """A checked candidate moved into ``output_dir`` and, with ``request.register``, registered."""
+    final = output_dir / staged.manifest["arch_id"]
+    if final.exists():
+        shutil.rmtree(final)
+    staged.folder.rename(final)
+    version = alias = model_id = None
+    if request.register:
+        version, alias, model_id = register_export(tracker, request.model_name, staged.run, final, staged.manifest,
+                                                   request.max_mflops)
+    return ExportedModel(staged.run.info.run_id, staged.manifest["arch_id"], final, staged.manifest, staged.parity,
+                         staged.onnx_cross_r1, version, alias, model_id)
 
 
 def _search_config(tracker: SearchTracker, search_run_id: str, data_overrides=()):

@@ -30,7 +30,6 @@ Export is a command of its own, not a search: it writes through the client, with
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -47,18 +46,12 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import Schema, TensorSpec
 
 from orchestrator.export.package import GALLERY_FILE, MANIFEST_FILE, ONNX_FILE
-from orchestrator.tags import GALLERY_FINGERPRINT_TAG, GALLERY_SOURCE_TAG, MODEL_VERSIONS_TAG
-from orchestrator.tracking import SearchTracker
+from orchestrator.results.budget import registry_alias
+from orchestrator.tracking.client import SearchTracker
+from orchestrator.tracking.tags import GALLERY_FINGERPRINT_TAG, GALLERY_SOURCE_TAG, MODEL_VERSIONS_TAG
 
 # The logged model's type, searchable in the experiment's Models tab.
 MODEL_TYPE = "cmpnas-query-model"
-
-
-def alias_for(mflops: float, budget: float | None) -> str:
-    """Aliases allow letters, digits, '-' and '_': budgets and FLOPs are written in kFLOPs."""
-    if budget is not None:
-        return f"budget-{math.ceil(budget * 1000)}kflops"
-    return f"pareto-{math.ceil(mflops * 1000)}kflops"
 
 
 # Tag and metadata key of the gallery model's location (no *_TAG constant: it is no run tag).
@@ -138,7 +131,7 @@ def register_export(tracker: SearchTracker, model_name: str, candidate_run, fold
     listed = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
     client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(
         [*listed, {"name": model_name, "version": str(version.version)}])})
-    alias = alias_for(manifest["cost"]["mflops"], budget)
+    alias = registry_alias(manifest["cost"]["mflops"], budget)
     client.set_registered_model_alias(model_name, alias, version.version)
     return version.version, alias, model_id
 

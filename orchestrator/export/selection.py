@@ -2,7 +2,7 @@
 
 The front and the best under a budget are chosen among the search's candidate runs (role
 ``candidate``), as the search chose. One run (``--candidate-run-id``) may also be a final training
-of a front candidate (role ``final_training``, ``orchestrator.final_training``): the same
+of a front candidate (role ``final_training``, ``orchestrator.search.final_training``): the same
 architecture trained longer, exported as it was recorded.
 """
 
@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
 
-from orchestrator.budget_report import best_within_budget
-from orchestrator.credentials import redact_uri
+from orchestrator.common.credentials import redact_uri
 from orchestrator.export.errors import ExportError
-from orchestrator.pareto_report import searched_metric
-from orchestrator.tags import (PARENT_RUN_TAG, PARETO_TAG, ROLE_CANDIDATE, ROLE_FINAL_TRAINING, ROLE_SEARCH, ROLE_TAG,
-                               SUPERSEDED_TAG)
-from orchestrator.tracking import SearchTracker
+from orchestrator.results.budget import best_within_budget
+from orchestrator.results.front import recorded_scoring
+from orchestrator.tracking.client import SearchTracker
+from orchestrator.tracking.tags import (
+    PARENT_RUN_TAG,
+    PARETO_TAG,
+    ROLE_CANDIDATE,
+    ROLE_FINAL_TRAINING,
+    ROLE_SEARCH,
+    ROLE_TAG,
+    SUPERSEDED_TAG,
+)
 
 
 def latest_search_run_id(tracker: SearchTracker) -> str:
@@ -96,7 +103,7 @@ def select_runs(tracker: SearchTracker, search_run_id: str | None, candidate_run
                 if run.info.status == "FINISHED" and "final_mflops" in run.data.metrics
                 and run.data.tags.get(ROLE_TAG) == ROLE_CANDIDATE]
     if max_mflops is not None:
-        metric = searched_metric(search)
+        metric = recorded_scoring(search).metric
         current = [run for run in finished if run.data.tags.get(SUPERSEDED_TAG) != "true"]
         best = best_within_budget(current, max_mflops, lambda run: run.data.metrics["final_mflops"],
                                   lambda run: run.data.metrics.get(f"final_{metric}"))

@@ -8,6 +8,7 @@ a mismatch refused unless ``force``. Never silently on other data of the same im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,21 +18,30 @@ from orchestrator.export.checks import cross_model_metrics, embed_gallery_split,
 from orchestrator.export.data_identity import data_identity, describe_data, identity_differences, recorded_data_config
 from orchestrator.export.errors import ExportError
 from orchestrator.export.package import MANIFEST_FILE, read_manifest
-from orchestrator.gallery_setup import open_existing_gallery
-from workers.checkpoint import CheckpointError
+from orchestrator.setup.data import load_search_data
+from orchestrator.setup.gallery import open_existing_gallery
+from workers.storage.checkpoint import CheckpointError
 
 
-def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasConfig, force: bool = False, *,
-                         recorded_data: bool = False, data_overrides: Sequence[str] = (),
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Which data ``verify_compatibility`` measures on, and what it lets pass: with ``recorded_data``,
+    the data the manifest records (``data_overrides``: location fields over it), else the
+    configuration's, refused when its identity differs from the recorded one unless ``force``
+    (which also lets another gallery fingerprint pass)."""
+
+    force: bool = False
+    recorded_data: bool = False
+    data_overrides: Sequence[str] = ()
+
+
+def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasConfig,
+                         options: VerifyOptions = VerifyOptions(),
                          log: Callable[[str], None] = lambda message: None) -> tuple[dict, RetrievalMetrics]:
     """(manifest, cross-model metrics recomputed); ``gallery_path`` is the gallery model in production,
-    of any gallery.source (``config.gallery.source`` says which).
-
-    The data: with ``recorded_data``, the one the manifest records (``data_overrides``: location
-    fields over it); else ``config``'s, refused when its identity differs from the recorded one
-    unless ``force``. ``log`` receives the line saying which data is measured on."""
-    from orchestrator.search_inputs import load_search_data
-
+    of any gallery.source (``config.gallery.source`` says which). ``log`` receives the line saying
+    which data is measured on."""
+    force, recorded_data, data_overrides = options.force, options.recorded_data, options.data_overrides
     manifest = read_manifest(Path(query_model))
     recorded = manifest.get("data")
     if recorded_data:

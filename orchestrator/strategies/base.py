@@ -39,7 +39,26 @@ class Proposer(ABC):
         """A completed evaluation (higher score is better); default: ignore."""
 
 
-class ArchitectureSearcher(Searcher):
+class StatefulSearcher(Searcher):
+    """A Tune searcher whose ``get_state`` Tune saves at each experiment snapshot (``save``) and a
+    resumed search loads again (``restore``), pickled to one file."""
+
+    def get_state(self) -> dict:
+        raise NotImplementedError
+
+    def set_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.get_state(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.set_state(pickle.load(handle))
+
+
+class ArchitectureSearcher(StatefulSearcher):
     """Tune searcher over a proposer; the trial config is ``{"arch": spec_json}``."""
 
     def __init__(
@@ -123,12 +142,4 @@ class ArchitectureSearcher(Searcher):
         self.proposer = state["proposer"]
         self.rng.setstate(state["rng"])
         self.proposed, self.seen, self._observed = state["proposed"], state["seen"], state["observed"]
-        self.attempts = state.get("attempts", 0)  # absent from states saved before it was counted
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.get_state(), handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.set_state(pickle.load(handle))
+        self.attempts = state["attempts"]

@@ -1,35 +1,32 @@
-"""The FLOPs of a proposal, measured with fvcore on the built model and remembered per architecture.
+"""The FLOPs of a proposal, before anything is built: the analytic count (``search_space.flops``).
 
-Counting builds and traces the model (about a second on a small CPU), and strategies ask for the
-same architecture many times (constraint, budget targeting, screening), so results are cached by
-``arch_id``. The figure is the one a trial reports: same builder, same fvcore convention.
+It equals fvcore's count on the built model (checked on every registered space by
+``tests/search_space/test_flops.py``) and takes microseconds, so strategies ask for it as often as
+they like: the budget gate on every proposal, NSGA-II's constraint, budget targeting. The figure a
+trial records is still fvcore's, measured on the trained model (``workers.trial``).
 """
 
 from __future__ import annotations
 
-from evaluators import count_complexity
-from search_space import ArchSpec, build_query_model
+from search_space import ArchSpec, SearchSpace, estimate_mflops
 
 
-class FlopsCounter:
-    """``counter(spec)`` -> fvcore MFLOPs of the query model for one image."""
+class ProposalCost:
+    """``cost(spec)`` -> MFLOPs of ``spec`` (one image; one multiply-add = one flop), counted analytically."""
 
-    def __init__(self) -> None:
-        self.cache: dict[str, float] = {}
+    def __init__(self, space: SearchSpace):
+        self.space = space
 
     def __call__(self, spec: ArchSpec) -> float:
-        if spec.arch_id not in self.cache:
-            model = build_query_model(spec)
-            self.cache[spec.arch_id] = count_complexity(model, (spec.in_chans, spec.resolution, spec.resolution)).mflops
-        return self.cache[spec.arch_id]
+        return estimate_mflops(self.space, spec)
 
 
 class WithinBudget:
     """A picklable constraint: ``spec`` costs at most ``max_mflops``."""
 
-    def __init__(self, counter: FlopsCounter, max_mflops: float):
-        self.counter = counter
+    def __init__(self, cost: ProposalCost, max_mflops: float):
+        self.cost = cost
         self.max_mflops = max_mflops
 
     def __call__(self, spec: ArchSpec) -> bool:
-        return self.counter(spec) <= self.max_mflops
+        return self.cost(spec) <= self.max_mflops

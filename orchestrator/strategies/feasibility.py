@@ -1,7 +1,14 @@
-"""What a search's FLOPs budgets admit, checked once the space is known and before anything is recorded.
+"""What a search's strategy and FLOPs budgets admit, checked before anything is recorded.
 
-Rules (``check_search_budgets``), each refused with ``BudgetInfeasibleError`` naming the field,
-the figures and the change that makes the search possible:
+The strategy's settings need no space and are checked first, before any work
+(``check_strategy_settings``): ``search.predictor.enabled`` only with a strategy whose proposals
+it can screen (``Strategy.supports_predictor``), and what the strategy itself checks
+(``Strategy.check_settings``, e.g. an Optuna sampler that cannot be built). Both are refused with
+``ConfigError`` naming the field.
+
+The budgets are checked once the space is known (``check_search_budgets``), each refused with
+``BudgetInfeasibleError`` naming the field, the figures and the change that makes the search
+possible:
 
 - ``search.max_mflops`` and every budget of ``search.budgets_mflops`` must reach the space's
   smallest architecture (its MFLOPs are in the error; ``cmpnas space info`` prints the range);
@@ -18,15 +25,23 @@ fvcore's count.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from orchestrator.config import ConfigError
+from orchestrator.config.registries import STRATEGIES
+from orchestrator.config.schema import SearchConfig
 from orchestrator.strategies.proposer_strategy import ProposerStrategy
-from orchestrator.strategies.registry import STRATEGIES
 from search_space import BudgetInfeasibleError, SearchSpace
 from search_space.budget import budget_admitting, check_budget, count_within, rounded_up
 
-if TYPE_CHECKING:
-    from orchestrator.config import SearchConfig
+
+def check_strategy_settings(search: SearchConfig) -> None:
+    """Refuse strategy settings that cannot work (see the module's rules); silent when they can."""
+    strategy = STRATEGIES[search.strategy]
+    if search.predictor.enabled and not strategy.supports_predictor:
+        screened = sorted(name for name, other in STRATEGIES.items() if other.supports_predictor)
+        raise ConfigError(f"search.predictor.enabled works with the strategies {screened}, whose proposals it "
+                          f"screens; search.strategy {search.strategy!r} proposes without it: disable the predictor "
+                          "or pick one of those")
+    strategy.check_settings(search)
 
 
 def check_search_budgets(space: SearchSpace, search: SearchConfig) -> None:

@@ -10,17 +10,14 @@ budget; the accuracy predictor (``search.predictor``) screens whichever proposer
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING
 
+from orchestrator.config.schema import SearchConfig
 from orchestrator.strategies.base import ArchitectureSearcher, Proposer
 from orchestrator.strategies.budget_sweep import BudgetSweepProposer
 from orchestrator.strategies.predictor import RidgeAccuracyPredictor
 from orchestrator.strategies.screening import PredictorScreenedProposer
 from orchestrator.strategies.strategy import SearchRequest, Strategy
 from search_space import SearchSpace
-
-if TYPE_CHECKING:  # the config validates names against the strategy registry: no import at run time
-    from orchestrator.config import SearchConfig
 
 
 class ProposerStrategy(Strategy):

@@ -4,15 +4,12 @@ budget, uniform over the architectures within it (``search_space.budget``)."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
+from orchestrator.config.schema import SearchConfig
 from orchestrator.strategies.base import Proposer
 from orchestrator.strategies.proposer_strategy import ProposerStrategy
 from orchestrator.strategies.registry import register_strategy
 from search_space import ArchSpec, SearchSpace
-
-if TYPE_CHECKING:  # the config validates names against the strategy registry: no import at run time
-    from orchestrator.config import SearchConfig
 
 
 class RandomProposer(Proposer):

@@ -6,8 +6,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_tree
 from orchestrator.cli import app
+from tests.conftest import tiny_tree
 
 
 def _invoke(tmp_path, *args, **sections):
@@ -21,7 +21,7 @@ def test_bad_config_value_names_field_and_allowed_values(tmp_path):
     result = _invoke(tmp_path, "--set", "search.strategy=grid")
     assert result.exit_code == 2
     # The allowed values come from the strategy registry (orchestrator.strategies).
-    assert "search.strategy" in result.text and "['evolution', 'nsga2', 'random']" in result.text
+    assert "search.strategy" in result.text and "['evolution', 'nsga2', 'optuna', 'random']" in result.text
 
 
 def test_missing_data_set_is_a_clear_error(tmp_path):

@@ -2,7 +2,7 @@
 
 The rule (``search_space.spaces``): a space declares the ``data.image_size`` range it is meant for, from its
 smallest resolution up; a search refuses data outside it before decoding anything
-(``orchestrator.search_inputs.check_space_fits_images``), naming search_space.name, data.image_size and the
+(``orchestrator.setup.inputs.check_space_fits_images``), naming search_space.name, data.image_size and the
 spaces that fit. A space that declares nothing is never refused.
 """
 
@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from orchestrator.config import ConfigError, load_config, validate_config
-from orchestrator.search_inputs import check_space_fits_images, prepare_search_inputs
+from orchestrator.setup.data import check_space_fits_images
+from orchestrator.setup.inputs import prepare_search_inputs
 from search_space import SearchSpace, create_space, list_spaces, register_space
 from search_space.registry import SPACES
 
@@ -114,7 +115,7 @@ def test_a_range_must_be_ordered_and_positive():
 
 
 def test_a_search_refuses_the_mismatch_before_loading_any_data(monkeypatch):
-    monkeypatch.setattr("orchestrator.search_inputs.load_data",
+    monkeypatch.setattr("orchestrator.setup.data.load_data",
                         lambda config: pytest.fail("the data were loaded before the space was checked"))
     with pytest.raises(ConfigError, match=r"search_space.name='ofa_mnv3_224'.*data.image_size=28"):
         prepare_search_inputs(_config("ofa_mnv3_224", 28), lambda message: None)

@@ -82,7 +82,7 @@ def plugin_package(tmp_path, monkeypatch):
     """Two modules on sys.path: a registry, and the built-ins that register into it on import."""
     (tmp_path / f"{PLUGIN_MODULES[0]}.py").write_text(
         "from search_space.registry import Registry\n"
-        f"PLUGINS = Registry('plugin', 'plugins.name', builtin_modules=({PLUGIN_MODULES[1]!r},))\n"
+        f"PLUGINS = Registry('plugin', 'plugins.name', builtins={{'builtin_plugin': {PLUGIN_MODULES[1]!r}}})\n"
     )
     (tmp_path / f"{PLUGIN_MODULES[1]}.py").write_text(
         f"from {PLUGIN_MODULES[0]} import PLUGINS\n"
@@ -96,13 +96,44 @@ def plugin_package(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
-def test_builtins_register_on_first_lookup_beside_a_users_own(plugin_package):
+def test_builtins_are_named_without_an_import_and_register_on_first_lookup(plugin_package):
     from cmpnas_test_plugin_registry import PLUGINS
 
     PLUGINS.register("users_plugin")(object)
-    assert PLUGIN_MODULES[1] not in sys.modules
     assert PLUGINS.names() == ["builtin_plugin", "users_plugin"]
+    assert "builtin_plugin" in PLUGINS and PLUGINS.check("builtin_plugin") == "builtin_plugin"
+    assert PLUGIN_MODULES[1] not in sys.modules, "names and checks import no implementation"
+    assert PLUGINS["builtin_plugin"].__name__ == "builtin_plugin"
     assert PLUGIN_MODULES[1] in sys.modules
+
+
+def test_a_builtin_name_is_reserved_for_the_module_that_declares_it(plugin_package):
+    from cmpnas_test_plugin_registry import PLUGINS
+
+    with pytest.raises(ValueError, match="'builtin_plugin' is a built-in name, registered by cmpnas_test_plugin_builtins"):
+        PLUGINS.register("builtin_plugin")(object)
+
+
+def _every_registry():
+    from evaluators.tasks import TASKS
+    from orchestrator.config.registries import STRATEGIES
+    from workers.datasets.registry import SOURCES
+    from workers.gallery.sources.registry import GALLERY_SOURCES
+    from workers.training.loss_registry import LOSSES
+
+    return [SPACES, SOURCES, GALLERY_SOURCES, LOSSES, TASKS, STRATEGIES]
+
+
+@pytest.mark.parametrize("registry", _every_registry(), ids=lambda registry: registry.field)
+def test_every_declared_builtin_is_registered_by_the_module_that_declares_it(registry):
+    assert registry.builtins, f"{registry.field} declares its built-ins"
+    for name, module in registry.builtins.items():
+        entry = registry[name]  # imports the module when needed
+        assert entry.__module__ == module, (name, entry.__module__, module)
+    # ... and nothing a built-in module registers goes undeclared.
+    for module in set(registry.builtins.values()):
+        registered = {name for name, entry in registry._entries.items() if entry.__module__ == module}
+        assert registered == {name for name, owner in registry.builtins.items() if owner == module}, module
 
 
 def test_search_spaces_use_the_registry():

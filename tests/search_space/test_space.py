@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from search_space import (
-    ArchSpec, OutOfSpaceError, SpecFormatError, StageSpec, build_query_model, create_space, list_spaces,
+    ArchSpec,
+    OutOfSpaceError,
+    SpecFormatError,
+    StageSpec,
+    build_query_model,
+    create_space,
+    list_spaces,
 )
 
 SPACES = list_spaces()

@@ -14,7 +14,7 @@ from search_space.supernet import (
     pointwise_conv,
     sandwich_specs,
 )
-from workers.bn_calibration import recalibrate_batch_norm
+from workers.compatibility.bn_calibration import recalibrate_batch_norm
 
 SPACES = list_spaces()
 # Images x pixels of the recalibration test: 64 images of 64 px. A 128-224 px space calibrates on

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import PIL
 
+from workers.datasets.errors import DataError
 from workers.datasets.image_files import ImageDecodeError, decode_image_file
 from workers.datasets.listing import LabelledFiles
 from workers.datasets.shard_cache import CacheLayout, ShardedImages, ShardWriter, build_cache, default_cache_root
-from workers.datasets.types import BadFile, DataError
+from workers.datasets.types import BadFile
 
 # Part of every cache key: a change to how files become records (Pillow's decoders and resampling
 # included) must never reuse records made the old way.

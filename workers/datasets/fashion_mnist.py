@@ -25,11 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.datasets.errors import DataError
 from workers.datasets.registry import register_source
-from workers.file_digest import file_sha256
-from workers.datasets.splits import (check_protocol, check_split_sizes, open_set_train_classes,
-                                     refuse_query_classes_without_gallery, stratified_split)
-from workers.datasets.types import DataError, DataRequest, ImageSet, RetrievalData
+from workers.datasets.splits import (
+    check_protocol,
+    check_split_sizes,
+    open_set_train_classes,
+    refuse_query_classes_without_gallery,
+    stratified_split,
+)
+from workers.datasets.types import DataRequest, ImageSet, RetrievalData
+from workers.storage.file_digest import file_sha256
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

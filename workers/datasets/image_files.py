@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.datasets.errors import DataError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 # 89.5 megapixels is Pillow's default warning threshold; larger photos are not what a search trains on.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -88,8 +90,6 @@ def stored_in_colour(path: str | Path) -> bool | None:
 def decode_image(path: str | Path, size: int, channels: int, fix: str) -> np.ndarray:
     """``decode_image_file`` for one file that must be an image: a ``DataError`` naming it, its reason
     and ``fix`` otherwise."""
-    from workers.datasets.types import DataError
-
     try:
         return decode_image_file(path, size, channels)
     except ImageDecodeError as error:

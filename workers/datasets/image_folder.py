@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from workers.datasets.decoding import DecodeSettings, decode_files
+from workers.datasets.errors import DataError
 from workers.datasets.image_files import IMAGE_SUFFIXES, image_files_under, stored_in_colour
 from workers.datasets.listing import SPLIT_NAMES, LabelledFiles
 from workers.datasets.registry import register_source
-from workers.datasets.splits import split_as_assigned, split_one_pool
-from workers.datasets.types import DataError, DataRequest, RetrievalData
+from workers.datasets.splits import ImagePool, split_as_assigned, split_one_pool
+from workers.datasets.types import DataRequest, RetrievalData
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ def load_labelled_files(name: str, listing: LabelledFiles, request: DataRequest)
     request = choose_channels(listing, request)
     decoded = decode_files(listing, decode_settings(request, streaming_default=True))
     files = decoded.files
+    pool = ImagePool(name, listing.description, decoded.images, files.labels, files.class_names, files.ids,
+                     decoded.bad)
     if files.splits is None:
-        return split_one_pool(name, listing.description, decoded.images, files.labels, files.class_names, request,
-                              files.ids, bad_files=decoded.bad)
-    return split_as_assigned(name, listing.description, decoded.images, files.labels, files.class_names,
-                             files.splits, request, files.ids, bad_files=decoded.bad)
+        return split_one_pool(pool, request)
+    return split_as_assigned(pool, files.splits, request)
 
 
 def choose_channels(listing: LabelledFiles, request: DataRequest) -> DataRequest:

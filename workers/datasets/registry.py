@@ -1,9 +1,9 @@
 """Named data sources behind one factory, ``load_retrieval_data``.
 
-A source turns a ``DataRequest`` into ``RetrievalData``. The built-in sources register themselves
-in their own modules (``fashion_mnist``, ``image_folder``, ``manifest``, ``orl_faces``); the rules
-of names and errors are those of ``search_space.registry``, except that an unknown name raises
-``DataError`` like every other problem with the data.
+A source turns a ``DataRequest`` into ``RetrievalData``. The built-in sources are declared here by
+name and register themselves in their own modules (``fashion_mnist``, ``image_folder``,
+``manifest``, ``orl_faces``); the rules of names and errors are those of ``search_space.registry``,
+except that an unknown name raises ``DataError`` like every other problem with the data.
 
 Queries without a match: whatever the source, data whose query classes have no gallery image at
 all is refused (nothing could be measured). When only some query classes lack gallery images, a
@@ -21,15 +21,16 @@ from typing import Callable
 import numpy as np
 
 from search_space.registry import Registry, UnknownNameError
-from workers.datasets.types import DataError, DataRequest, RetrievalData
+from workers.datasets.errors import DataError
+from workers.datasets.types import DataRequest, RetrievalData
 
 logger = logging.getLogger(__name__)
 
 DataSource = Callable[[DataRequest], RetrievalData]
 SOURCES: Registry[DataSource] = Registry(
     "data source", "data.source",
-    builtin_modules=("workers.datasets.fashion_mnist", "workers.datasets.image_folder", "workers.datasets.manifest",
-                     "workers.datasets.orl_faces"),
+    builtins={"fashion_mnist": "workers.datasets.fashion_mnist", "image_folder": "workers.datasets.image_folder",
+              "manifest": "workers.datasets.manifest", "orl_faces": "workers.datasets.orl_faces"},
 )
 
 

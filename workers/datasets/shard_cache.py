@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from workers.datasets.types import DataError
+from workers.datasets.errors import DataError
 
 CACHE_FORMAT = 1
 CACHE_FILE = "cache.json"

@@ -38,12 +38,13 @@ used as given (``split_as_assigned``):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
+from workers.datasets.errors import DataError
 from workers.datasets.listing import SPLIT_NAMES
-from workers.datasets.types import (BadFile, DataError, DataRequest, ImageArray, ImageSet, RetrievalData,
-                                    channel_statistics)
+from workers.datasets.types import BadFile, DataRequest, ImageArray, ImageSet, RetrievalData, channel_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,26 @@ def refuse_query_classes_without_gallery(query_labels: np.ndarray, gallery_label
                         "or drop classes with very few images")
 
 
-def split_one_pool(name: str, pool: str, images: ImageArray, labels: np.ndarray, class_names: tuple[str, ...],
-                   request: DataRequest, ids: np.ndarray | None = None, bad_files: tuple[BadFile, ...] = ()
-                   ) -> RetrievalData:
+@dataclass(frozen=True)
+class ImagePool:
+    """A collection's decoded images before they are split: ``name`` of the data, ``description`` for
+    messages ("the ORL faces", a folder), labels, class names, ids, and the files that were skipped."""
+
+    name: str
+    description: str
+    images: ImageArray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    ids: np.ndarray | None = None
+    bad_files: tuple[BadFile, ...] = ()
+
+
+def split_one_pool(source: ImagePool, request: DataRequest) -> RetrievalData:
     """Stratified, disjoint query, gallery and train splits of one pool of images (module rules)."""
     check_protocol(request, splits_assigned=False)
-    labels = np.asarray(labels)
+    name, pool, images, class_names, ids = source.name, source.description, source.images, source.class_names, source.ids
+    bad_files = source.bad_files
+    labels = np.asarray(source.labels)
     if request.protocol == "open_set":
         query_index, gallery_index, train_index = _open_set_indices(pool, labels, class_names, request)
     else:
@@ -214,12 +229,12 @@ def _without_single_image_classes(indices: np.ndarray, labels: np.ndarray, class
     return indices[~np.isin(labels[indices], single)]
 
 
-def split_as_assigned(name: str, pool: str, images: ImageArray, labels: np.ndarray, class_names: tuple[str, ...],
-                      splits: np.ndarray, request: DataRequest, ids: np.ndarray | None = None,
-                      bad_files: tuple[BadFile, ...] = ()) -> RetrievalData:
+def split_as_assigned(source: ImagePool, splits: np.ndarray, request: DataRequest) -> RetrievalData:
     """The splits the user assigned (``splits``: ``train``/``query``/``gallery`` per image), by the module rules."""
     check_protocol(request, splits_assigned=True)
-    labels, splits = np.asarray(labels), np.asarray(splits)
+    name, pool, images, class_names, ids = source.name, source.description, source.images, source.class_names, source.ids
+    bad_files = source.bad_files
+    labels, splits = np.asarray(source.labels), np.asarray(splits)
     index = {split: np.flatnonzero(splits == split) for split in SPLIT_NAMES}
     for split, members in index.items():
         if len(members) == 0:

@@ -15,9 +15,6 @@ if TYPE_CHECKING:
 ImageArray = Union[np.ndarray, "ShardedImages"]
 
 
-class DataError(RuntimeError):
-    """A data set that is missing, truncated, unreadable or unsuitable; the message says the fix."""
-
 
 @dataclass(frozen=True)
 class ImageSet:

@@ -25,8 +25,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from workers.datasets.errors import DataError
 from workers.datasets.splits import stratified_split
-from workers.datasets.types import DataError, RetrievalData
+from workers.datasets.types import RetrievalData
 
 
 def carve_validation(data: RetrievalData, size: int, seed: int) -> RetrievalData:

@@ -1,0 +1,128 @@
+"""A configuration from YAML and ``--set`` overrides, validated into ``CmpnasConfig``, and its errors.
+
+Rules:
+* ``load_config()`` without a path reads the embedded default, ``DEFAULT_CONFIG``: the package's
+  ``quickstart.yaml`` (``configs/quickstart.yaml`` links to it), read through ``importlib.resources``
+  so that an installed wheel has it too;
+* ``--set a.b.c=value`` parses the value as YAML (numbers, lists, null) and applies it over the file;
+* every refusal is one ``ConfigError`` listing each bad field by its dotted name, what was given and
+  what is allowed there; rules that tie fields of several sections together are
+  ``cross_field_problems``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.config.schema import CmpnasConfig
+from search_space.errors import CmpnasError
+
+# The embedded default: a Traversable (a path in an installed package or a source tree).
+DEFAULT_CONFIG = files("orchestrator.config") / "quickstart.yaml"
+
+
+class ConfigError(CmpnasError, ValueError):
+    """A configuration that cannot be used; the message names each bad field and the fix."""
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.field=value")
+    keys = path.strip().split(".")
+    node = tree
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({error})") from error
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CmpnasConfig:
+    """Read YAML (the embedded quickstart default when ``path`` is None), apply overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return validate_config(tree, source=str(path))
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
+    try:
+        config = CmpnasConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e) for e in error.errors())) from None
+    problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(f"  - {problem}" for problem in problems))
+    return config
+
+
+def cross_field_problems(config: CmpnasConfig) -> list[str]:
+    """Rules that tie fields of different sections together."""
+    from evaluators.tasks import list_tasks, searchable_metrics
+
+    problems = []
+    allowed = searchable_metrics(config.evaluation.task)
+    if config.search.metric not in allowed:
+        elsewhere = [task for task in list_tasks() if config.search.metric in searchable_metrics(task)]
+        hint = f"; or set evaluation.task to {elsewhere[0]!r}, whose trials report it" if elsewhere else ""
+        problems.append(f"search.metric: {config.search.metric!r} is not reported by the trials of evaluation.task="
+                        f"{config.evaluation.task!r}; allowed values are {list(allowed)}{hint}")
+    if config.training.augmentation.enabled == "on" and config.gallery.source == "embeddings":
+        problems.append("training.augmentation.enabled: 'on' needs a gallery model that can embed each augmented "
+                        "view, and gallery.source 'embeddings' holds embeddings of the whole images only; set it to "
+                        "'off' (or 'auto'), or use the gallery model itself (gallery.source timm, onnx, ...)")
+    return problems
+
+
+def flatten_fields(tree: dict[str, Any], prefix: str = "", keep_whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: the dotted names that errors and overrides use.
+
+    The dict values of keys named in ``keep_whole`` (e.g. ``loss_weights``) stay one leaf.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in keep_whole:
+            flat.update(flatten_fields(value, f"{name}.", keep_whole))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = sorted(_section_of(error["loc"][:-1]).model_fields)
+        return f"  - {location}: unknown field; allowed fields here are {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"  - {location}: {message} (got {error.get('input')!r})"
+
+
+def _section_of(location: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = CmpnasConfig
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model

@@ -1,0 +1,565 @@
+"""The search configuration's schema: one typed pydantic tree of frozen sections.
+
+Rules:
+* every section rejects unknown keys, inf/NaN and NUL characters; each field has a description
+  (``docs/configuration.md`` is generated from them, ``orchestrator.config.reference``);
+* names chosen from a registry (``data.source``, ``gallery.source``, ``search_space.name``,
+  ``training.loss_weights``, ``evaluation.task``, ``search.strategy``) are checked against the
+  registry's names without importing an implementation (``search_space.registry``); a loss's
+  parameters and a task's metric names need the classes, which are imported when checked;
+* loading YAML, ``--set`` overrides and the wording of errors are ``orchestrator.config.loading``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from evaluators.tasks import TASKS
+from orchestrator.config.registries import STRATEGIES
+from search_space.registry import SPACES
+from workers.datasets.registry import SOURCES
+from workers.gallery.sources.registry import GALLERY_SOURCES
+from workers.training.loss_registry import DEFAULT_LOSS_WEIGHTS, LOSSES
+from workers.trial_report import DEFAULT_SCORING, Scoring
+
+
+def yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted ``on``/``off`` as true/false: take those as the words."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class _Section(BaseModel):
+    # inf and NaN are never meaningful here (a learning rate of inf trains to NaN for hours).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        # Names and paths end up in file systems and MLflow: a NUL byte is refused there, too late.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class DataConfig(_Section):
+    source: str = Field("fashion_mnist", description="a registered data source")
+    root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
+                                               "the source's standard places")
+    download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
+    train_size: PositiveInt | None = Field(10000, description="training images (stratified subset); null: all")
+    query_size: PositiveInt = Field(2000, description="query images (verification: probes), a stratified split; "
+                                                      "unused where the files give the splits")
+    gallery_size: PositiveInt = Field(8000, description="gallery images (verification: enrolled), a stratified split "
+                                                        "disjoint from the queries; unused where the files give the "
+                                                        "splits")
+    image_size: PositiveInt = Field(28, description="square size file collections and ORL faces are resized to "
+                                                    "(whole, not cropped); Fashion-MNIST is 28")
+    channels: Literal[1, 3] = Field(1, description="1: gray (colour images converted by luma), 3: RGB (gray "
+                                                   "repeated); Fashion-MNIST is 1. A file collection of colour "
+                                                   "images must set it: left unset, it is refused")
+    seed: int = Field(0, description="seed of the stratified splits and subsets")
+    validation_size: NonNegativeInt = Field(
+        0, description="images carved from the train split (stratified) for selection: candidates are ranked and "
+                       "the gallery model early-stopped on them, while query and gallery are only reported; 0: off "
+                       "(selection and reporting share query and gallery, an optimistic reading)")
+    protocol: Literal["closed_set", "open_set"] = Field(
+        "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
+                                  "train classes are disjoint from the query/gallery classes"
+    )
+    train_classes: PositiveInt | None = Field(
+        None, description="open_set on one pool of classes: how many classes (the first, in class order) train; the "
+                          "rest are searched; default: half"
+    )
+    max_bad_fraction: float = Field(
+        0.01, ge=0, le=1, description="corrupt, truncated or non-image files are skipped and logged; above this "
+                                      "fraction of the files the search stops"
+    )
+    streaming: Literal["auto", "on", "off"] = Field(
+        "auto", description="file collections (image_folder, manifest): on or auto decodes each image once into a "
+                            "shard cache on disk, read by batch; off decodes into memory. The built-in sets are small "
+                            "and always held in memory"
+    )
+    cache_dir: str | None = Field(None, description="the shard cache; default: $CMPNAS_CACHE/shards "
+                                                    "(~/.cache/cmpnas/shards)")
+    decode_workers: PositiveInt | None = Field(None, description="threads decoding a file collection (into the "
+                                                                 "shard cache or memory); default: the machine's "
+                                                                 "CPUs")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return SOURCES.check(value)
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        return yaml_switch(value)
+
+
+class GalleryInputConfig(_Section):
+    """What the gallery model takes, apart from the query model's input; null: the source's default."""
+
+    size: PositiveInt | None = Field(None, description="square input size in pixels; images are resized to it")
+    channels: Literal[1, 3] | None = Field(None, description="1: gray (RGB data is averaged), 3: RGB (gray data is "
+                                                            "repeated)")
+    mean: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="per-channel mean on the [0, 1] scale")
+    std: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, description="per-channel std on the [0, 1] scale")
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_value_per_channel(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and len(values) not in (1, 3):
+            raise ValueError(f"needs 1 or 3 values (one per channel), got {len(values)}")
+        return values
+
+    @model_validator(mode="after")
+    def _as_many_values_as_channels(self) -> GalleryInputConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and self.channels is not None and len(values) != self.channels:
+                raise ValueError(f"gallery.input.{name} has {len(values)} values but gallery.input.channels is "
+                                 f"{self.channels}")
+        return self
+
+
+class GalleryConfig(_Section):
+    source: str = Field("cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), "
+                                              "timm, torchscript, onnx or embeddings")
+    path: str | None = Field(
+        None, description="the gallery model's file (a folder for embeddings); for cmpnas default: "
+                          "OUTPUT_DIR/gallery.safetensors, trained on first use"
+    )
+    checkpoint: str | None = Field(None, description="alias of gallery.path for gallery.source 'cmpnas'")
+    backbone: str = Field("resnet10t", description="any timm model name: the architecture of source timm, and the "
+                                                   "one `cmpnas gallery train` trains")
+    head: str | None = Field(None, description="source timm: the module whose output is the embedding; null: the "
+                                               "pooled features")
+    input: GalleryInputConfig = GalleryInputConfig()
+    classifier: Literal["auto", "from_model", "prototypes", "linear_probe"] = Field(
+        "auto", description="classifier of the BCT influence loss: from_model (the model's own), prototypes or "
+                            "linear_probe (built once from the train split's gallery embeddings); auto: from_model "
+                            "where the model has one for the data's classes, else prototypes"
+    )
+    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image, where it cannot be "
+                                                           "measured (source embeddings); overrides the measured cost")
+    embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
+                                                    "take it from the model")
+    stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
+    epochs: PositiveInt = Field(2, description="training epochs of a gallery model cmpnas trains")
+    batch_size: PositiveInt = Field(128, description="batch size of that training")
+    lr: PositiveFloat = Field(2e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
+    patience: PositiveInt | None = Field(
+        None, description="early stopping of a gallery model cmpnas trains: stop after this many epochs without a "
+                          "better validation score (search.metric, gallery/gallery on the validation split; needs "
+                          "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
+                          "null: train gallery.epochs epochs")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return GALLERY_SOURCES.check(value)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        import timm
+
+        # An exact name: list_models() would also accept a pattern such as 'res*'.
+        if not timm.is_model(value):
+            raise ValueError(f"{value!r} is not a timm model; see timm.list_models() (e.g. 'resnet18')")
+        return value
+
+    @model_validator(mode="after")
+    def _path_fits_the_source(self) -> GalleryConfig:
+        if self.checkpoint is not None:
+            if self.source != "cmpnas":
+                raise ValueError(f"gallery.checkpoint is the path of a cmpnas checkpoint; for gallery.source="
+                                 f"{self.source!r} set gallery.path instead")
+            if self.path is not None and self.path != self.checkpoint:
+                raise ValueError("gallery.checkpoint and gallery.path name different files; set only gallery.path")
+        if self.source != "cmpnas" and self.path is None:
+            raise ValueError(f"gallery.source={self.source!r} needs gallery.path: the model file (a folder for "
+                             "embeddings)")
+        if self.head is not None and self.source != "timm":
+            raise ValueError(f"gallery.head applies to gallery.source 'timm' only, not {self.source!r}")
+        return self
+
+    @property
+    def configured_path(self) -> str | None:
+        """gallery.path, or its alias gallery.checkpoint."""
+        return self.path or self.checkpoint
+
+
+class SearchSpaceConfig(_Section):
+    name: str = Field("mnv3_28", description="a registered space of query architectures: mnv3_28 for 28 px images, "
+                                             "mnv3_64 for 48-64 px, ofa_mnv3_224 for 128-224 px photos; a "
+                                             "search refuses a data.image_size outside the space's range "
+                                             "(mnv3_28 20-56, mnv3_64 48-128, ofa_mnv3_224 128-1024)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_space(cls, value: str) -> str:
+        return SPACES.check(value)
+
+
+class AugmentationConfig(_Section):
+    """Training augmentation of photos; the gallery model's targets are computed on the augmented view."""
+
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on for file collections (image_folder, manifest) of data.image_size >= 64, off "
+                            "for the built-in sets, small images and gallery.source embeddings (which cannot follow "
+                            "a crop)"
+    )
+    crop_scale: tuple[float, float] = Field((0.35, 1.0), description="random resized crop: area fraction range")
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: aspect ratio range")
+    horizontal_flip: bool = Field(True, description="random horizontal flip, when augmentation is on")
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        return yaml_switch(value)
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered_positive_range(cls, value: tuple[float, float], info) -> tuple[float, float]:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise ValueError("must be [low, high] with 0 < low <= high, both finite")
+        if info.field_name == "crop_scale" and high > 1:
+            raise ValueError("is a fraction of the image's area: [low, high] with high <= 1")
+        return value
+
+
+class TrainingConfig(_Section):
+    epochs: PositiveInt = Field(3, description="training epochs of a candidate in mode scratch (raised to reach "
+                                               "min_steps)")
+    batch_size: PositiveInt = Field(256, description="batch size of candidate training")
+    lr: PositiveFloat = Field(3e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
+    channels_last: bool = Field(True, description="about 2x faster depthwise convolutions on CPU")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast when a trial runs on a GPU; ignored on CPU")
+    loss_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS),
+        description="weight of each compatibility loss, >= 0, one at least > 0; a map given replaces the default "
+                    "whole: a loss left out is off")
+    loss_parameters: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="parameters of the compatibility losses, by loss name (a key of loss_weights) and parameter "
+                    "name, e.g. {cross_contrastive: {temperature: 0.05}}; a loss or parameter left out takes its "
+                    "default (docs/losses.md lists them)")
+    mode: Literal["scratch", "inherit", "inherit_zero_shot"] = Field(
+        "scratch", description="scratch: train each candidate from random weights for `epochs`; inherit: start from "
+                               "the supernet's weights and fine-tune for `finetune_epochs`; inherit_zero_shot: the "
+                               "supernet's weights, no training (screening)"
+    )
+    finetune_epochs: PositiveInt = Field(1, description="fine-tuning epochs of a candidate in mode inherit")
+    min_steps: int = Field(
+        120, ge=0, description="optimizer steps a scratch candidate takes at least: epochs are raised to reach it on a "
+                               "small train split (the quickstart's 10,000 images take 120 steps in 3 epochs)"
+    )
+    augmentation: AugmentationConfig = Field(default_factory=lambda: AugmentationConfig())
+
+    def epochs_for(self, train_images: int) -> int:
+        """Epochs one candidate trains for in this mode on ``train_images``: ``trial_epochs`` raised, in mode
+        scratch, until the schedule has ``min_steps`` optimizer steps."""
+        epochs = self.trial_epochs
+        if self.mode != "scratch" or self.min_steps == 0:
+            return epochs
+        steps_per_epoch = max(1, -(-train_images // self.batch_size))
+        return max(epochs, -(-self.min_steps // steps_per_epoch))
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs one candidate trains for in this mode (0: evaluated as inherited)."""
+        return {"scratch": self.epochs, "inherit": self.finetune_epochs, "inherit_zero_shot": 0}[self.mode]
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"unknown losses {unknown}; allowed values are {sorted(LOSSES)}")
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError("loss weights must be >= 0")
+        if not any(value.values()):
+            raise ValueError(f"at least one loss weight must be > 0 (losses: {sorted(LOSSES)})")
+        return value
+
+    @field_validator("loss_parameters")
+    @classmethod
+    def _loss_parameters_fit(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        if not value:
+            return value
+        from workers.training.losses import loss_parameter_problems  # the classes say what they take
+
+        # The error is shown after "training.loss_parameters: " already; a problem of one parameter names it further.
+        problems = [problem.removeprefix("training.loss_parameters: ") for problem in loss_parameter_problems(value)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class SupernetConfig(_Section):
+    checkpoint: str | None = Field(
+        None, description="supernet weights written by `cmpnas supernet train` and read by the inherit modes; "
+                          "default: OUTPUT_DIR/supernet.safetensors"
+    )
+    epochs: PositiveInt = Field(6, description="training epochs of the supernet")
+    batch_size: PositiveInt = Field(128, description="batch size of that training")
+    lr: PositiveFloat = Field(3e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
+    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
+    num_random_subnets: int = Field(2, ge=0, description="random subnets per step, besides the largest and smallest")
+    distillation: bool = Field(True, description="in-place distillation from the largest subnet")
+    distillation_weight: float = Field(1.0, ge=0, description="weight of the distillation term when it is on")
+    calibration_images: PositiveInt = Field(2000, description="training images to recalibrate batch norm of a subnet")
+    cpus: PositiveFloat = Field(1, description="CPUs of the supernet training task (also its torch threads)")
+    gpus: float = Field(0, ge=0, le=1, description="GPUs of the supernet training task (0 or 1)")
+
+
+class EvolutionConfig(_Section):
+    population_size: PositiveInt = Field(4, description="random candidates before evolution starts; the population kept")
+    sample_size: PositiveInt = Field(2, description="tournament size when choosing a parent; <= population_size")
+    mutation_probability: float = Field(0.2, gt=0, le=1, description="per-gene resampling probability")
+    crossover_probability: float = Field(0.5, ge=0, le=1, description="probability that a child crosses its parent "
+                                                                       "with a second tournament winner")
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> EvolutionConfig:
+        if self.sample_size > self.population_size:
+            raise ValueError("sample_size must be <= population_size")
+        return self
+
+
+class EvaluationConfig(_Section):
+    task: str = Field(
+        "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
+                                 "TAR@FAR 1e-2/1e-3 and rank-1"
+    )
+    compatibility_ratio: float = Field(
+        DEFAULT_SCORING.compatibility_ratio, ge=0, le=1, description="a trial fails the compatibility check when its final cross-model metric is "
+                                     "below this fraction of its homogeneous one (search.metric's cross_ vs homo_)"
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        return TASKS.check(value)
+
+
+class Nsga2Config(_Section):
+    """Optuna's NSGAIISampler settings (two objectives: search.metric up, MFLOPs down)."""
+
+    population_size: PositiveInt = Field(4, ge=2, description="trials per generation")
+    mutation_probability: float | None = Field(None, gt=0, le=1, description="per-gene; null: 1 / number of genes")
+    crossover_probability: float = Field(0.9, ge=0, le=1, description="probability that a child is a crossover")
+    swapping_probability: float = Field(0.5, ge=0, le=1, description="uniform crossover: per-gene swap probability")
+
+
+class OptunaConfig(_Section):
+    """The Optuna study of strategies nsga2 and optuna (orchestrator.strategies.optuna_search)."""
+
+    sampler: str = Field("TPESampler", description="strategy optuna: a class of optuna.samplers, e.g. TPESampler, "
+                                                   "RandomSampler, QMCSampler, GPSampler, NSGAIIISampler")
+    sampler_options: dict[str, Any] = Field(
+        default_factory=dict, description="strategy optuna: keyword arguments of the sampler; seed defaults to "
+                                          "search.seed where the sampler takes one")
+    initial_trials: NonNegativeInt = Field(
+        10, description="strategy optuna, under a FLOPs budget: the first trials are this many uniform draws within "
+                        "it, in place of the sampler's own random start over the whole space (TPESampler's "
+                        "n_startup_trials is 10)")
+    storage: str | None = Field(
+        None, description="strategies nsga2 and optuna: an Optuna RDB storage URL (e.g. sqlite:///optuna.db) to keep "
+                          "the study in, where optuna-dashboard shows it; credentials belong in the environment; "
+                          "null: in memory")
+    study_name: str | None = Field(None, description="the study's name in that storage; null: cmpnas-search-<first 8 "
+                                                     "characters of the parent run id>")
+
+
+class AshaConfig(_Section):
+    """Ray Tune's ASHAScheduler on the per-epoch search.metric (time attribute: epoch)."""
+
+    grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="keep the top 1/reduction_factor at each rung")
+
+
+class PredictorConfig(_Section):
+    """Accuracy predictor that pre-screens proposals (ridge regression on one-hot genes)."""
+
+    enabled: bool = Field(False, description="screen proposals with it; strategy nsga2 proposes without it")
+    candidates_per_proposal: PositiveInt = Field(8, description="proposals screened; the best predicted is tried")
+    min_observations: PositiveInt = Field(4, ge=2, description="evaluated candidates before screening starts")
+    l2: PositiveFloat = Field(1.0, description="ridge penalty")
+
+
+class FinalTrainingConfig(_Section):
+    epochs: NonNegativeInt = Field(
+        0, description="final training: after the front is recorded, every front candidate is trained again from "
+                       "its starting weights (random in mode scratch, the supernet's slice in the inherit modes) for "
+                       "this many epochs, a longer schedule than training.epochs, each as its own child run beside "
+                       "the as-searched one; 0: off")
+
+
+class SearchConfig(_Section):
+    strategy: str = Field("evolution", description="a registered search strategy")
+    metric: str = Field(DEFAULT_SCORING.metric, description="the cross-model metric the search maximises; one the "
+                                                            "trials of evaluation.task report")
+    num_candidates: PositiveInt = Field(8, description="trials: candidates proposed, trained and evaluated")
+    max_concurrent: PositiveInt = Field(2, description="trials running at once")
+    seed: int = Field(0, description="seed of the strategy's proposals and of candidate training")
+    max_mflops: PositiveFloat | None = Field(None, description="FLOPs constraint on proposed candidates (fvcore "
+                                                               "MFLOPs); null: none, or the largest of budgets_mflops")
+    budgets_mflops: list[PositiveFloat] | None = Field(
+        None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
+    )
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on the per-epoch "
+                                                                    "search.metric")
+    evolution: EvolutionConfig = EvolutionConfig()
+    nsga2: Nsga2Config = Nsga2Config()
+    asha: AshaConfig = AshaConfig()
+    predictor: PredictorConfig = PredictorConfig()
+    optuna: OptunaConfig = OptunaConfig()
+    final_training: FinalTrainingConfig = FinalTrainingConfig()
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return STRATEGIES.check(value)
+
+    @field_validator("budgets_mflops")
+    @classmethod
+    def _distinct_budgets(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one budget, or null for no budget sweep")
+        if len(set(value)) != len(value):
+            raise ValueError("budgets must be distinct")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _budgets_fit_the_limit(self) -> SearchConfig:
+        # Whether the strategy can use predictor.enabled needs its class: orchestrator.strategies.feasibility.
+        if self.budgets_mflops and self.max_mflops is not None and max(self.budgets_mflops) > self.max_mflops:
+            raise ValueError(f"budgets_mflops {self.budgets_mflops} exceed max_mflops={self.max_mflops}: "
+                             "raise max_mflops, drop it (the largest budget then bounds proposals) or lower the budgets")
+        return self
+
+    @property
+    def proposal_limit_mflops(self) -> float | None:
+        """FLOPs bound of every proposal: max_mflops, else the largest budget of a sweep."""
+        if self.max_mflops is not None:
+            return self.max_mflops
+        return max(self.budgets_mflops) if self.budgets_mflops else None
+
+
+class ResourcesConfig(_Section):
+    cpus_per_trial: PositiveFloat = Field(1, description="CPUs Ray reserves for a trial (its torch threads: rounded "
+                                                         "up)")
+    gpus_per_trial: float = Field(0, ge=0, description="fractions pack several trials on one GPU")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    measure_latency: bool = Field(True, description="measure each candidate's CPU latency (median, batch 1, one "
+                                                    "thread)")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db"
+    )
+    experiment: str = Field("cmpnas-quickstart", min_length=1, description="MLflow experiment of the search's runs")
+    run_name: str | None = Field(None, description="name of the search's parent run; null: search-<date>-<time>")
+    outage_wait_s: float = Field(
+        60, ge=0, description="at the end of a search, how long to wait for an unreachable tracking server before "
+                              "leaving the journaled records to `cmpnas sync`"
+    )
+
+
+class ExportConfig(_Section):
+    registered_model_name: str = Field("cmpnas-query", min_length=1, description="MLflow Model Registry name")
+    output_dir: str | None = Field(None, description="where packages go; null: OUTPUT_DIR/export")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="null starts a local Ray; 'auto', HOST:PORT (a `ray start` head) "
+                                "or ray://host:port joins a cluster")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs of the local Ray instance; default: all")
+    storage_path: str | None = Field(
+        None, description="Tune results and checkpoints: a folder every node sees, or a URI (s3://, gs://); "
+                          "null: OUTPUT_DIR/ray_results"
+    )
+    ship_code: bool = Field(True, description="send cmpnas's packages to a joined cluster in the runtime environment")
+
+
+class CmpnasConfig(_Section):
+    data: DataConfig = DataConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    search_space: SearchSpaceConfig = SearchSpaceConfig()
+    training: TrainingConfig = TrainingConfig()
+    supernet: SupernetConfig = SupernetConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+    export: ExportConfig = ExportConfig()
+    output_dir: str = Field("outputs/quickstart", min_length=1, description="OUTPUT_DIR: the search's state, "
+                            "checkpoints, Pareto table and plot, and by default Ray results and exports")
+
+    @model_validator(mode="after")
+    def _final_training_is_longer(self) -> CmpnasConfig:
+        final = self.search.final_training.epochs
+        if final and final <= self.training.trial_epochs:
+            raise ValueError(f"search.final_training.epochs={final} must be more than the {self.training.trial_epochs} "
+                             "epochs a trial trains (training.epochs; training.finetune_epochs in the inherit modes): "
+                             "final training is the longer schedule; raise it, or set 0 to turn it off")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_has_a_validation_split(self) -> CmpnasConfig:
+        if self.gallery.patience is not None and self.data.validation_size == 0:
+            raise ValueError(f"gallery.patience={self.gallery.patience} stops the gallery model's training on the "
+                             "validation split, and data.validation_size is 0; set data.validation_size (e.g. 2000), "
+                             "or unset gallery.patience")
+        return self
+
+    @model_validator(mode="after")
+    def _asha_can_stop_something(self) -> CmpnasConfig:
+        if self.search.scheduler == "asha" and self.search.asha.grace_period >= self.training.epochs:
+            raise ValueError(f"search.asha.grace_period={self.search.asha.grace_period} must be below "
+                             f"training.epochs={self.training.epochs} for ASHA to stop any trial early")
+        return self
+
+    @property
+    def scoring(self) -> Scoring:
+        """How candidates are scored and judged: search.metric and evaluation.compatibility_ratio."""
+        return Scoring(self.search.metric, self.evaluation.compatibility_ratio)
+
+    @property
+    def gallery_path(self) -> Path:
+        """The gallery model's file or folder: gallery.path (or gallery.checkpoint), else the one cmpnas trains."""
+        configured = self.gallery.configured_path
+        return Path(configured) if configured else Path(self.output_dir) / "gallery.safetensors"
+
+    @property
+    def gallery_checkpoint_path(self) -> Path:
+        """Where a gallery model cmpnas trains is saved (and found again): the same as ``gallery_path``."""
+        return self.gallery_path
+
+    @property
+    def supernet_checkpoint_path(self) -> Path:
+        return Path(self.supernet.checkpoint) if self.supernet.checkpoint else Path(self.output_dir) / "supernet.safetensors"

@@ -1,7 +1,0 @@
-"""The error of ``cmpnas gallery embed``, shared by its modules."""
-
-from __future__ import annotations
-
-
-class GalleryEmbedError(RuntimeError):
-    """A collection, output folder or gallery model that cannot be embedded as asked; says the fix."""

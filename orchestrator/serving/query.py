@@ -1,0 +1,137 @@
+"""``cmpnas query``: images in, the nearest gallery ids out, with an exported query model and an embedded gallery.
+
+The query side of visual search, as a service would run it:
+
+- the query model is an export folder (``cmpnas export``): its ONNX graph, checked against the
+  manifest's SHA-256s, run by ONNX Runtime (CUDA when a GPU is there, else CPU);
+- the gallery is an embedded gallery folder (``cmpnas gallery embed``): its FAISS index and ids;
+- the two must share a gallery model: a gallery fingerprint other than the manifest's is refused
+  unless forced (the embeddings would not be comparable), and different embedding sizes are
+  refused always (they cannot be compared at all);
+- each image is decoded as the data loader decodes it (``decode_image``) at the manifest's input
+  size and channels, and fed as pixel / 255 in float32, as the export expects; a folder stands
+  for every image under it (sorted, hidden files skipped).
+
+Results are best first, scores are inner products of L2-normalised embeddings (cosine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.export.checks import embed_with_onnx
+from orchestrator.export.package import ONNX_FILE, read_manifest
+from orchestrator.serving.embed import list_image_files
+from orchestrator.serving.index import EmbeddedGallery, open_embedded_gallery
+from search_space.errors import CmpnasError
+from workers.datasets.image_files import decode_image
+
+DEFAULT_K = 5
+DEFAULT_BATCH_SIZE = 256
+
+
+class QueryError(CmpnasError, RuntimeError):
+    """A query model and an embedded gallery that do not belong together, or no images to query."""
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One query image and its nearest gallery images, best first."""
+
+    image: str
+    matches: tuple[Match, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "results": [{"id": match.id, "score": match.score} for match in self.matches]}
+
+
+class QueryService:
+    """An export's ONNX query model and an embedded gallery, opened once, queried any number of times."""
+
+    def __init__(self, export_dir: Path, index_dir: Path, force: bool = False):
+        self.export_dir = Path(export_dir)
+        self.manifest = read_manifest(self.export_dir)
+        self.gallery: EmbeddedGallery = open_embedded_gallery(Path(index_dir))
+        check_compatible(self.manifest, self.gallery.record, self.export_dir, self.gallery.folder, force)
+        wanted = self.manifest["input"]
+        self.channels, self.image_size = int(wanted["channels"]), int(wanted["height"])
+        self.session = _onnx_session(self.export_dir / ONNX_FILE)
+
+    def query(self, image_paths: Sequence[Path | str], k: int = DEFAULT_K,
+              batch_size: int = DEFAULT_BATCH_SIZE) -> list[QueryResult]:
+        """The ``k`` nearest gallery ids of each image (a folder: of each image under it), in the given order."""
+        if k < 1:
+            raise QueryError(f"--k must be at least 1, got {k}")
+        files = expand_image_paths(image_paths)
+        results = []
+        for start in range(0, len(files), batch_size):
+            batch = files[start : start + batch_size]
+            images = np.stack([decode_image(path, self.image_size, self.channels, "remove it from the query")
+                               for path in batch])
+            embeddings = embed_with_onnx(self.session, images.astype(np.float32) / 255.0)
+            scores, rows = self.gallery.search(embeddings, k)
+            for path, row_scores, row_indices in zip(batch, scores, rows):
+                matches = tuple(Match(self.gallery.ids[row], float(score))
+                                for score, row in zip(row_scores, row_indices) if row >= 0)
+                results.append(QueryResult(str(path), matches))
+        return results
+
+
+def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path | str], k: int = DEFAULT_K, *,
+                 force: bool = False) -> list[QueryResult]:
+    """``cmpnas query`` as a function: the ``k`` nearest gallery ids of each image."""
+    return QueryService(export_dir, index_dir, force).query(image_paths, k)
+
+
+def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_dir: Path, index_dir: Path,
+                     force: bool) -> None:
+    """Refuse a query model and a gallery that do not share the gallery model (dimensions: even with ``force``)."""
+    query_dim, gallery_dim = int(manifest["embedding"]["dim"]), int(record["embed_dim"])
+    if query_dim != gallery_dim:
+        raise QueryError(f"the query model {export_dir} embeds into {query_dim} dimensions, the gallery {index_dir} "
+                         f"into {gallery_dim}: they cannot be compared. Embed the gallery with the gallery model the "
+                         "query model was searched against")
+    expected = manifest["gallery"]["fingerprint"]
+    if record["fingerprint"] != expected and not force:
+        raise QueryError(
+            f"the gallery {index_dir} was embedded by {record['model']} (fingerprint {record['fingerprint'][:12]}), "
+            f"the query model {export_dir} is compatible with {manifest['gallery'].get('model')} "
+            f"({expected[:12]}): its embeddings would not be comparable. Embed the gallery with that model "
+            "(`cmpnas gallery embed`), or --force to query anyway"
+        )
+
+
+def expand_image_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """Files as given; a folder as the image files under it, sorted, hidden ones skipped."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files += [path / relative for relative in list_image_files(path)]
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise QueryError(f"{str(path)!r} is neither an image file nor a folder of images")
+    if not files:
+        raise QueryError(f"no images to query in {[str(path) for path in paths]}")
+    return files
+
+
+def _onnx_session(path: Path):
+    import onnxruntime
+    import torch
+
+    cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(str(path), providers=providers)

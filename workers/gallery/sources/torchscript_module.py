@@ -1,0 +1,58 @@
+"""``gallery.source: torchscript``: a traced or scripted module (``torch.jit.save``) from images to embeddings.
+
+The module takes normalised float32 input (N, C, size, size) as ``gallery.input`` describes it and
+returns (N, D) embeddings; cmpnas L2-normalises them. A TorchScript file carries no
+preprocessing, so ``gallery.input.mean`` and ``gallery.input.std`` must be set; size and channels
+default to the data's. ``torch.jit.load`` runs the module's own TorchScript code, which is
+restricted to tensor operations (not arbitrary Python): load only files you would deploy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from evaluators.complexity import ComplexityReport
+from workers.gallery.sources.base import GallerySourceError, GallerySourceRequest, files_fingerprint
+from workers.gallery.sources.onnx_model import count_onnx_flops
+from workers.gallery.sources.registry import register_gallery_source
+from workers.gallery.sources.torch_model import NormalizedEmbedding, TorchGalleryModel
+
+
+class TorchScriptGalleryModel(TorchGalleryModel):
+    source = "torchscript"
+
+    def measure_cost(self) -> ComplexityReport | None:
+        """Counted on the module exported to ONNX (fvcore cannot hook into a ScriptModule): the same
+        convention, with batch norm folded into the convolutions by the exporter. None when the
+        module does not export."""
+        spec = self.input_spec
+        shape = (1, spec.channels, spec.size, spec.size)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "gallery.onnx"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(self.module.network.cpu(), (torch.zeros(shape),), str(path), dynamo=False)
+            except Exception:  # noqa: BLE001 - exporter failures come in many types; the cost is then unknown
+                return None
+            return count_onnx_flops(path, shape)
+
+
+@register_gallery_source("torchscript")
+def load_torchscript_gallery(request: GallerySourceRequest) -> TorchScriptGalleryModel:
+    try:
+        module = torch.jit.load(str(request.path), map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - RuntimeError or a zip error on a wrong file
+        raise GallerySourceError(
+            f"gallery.path={str(request.path)!r} is not a TorchScript file ({type(error).__name__}: "
+            f"{str(error)[:300]}); save one with torch.jit.save(torch.jit.trace(model, example), path), or pick "
+            "the gallery.source for this file (timm for a state_dict, onnx for an ONNX model)"
+        ) from error
+    spec = request.input.resolve(size=request.data_image_size, channels=request.data_channels, mean=None, std=None,
+                                 source="torchscript")
+    fingerprint = files_fingerprint([request.path], {"source": "torchscript", "input": spec.to_dict()})
+    return TorchScriptGalleryModel(NormalizedEmbedding(module), fingerprint, spec, f"torchscript:{request.path.name}")

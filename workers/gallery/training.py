@@ -1,0 +1,132 @@
+"""Train the gallery (paragon) model on the train split with its own classifier.
+
+Early stopping (``GalleryEarlyStopping``, ``gallery.patience``), the rules:
+
+* after every epoch the model embeds the validation query and gallery halves
+  (``workers.datasets.validation``) and is scored gallery/gallery by the evaluation task; the score
+  is the searched metric (``search.metric`` without ``cross_``);
+* an epoch is *better* when its score exceeds the best so far by more than ``min_delta`` points;
+  training stops after ``patience`` epochs in a row without a better one, or at ``gallery.epochs``;
+* the weights of the best epoch are kept (restored at the end), so the saved paragon is the one the
+  validation split preferred, not the last one;
+* the learning-rate schedule is the one of ``gallery.epochs`` (warm-up, cosine decay): stopping
+  early cuts it short rather than rescaling it, so the curve of a run is the same up to the stop
+  whatever the patience.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from workers.datasets import RetrievalData
+from workers.gallery.model import GalleryArchitecture, GalleryEmbeddingNet
+from workers.training.batches import ImageBatches
+from workers.training.fit import EpochCallback, EpochHooks, OptimSettings, fit
+from workers.training.preprocess import ModelInput, embed_images, to_model_input
+
+
+@dataclass(frozen=True)
+class GalleryTrainingSettings:
+    backbone: str
+    embed_dim: int
+    optim: OptimSettings
+    stem_stride: int = 2
+    logit_scale: float = 16.0
+
+
+@dataclass
+class GalleryEarlyStopping:
+    """Scores the gallery model on the validation halves after each epoch and says when to stop
+    (module rules); afterwards ``curve``, ``best_epoch`` and ``stopped_early`` describe the run."""
+
+    validation: RetrievalData  # the selection view: its query/gallery are the validation halves
+    task: str  # an evaluators task name
+    metric: str  # one of the task's metrics, without prefix (e.g. "map", "tar_far_1e-2")
+    patience: int
+    min_delta: float = 0.0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    stopped_early: bool = False
+    _best_state: dict[str, torch.Tensor] | None = None
+
+    def score(self, model: GalleryEmbeddingNet, device: torch.device) -> dict[str, float]:
+        from evaluators import create_task
+
+        data = self.validation
+
+        def embed(split: str):
+            return embed_images(model, getattr(data, split).images, ModelInput(data.mean, data.std, data.image_size, device))
+
+        return create_task(self.task).evaluate(embed("query"), data.query.labels, embed("gallery"),
+                                               data.gallery.labels, "validation")
+
+    def after_epoch(self, epoch: int, stats: dict[str, float], model: GalleryEmbeddingNet,
+                    device: torch.device) -> bool:
+        """Called by ``train_gallery`` after each epoch, the model in eval mode; True: stop now."""
+        scores = self.score(model, device)
+        key = f"validation_{self.metric}"
+        if key not in scores:
+            raise ValueError(f"the {self.task} task has no metric {self.metric!r} (search.metric); it reports "
+                             f"{sorted(name.removeprefix('validation_') for name in scores)}")
+        score = scores[key]
+        self.curve.append({"epoch": epoch, "loss": stats.get("loss", float("nan")), **scores})
+        if score > self.best_score + self.min_delta:
+            self.best_epoch, self.best_score = epoch, score
+            self._best_state = copy.deepcopy(model.state_dict())
+        self.stopped_early = epoch - self.best_epoch >= self.patience
+        return self.stopped_early
+
+    def restore_best(self, model: GalleryEmbeddingNet) -> None:
+        """Called once training has ended: the best epoch's weights back into ``model``."""
+        if self._best_state is not None:
+            model.load_state_dict(self._best_state)
+
+    def record(self) -> dict:
+        """What the checkpoint keeps of the run: the schedule's outcome and the curve."""
+        return {"early_stopping": {"metric": self.metric, "task": self.task, "patience": self.patience,
+                                   "best_epoch": self.best_epoch, "best_score": self.best_score,
+                                   "epochs_trained": len(self.curve), "stopped_early": self.stopped_early,
+                                   "validation_images": len(self.validation.query) + len(self.validation.gallery)},
+                "validation_curve": self.curve}
+
+
+def train_gallery(
+    data: RetrievalData,
+    settings: GalleryTrainingSettings,
+    device: torch.device,
+    on_epoch: EpochCallback | None = None,
+    early_stopping: GalleryEarlyStopping | None = None,
+) -> GalleryEmbeddingNet:
+    """Train on ``data.train``; with ``early_stopping``, stop and keep the best epoch by its rules."""
+    torch.manual_seed(settings.optim.seed)
+    arch = GalleryArchitecture(
+        backbone=settings.backbone,
+        embed_dim=settings.embed_dim,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        image_size=data.image_size,
+        stem_stride=settings.stem_stride,
+        logit_scale=settings.logit_scale,
+    )
+    model = GalleryEmbeddingNet(arch).to(device)
+    batches = ImageBatches(data.train.images, data.train.labels, device)
+
+    def step(batch: torch.Tensor, batch_labels: torch.Tensor, _index: torch.Tensor):
+        inputs = to_model_input(batch, data.mean, data.std, data.image_size, device)
+        return F.cross_entropy(model.classify(model(inputs)), batch_labels), {}
+
+    def after_epoch(epoch: int, stats: dict[str, float]) -> bool:
+        stop = early_stopping is not None and early_stopping.after_epoch(epoch, stats, model, device)
+        if on_epoch is not None:
+            on_epoch(epoch, {**stats, **(early_stopping.curve[-1] if early_stopping is not None else {})})
+        return stop
+
+    fit(model, batches, step, settings.optim, EpochHooks(on_epoch=after_epoch))
+    if early_stopping is not None:
+        early_stopping.restore_best(model)
+    return model.eval().requires_grad_(False)

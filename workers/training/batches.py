@@ -1,0 +1,84 @@
+"""The train split as ``fit`` reads it: one batch at a time, by index, never the whole set at once.
+
+``ImageBatches`` reads uint8 images from memory or the shard cache (``ShardedImages``), moves them
+to the device and, with augmentation on, returns a random resized crop (with a horizontal flip
+by chance) of each image at the stored size. The crop of every image depends only on the seed,
+the step and the image's place in the batch, so a resumed training draws the same crops as an
+uninterrupted one, and streamed and in-memory data give the same batches.
+
+The caller turns a batch into model input (``workers.training.preprocess.to_model_input``) at the
+resolution its model needs, and gives the same uint8 view to the gallery model when its
+targets must follow the crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.datasets.types import ImageArray
+
+
+@dataclass(frozen=True)
+class AugmentationSettings:
+    """Random resized crop (area fraction ``crop_scale``, aspect ratio ``crop_ratio``) and horizontal flip."""
+
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    horizontal_flip: bool = True
+
+
+class ImageBatches:
+    """uint8 image batches (B, C, H, W) on ``device``, augmented when ``augmentation`` is given."""
+
+    def __init__(self, images: ImageArray, labels: np.ndarray, device: torch.device,
+                 augmentation: AugmentationSettings | None = None, seed: int = 0):
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels), device=device)
+        self.device = device
+        self.augmentation = augmentation
+        self.seed = seed
+
+    def read(self, index: torch.Tensor, step: int) -> torch.Tensor:
+        rows = index.cpu().numpy()
+        batch = torch.from_numpy(np.ascontiguousarray(self.images[rows]))
+        if self.augmentation is not None:
+            batch = augment(batch, self.augmentation, np.random.default_rng([self.seed, step]))
+        return batch.to(self.device, non_blocking=True)
+
+
+def augment(batch: torch.Tensor, settings: AugmentationSettings, rng: np.random.Generator) -> torch.Tensor:
+    """A random resized crop of each uint8 image, back at its own size, flipped with probability 1/2."""
+    from torchvision.transforms.v2 import functional as TF
+
+    height, width = batch.shape[-2:]
+    out = torch.empty_like(batch)
+    for position, image in enumerate(batch):
+        top, left, crop_height, crop_width = crop_box(height, width, settings, rng)
+        view = TF.resized_crop(image, top, left, crop_height, crop_width, [height, width], antialias=True)
+        if settings.horizontal_flip and rng.random() < 0.5:
+            view = view.flip(-1)
+        out[position] = view
+    return out
+
+
+def crop_box(height: int, width: int, settings: AugmentationSettings, rng: np.random.Generator
+             ) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a crop with area and aspect ratio drawn from the settings'
+    ranges (aspect ratio log-uniform); after 10 draws that do not fit, the centred largest crop."""
+    area = height * width
+    log_ratio = (math.log(settings.crop_ratio[0]), math.log(settings.crop_ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*settings.crop_scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        crop_width = int(round(math.sqrt(target * ratio)))
+        crop_height = int(round(math.sqrt(target / ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(rng.integers(0, height - crop_height + 1))
+            left = int(rng.integers(0, width - crop_width + 1))
+            return top, left, crop_height, crop_width
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
