@@ -41,6 +41,14 @@ from workers.training.preprocess import to_model_input
 QUICKSTART_LOSSES = {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}
 
 
+def supernet_settings(args: argparse.Namespace, epochs: int) -> SupernetTrainingSettings:
+    optim = OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          seed=args.seed)
+    training = CompatibilityTrainingSettings(optim, QUICKSTART_LOSSES, channels_last=args.channels_last)
+    return SupernetTrainingSettings(training, num_random_subnets=args.num_random_subnets,
+                                    distillation_weight=args.distillation_weight)
+
+
 def time_sandwich_steps(space, data, device, settings: SupernetTrainingSettings, steps: int, warmup: int = 3,
                         same_specs: bool = False, profile_to: Path | None = None) -> float:
     """Median seconds of one sandwich step (forward + backward of every sampled subnet) on a throwaway supernet.
@@ -133,7 +141,7 @@ def main() -> None:
     from search_space import create_space
 
     space = create_space(args.space, embed_dim=gallery.embed_dim, in_chans=data.in_chans)
-    probe_settings = SupernetTrainingSettings(CompatibilityTrainingSettings(OptimSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed), QUICKSTART_LOSSES, channels_last=args.channels_last), num_random_subnets=args.num_random_subnets, distillation_weight=args.distillation_weight)
+    probe_settings = supernet_settings(args, epochs=1)
 
     probes = {}
     backends = ("on", "off") if args.cudnn == "auto" else (args.cudnn,)
@@ -161,8 +169,7 @@ def main() -> None:
     print(f"training {epochs} epochs ({steps_per_epoch} steps each) with cudnn {chosen}", flush=True)
     write_report()
 
-    settings = SupernetTrainingSettings(CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed), QUICKSTART_LOSSES, channels_last=args.channels_last), num_random_subnets=args.num_random_subnets, distillation_weight=args.distillation_weight)
+    settings = supernet_settings(args, epochs)
     torch.manual_seed(args.seed)
     supernet = ElasticSupernet(space).to(device)
     if args.channels_last:

@@ -76,7 +76,8 @@ def main() -> None:
                 channels_last=False, mixed_precision=mixed_precision)
             history: list[dict] = []
             started = time.perf_counter()
-            fine_tune_candidate(candidate, spec.resolution, training, TrainingRun(data, gallery, device, hooks=EpochHooks(on_epoch=lambda epoch, stats: history.append(stats))))
+            hooks = EpochHooks(on_epoch=lambda epoch, stats: history.append(stats))
+            fine_tune_candidate(candidate, spec.resolution, training, TrainingRun(data, gallery, device, hooks=hooks))
             seconds = time.perf_counter() - started
             queries = embed_images(candidate, data.query.images, ModelInput(data.mean, data.std, spec.resolution, device))
             cross = evaluator.evaluate(queries, data.query.labels, gallery.gallery, data.gallery.labels)

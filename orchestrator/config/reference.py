@@ -44,12 +44,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
 from orchestrator.config.loading import DEFAULT_CONFIG, load_config
 from orchestrator.config.schema import CmpnasConfig
 from search_space.errors import CmpnasError
+from search_space.registry import Registry
 
 # The page lives in the source tree (orchestrator/config/ -> the checkout's docs/): a tool for developers.
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -325,6 +326,8 @@ def _bounds(metadata: list[Any]) -> list[str]:
             lengths.append("non-empty" if constraint.min_length == 1 else f"length ≥ {constraint.min_length}")
         elif isinstance(constraint, annotated_types.MaxLen):
             lengths.append(f"length ≤ {constraint.max_length}")
+        elif isinstance(constraint, AfterValidator) and isinstance(getattr(constraint.func, "__self__", None), Registry):
+            continue  # a registered name: the names are listed from the registry (REGISTRY_MODULES)
         else:
             raise ValueError(f"no readable form for the constraint {constraint!r}; teach "
                              "orchestrator.config.reference to show it")

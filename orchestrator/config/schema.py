@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,11 +30,16 @@ from pydantic import (
 
 from evaluators.tasks import TASKS
 from orchestrator.config.registries import STRATEGIES
-from search_space.registry import SPACES
+from search_space.registry import SPACES, Registry
 from workers.datasets.registry import SOURCES
 from workers.gallery.sources.registry import GALLERY_SOURCES
 from workers.training.loss_registry import DEFAULT_LOSS_WEIGHTS, LOSSES
 from workers.trial_report import DEFAULT_SCORING, Scoring
+
+
+def registered_in(registry: Registry) -> AfterValidator:
+    """A field whose value must be a name of ``registry``: checked by name, importing no implementation."""
+    return AfterValidator(registry.check)
 
 
 def yaml_switch(value: Any) -> Any:
@@ -55,7 +61,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: str = Field("fashion_mnist", description="a registered data source")
+    source: Annotated[str, registered_in(SOURCES)] = Field("fashion_mnist", description="a registered data source")
     root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
                                                "the source's standard places")
     download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
@@ -98,11 +104,6 @@ class DataConfig(_Section):
                                                                  "shard cache or memory); default: the machine's "
                                                                  "CPUs")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        return SOURCES.check(value)
-
     @field_validator("streaming", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
@@ -138,8 +139,9 @@ class GalleryInputConfig(_Section):
 
 
 class GalleryConfig(_Section):
-    source: str = Field("cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), "
-                                              "timm, torchscript, onnx or embeddings")
+    source: Annotated[str, registered_in(GALLERY_SOURCES)] = Field(
+        "cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), timm, torchscript, "
+                              "onnx or embeddings")
     path: str | None = Field(
         None, description="the gallery model's file (a folder for embeddings); for cmpnas default: "
                           "OUTPUT_DIR/gallery.safetensors, trained on first use"
@@ -169,11 +171,6 @@ class GalleryConfig(_Section):
                           "better validation score (search.metric, gallery/gallery on the validation split; needs "
                           "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
                           "null: train gallery.epochs epochs")
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        return GALLERY_SOURCES.check(value)
 
     @field_validator("backbone")
     @classmethod
@@ -207,15 +204,10 @@ class GalleryConfig(_Section):
 
 
 class SearchSpaceConfig(_Section):
-    name: str = Field("mnv3_28", description="a registered space of query architectures: mnv3_28 for 28 px images, "
-                                             "mnv3_64 for 48-64 px, ofa_mnv3_224 for 128-224 px photos; a "
-                                             "search refuses a data.image_size outside the space's range "
-                                             "(mnv3_28 20-56, mnv3_64 48-128, ofa_mnv3_224 128-1024)")
-
-    @field_validator("name")
-    @classmethod
-    def _known_space(cls, value: str) -> str:
-        return SPACES.check(value)
+    name: Annotated[str, registered_in(SPACES)] = Field(
+        "mnv3_28", description="a registered space of query architectures: mnv3_28 for 28 px images, mnv3_64 for "
+                               "48-64 px, ofa_mnv3_224 for 128-224 px photos; a search refuses a data.image_size "
+                               "outside the space's range (mnv3_28 20-56, mnv3_64 48-128, ofa_mnv3_224 128-1024)")
 
 
 class AugmentationConfig(_Section):
@@ -347,19 +339,15 @@ class EvolutionConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    task: str = Field(
+    task: Annotated[str, registered_in(TASKS)] = Field(
         "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
                                  "TAR@FAR 1e-2/1e-3 and rank-1"
     )
     compatibility_ratio: float = Field(
-        DEFAULT_SCORING.compatibility_ratio, ge=0, le=1, description="a trial fails the compatibility check when its final cross-model metric is "
-                                     "below this fraction of its homogeneous one (search.metric's cross_ vs homo_)"
+        DEFAULT_SCORING.compatibility_ratio, ge=0, le=1,
+        description="a trial fails the compatibility check when its final cross-model metric is below this fraction "
+                    "of its homogeneous one (search.metric's cross_ vs homo_)"
     )
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        return TASKS.check(value)
 
 
 class Nsga2Config(_Section):
@@ -416,7 +404,7 @@ class FinalTrainingConfig(_Section):
 
 
 class SearchConfig(_Section):
-    strategy: str = Field("evolution", description="a registered search strategy")
+    strategy: Annotated[str, registered_in(STRATEGIES)] = Field("evolution", description="a registered search strategy")
     metric: str = Field(DEFAULT_SCORING.metric, description="the cross-model metric the search maximises; one the "
                                                             "trials of evaluation.task report")
     num_candidates: PositiveInt = Field(8, description="trials: candidates proposed, trained and evaluated")
@@ -435,11 +423,6 @@ class SearchConfig(_Section):
     predictor: PredictorConfig = PredictorConfig()
     optuna: OptunaConfig = OptunaConfig()
     final_training: FinalTrainingConfig = FinalTrainingConfig()
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        return STRATEGIES.check(value)
 
     @field_validator("budgets_mflops")
     @classmethod

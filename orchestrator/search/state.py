@@ -3,9 +3,10 @@
 It is written before anything else is recorded and names what a resume must find again: the
 MLflow experiment and parent run, the Ray Tune experiment folder, the configuration (and its
 hash), the gallery fingerprint, the supernet fingerprint in the inherit modes, how far the search
-got (``phase``, ``orchestrator.search.phases``) and the format it was recorded in (``format``). Writes are atomic and durable (a temporary file of a unique name, fsynced,
-renamed over the old one, then the folder fsynced), so a driver killed mid-write leaves the
-previous state, and a machine that loses power after a phase was saved keeps it.
+got (``phase``, ``orchestrator.search.phases``) and the format it was recorded in (``format``).
+Writes are atomic and durable (a temporary file of a unique name, fsynced, renamed over the old
+one, then the folder fsynced), so a driver killed mid-write leaves the previous state, and a
+machine that loses power after a phase was saved keeps it.
 
 The file holds no credentials (``orchestrator.common.credentials``: URIs are stored without their
 user-info and secret query parameters) and is not trusted to say where Tune's pickled experiment

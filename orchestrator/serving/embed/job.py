@@ -102,7 +102,8 @@ def embed_collection(gallery: GalleryModel, collection: ImageCollection, output_
                      ) -> EmbeddedGalleryFolder:
     """Embed ``collection`` with ``gallery`` into ``output_dir`` (the module's rules), reusing finished
     shards there. ``runner``: where shards are embedded (default: this process, ``options.device``)."""
-    index_factory, shard_size, batch_size, log = options.index_factory, options.shard_size, options.batch_size, options.log
+    index_factory, shard_size, batch_size = options.index_factory, options.shard_size, options.batch_size
+    log = options.log
     if shard_size < 1 or batch_size < 1:
         raise GalleryEmbedError(f"--shard-size ({shard_size}) and --batch-size ({batch_size}) must be at least 1")
     if len(collection) == 0:

@@ -30,6 +30,7 @@ from orchestrator.config.reference import (
     value_at,
 )
 from orchestrator.config.schema import _Section
+from search_space.registry import Registry
 
 MAX_CELL_CHARS = 300
 # Validated by a name check that is no registry: timm's model list is far too long for a cell.
@@ -100,10 +101,14 @@ def test_every_registry_validated_field_lists_the_registered_names():
     for field, registry in registries.items():
         for name in registry.names():
             assert f"`{name}`" in rows[field]["constraints"], (field, name)
-    # A new field validated against a registry (a ``_known_*`` validator) must be listed too.
+    # A new field validated against a registry (``registered_in(...)`` or a ``_known_*`` validator) must be
+    # listed too.
     name_checked = set()
     for dotted, model in schema_fields().items():
         field = dotted.rpartition(".")[2]
+        if any(isinstance(getattr(getattr(meta, "func", None), "__self__", None), Registry)
+               for meta in model.model_fields[field].metadata):
+            name_checked.add(dotted)
         for decorator in model.__pydantic_decorators__.field_validators.values():
             if decorator.cls_var_name.startswith("_known_") and field in decorator.info.fields:
                 name_checked.add(dotted)

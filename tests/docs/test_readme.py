@@ -1,0 +1,21 @@
+"""The README is a quickstart a newcomer reads in minutes; the embedded default points at the page
+that documents every field."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_is_a_quickstart_of_at_most_120_lines_with_its_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 120
+    assert "make demo" in text and "make test" in text
+
+
+def test_the_embedded_defaults_header_names_a_page_that_documents_every_field():
+    header = (ROOT / "orchestrator" / "config" / "quickstart.yaml").read_text().splitlines()[:3]
+    (page,) = re.findall(r"documented in (\S+?);", " ".join(header))
+    documented = (ROOT / page).read_text()
+    assert "`search.optuna.sampler`" in documented and "`data.validation_size`" in documented
+    assert (ROOT / "configs" / "quickstart.yaml").read_text() == (ROOT / "orchestrator" / "config" / "quickstart.yaml").read_text()
