@@ -243,9 +243,7 @@ def pareto(
         uri = tracking_uri or resolve_tracking_uri(settings.tracking.uri)
         name = experiment or settings.tracking.experiment
         tracker = SearchTracker.open_existing(uri, name)
-        search_run_id = search_run_id or tracker.latest_search_run_id()
-        if search_run_id is None:
-            raise ConfigError(f"experiment '{name}' at {uri} has no cmpnas search runs; run `cmpnas search` first")
+        search_run_id = tracker.search_run_id(search_run_id, name)
         report = collect_report(tracker, search_run_id)
         render_table(report, console, only_front=not show_all, run_ids=True)
         render_final_training(collect_final_training(tracker, search_run_id, report), report, console)

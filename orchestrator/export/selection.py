@@ -83,7 +83,7 @@ def select_runs(tracker: SearchTracker, search_run_id: str | None, candidate_run
     """(search run, candidate runs to export), all finished and with final metrics.
 
     ``max_mflops``: the best candidate within the budget by the budget sweep's rule
-    (``budget_report.best_within_budget``: the search's ``search.metric``, fewer MFLOPs breaking ties)."""
+    (``results.budget.best_within_budget``: the search's ``search.metric``, fewer MFLOPs breaking ties)."""
     if candidate_run_id is not None:
         candidate = get_candidate_run(tracker, candidate_run_id)
         candidate_run_id = candidate.info.run_id

@@ -37,7 +37,7 @@ from orchestrator.results.front import ParetoReport
 from orchestrator.results.front_rendering import render_table
 from orchestrator.search.context import SearchContext
 from orchestrator.search.parent_run import attach_parent_run, measure_paragon, parent_run_tags
-from orchestrator.search.phases import SearchPhase
+from orchestrator.search.phases import SearchPhase, phase_after_front
 from orchestrator.search.records import FrontPlan, record_front, report_unsent_writes
 from orchestrator.search.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.search.stages import SessionResult, record_search
@@ -120,14 +120,14 @@ def _front_first(session: SearchSession, state: SearchState) -> SearchOutcome:
     """Phase ``trials_done``: every trial of the search has ended; its front is recorded first, then,
     with ``search.final_training``, the search goes on to that phase."""
     config, console = session.config, session.console
-    final_training = config.search.final_training.epochs > 0
+    next_phase = phase_after_front(config.search.final_training.epochs)
+    final_training = next_phase is SearchPhase.FINAL_TRAINING
     console.log("every trial of this search has ended; recording its Pareto front"
                 + (" before the final training" if final_training else ""))
     journal = open_journal(open_tracker(session.tracking_uri, state.experiment), state.parent_run_id,
                            session.output_dir)
     # This session records the front (and trains it again); the count of sessions still says it ran.
     journal.log_metrics(PARENT, {"search_sessions": state.sessions}, key=f"parent/sessions/{state.sessions}")
-    next_phase = SearchPhase.FINAL_TRAINING if final_training else SearchPhase.FINISHED
     report = record_front(journal, state, session.output_dir,
                           FrontPlan(config.tracking.outage_wait_s, config.scoring, next_phase))
     # The failed trials of the ended session are not known here; missing candidates still count.

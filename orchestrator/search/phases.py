@@ -65,6 +65,12 @@ RESUMABLE_PHASES = frozenset(phase for phase, moves in TRANSITIONS.items() if mo
 TRIAL_PHASES = frozenset({SearchPhase.STARTING, SearchPhase.RUNNING, SearchPhase.INTERRUPTED})
 
 
+def phase_after_front(final_training_epochs: int) -> SearchPhase:
+    """Where a search goes once its front is recorded: final training when ``search.final_training.epochs``
+    is set, else finished. Read from the config in a search and from the recorded config in ``cmpnas sync``."""
+    return SearchPhase.FINAL_TRAINING if final_training_epochs > 0 else SearchPhase.FINISHED
+
+
 def check_transition(current: SearchPhase, target: SearchPhase) -> None:
     """Refuse a move that ``TRANSITIONS`` does not list (``ValueError``: a bug in cmpnas)."""
     if target not in TRANSITIONS[current]:

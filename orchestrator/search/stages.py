@@ -23,7 +23,7 @@ from orchestrator.results.front import ParetoReport, collect_report
 from orchestrator.search.context import SearchContext
 from orchestrator.search.final_training import run_final_training
 from orchestrator.search.parent_run import record_parent_run
-from orchestrator.search.phases import SearchPhase
+from orchestrator.search.phases import SearchPhase, phase_after_front
 from orchestrator.search.records import FrontPlan, record_front
 from orchestrator.search.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.search.trials import SEARCH_MODE, run_trials, tune_trial_id
@@ -52,8 +52,8 @@ def record_search(ctx: SearchContext) -> SessionResult:
         return SessionResult("FINISHED", report)
     results = run_candidates(ctx)
     complete = all_ended(results)
-    final_training = complete and ctx.config.search.final_training.epochs > 0
-    next_phase = SearchPhase.FINAL_TRAINING if final_training else SearchPhase.FINISHED
+    next_phase = phase_after_front(ctx.config.search.final_training.epochs if complete else 0)
+    final_training = next_phase is SearchPhase.FINAL_TRAINING
     report = record_front(ctx.journal, ctx.state, ctx.output_dir,
                           FrontPlan(ctx.config.tracking.outage_wait_s, ctx.scoring, next_phase))
     if final_training:

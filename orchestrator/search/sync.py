@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.common.credentials import redact_uri
 from orchestrator.common.output_lock import locked_output_dir
-from orchestrator.search.phases import SearchPhase
+from orchestrator.search.phases import SearchPhase, phase_after_front
 from orchestrator.search.records import FrontPlan, record_front
 from orchestrator.search.state import ResumeError, SearchState
 from orchestrator.tracking.errors import TrackingUnavailableError
@@ -59,10 +59,10 @@ def sync_search(output_dir: str | Path, tracking_uri: str | None, wait_s: float)
 
 def _record_front(session: SyncSession) -> str:
     """Every trial had ended: the front the search could not record, and the phase the search would move to."""
-    final_training = session.state.config.get("search", {}).get("final_training", {}).get("epochs", 0) > 0
-    next_phase = SearchPhase.FINAL_TRAINING if final_training else SearchPhase.FINISHED
+    recorded_epochs = session.state.config.get("search", {}).get("final_training", {}).get("epochs", 0)
+    next_phase = phase_after_front(recorded_epochs)
     record_front(session.journal, session.state, session.output_dir, FrontPlan(session.wait_s, next_phase=next_phase))
-    if final_training:
+    if next_phase is SearchPhase.FINAL_TRAINING:
         return (f"every trial had ended: Pareto front recorded; its final training (search.final_training) has not "
                 f"run: {RESUME}")
     return f"every trial had ended: Pareto front recorded, parent run {session.state.parent_run_id} FINISHED"

@@ -3,7 +3,8 @@
 A ``Proposer`` only knows the search space: it proposes a spec and observes scores. Under a FLOPs
 budget its space is the budgeted one (``search_space.within_budget``), whose operators propose
 within the budget. The ``ArchitectureSearcher`` wraps any proposer for Tune: it de-duplicates,
-applies an optional constraint (the FLOPs gate, fvcore's count), and feeds completed trials back.
+applies an optional constraint (the FLOPs gate, ``strategies.cost``'s analytic count), and feeds completed
+trials back.
 Proposer-based strategies (``ProposerStrategy``) differ only in their proposer, like Optuna's samplers.
 """
 

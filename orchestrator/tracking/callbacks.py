@@ -13,7 +13,7 @@ params (``workers.trial_report``), the model as artifacts, and a terminal status
   found by ``tags.TRIAL_ID_TAG`` under the parent run;
 * trials still open when the experiment ends are KILLED, so no run stays RUNNING;
 * with its final result a child run gets ``tags.COMPATIBILITY_TAG`` = ``passed`` / ``failed``, the
-  compatibility check of ``workers.trial_report.compatibility_verdict`` on the search's metric
+  compatibility check of ``workers.trial_report.Scoring.verdict`` on the search's metric
   (``search.metric``) and ``evaluation.compatibility_ratio``; no tag when there is no verdict.
 """
 

@@ -17,7 +17,7 @@ How a search looks in MLflow's UI (docs/mlflow.md):
   link's ``workflowType`` query, else the browser's last choice, else GenAI), not by the experiment's
   kind: ``experiment_page_url`` and ``run_page_url`` are links that open on the runs.
 
-Layering, one way: ``tags`` <- ``tracking`` <- ``journal`` <- the callbacks.
+Layering, one way: ``tags`` <- ``client`` <- ``journal`` <- the callbacks.
 """
 
 from __future__ import annotations
@@ -181,6 +181,27 @@ class SearchTracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def search_run_id(self, requested: str | None, experiment: str) -> str:
+        """The search a reading command (``cmpnas pareto``) shows: ``requested`` once checked to be a search
+        run of this experiment, else the experiment's latest search."""
+        where = f"experiment '{experiment}' at {redact_uri(self.tracking_uri)}"
+        if requested is None:
+            latest = self.latest_search_run_id()
+            if latest is None:
+                raise ExperimentNotFoundError(f"{where} has no cmpnas search runs; run `cmpnas search` first")
+            return latest
+        try:
+            run = self.client.get_run(requested)
+        except MlflowException as error:
+            raise ExperimentNotFoundError(f"--search-run-id {requested!r}: no such run at "
+                                          f"{redact_uri(self.tracking_uri)}; leave it out to read the latest search "
+                                          f"of {where}") from error
+        if run.info.experiment_id != self.experiment_id or run.data.tags.get(ROLE_TAG) != ROLE_SEARCH:
+            raise ExperimentNotFoundError(f"--search-run-id {requested!r} is not the parent run of a search in "
+                                          f"{where} (a candidate's run id goes to `cmpnas export "
+                                          "--candidate-run-id`); leave it out to read the latest search")
+        return requested
 
 
 class _TimedClient:

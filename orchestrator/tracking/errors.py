@@ -16,4 +16,5 @@ class TrackingCredentialsError(CmpnasError, RuntimeError):
 
 
 class ExperimentNotFoundError(CmpnasError, LookupError):
-    """A command that reads a search (``cmpnas pareto``) was pointed at an experiment that does not exist."""
+    """A command that reads a search (``cmpnas pareto``) was pointed at an experiment that does not exist, or
+    that holds no search."""

@@ -38,7 +38,7 @@ STOPPED_EARLY_TAG = "cmpnas.stopped_early"
 # A child run no trial will finish (its driver died before Tune recorded the trial).
 SUPERSEDED_TAG = "cmpnas.superseded"
 # On a candidate with a final result: "passed" or "failed", its compatibility check
-# (``workers.trial_report.compatibility_verdict``); absent when there was nothing to judge.
+# (``workers.trial_report.Scoring.verdict``); absent when there was nothing to judge.
 COMPATIBILITY_TAG = "cmpnas.compatibility"
 
 # -- how a search ended ---------------------------------------------------------------------------------

@@ -120,3 +120,23 @@ def test_gallery_train_refuses_a_model_cmpnas_does_not_train(tmp_path):
     result = CliRunner().invoke(app, ["gallery", "train", "--config", str(path)], env={"COLUMNS": "200"})
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "gallery.source='onnx'" in text and "needs no training" in text
+
+
+def test_pareto_names_a_missing_experiment_and_an_experiment_without_searches(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    missing = CliRunner().invoke(app, ["pareto", "--tracking-uri", uri, "--experiment", "nowhere"],
+                                 env={"COLUMNS": "200"})
+    assert missing.exit_code == 2 and "no MLflow experiment named 'nowhere'" in " ".join(missing.output.split())
+    MlflowClient(tracking_uri=uri).create_experiment("empty")
+    empty = CliRunner().invoke(app, ["pareto", "--tracking-uri", uri, "--experiment", "empty"], env={"COLUMNS": "200"})
+    text = " ".join(empty.output.split())
+    assert empty.exit_code == 2 and "experiment 'empty'" in text and "has no cmpnas search runs" in text
+    unknown = CliRunner().invoke(app, ["pareto", "--tracking-uri", uri, "--experiment", "empty",
+                                       "--search-run-id", "0123456789abcdef"], env={"COLUMNS": "200"})
+    text = " ".join(unknown.output.split())
+    assert unknown.exit_code == 2 and "--search-run-id '0123456789abcdef': no such run" in text
+    client = MlflowClient(tracking_uri=uri)
+    candidate = client.create_run(client.get_experiment_by_name("empty").experiment_id).info.run_id
+    not_a_search = CliRunner().invoke(app, ["pareto", "--tracking-uri", uri, "--experiment", "empty",
+                                            "--search-run-id", candidate], env={"COLUMNS": "200"})
+    assert not_a_search.exit_code == 2 and "is not the parent run of a search" in " ".join(not_a_search.output.split())

@@ -315,7 +315,7 @@ KILL_PHASES = {
         lambda o: o.phase == "running" and 1 <= o.children_finished < CANDIDATES,
         lambda o: o.children_finished >= CANDIDATES or o.phase in ("trials_done", "finished"),
         0.05, True),
-    # Every trial ended (state file: trials_done, saved just before finalize_search records the front),
+    # Every trial ended (state file: trials_done, saved just before search.stages records the front),
     # the front not yet recorded (phase finished is saved last). Only the state file is read, every 10 ms.
     "during_front": (
         lambda o: o.phase == "trials_done",

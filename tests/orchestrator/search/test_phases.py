@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search.driver import PHASE_HANDLERS
-from orchestrator.search.phases import RESUMABLE_PHASES, TRANSITIONS, SearchPhase
+from orchestrator.search.phases import RESUMABLE_PHASES, TRANSITIONS, SearchPhase, phase_after_front
 from orchestrator.search.state import SearchState
 from orchestrator.search.sync import PHASE_STEPS, sync_search
 from orchestrator.tracking.client import SearchTracker
@@ -38,6 +38,12 @@ def test_a_move_the_table_does_not_list_is_refused(phase, target):
     state.phase = phase
     with pytest.raises(ValueError, match=f"from phase {phase} to {target}"):
         state.moved_to(target)
+
+
+def test_after_the_front_a_search_goes_to_final_training_only_when_it_has_epochs():
+    assert phase_after_front(3) is SearchPhase.FINAL_TRAINING
+    assert phase_after_front(0) is SearchPhase.FINISHED
+    assert all(phase_after_front(epochs) in TRANSITIONS[SearchPhase.TRIALS_DONE] for epochs in (0, 3))
 
 
 def test_the_phase_is_recorded_by_its_value_and_read_back_as_a_phase(tmp_path):

@@ -1,6 +1,6 @@
 """Colour is a choice: a file collection of colour images with data.channels unset is refused, never turned gray.
 
-The rule (``workers.datasets.image_folder.choose_channels``, ``orchestrator.setup.inputs.requested_channels``):
+The rule (``workers.datasets.image_folder.choose_channels``, ``orchestrator.setup.data.requested_channels``):
 with ``data.channels`` unset, a file collection whose sampled headers are all gray loads as 1 channel (as
 before); one with colour images is refused before anything is decoded, naming data.channels and what 1 and 3
 do. Set explicitly, either value works on either kind of collection; the built-in sets are unaffected, and a
