@@ -19,3 +19,12 @@ def test_the_embedded_defaults_header_names_a_page_that_documents_every_field():
     documented = (ROOT / page).read_text()
     assert "`search.optuna.sampler`" in documented and "`data.validation_size`" in documented
     assert (ROOT / "configs" / "quickstart.yaml").read_text() == (ROOT / "orchestrator" / "config" / "quickstart.yaml").read_text()
+
+
+
+def test_every_row_of_the_readmes_cost_table_gives_a_measured_time():
+    text = (ROOT / "README.md").read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith(("| install", "| `make "))]
+    assert {row[1].strip() for row in rows} >= {"`make demo`", "`make test`"}
+    for row in rows:
+        assert re.search(r"\d+(\.\d+)? min", row[2]), f"{row[1].strip()}: give the measured time, not {row[2]!r}"
