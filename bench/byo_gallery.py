@@ -164,9 +164,11 @@ def compare_classifiers(config_path: Path, seeds: list[int], epochs: int) -> lis
             for seed in seeds:
                 torch.manual_seed(seed)
                 model = build_query_model(spec)
-                settings = CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3, seed=seed))
+                settings = CompatibilityTrainingSettings(OptimSettings(epochs=epochs, batch_size=256, lr=3e-3,
+                                                                       seed=seed))
                 started = time.perf_counter()
-                fine_tune_candidate(model, spec.resolution, settings, TrainingRun(data, embeddings, torch.device("cpu")))
+                run = TrainingRun(data, embeddings, torch.device("cpu"))
+                fine_tune_candidate(model, spec.resolution, settings, run)
                 queries = embed_images(model, data.query.images, ModelInput(data.mean, data.std, spec.resolution))
                 metrics = RetrievalEvaluator().evaluate(queries, data.query.labels, embeddings.gallery,
                                                         data.gallery.labels)

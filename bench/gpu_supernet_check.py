@@ -70,8 +70,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     supernet = ElasticSupernet(space).to(device)
-    training = CompatibilityTrainingSettings(OptimSettings(epochs=args.supernet_epochs, batch_size=256, lr=3e-3), LOSSES,
-                                             channels_last=False, mixed_precision=args.bf16)
+    optim = OptimSettings(epochs=args.supernet_epochs, batch_size=256, lr=3e-3)
+    training = CompatibilityTrainingSettings(optim, LOSSES, channels_last=False, mixed_precision=args.bf16)
     settings = SupernetTrainingSettings(training, num_random_subnets=2, distillation_weight=1.0)
     started = time.perf_counter()
     history = train_supernet(supernet, settings, TrainingRun(data, gallery, device))

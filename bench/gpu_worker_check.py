@@ -79,7 +79,8 @@ def main() -> None:
             hooks = EpochHooks(on_epoch=lambda epoch, stats: history.append(stats))
             fine_tune_candidate(candidate, spec.resolution, training, TrainingRun(data, gallery, device, hooks=hooks))
             seconds = time.perf_counter() - started
-            queries = embed_images(candidate, data.query.images, ModelInput(data.mean, data.std, spec.resolution, device))
+            model_input = ModelInput(data.mean, data.std, spec.resolution, device)
+            queries = embed_images(candidate, data.query.images, model_input)
             cross = evaluator.evaluate(queries, data.query.labels, gallery.gallery, data.gallery.labels)
             row = {"candidate": name, "arch": spec.short_name(), "bf16": mixed_precision,
                    "mflops": count_complexity(build_query_model(spec), (1, spec.resolution, spec.resolution)).mflops,

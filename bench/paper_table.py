@@ -189,7 +189,8 @@ def train_and_measure(ctx: TableContext, build: Callable[[], torch.nn.Module], r
     channels_last = ctx.config.training.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fine_tune_candidate(model, resolution, training_settings(ctx.config, loss_weights, seed, len(ctx.data.train), epochs), TrainingRun(ctx.data, ctx.gallery, ctx.device))
+    settings = training_settings(ctx.config, loss_weights, seed, len(ctx.data.train), epochs)
+    fine_tune_candidate(model, resolution, settings, TrainingRun(ctx.data, ctx.gallery, ctx.device))
     data, held_out = ctx.data, ctx.held_out
 
     def embed(images):

@@ -47,7 +47,8 @@ class EvaluationTask(ABC):
 
 
 TASKS: Registry[type[EvaluationTask]] = Registry(
-    "evaluation task", "evaluation.task", builtins={"retrieval": "evaluators.tasks", "verification": "evaluators.tasks"})
+    "evaluation task", "evaluation.task",
+    builtins={"retrieval": "evaluators.tasks", "verification": "evaluators.tasks"})
 
 
 def register_task(task: type[EvaluationTask]) -> type[EvaluationTask]:

@@ -83,7 +83,8 @@ class ElasticSupernet(nn.Module):
         return F.normalize(self.embedding(features), dim=1)
 
     def _block(self, block: nn.Module, x: torch.Tensor, in_chs: int, stage: StageSpec, stride: int) -> torch.Tensor:
-        """One inverted-residual block of the subnet: ``stage``'s width, expansion and kernel sliced out of ``block``."""
+        """One inverted-residual block of the subnet: ``stage``'s width, expansion and kernel sliced out of
+        ``block``."""
         shortcut = x
         out_chs, kernel = stage.width, stage.kernel
         mid_chs = expanded_channels(in_chs, stage.expand)

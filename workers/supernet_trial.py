@@ -74,14 +74,16 @@ def run_supernet_training(config: dict[str, Any], shared: SharedSupernetInputs) 
         info = {"dataset": data.name, "train_images": len(data.train), "epochs_done": epoch, "epochs": epochs,
                 "num_random_subnets": shared.training.num_random_subnets,
                 "distillation_weight": shared.training.distillation_weight,
-                "loss_weights": shared.training.compatibility.loss_weights, "train_seconds": seconds, "cpu_seconds": cpu_seconds}
+                "loss_weights": shared.training.compatibility.loss_weights, "train_seconds": seconds,
+                "cpu_seconds": cpu_seconds}
         with tempfile.TemporaryDirectory() as folder:
             save_supernet(Path(folder) / SUPERNET_FILE, supernet, gallery.fingerprint, info)
             torch.save({**latest_state, "train_seconds": seconds, "cpu_seconds": cpu_seconds},
                        Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    view_gallery = open_view_gallery(shared.training.compatibility.augmentation, shared.gallery_loader, gallery.fingerprint)
+    view_gallery = open_view_gallery(shared.training.compatibility.augmentation, shared.gallery_loader,
+                                     gallery.fingerprint)
     run = TrainingRun(data, gallery, device, view_gallery,
                       EpochHooks(on_epoch=on_epoch, state_sink=latest_state.update, resume=resume))
     train_supernet(supernet, shared.training, run)

@@ -135,7 +135,8 @@ class _CandidateTrial:
         """Where and how the trial ran: CPU time of its process (all its threads: compute spent, whatever
         else shares the CPUs), the process's peak resident memory (a reused actor: over all its trials)."""
         metrics: dict[str, Any] = {
-            "trial_seconds": time.perf_counter() - self.started, "trial_cpu_seconds": time.process_time() - self.started_cpu,
+            "trial_seconds": time.perf_counter() - self.started,
+            "trial_cpu_seconds": time.process_time() - self.started_cpu,
             "device": str(self.device), "node_id": _node_id(), "mode": self.shared.mode,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if self.device.type == "cuda":

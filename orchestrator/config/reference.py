@@ -55,7 +55,8 @@ from search_space.registry import Registry
 # The page lives in the source tree (orchestrator/config/ -> the checkout's docs/): a tool for developers.
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE_COMMAND = "python -m orchestrator.config.reference --write"
-BEGIN_MARKER = f"<!-- BEGIN GENERATED from orchestrator/config/schema.py by `{REGENERATE_COMMAND}`; do not edit by hand -->"
+BEGIN_MARKER = (f"<!-- BEGIN GENERATED from orchestrator/config/schema.py by `{REGENERATE_COMMAND}`; "
+                "do not edit by hand -->")
 END_MARKER = "<!-- END GENERATED -->"
 COLUMNS = ("field", "type", "code default", "quickstart", "constraints", "description")
 TOP_LEVEL = "top level"
@@ -326,7 +327,8 @@ def _bounds(metadata: list[Any]) -> list[str]:
             lengths.append("non-empty" if constraint.min_length == 1 else f"length ≥ {constraint.min_length}")
         elif isinstance(constraint, annotated_types.MaxLen):
             lengths.append(f"length ≤ {constraint.max_length}")
-        elif isinstance(constraint, AfterValidator) and isinstance(getattr(constraint.func, "__self__", None), Registry):
+        elif isinstance(constraint, AfterValidator) and isinstance(getattr(constraint.func, "__self__", None),
+                                                                   Registry):
             continue  # a registered name: the names are listed from the registry (REGISTRY_MODULES)
         else:
             raise ValueError(f"no readable form for the constraint {constraint!r}; teach "

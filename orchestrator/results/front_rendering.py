@@ -84,31 +84,20 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
     its first ``SHORT_RUN_ID`` characters (a unique prefix, which ``cmpnas export --candidate-run-id``
     takes as the full id; ``pareto.csv`` holds the full ids). ``cmpnas pareto`` shows it."""
     table = Table(title=f"Pareto front (max {report.scoring.metric}, min FLOPs)" if only_front else "All candidates")
-    # A searched metric other than R@1 and mAP (e.g. cross_tar_far_1e-2) gets its own column.
-    extra = report.scoring.metric not in ("cross_r1", "cross_map")
-    columns = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.scoring.metric,) if extra else ()),
-               "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
-    for column in columns:
+    for column in _columns(report):
         table.add_column(column, justify="right" if column != "arch" else "left", no_wrap=column == "arch")
     if run_ids:  # never wrapped or cut: it is copied into `cmpnas export --candidate-run-id`
         table.add_column("run id", justify="left", no_wrap=True, min_width=SHORT_RUN_ID)
     ids = lambda run_id: (run_id[:SHORT_RUN_ID],) if run_ids else ()  # noqa: E731
     if report.paragon:
-        p = report.paragon
-        table.add_row("paragon", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-                      *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00", "", "",
-                      *_held_out_paragon_cells(report), *ids(""), style="bold blue")
+        table.add_row("paragon", *_paragon_cells(report), *ids(""), style="bold blue")
     for row in report.front if only_front else report.candidates:
-        table.add_row(row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
-                      f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", *((f"{row.score:.2f}",) if extra else ()),
-                      f"{row.homo_r1:.2f}", f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}",
-                      _compatibility_cell(row.compatibility), *_held_out_cells(report, row), *ids(row.run_id),
-                      style="bold" if row.pareto else None)
+        table.add_row(row.arch_id, *_candidate_cells(report, row, _compatibility_cell(row.compatibility)),
+                      *ids(row.run_id), style="bold" if row.pareto else None)
     console.print(table)
     if report.held_out:
         console.print(HELD_OUT_NOTE, highlight=False)
-    console.print(f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. "
-                  f"compatibility: failed when {report.scoring.rule} (evaluation.compatibility_ratio).", highlight=False)
+    console.print(_conventions(report), highlight=False)
     summary = compatibility_summary(report)
     if summary is not None:
         console.print(f"[bold red]compatibility check:[/] {escape(summary)}", highlight=False)
@@ -117,30 +106,20 @@ def render_table(report: ParetoReport, console: Console, only_front: bool = True
 def front_markdown(report: ParetoReport, complete: bool = True) -> str:
     """The front as ``render_table`` prints it, in markdown, for the parent run's description: at
     most ``MAX_DESCRIPTION_LENGTH`` characters (rows that do not fit are counted, not cut)."""
-    extra = report.scoring.metric not in ("cross_r1", "cross_map")
-    header = ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *((report.scoring.metric,) if extra else ()),
-              "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
+    header = _columns(report)
     front = report.front
     state = "" if complete else " so far (the search was interrupted; `cmpnas search --resume` continues it)"
     # The table comes first: the UI shows a description's first lines until "Show more".
-    lines = [f"**Pareto front{state}** (max {report.scoring.metric}, min FLOPs): {len(front)} of {len(report.candidates)} "
-             "finished candidates; `pareto.csv` lists them all, `pareto.png` plots them.", "",
+    lines = [f"**Pareto front{state}** (max {report.scoring.metric}, min FLOPs): {len(front)} of "
+             f"{len(report.candidates)} finished candidates; `pareto.csv` lists them all, `pareto.png` plots them.", "",
              _markdown_row(header), "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     rows = []
     if report.paragon:
-        p = report.paragon
-        rows.append(_markdown_row(("**paragon**", f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}",
-                                   f"{p.map:.2f}", *((f"{p.score:.2f}",) if extra else ()), f"{p.r1:.2f}", "0.00",
-                                   "", "", *_held_out_paragon_cells(report))))
+        rows.append(_markdown_row(("**paragon**", *_paragon_cells(report))))
     for row in front:
         verdict = "**FAILED**" if row.compatibility == COMPATIBILITY_FAILED else row.compatibility or "-"
-        rows.append(_markdown_row((row.arch_id, f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}",
-                                   f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}",
-                                   *((f"{row.score:.2f}",) if extra else ()), f"{row.homo_r1:.2f}",
-                                   f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict,
-                                   *_held_out_cells(report, row))))
-    footer = ["", *((HELD_OUT_NOTE, "") if report.held_out else ()), f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
-                  f"failed when {report.scoring.rule} (evaluation.compatibility_ratio)."]
+        rows.append(_markdown_row((row.arch_id, *_candidate_cells(report, row, verdict))))
+    footer = ["", *((HELD_OUT_NOTE, "") if report.held_out else ()), _conventions(report)]
     summary = compatibility_summary(report)
     if summary is not None:
         footer += ["", f"**Compatibility check:** {summary}"]
@@ -155,6 +134,37 @@ def front_markdown(report: ParetoReport, complete: bool = True) -> str:
     if kept < len(rows):
         lines.append(f"| ... {len(rows) - kept} more rows in `pareto.csv` |" + " |" * (len(header) - 1))
     return "\n".join(lines + footer)[:MAX_DESCRIPTION_LENGTH]
+
+
+def _columns(report: ParetoReport) -> tuple[str, ...]:
+    """The columns of both renderings; a searched metric other than R@1 and mAP (e.g.
+    cross_tar_far_1e-2) gets its own."""
+    return ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *_searched_metric(report),
+            "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
+
+
+def _searched_metric(report: ParetoReport, value: float | None = None) -> tuple[str, ...]:
+    """The extra column of ``_columns`` (its header, or with ``value`` its cell); none for R@1 and mAP."""
+    if report.scoring.metric in ("cross_r1", "cross_map"):
+        return ()
+    return (report.scoring.metric,) if value is None else (f"{value:.2f}",)
+
+
+def _paragon_cells(report: ParetoReport) -> tuple[str, ...]:
+    p = report.paragon
+    return (f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
+            *_searched_metric(report, p.score), f"{p.r1:.2f}", "0.00", "", "", *_held_out_paragon_cells(report))
+
+
+def _candidate_cells(report: ParetoReport, row: CandidateRow, verdict: str) -> tuple[str, ...]:
+    return (f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}", f"{row.cross_r1:.2f}",
+            f"{row.cross_map:.2f}", *_searched_metric(report, row.score), f"{row.homo_r1:.2f}",
+            f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict, *_held_out_cells(report, row))
+
+
+def _conventions(report: ParetoReport) -> str:
+    return (f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
+            f"failed when {report.scoring.rule} (evaluation.compatibility_ratio).")
 
 
 def _markdown_row(cells) -> str:

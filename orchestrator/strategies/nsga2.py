@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import optuna
 
-from orchestrator.strategies.optuna_search import Objectives, OptunaSearcher, initial_population, study_storage
+from orchestrator.strategies.optuna_search import OptunaSearcher, searcher_for
 from orchestrator.strategies.registry import register_strategy
 from orchestrator.strategies.strategy import SearchRequest, Strategy
 
@@ -28,8 +28,4 @@ class Nsga2Strategy(Strategy):
         sampler = optuna.samplers.NSGAIISampler(
             population_size=nsga2.population_size, mutation_prob=nsga2.mutation_probability,
             crossover_prob=nsga2.crossover_probability, swapping_prob=nsga2.swapping_probability, seed=config.seed)
-        space = request.proposal_space
-        return OptunaSearcher(space, study_storage(request, sampler),
-                              Objectives(request.metric, request.cost, config.proposal_limit_mflops),
-                              initial_population=initial_population(space, nsga2.population_size, config.seed),
-                              seed=config.seed)
+        return searcher_for(request, sampler, initial_trials=nsga2.population_size)

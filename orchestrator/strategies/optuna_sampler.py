@@ -17,7 +17,7 @@ import optuna
 
 from orchestrator.config import ConfigError
 from orchestrator.config.schema import SearchConfig
-from orchestrator.strategies.optuna_search import Objectives, OptunaSearcher, initial_population, study_storage
+from orchestrator.strategies.optuna_search import OptunaSearcher, searcher_for
 from orchestrator.strategies.registry import register_strategy
 from orchestrator.strategies.strategy import SearchRequest, Strategy
 
@@ -36,8 +36,9 @@ def create_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     try:
         return sampler_class(**options)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"search.optuna.sampler_options: {name}({', '.join(f'{k}={v!r}' for k, v in options.items())}) "
-                          f"is refused by Optuna ({error}); see optuna.samplers.{name}") from error
+        arguments = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise ConfigError(f"search.optuna.sampler_options: {name}({arguments}) is refused by Optuna ({error}); see "
+                          f"optuna.samplers.{name}") from error
 
 
 @register_strategy
@@ -51,9 +52,4 @@ class OptunaSamplerStrategy(Strategy):
         create_sampler(config)
 
     def create_searcher(self, request: SearchRequest) -> OptunaSearcher:
-        config = request.config
-        space = request.proposal_space
-        return OptunaSearcher(space, study_storage(request, create_sampler(config)),
-                              Objectives(request.metric, request.cost, config.proposal_limit_mflops),
-                              initial_population=initial_population(space, config.optuna.initial_trials, config.seed),
-                              seed=config.seed)
+        return searcher_for(request, create_sampler(request.config), request.config.optuna.initial_trials)

@@ -217,3 +217,14 @@ def initial_population(space: SearchSpace, size: int, seed: int, max_draws: int 
         if len(population) == size:
             break
     return list(population.values())
+
+
+def searcher_for(request: SearchRequest, sampler: optuna.samplers.BaseSampler,
+                 initial_trials: int) -> OptunaSearcher:
+    """The ``OptunaSearcher`` a strategy built on ``sampler`` runs for ``request``: its study, the search's
+    objectives and FLOPs limit, and up to ``initial_trials`` draws within the budget first."""
+    config, space = request.config, request.proposal_space
+    return OptunaSearcher(space, study_storage(request, sampler),
+                          Objectives(request.metric, request.cost, config.proposal_limit_mflops),
+                          initial_population=initial_population(space, initial_trials, config.seed), seed=config.seed)
+

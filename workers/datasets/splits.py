@@ -148,19 +148,27 @@ class ImagePool:
 def split_one_pool(source: ImagePool, request: DataRequest) -> RetrievalData:
     """Stratified, disjoint query, gallery and train splits of one pool of images (module rules)."""
     check_protocol(request, splits_assigned=False)
-    name, pool, images, class_names, ids = source.name, source.description, source.images, source.class_names, source.ids
-    bad_files = source.bad_files
+    pool, class_names = source.description, source.class_names
     labels = np.asarray(source.labels)
     if request.protocol == "open_set":
         query_index, gallery_index, train_index = _open_set_indices(pool, labels, class_names, request)
     else:
         query_index, gallery_index, train_index = _closed_set_indices(pool, labels, class_names, request)
-    everything = ImageSet(images, labels, ids)
-    query, gallery, train = (everything.subset(index) for index in (query_index, gallery_index, train_index))
-    refuse_query_classes_without_gallery(query.labels, gallery.labels, class_names)
+    data = _retrieval_data(source, labels, {"train": train_index, "query": query_index, "gallery": gallery_index},
+                           request)
+    refuse_query_classes_without_gallery(data.query.labels, data.gallery.labels, class_names)
+    return data
+
+
+def _retrieval_data(source: ImagePool, labels: np.ndarray, index: dict[str, np.ndarray],
+                    request: DataRequest) -> RetrievalData:
+    """The splits of ``source`` that ``index`` picks (split name -> image indices), normalised by the
+    training split's channel statistics."""
+    everything = ImageSet(source.images, labels, source.ids)
+    train, query, gallery = (everything.subset(index[split]) for split in ("train", "query", "gallery"))
     mean, std = channel_statistics(train.images)
-    return RetrievalData(name=name, train=train, query=query, gallery=gallery, class_names=class_names, mean=mean,
-                         std=std, bad_files=bad_files, protocol=request.protocol)
+    return RetrievalData(name=source.name, train=train, query=query, gallery=gallery, class_names=source.class_names,
+                         mean=mean, std=std, bad_files=source.bad_files, protocol=request.protocol)
 
 
 def _closed_set_indices(pool: str, labels: np.ndarray, class_names: tuple[str, ...], request: DataRequest
@@ -232,8 +240,7 @@ def _without_single_image_classes(indices: np.ndarray, labels: np.ndarray, class
 def split_as_assigned(source: ImagePool, splits: np.ndarray, request: DataRequest) -> RetrievalData:
     """The splits the user assigned (``splits``: ``train``/``query``/``gallery`` per image), by the module rules."""
     check_protocol(request, splits_assigned=True)
-    name, pool, images, class_names, ids = source.name, source.description, source.images, source.class_names, source.ids
-    bad_files = source.bad_files
+    pool, class_names = source.description, source.class_names
     labels, splits = np.asarray(source.labels), np.asarray(splits)
     index = {split: np.flatnonzero(splits == split) for split in SPLIT_NAMES}
     for split, members in index.items():
@@ -247,16 +254,11 @@ def split_as_assigned(source: ImagePool, splits: np.ndarray, request: DataReques
         check_split_sizes(len(index["train"]), f"train split of {pool}", train_size=request.train_size)
         (part,) = stratified_split(labels[index["train"]], [request.train_size], request.seed)
         index["train"] = index["train"][part]
-    everything = ImageSet(images, labels, ids)
-    train = everything.subset(index["train"])
     logger.info("%s: splits as assigned, %d train, %d query, %d gallery images (%s; data.query_size and "
                 "data.gallery_size do not apply%s)", pool, len(index["train"]), len(index["query"]),
                 len(index["gallery"]), request.protocol,
                 "" if request.train_size is None else f"; train capped at data.train_size={request.train_size}")
-    mean, std = channel_statistics(train.images)
-    return RetrievalData(name=name, train=train, query=everything.subset(index["query"]),
-                         gallery=everything.subset(index["gallery"]), class_names=class_names, mean=mean, std=std,
-                         bad_files=bad_files, protocol=request.protocol)
+    return _retrieval_data(source, labels, index, request)
 
 
 def refuse_shared_classes(train_labels: np.ndarray, searched_labels: np.ndarray, class_names: tuple[str, ...],

@@ -60,7 +60,8 @@ class GalleryEarlyStopping:
         data = self.validation
 
         def embed(split: str):
-            return embed_images(model, getattr(data, split).images, ModelInput(data.mean, data.std, data.image_size, device))
+            model_input = ModelInput(data.mean, data.std, data.image_size, device)
+            return embed_images(model, getattr(data, split).images, model_input)
 
         return create_task(self.task).evaluate(embed("query"), data.query.labels, embed("gallery"),
                                                data.gallery.labels, "validation")
