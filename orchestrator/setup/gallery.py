@@ -80,8 +80,9 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
     if stopper is not None:
         info.update(stopper.record())
         log(f"gallery model: best validation {stopper.metric} {stopper.best_score:.2f} at epoch {stopper.best_epoch} "
-            f"of {len(stopper.curve)} ({'stopped early' if stopper.stopped_early else 'ran every epoch'}); "
-            "that epoch's weights are kept")
+            f"of {len(stopper.curve)} ({'stopped early' if stopper.stopped_early else 'ran every epoch'})"
+            + (f"; trained again for {stopper.retrained_epochs} epochs so that its schedule completes"
+               if stopper.retrained_epochs else ""))
     save_gallery(path, model, data.mean, data.std, info)
     checkpoint = load_gallery(path, device)
     log(f"saved gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
