@@ -109,10 +109,10 @@ class _CandidateTrial:
         data, gallery = self.shared.data, self.shared.gallery
         query_embeddings = self.embed(data.query)
         metrics: dict[str, Any] = {"epoch": epoch, **stats, **self.task.evaluate(
-            query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")}
+            query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross", data.pair_ids())}
         if epoch == self.shared.training.optim.epochs:
             metrics.update(self.task.evaluate(query_embeddings, data.query.labels, self.embed(data.gallery),
-                                              data.gallery.labels, "homo"))
+                                              data.gallery.labels, "homo", data.pair_ids()))
             metrics.update(self._held_out_metrics(), **_cost_metrics(self.model, self.spec, self.shared),
                            **self._run_metrics())
         with tempfile.TemporaryDirectory() as folder:
@@ -126,10 +126,11 @@ class _CandidateTrial:
         if held_out is None:
             return {}
         queries = self.embed(held_out.query)
+        ids = (held_out.query.ids, held_out.gallery.ids)
         return {**self.task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings,
-                                     held_out.gallery.labels, "heldout_cross"),
+                                     held_out.gallery.labels, "heldout_cross", ids),
                 **self.task.evaluate(queries, held_out.query.labels, self.embed(held_out.gallery),
-                                     held_out.gallery.labels, "heldout_homo")}
+                                     held_out.gallery.labels, "heldout_homo", ids)}
 
     def _run_metrics(self) -> dict[str, Any]:
         """Where and how the trial ran: CPU time of its process (all its threads: compute spent, whatever

@@ -343,6 +343,11 @@ class EvaluationConfig(_Section):
         "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
                                  "TAR@FAR 1e-2/1e-3 and rank-1"
     )
+    held_out: Literal["split", "leave_one_out"] = Field(
+        "split", description="split: queries against the disjoint gallery split; leave_one_out: the query and gallery "
+                             "splits pooled, every image a query against all the others (its own image left out): "
+                             "every image scored as a query, no partition chosen (docs/metrics.md)"
+    )
     compatibility_ratio: float = Field(
         DEFAULT_SCORING.compatibility_ratio, ge=0, le=1,
         description="a trial fails the compatibility check when its final cross-model metric is below this fraction "

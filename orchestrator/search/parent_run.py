@@ -54,11 +54,13 @@ def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: Complexity
     a validation split, on the validation halves (``paragon_*``, what candidates are ranked against)
     and on the held-out splits (``paragon_heldout_*``, what they are reported against)."""
     data, task, gallery = inputs.data, create_task(config.evaluation.task), inputs.embeddings
-    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon")
+    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon",
+                            data.pair_ids())
     held_out = inputs.held_out
     if held_out is not None:
         metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
-                                     held_out.gallery.labels, "paragon_heldout"))
+                                     held_out.gallery.labels, "paragon_heldout",
+                                     (held_out.query.ids, held_out.gallery.ids)))
     return Paragon(metrics, cost)
 
 

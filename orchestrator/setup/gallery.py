@@ -104,7 +104,8 @@ def train_configured_gallery(config: CmpnasConfig, log: Log) -> RetrievalMetrics
     data, model = search_data.reported, checkpoint.model
     model_input = ModelInput(checkpoint.mean, checkpoint.std, model.arch.image_size, device)
     return RetrievalEvaluator().evaluate(embed_images(model, data.query.images, model_input), data.query.labels,
-                                         embed_images(model, data.gallery.images, model_input), data.gallery.labels)
+                                         embed_images(model, data.gallery.images, model_input), data.gallery.labels,
+                                         data.pair_ids())
 
 
 def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: int) -> GallerySourceRequest:

@@ -88,6 +88,11 @@ class RetrievalData:
     def in_chans(self) -> int:
         return int(self.train.images.shape[1])
 
+    def pair_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query ids, gallery ids): what an evaluation needs to leave a query's own image out of its
+        ranking where the two splits share images (``workers.datasets.leave_one_out``)."""
+        return np.asarray(self.query.ids), np.asarray(self.gallery.ids)
+
     @property
     def image_size(self) -> int:
         return int(self.train.images.shape[2])

@@ -78,7 +78,7 @@ class GalleryEarlyStopping:
             return embed_images(model, getattr(data, split).images, model_input)
 
         return create_task(self.task).evaluate(embed("query"), data.query.labels, embed("gallery"),
-                                               data.gallery.labels, "validation")
+                                               data.gallery.labels, "validation", data.pair_ids())
 
     def after_epoch(self, epoch: int, stats: dict[str, float], model: GalleryEmbeddingNet,
                     device: torch.device) -> bool:
