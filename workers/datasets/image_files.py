@@ -44,12 +44,12 @@ class ImageDecodeError(ValueError):
 class ImageReadError(DataError):
     """A file that could not be read for a reason of the system, not of its content (module rules)."""
 
-    def __init__(self, path: str | Path, error: OSError):
-        super().__init__(
-            f"cannot read {path} ({type(error).__name__}: {error}): an error of the system, not of the image, so it "
-            "is not counted as a bad file; fix the cause (the open-file limit, ulimit -n; the disk; a network file "
-            "system's mount) and run again"
-        )
+    @classmethod
+    def of(cls, path: str | Path, error: OSError) -> ImageReadError:
+        # One message argument, as every exception that Ray pickles from a trial to the driver must take.
+        return cls(f"cannot read {path} ({type(error).__name__}: {error}): an error of the system, not of the image, "
+                   "so it is not counted as a bad file; fix the cause (the open-file limit, ulimit -n; the disk; a "
+                   "network file system's mount) and run again")
 
 
 # What a damaged or unsupported file makes Pillow raise (besides OSError without an errno): its
@@ -90,7 +90,7 @@ def decode_image_file(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise
     except OSError as error:  # UnidentifiedImageError and Pillow's decoder errors are OSErrors without an errno
         if error.errno is not None:
-            raise ImageReadError(path, error) from error
+            raise ImageReadError.of(path, error) from error
         raise ImageDecodeError(f"{type(error).__name__}: {error}") from error
     # DecompressionBombError is not an OSError; SyntaxError and ValueError come from damaged headers.
     except (*FORMAT_ERRORS, Image.DecompressionBombError) as error:

@@ -226,7 +226,10 @@ def _write_cache_file(path: Path, data: bytes, trust: CacheTrust) -> None:
 def _remove_stale_partials(layout: CacheLayout) -> None:
     """Temporary folders of this key a killed builder left (a day old; this user's, or trusted)."""
     for partial in partial_folders_of(layout.folder):
-        status = partial.lstat()
+        try:
+            status = partial.lstat()
+        except FileNotFoundError:  # its builder removed it meanwhile
+            continue
         if time.time() - status.st_mtime > STALE_PARTIAL_S and layout.trust.problem(status) is None:
             shutil.rmtree(partial, ignore_errors=True)
 

@@ -128,3 +128,10 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
     with Image.open(path) as image:
         full = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
     assert np.abs(decoded.astype(int) - full).mean() < 2  # the same picture
+
+
+def test_a_read_error_survives_the_trip_from_a_trial_to_the_driver(tmp_path):
+    import pickle
+
+    error = ImageReadError.of(tmp_path / "a.png", OSError(errno.ESTALE, "Stale file handle"))
+    assert str(pickle.loads(pickle.dumps(error))) == str(error) and "Stale file handle" in str(error)
