@@ -99,10 +99,18 @@ class DataConfig(_Section):
                             "and always held in memory"
     )
     cache_dir: str | None = Field(None, description="the shard cache; default: $CMPNAS_CACHE/shards "
-                                                    "(~/.cache/cmpnas/shards)")
+                                                    "(~/.cache/cmpnas/shards). A cache another user owns or could "
+                                                    "write is refused (docs/reliability.md)")
+    cache_trusted_group: str | None = Field(
+        None, description="a team's shared data.cache_dir: the group (which this user belongs to) whose members may "
+                          "write it; cmpnas then writes the cache group-readable for that group and reads entries of "
+                          "that group. null: only caches of this user are read")
     decode_workers: PositiveInt | None = Field(None, description="threads decoding a file collection (into the "
-                                                                 "shard cache or memory); default: the machine's "
-                                                                 "CPUs")
+                                                                 "shard cache or memory); default: the CPUs this "
+                                                                 "process may use (CPU affinity and cgroup quota)")
+    allow_paths_outside_root: bool = Field(
+        False, description="source manifest: read files outside the manifest's folder (absolute paths, '..', "
+                           "symbolic links leading out); false: such rows are refused")
 
     @field_validator("streaming", mode="before")
     @classmethod

@@ -37,7 +37,9 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
                           image_size=data.image_size, channels=requested_channels(config), protocol=data.protocol,
                           train_classes=data.train_classes, max_bad_fraction=data.max_bad_fraction,
                           streaming={"auto": None, "on": True, "off": False}[data.streaming],
-                          cache_dir=data.cache_dir, decode_workers=data.decode_workers)
+                          cache_dir=data.cache_dir, decode_workers=data.decode_workers,
+                          cache_trusted_group=data.cache_trusted_group,
+                          allow_paths_outside_root=data.allow_paths_outside_root)
     return load_retrieval_data(data.source, request)
 
 

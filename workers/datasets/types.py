@@ -150,3 +150,5 @@ class DataRequest:
     streaming: bool | None = None  # None: the source's default (on for file collections)
     cache_dir: str | None = None
     decode_workers: int | None = None
+    cache_trusted_group: str | None = None  # the group whose members may write the shard cache too
+    allow_paths_outside_root: bool = False  # manifest: files outside the manifest's folder
