@@ -3,8 +3,13 @@
 ``replaced_durably(path)`` gives a temporary path of a unique name in ``path``'s folder (two
 writers of one file never share a temporary); when the block ends it fsyncs that file, renames it
 over ``path`` and fsyncs the folder, so the rename itself is on disk. If the block raises, the
-temporary is removed and ``path`` is as it was. Used for the search state, gallery and supernet
-checkpoints.
+temporary is removed and ``path`` is as it was. Every file cmpnas replaces goes through it: the
+search state, gallery and supernet checkpoints, ``cmpnas gallery embed``'s shards, listing,
+``embeddings.npy``, ``ids.txt``, FAISS index and ``gallery.json``.
+
+``fsync_path`` and ``fsync_tree`` make files written in place durable before something else
+points at them: a staged journal artifact before its journal entry, an export folder before it is
+renamed into place.
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ def replaced_durably(path: str | Path) -> Iterator[Path]:
 def write_text_durably(path: str | Path, text: str) -> None:
     with replaced_durably(path) as temporary:
         temporary.write_text(text)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries (a file created or renamed in it), to the disk."""
+    _fsync(Path(path), os.O_RDONLY)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file and folder under ``folder``, folders after their contents, ``folder`` last."""
+    for parent, _folders, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(parent) / name)
+        fsync_path(parent)
 
 
 def _umask() -> int:
