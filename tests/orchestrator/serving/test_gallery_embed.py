@@ -164,7 +164,7 @@ def test_a_torn_or_altered_shard_is_embedded_again_not_trusted(gallery, image_ro
     assert final.asked == []
 
 
-def test_a_second_run_on_a_folder_in_use_is_refused_at_once(gallery, image_root, tmp_path):
+def test_a_second_run_on_a_folder_in_use_is_refused_at_once(gallery, image_root, checkpoint, tmp_path):
     output = tmp_path / "embedded"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time; from orchestrator.common.output_lock import locked_output_dir\n"
@@ -174,6 +174,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused_at_once(gallery, image_root,
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputDirLockedError, match=rf"--output=.*cmpnas gallery embed, pid {holder.pid}.*another"):
             embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE))
+        tree = image_folder_config_tree(image_root, checkpoint, tmp_path / "out")
+        code, text = _cli(tmp_path, tree, "--output", str(output), "--images", str(image_root))
+        assert code == 2 and "OutputDirLockedError" in text and f"pid {holder.pid}" in text, text
         assert sorted(path.name for path in output.iterdir()) == [LOCK_FILE]  # nothing claimed, nothing written
     finally:
         holder.kill()
