@@ -3,8 +3,9 @@
 ``replaced_durably(path)`` gives a temporary path of a unique name in ``path``'s folder (two
 writers of one file never share a temporary); when the block ends it fsyncs that file, renames it
 over ``path`` and fsyncs the folder, so the rename itself is on disk. If the block raises, the
-temporary is removed and ``path`` is as it was. Used for the search state, gallery and supernet
-checkpoints.
+temporary is removed and ``path`` is as it was. Every file cmpnas replaces goes through it: the
+search state, gallery and supernet checkpoints, ``cmpnas gallery embed``'s shards, listing,
+``embeddings.npy``, ``ids.txt``, FAISS index and ``gallery.json``.
 
 ``created_durably(folder)`` does the same for a folder of files written once (the shard cache): a
 temporary folder of a unique name beside ``folder`` (``.<name>.partial-<random>``: two builders,
@@ -13,6 +14,10 @@ in it and the folder itself are fsynced, it is renamed to ``folder`` (a folder a
 moved aside first and removed after) and the parent is fsynced. If the block raises, the
 temporary folder is removed. ``partial_folders_of(folder)`` lists such temporaries, e.g. the ones
 a killed builder left.
+
+``fsync_path`` and ``fsync_tree`` make files written in place durable before something else
+points at them: a staged journal artifact before its journal entry, an export folder before it is
+renamed into place.
 """
 
 from __future__ import annotations
@@ -90,6 +95,19 @@ def _rename_over(temporary: Path, folder: Path) -> None:
     os.rename(temporary, folder)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries (a file created or renamed in it), to the disk."""
+    _fsync(Path(path), os.O_RDONLY)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file and folder under ``folder``, folders after their contents, ``folder`` last."""
+    for parent, _folders, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(parent) / name)
+        fsync_path(parent)
 
 
 def _umask() -> int:
