@@ -165,8 +165,10 @@ class GalleryConfig(_Section):
                             "linear_probe (built once from the train split's gallery embeddings); auto: from_model "
                             "where the model has one for the data's classes, else prototypes"
     )
-    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image, where it cannot be "
-                                                           "measured (source embeddings); overrides the measured cost")
+    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image (one multiply-add = "
+                                                           "one flop), where it cannot be measured (source embeddings, "
+                                                           "a model whose cost cannot be counted); overrides the "
+                                                           "measured cost")
     embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
                                                     "take it from the model")
     stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")

@@ -168,19 +168,25 @@ def open_existing_gallery(config: CmpnasConfig, data: RetrievalData, path: Path 
 
 
 def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityReport:
-    """The gallery model's cost per image: gallery.mflops where set, else measured; refused when neither."""
+    """The gallery model's cost per image: gallery.mflops where set, else measured; refused when neither
+    gives a positive cost. Never zero: every cost reduction of the search divides by it."""
     spec = gallery.input_spec
+    fix = ("set gallery.mflops to its MFLOPs per image (one multiply-add = one flop, as fvcore counts), so cost "
+           "reductions can be computed")
     if config.gallery.mflops is not None:
-        return ComplexityReport(flops=round(config.gallery.mflops * 1e6), params=0,
+        cost = ComplexityReport(flops=round(config.gallery.mflops * 1e6), params=0,
                                 input_shape=(spec.channels, spec.size, spec.size),
                                 convention=CONFIGURED_COST_CONVENTION)
+        if cost.flops <= 0:
+            raise ConfigError(f"gallery.mflops={config.gallery.mflops} is below one flop per image; {fix}")
+        return cost
     measured = gallery.measure_cost()
     if measured is None:
-        raise GallerySourceError(
-            f"the cost of gallery model {gallery.description} cannot be measured from gallery.source="
-            f"{config.gallery.source!r}; set gallery.mflops to its MFLOPs per image (one multiply-add = one flop, "
-            "as fvcore counts), so cost reductions can be computed"
-        )
+        raise GallerySourceError(f"the cost of gallery model {gallery.description} cannot be measured from "
+                                 f"gallery.source={config.gallery.source!r}; {fix}")
+    if measured.flops <= 0:
+        raise GallerySourceError(f"the cost of gallery model {gallery.description} was counted as 0 FLOPs "
+                                 f"({measured.convention}; not counted: {measured.skipped_ops}); {fix}")
     return measured
 
 
