@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from evaluators.latency import LATENCY_METHOD, measure_model_latency
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
 from workers.compatibility.bn_calibration import calibration_indices, recalibrate_batch_norm
@@ -183,7 +184,9 @@ def _cost_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInp
         "flops_skipped_ops": json.dumps(complexity.skipped_ops, sort_keys=True),
     }
     if shared.measure_latency:
-        metrics["latency_ms"] = measure_cpu_latency_ms(model, input_shape)
+        # Once per finished candidate, on its ONNX export: the graph a deployment runs (evaluators.latency).
+        metrics["latency_ms"] = measure_model_latency(model, input_shape).median_ms
+        metrics["latency_method"] = LATENCY_METHOD
     return metrics
 
 

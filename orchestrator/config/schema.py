@@ -430,6 +430,10 @@ class SearchConfig(_Section):
     budgets_mflops: list[PositiveFloat] | None = Field(
         None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
     )
+    max_latency_ms: PositiveFloat | None = Field(
+        None, description="latency constraint on proposed candidates: each is timed on its ONNX export in ONNX "
+                          "Runtime (batch 1, one thread) on the driver's CPU before it becomes a trial, and refused "
+                          "above this many milliseconds; run the driver on the deployment's CPU. null: none")
     scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on the per-epoch "
                                                                     "search.metric")
     evolution: EvolutionConfig = EvolutionConfig()
@@ -471,8 +475,9 @@ class ResourcesConfig(_Section):
                                                          "up)")
     gpus_per_trial: float = Field(0, ge=0, description="fractions pack several trials on one GPU")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
-    measure_latency: bool = Field(True, description="measure each candidate's CPU latency (median, batch 1, one "
-                                                    "thread)")
+    measure_latency: bool = Field(True, description="measure each finished candidate's latency, and the paragon's, "
+                                                    "on their ONNX export in ONNX Runtime on the CPU (median of 300 "
+                                                    "runs after 50, batch 1, one thread; docs/metrics.md)")
 
 
 class TrackingConfig(_Section):

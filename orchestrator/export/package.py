@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from evaluators import FLOPS_CONVENTION
+from evaluators.latency import export_onnx
 from orchestrator.common.version import cmpnas_version
 from orchestrator.export.errors import ExportError
 from search_space import ArchSpec, build_query_model
@@ -85,14 +86,11 @@ def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[
     """ONNX (dynamic batch), TorchScript (traced) and safetensors weights of the network."""
     from safetensors.torch import save_file
 
+    # The exporter whose graph every candidate's latency was timed on (evaluators.latency).
+    export_onnx(model, input_shape, folder / ONNX_FILE)
     example = torch.rand(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(folder / ONNX_FILE), input_names=["images"],
-                          output_names=["embeddings"], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-                          dynamo=True, opset_version=18, verbose=False,
-                          # One self-contained file, so the manifest's SHA-256 covers the weights too.
-                          external_data=False)
         traced = torch.jit.trace(model, example)
     traced.save(str(folder / TORCHSCRIPT_FILE))
     state = {name: tensor.detach().contiguous() for name, tensor in model.network.state_dict().items()}
@@ -159,6 +157,7 @@ def build_manifest(spec: ArchSpec, runs: tuple[Any, Any], measured: MeasuredWith
             "flops_convention": FLOPS_CONVENTION,
             "flops_skipped_ops": json.loads(candidate_run.data.params.get("flops_skipped_ops", "{}") or "{}"),
             "params": int(metrics["final_params"]), "latency_ms_cpu_batch1": metrics.get("final_latency_ms"),
+            "latency_method": candidate_run.data.params.get("latency_method", ""),
             "cost_reduction_vs_paragon": metrics.get("final_cost_reduction"),
         },
         "metrics": recorded,

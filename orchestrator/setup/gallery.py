@@ -14,6 +14,7 @@ import torch
 
 from evaluators import RetrievalEvaluator, RetrievalMetrics
 from evaluators.complexity import ComplexityReport
+from evaluators.latency import LatencySettings
 from orchestrator.common.output_lock import locked_output_dir
 from orchestrator.config import CmpnasConfig, ConfigError
 from orchestrator.setup.data import load_search_data
@@ -188,6 +189,16 @@ def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityRepor
         raise GallerySourceError(f"the cost of gallery model {gallery.description} was counted as 0 FLOPs "
                                  f"({measured.convention}; not counted: {measured.skipped_ops}); {fix}")
     return measured
+
+
+def paragon_latency_ms(config: CmpnasConfig, gallery: GalleryModel) -> float | None:
+    """The gallery model's latency measured as every candidate's is (``evaluators.latency``: its ONNX
+    export in ONNX Runtime, batch 1, one thread), so the two compare; None where latency is not measured
+    (``resources.measure_latency`` off) or the model has no graph to time (precomputed embeddings)."""
+    if not config.resources.measure_latency:
+        return None
+    report = gallery.measure_latency(LatencySettings())
+    return None if report is None else report.median_ms
 
 
 def split_identity(config: CmpnasConfig) -> dict:

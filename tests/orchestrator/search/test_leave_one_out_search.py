@@ -1,5 +1,6 @@
 """A search with evaluation.held_out: leave_one_out: every held-out image is a query against all the
-others, its own image left out; the paragon and the candidates are reported that way."""
+others, its own image left out; the paragon and the candidates are reported that way (and their latency
+timed on their ONNX exports)."""
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_a_leave_one_out_search_scores_every_held_out_image_without_finding_itse
                                      "gallery_size": 250},
                      gallery={"epochs": 1, "batch_size": 100, "checkpoint": None}, training={"epochs": 1, "batch_size": 100},
                      search={"num_candidates": 2, "strategy": "random"}, evaluation={"held_out": "leave_one_out"},
-                     resources={"measure_latency": False})
+                     resources={"measure_latency": True})
     config = validate_config(tree)
     console = Console(record=True, width=400)
     outcome = run_search(config, console)
@@ -35,3 +36,6 @@ def test_a_leave_one_out_search_scores_every_held_out_image_without_finding_itse
     for run in candidates:
         assert run.data.metrics["final_heldout_homo_r1"] < 100  # its own model on both sides, itself left out
         assert 0 < run.data.metrics["final_heldout_cross_r1"] <= 100
+        # Latency on the ONNX export (evaluators.latency), as the paragon's: their ratio is on the front.
+        assert run.data.metrics["final_latency_ms"] > 0 and "ONNX Runtime" in run.data.params["latency_method"]
+    assert parent.data.metrics["paragon_latency_ms"] > 0

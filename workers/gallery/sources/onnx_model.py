@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from evaluators.complexity import ComplexityReport
+from evaluators.latency import LatencyReport, LatencySettings, measure_onnx_latency
 from workers.gallery.sources.base import (
     GalleryInputSpec,
     GalleryModel,
@@ -86,6 +87,15 @@ class OnnxGalleryModel(GalleryModel):
                                      f"{'x'.join(map(str, inputs.shape[1:]))} ({str(error)[:300]}); {RUN_FIX}"
                                      ) from error
         return np.asarray(output, dtype=np.float32).reshape(len(inputs), -1)[:count]
+
+    def measure_latency(self, settings: LatencySettings) -> LatencyReport | None:
+        """The model file itself timed in ONNX Runtime (``evaluators.latency``): it is the deployed graph;
+        None where it does not run at the settings' batch (a model with another fixed batch size)."""
+        spec = self.input_spec
+        try:
+            return measure_onnx_latency(self.path, (spec.channels, spec.size, spec.size), settings)
+        except Exception:  # noqa: BLE001 - ONNX Runtime raises its own types; latency is then not measured
+            return None
 
     def measure_cost(self) -> ComplexityReport:
         spec = self.input_spec
