@@ -23,8 +23,11 @@
 #
 # Settings (environment): RUN_SECONDS (300: with the three calls' start and transfers, room for one
 # rerun in a 15-minute slot), GPU_HOME (/root/cmpnas-gpu), PYTHON (python3: the image's, with torch),
-# CONCURRENT (4), GPUS_PER_TRIAL (0.25), CPUS_PER_TRIAL (2), LARGE_CANDIDATES (16), GALLERY_EPOCHS (4),
-# QUICK_MAX (180: the quickstart's own limit, seconds).
+# CONCURRENT (4) and GPUS_PER_TRIAL (0.25) of the quickstart, CPUS_PER_TRIAL (2), QUICK_MAX (180: the
+# quickstart's own limit, seconds), QUICK (1; 0 skips the quickstart, for a rerun that gives all its
+# time to the larger search), LARGE_CANDIDATES (16), LARGE_CONCURRENT (8) and LARGE_GPUS_PER_TRIAL
+# (0.125: trials cost mostly fixed overheads on a GPU, so more at once finish sooner), LARGE_EPOCHS
+# (unset: sized from the quickstart, else 2), GALLERY_EPOCHS (4: the resnet18 paragon's).
 # DRY_RUN=1 tries the script here, on the CPU: the parts install with a local Python 3.12
 # (INSTALL_PYTHON), the searches run tiny with the project's venv (PYTHON), GPU readings are skipped.
 set -uo pipefail
@@ -40,6 +43,10 @@ CONCURRENT=${CONCURRENT:-4}
 GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0.25}
 CPUS_PER_TRIAL=${CPUS_PER_TRIAL:-2}
 LARGE_CANDIDATES=${LARGE_CANDIDATES:-16}
+LARGE_CONCURRENT=${LARGE_CONCURRENT:-8}
+LARGE_GPUS_PER_TRIAL=${LARGE_GPUS_PER_TRIAL:-0.125}
+LARGE_EPOCHS=${LARGE_EPOCHS:-}
+QUICK=${QUICK:-1}
 GALLERY_EPOCHS=${GALLERY_EPOCHS:-4}
 QUICK_MAX=${QUICK_MAX:-180}
 STARTED=$(date +%s)
@@ -140,36 +147,49 @@ stop_services() {
   find "$WORK/logs/ray" -type f -size +2M -exec truncate -s 2M {} + 2>/dev/null
 }
 
-common_sets() {  # EXPERIMENT: the settings both searches share
+common_sets() {  # EXPERIMENT GPUS_PER_TRIAL CONCURRENT: the settings both searches share
   echo --set tracking.uri="$MLFLOW" --set tracking.experiment="$1" --set data.root="$DATA" \
-    --set ray.address="$RAY_ADDRESS_ARG" --set resources.gpus_per_trial="$GPUS_PER_TRIAL" \
-    --set resources.cpus_per_trial="$CPUS_PER_TRIAL" --set search.max_concurrent="$CONCURRENT" --set training.channels_last=false
+    --set ray.address="$RAY_ADDRESS_ARG" --set resources.gpus_per_trial="$2" \
+    --set resources.cpus_per_trial="$CPUS_PER_TRIAL" --set search.max_concurrent="$3" --set training.channels_last=false
 }
 
 large_sets() {  # EPOCHS: the larger search (full Fashion-MNIST, resnet18 paragon, 16 candidates)
   local sizes="--set data.train_size=60000 --set data.validation_size=5000"
-  [ "$DRY_RUN" = 1 ] && sizes="--set data.train_size=900 --set data.validation_size=300 --set data.query_size=200 --set data.gallery_size=400"
+  [ "$DRY_RUN" = 1 ] && sizes="--set data.train_size=900 --set data.validation_size=300 --set data.query_size=200
+    --set data.gallery_size=400 --set training.min_steps=0"
   echo $sizes --set gallery.backbone=resnet18 --set gallery.epochs="$GALLERY_EPOCHS" --set gallery.batch_size=256 \
     --set search.num_candidates="$LARGE_CANDIDATES" --set training.epochs="$1" --set output_dir="$WORK/large"
 }
 
-searches() {
-  local quick="" train_large=55000
+quickstart() {
+  local quick=""
   [ "$DRY_RUN" = 1 ] && quick="--set data.train_size=600 --set data.validation_size=200 --set data.query_size=200
-    --set data.gallery_size=400 --set gallery.epochs=1 --set training.epochs=1 --set search.num_candidates=2" \
-    && train_large=600
-  # shellcheck disable=SC2046
-  phase quickstart "$(( $(left) - 120 < QUICK_MAX ? $(left) - 120 : QUICK_MAX ))" \
-    "${CMPNAS[@]}" search $(common_sets gpu-quickstart) --set output_dir="$WORK/quickstart" $quick || return 1
+    --set data.gallery_size=400 --set gallery.epochs=1 --set training.epochs=1 --set training.min_steps=0 --set search.num_candidates=2"
+  # shellcheck disable=SC2046,SC2086
+  phase quickstart "$(( $(left) - 120 < QUICK_MAX ? $(left) - 120 : QUICK_MAX ))" "${CMPNAS[@]}" search \
+    $(common_sets gpu-quickstart "$GPUS_PER_TRIAL" "$CONCURRENT") --set output_dir="$WORK/quickstart" $quick
   "$PY" bench/gpu/search_report.py --tracking-uri "$MLFLOW" --experiment gpu-quickstart --out "$WORK/quickstart.json"
-  local fit=$(( $(left) - 90 - 40 - 20 ))  # export, embed and reports; the paragon's training; the start
-  EPOCHS=$("$PY" bench/gpu/search_report.py --tracking-uri "$MLFLOW" --experiment gpu-quickstart \
+}
+
+large_epochs() {  # LARGE_EPOCHS, else the most that the quickstart's trials predict to fit, at least 1
+  local fit=$(( $(left) - 90 - 40 - 20 )) train_large=55000 epochs  # export and embed; the paragon; the start
+  [ "$DRY_RUN" = 1 ] && train_large=600
+  if [ -n "$LARGE_EPOCHS" ]; then echo "$LARGE_EPOCHS"; return; fi
+  [ -s "$WORK/quickstart.json" ] || { echo 2; return; }
+  epochs=$("$PY" bench/gpu/search_report.py --tracking-uri "$MLFLOW" --experiment gpu-quickstart \
     --fit-seconds "$fit" --measured-train-images "$([ "$DRY_RUN" = 1 ] && echo 400 || echo 10000)" \
-    --train-images "$train_large" --candidates "$LARGE_CANDIDATES" --concurrent "$CONCURRENT")
-  say "larger search: $LARGE_CANDIDATES candidates of ${EPOCHS:-?} epochs predicted to fit ${fit}s"
-  [ "${EPOCHS:-0}" -ge 1 ] || { echo "large,skipped" >> "$WORK/rc.csv"; return 1; }
+    --train-images "$train_large" --candidates "$LARGE_CANDIDATES" --concurrent "$LARGE_CONCURRENT")
+  say "larger search: ${epochs:-?} epochs per candidate predicted to fit ${fit}s (0: not even one; 1 runs," \
+    "cut by its time limit if need be)" >&2
+  echo $(( ${epochs:-0} >= 1 ? epochs : 1 ))
+}
+
+searches() {
+  [ "$QUICK" = 0 ] || quickstart
+  EPOCHS=$(large_epochs)
   # shellcheck disable=SC2046
-  phase large "$(( $(left) - 90 ))" "${CMPNAS[@]}" search $(common_sets gpu-large) $(large_sets "$EPOCHS") || return 1
+  phase large "$(( $(left) - 90 ))" "${CMPNAS[@]}" search $(common_sets gpu-large "$LARGE_GPUS_PER_TRIAL" \
+    "$LARGE_CONCURRENT") $(large_sets "$EPOCHS")
   "$PY" bench/gpu/search_report.py --tracking-uri "$MLFLOW" --experiment gpu-large --out "$WORK/large.json"
 }
 
@@ -245,7 +265,7 @@ case "$mode" in
   install|run) ;;
   *) echo "usage: bash bench/gpu/run_gpu.sh install PART... | run [PART...]" >&2; exit 2 ;;
 esac
-say "$mode on $(hostname), RUN_SECONDS=$RUN_SECONDS, GPU_HOME=$GPU_HOME"
+say "$mode on ${HOSTNAME:-?}, RUN_SECONDS=$RUN_SECONDS, GPU_HOME=$GPU_HOME"
 status=0
 for part in "$@"; do install_part "$part" || status=1; done
 image_versions

@@ -7,9 +7,10 @@
 The first form prints (and writes) the latest search's figures: wall time of its parent run, the
 trials stage (first candidate start to last candidate end), trials per hour over both, the most
 candidates running at once, per trial its seconds, best images/s, peak GPU memory and device, and
-the paragon's and the front's figures. The second form sizes a larger search from this one's
-trials: per trial a fixed overhead (trial seconds less its training at its measured images/s) plus
-the training of ``--train-images`` per epoch, in waves of ``--concurrent``; it prints the most
+the paragon's figures. The second form sizes a larger search from this one's trials: per trial a
+fixed overhead (trial seconds less the seconds of its epochs) plus, per epoch, the median epoch's
+seconds scaled from ``--measured-train-images`` to ``--train-images``, in waves of
+``--concurrent``; it prints the most
 candidate epochs (1 to 6) that fit ``--fit-seconds``, or 0 when even one does not.
 """
 
@@ -51,11 +52,14 @@ def most_at_once(children) -> int:
 
 
 def trial_figures(client: MlflowClient, run) -> dict:
+    """One trial; its epochs are those it trained (training.min_steps can raise training.epochs)."""
     rates = [m.value for m in client.get_metric_history(run.info.run_id, "images_per_second")]
+    epoch_seconds = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
     metrics, params = run.data.metrics, run.data.params
     return {"arch_id": params.get("arch_id"), "device": params.get("device"),
             "trial_seconds": metrics.get("final_trial_seconds"), "images_per_second": max(rates, default=None),
-            "epochs": len(rates), "gpu_max_memory_mb": metrics.get("final_gpu_max_memory_mb"),
+            "epochs": len(epoch_seconds), "train_seconds": sum(epoch_seconds),
+            "gpu_max_memory_mb": metrics.get("final_gpu_max_memory_mb"),
             "mflops": metrics.get("final_mflops"), "cross_r1": metrics.get("final_cross_r1")}
 
 
@@ -83,16 +87,15 @@ def report(client: MlflowClient, experiment: str) -> dict:
 
 def candidate_epochs(figures: dict, args: argparse.Namespace) -> int:
     """The most epochs per candidate (1-6) whose predicted trials stage fits ``args.fit_seconds``."""
-    usable = [t for t in figures["trials"] if t["trial_seconds"] and t["images_per_second"] and t["epochs"]]
+    usable = [t for t in figures["trials"] if t["trial_seconds"] and t["epochs"]]
     if not usable:
         return 1
-    train_images = args.measured_train_images
-    overhead = statistics.median(max(0.0, t["trial_seconds"] - t["epochs"] * train_images / t["images_per_second"])
-                                 for t in usable)
-    rate = statistics.median(t["images_per_second"] for t in usable)
+    overhead = statistics.median(max(0.0, t["trial_seconds"] - t["train_seconds"]) for t in usable)
+    epoch = statistics.median(t["train_seconds"] / t["epochs"] for t in usable) * (
+        args.train_images / args.measured_train_images)
     waves = math.ceil(args.candidates / args.concurrent)
     for epochs in range(6, 0, -1):
-        if waves * (overhead + epochs * args.train_images / rate) <= args.fit_seconds:
+        if waves * (overhead + epochs * epoch) <= args.fit_seconds:
             return epochs
     return 0
 
