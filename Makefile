@@ -40,11 +40,11 @@ data:
 
 # The wheels and data that travel to the lent GPU machine, and the check that they are complete
 # (docs/deploy.md, "The lent GPU machine"); bench/gpu/carry/ is git-ignored.
-gpu-carry: data
-	$(PYTHON) bench/gpu/build_carry.py
+gpu-carry: install data
+	$(BIN)/python bench/gpu/build_carry.py
 
-gpu-carry-check:
-	$(PYTHON) bench/gpu/build_carry.py --check
+gpu-carry-check: install
+	$(BIN)/python bench/gpu/build_carry.py --check
 
 clean:
 	rm -rf $(VENV) outputs mlflow.db mlruns mlartifacts .pytest_cache
