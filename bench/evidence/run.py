@@ -3,6 +3,7 @@ cached and resumable in a work folder, so the whole runs in the background over 
 
     python bench/evidence/run.py paragon --protocol bench/protocols/fashion_mnist_v1.yaml
     python bench/evidence/run.py paragon --alternative resnet10t   # the protocol's alternatives
+    python bench/evidence/run.py budgets   # the budgets and each one's fixed architecture
     python bench/evidence/run.py status
 
 Recipes so far: ``paragon`` (the protocol's gallery model, or one of its alternatives); the methods'
@@ -24,6 +25,7 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
+from budgets import fixed_architecture, protocol_budgets  # noqa: E402
 from paragon import measure_paragon, paragon_recipe, train_paragon  # noqa: E402
 from protocol import ProtocolError, load_protocol, protocol_workdir  # noqa: E402
 from splits import protocol_data  # noqa: E402
@@ -61,6 +63,17 @@ def run_paragon(args: argparse.Namespace) -> None:
         f"[{figures['low']:.2f}, {figures['high']:.2f}], {result['mflops']:.2f} MFLOPs; {recipe_folder / 'result.json'}")
 
 
+def run_budgets(args: argparse.Namespace) -> None:
+    """The protocol's budgets and each one's fixed architecture (decided before any query model trains)."""
+    protocol = load_protocol(args.protocol)
+    grid, embed_dim = protocol.section("methods")["fixed_bct"], int(protocol.section("paragon")["embed_dim"])
+    for budget in protocol_budgets(protocol.spec, log):
+        fixed = fixed_architecture(budget.mflops, grid, embed_dim)
+        shown = "none fits" if fixed is None else (f"{fixed.backbone} stem stride {fixed.stem_stride} at "
+                                                   f"{fixed.resolution} px, {fixed.mflops:.3f} MFLOPs")
+        print(f"{budget.name}: {budget.mflops:.3f} MFLOPs ({budget.cost_reduction:.1f}x); fixed: {shown}")
+
+
 def run_status(args: argparse.Namespace) -> None:
     protocol = load_protocol(args.protocol)
     folder = protocol_workdir(args.workdir, protocol)
@@ -79,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     paragon = commands.add_parser("paragon", help="train (or continue) and measure the paragon")
     paragon.add_argument("--alternative", default=None, help="a backbone of paragon.alternatives instead")
     paragon.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    commands.add_parser("budgets", help="the protocol's budgets and their fixed architectures")
     commands.add_parser("status", help="what the work folder holds")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
-        {"paragon": run_paragon, "status": run_status}[args.command](args)
+        {"paragon": run_paragon, "budgets": run_budgets, "status": run_status}[args.command](args)
     except ProtocolError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
