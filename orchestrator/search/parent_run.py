@@ -94,7 +94,7 @@ def record_parent_run(ctx: SearchContext) -> None:
     """What the parent run holds (see the module's rules); keyed, so a resume does not log it twice."""
     config, inputs, journal = ctx.config, ctx.inputs, ctx.journal
     gallery_spec = inputs.gallery_model.input_spec
-    recorded_config = redact_tree(config.model_dump(mode="json"))  # credentials never leave the process
+    recorded_config = redact_tree(config.recorded_tree())  # credentials never leave the process
     journal.log_params(PARENT, {
         **config_params(recorded_config), "paragon_flops_skipped_ops": ctx.paragon.cost.skipped_ops,
         "paragon_flops_convention": ctx.paragon.cost.convention,
