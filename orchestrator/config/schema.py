@@ -65,7 +65,10 @@ class DataConfig(_Section):
     root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
                                                "the source's standard places")
     download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
-    train_size: PositiveInt | None = Field(10000, description="training images (stratified subset); null: all")
+    train_size: PositiveInt | None = Field(
+        None, description="training images: a stratified subset of the train split (drawn or given by the files); "
+                          "null: all. The embedded default's 12000 is Fashion-MNIST's: a --set of data.source on it "
+                          "drops it, so a collection's given splits are not capped unless data.train_size is set")
     query_size: PositiveInt = Field(2000, description="query images (verification: probes), a stratified split; "
                                                       "unused where the files give the splits")
     gallery_size: PositiveInt = Field(8000, description="gallery images (verification: enrolled), a stratified split "
@@ -199,6 +202,8 @@ class GalleryConfig(_Section):
         if not isinstance(values, dict):
             return values
         source = values.get("source", cls.model_fields["source"].default)
+        if not isinstance(source, str) or source not in GALLERY_SOURCES:
+            return values  # the source itself is refused, by name
         # null: the default (patience's default is null itself, no early stopping).
         values = {name: value for name, value in values.items() if value is not None or name not in NULL_IS_DEFAULT}
         foreign = [name for name in trained_only_fields(source) if name in values]

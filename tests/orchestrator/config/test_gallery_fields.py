@@ -60,3 +60,13 @@ def test_the_gallery_model_trains_at_least_min_steps():
     assert gallery.epochs_for(10000) == gallery.epochs  # the quickstart: 79 steps an epoch, 158 in 2 epochs
     assert gallery.epochs_for(700) == 20  # 6 steps an epoch: raised to reach 120
     assert load_config(None, ["gallery.min_steps=0"]).gallery.epochs_for(700) == gallery.epochs
+
+
+def test_the_embedded_default_train_size_does_not_follow_a_set_of_another_source():
+    """Fashion-MNIST's 12000 is no cap on a collection whose files give the splits (workers.datasets.splits)."""
+    assert load_config(None).data.train_size == 12000
+    assert load_config(None, ["data.source=manifest", "data.root=m.csv"]).data.train_size is None
+    assert load_config(None, ["data.source=manifest", "data.train_size=500"]).data.train_size == 500
+    assert load_config(None, ["data.source=fashion_mnist"]).data.train_size == 12000
+    # Without a value in the file the user wrote, nothing is capped either (the code default is null: all).
+    assert validate_config({"data": {"source": "manifest"}}).data.train_size is None
