@@ -415,6 +415,15 @@ class EvaluationConfig(_Section):
         description="a trial fails the compatibility check when its final cross-model metric is below this fraction "
                     "of its homogeneous one (search.metric's cross_ vs homo_)"
     )
+    paragon_ratio: float = Field(
+        DEFAULT_SCORING.paragon_ratio, ge=0, le=1,
+        description="a trial also fails when its final cross-model metric is below this fraction of the gallery "
+                    "model's own (the paragon, on the same split); 0: off")
+    chance_margin: float | None = Field(
+        DEFAULT_SCORING.chance_margin, ge=0, lt=1,
+        description="a trial also fails when its final cross-model metric is within this fraction of the way from "
+                    "chance (a random ranking's score on the split) to 100, e.g. R@1 below 19 with 10 balanced "
+                    "classes; for R@1, R@5 and mAP; null: off")
 
 
 class Nsga2Config(_Section):
@@ -603,8 +612,11 @@ class CmpnasConfig(_Section):
 
     @property
     def scoring(self) -> Scoring:
-        """How candidates are scored and judged: search.metric and evaluation.compatibility_ratio."""
-        return Scoring(self.search.metric, self.evaluation.compatibility_ratio)
+        """How candidates are scored and judged: search.metric and the evaluation's ratios (the references,
+        the paragon's and chance's, come with the data: ``Scoring.with_references``)."""
+        evaluation = self.evaluation
+        return Scoring(self.search.metric, evaluation.compatibility_ratio, evaluation.paragon_ratio,
+                       evaluation.chance_margin)
 
     @property
     def gallery_path(self) -> Path:

@@ -129,10 +129,11 @@ def _front_first(session: SearchSession, state: SearchState) -> SearchOutcome:
     # This session records the front (and trains it again); the count of sessions still says it ran.
     journal.log_metrics(PARENT, {"search_sessions": state.sessions}, key=f"parent/sessions/{state.sessions}")
     report = record_front(journal, state, session.output_dir,
-                          FrontPlan(config.tracking.outage_wait_s, config.scoring, next_phase))
+                          FrontPlan(config.tracking.outage_wait_s, None, next_phase))
     # The failed trials of the ended session are not known here; missing candidates still count.
     shortfall = find_shortfall(config.search, complete=True, trials_started=len(state.trial_ids), trials_failed=0,
-                               candidates_finished=len(report.candidates))
+                               candidates_finished=len(report.candidates),
+                               compatibility_failed=len(report.compatibility_failures))
     record_shortfall(journal, config.search, shortfall)
     if final_training:  # it needs the data and Ray, set up as for any other session
         return _search(session, SearchState.load(session.output_dir))

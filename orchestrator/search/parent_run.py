@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from evaluators import FLOPS_CONVENTION, create_task
+from evaluators import FLOPS_CONVENTION, chance_level, create_task
 from evaluators.complexity import ComplexityReport
 from orchestrator.common.credentials import redact_tree
 from orchestrator.common.version import cmpnas_version
@@ -59,7 +59,8 @@ def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: Complexity
     if held_out is not None:
         metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
                                      held_out.gallery.labels, "paragon_heldout"))
-    return Paragon(metrics, cost)
+    levels = {measure: chance_level(measure, data.query.labels, data.gallery.labels) for measure in ("r1", "r5", "map")}
+    return Paragon(metrics, cost, {measure: level for measure, level in levels.items() if level is not None})
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, state: SearchState) -> dict[str, str]:
@@ -112,6 +113,7 @@ def record_parent_run(ctx: SearchContext) -> None:
     cost = ctx.paragon.cost
     journal.log_metrics(PARENT, {
         **ctx.paragon.metrics, "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
+        **{f"chance_{measure}": level for measure, level in ctx.paragon.chance.items()},
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
         "gallery_images_embedded": inputs.images_embedded, "data_bad_files": len(inputs.data.bad_files),
         **inputs.timings,

@@ -230,7 +230,8 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
                                    "horizontal_flip": True},
-    ("evaluation", "compatibility_ratio"): 0.5,
+    ("evaluation", "compatibility_ratio"): 0.5, ("evaluation", "paragon_ratio"): 0.0,
+    ("evaluation", "chance_margin"): None,
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
 }

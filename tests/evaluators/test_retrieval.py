@@ -111,3 +111,15 @@ def test_leaving_out_unmatched_queries_equals_evaluating_the_matched_ones_alone(
 def test_no_query_with_a_relevant_item_is_an_error_naming_the_labels():
     with pytest.raises(ValueError, match=r"no query has a relevant gallery item: query labels \[3, 4\]"):
         RetrievalEvaluator().evaluate(_unit([[1, 0], [0, 1]]), np.array([4, 3]), _unit([[1, 0]]), np.array([1]))
+
+
+def test_the_chance_level_of_a_random_ranking():
+    from evaluators import chance_level
+
+    balanced = np.repeat(np.arange(10), 20)
+    assert chance_level("r1", balanced, balanced) == pytest.approx(10.0)
+    assert chance_level("map", balanced, balanced) == pytest.approx(10.0)
+    assert chance_level("r5", balanced, balanced) == pytest.approx(100 * (1 - 0.9 ** 5))
+    # Queries of a class the gallery lacks are left out, as the evaluator does.
+    assert chance_level("r1", np.array([0, 0, 5]), np.array([0, 1, 1, 1])) == pytest.approx(25.0)
+    assert chance_level("tar_far_1e-2", balanced, balanced) is None
