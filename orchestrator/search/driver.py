@@ -41,6 +41,7 @@ from orchestrator.search.phases import SearchPhase, phase_after_front
 from orchestrator.search.records import FrontPlan, record_front, report_unsent_writes
 from orchestrator.search.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.search.stages import SessionResult, record_search
+from orchestrator.search.space_info import check_budgets_before_set_up
 from orchestrator.search.state import (
     ResumeError,
     SearchState,
@@ -94,6 +95,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
     finished trials kept, unfinished ones continued from their last checkpoint. ``lock_wait_s``: how
     long to wait for ``output_dir`` held elsewhere (``orchestrator.common.output_lock``) before refusing."""
     check_strategy_settings(config.search)
+    check_budgets_before_set_up(config)  # what the configuration alone decides: before minutes of gallery training
     output_dir = prepare_output_dir(config)
     with locked_output_dir(output_dir, "cmpnas search" + (" --resume" if resume else ""), wait_s=lock_wait_s):
         require_supernet_checkpoint(config)
