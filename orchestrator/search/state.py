@@ -92,7 +92,7 @@ class SearchState:
         if not path.is_file():
             return None
         try:
-            recorded = json.loads(path.read_text())
+            recorded = json.loads(path.read_text(encoding="utf-8"))
             recorded.setdefault("format", 1)  # written before the field existed
             recorded["phase"] = SearchPhase(recorded.get("phase", SearchPhase.STARTING))
             return cls(**recorded)
