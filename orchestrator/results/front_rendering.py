@@ -164,7 +164,7 @@ def _candidate_cells(report: ParetoReport, row: CandidateRow, verdict: str) -> t
 
 def _conventions(report: ParetoReport) -> str:
     return (f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
-            f"failed when {report.scoring.rule} (evaluation.compatibility_ratio).")
+            f"failed when {report.scoring.rule} (evaluation.compatibility_ratio, paragon_ratio, chance_margin).")
 
 
 def _markdown_row(cells) -> str:
