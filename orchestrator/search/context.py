@@ -30,6 +30,7 @@ class Paragon:
 
     metrics: dict[str, float]  # the evaluation task's metrics, prefixed ``paragon_``
     cost: ComplexityReport
+    latency_ms: float | None = None  # evaluators.latency's median; None: not measured (see paragon_latency_ms)
     # A random ranking's R@1, R@5 and mAP on the same split (``evaluators.chance_level``), by measure.
     chance: dict[str, float] = field(default_factory=dict)
 

@@ -49,18 +49,22 @@ GALLERY_IDENTITY_FILE = "gallery.json"
 BAD_FILES_FILE = "bad_files.csv"
 
 
-def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: ComplexityReport) -> Paragon:
+def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: ComplexityReport,
+                    latency_ms: float | None = None) -> Paragon:
     """The gallery model against itself on the query and gallery splits, with its cost per image; with
     a validation split, on the validation halves (``paragon_*``, what candidates are ranked against)
     and on the held-out splits (``paragon_heldout_*``, what they are reported against)."""
     data, task, gallery = inputs.data, create_task(config.evaluation.task), inputs.embeddings
-    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon")
+    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon",
+                            data.pair_ids())
     held_out = inputs.held_out
     if held_out is not None:
         metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
-                                     held_out.gallery.labels, "paragon_heldout"))
+                                     held_out.gallery.labels, "paragon_heldout",
+                                     (held_out.query.ids, held_out.gallery.ids)))
     levels = {measure: chance_level(measure, data.query.labels, data.gallery.labels) for measure in ("r1", "r5", "map")}
-    return Paragon(metrics, cost, {measure: level for measure, level in levels.items() if level is not None})
+    chance = {measure: level for measure, level in levels.items() if level is not None}
+    return Paragon(metrics, cost, latency_ms, chance)
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, state: SearchState) -> dict[str, str]:
@@ -115,6 +119,7 @@ def record_parent_run(ctx: SearchContext) -> None:
         **ctx.paragon.metrics, "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
         **{f"chance_{measure}": level for measure, level in ctx.paragon.chance.items()},
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
+        **({"paragon_latency_ms": ctx.paragon.latency_ms} if ctx.paragon.latency_ms is not None else {}),
         "gallery_images_embedded": inputs.images_embedded, "data_bad_files": len(inputs.data.bad_files),
         **inputs.timings,
     }, key="parent/paragon")
