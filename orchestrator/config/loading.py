@@ -9,6 +9,11 @@ Rules:
   its own data source; when ``--set`` changes ``data.source`` and not them, they are dropped
   (their code default, null: all), so that a collection whose files give the splits is not capped
   by Fashion-MNIST's 12000 (``workers.datasets.splits``: a size the user did not set caps nothing);
+* likewise, when ``--set`` switches ``gallery.source`` away from the file's, the file's settings of
+  the gallery model cmpnas trains that do not apply to the new source
+  (``schema.trained_only_fields``) are dropped, with a warning naming them: they were written for
+  the file's source. Set with ``--set`` too, or in a file whose own source is the other one, they
+  are refused (``GalleryConfig``);
 * every refusal is one ``ConfigError`` listing each bad field by its dotted name, what was given and
   what is allowed there; rules that tie fields of several sections together are
   ``cross_field_problems``.
@@ -16,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.config.schema import CmpnasConfig
+from orchestrator.config.schema import CmpnasConfig, GalleryConfig, trained_only_fields
 from search_space.errors import CmpnasError
+from workers.gallery.sources.registry import GALLERY_SOURCES
+
+logger = logging.getLogger(__name__)
 
 # The embedded default: a Traversable (a path in an installed package or a source tree).
 DEFAULT_CONFIG = files("orchestrator.config") / "quickstart.yaml"
@@ -59,11 +68,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     embedded = not path
     path = Path(path) if path else DEFAULT_CONFIG
     tree = read_config_tree(path)
-    embedded_source = tree["data"].get("source") if isinstance(tree.get("data"), dict) else None
+    file_sources = {section: tree[section].get("source") if isinstance(tree.get(section), dict) else None
+                    for section in ("data", "gallery")}
     for assignment in overrides or []:
         apply_override(tree, assignment)
     if embedded:
-        _drop_sizes_of_another_source(tree, embedded_source, overrides or [])
+        _drop_sizes_of_another_source(tree, file_sources["data"], overrides or [])
+    _drop_gallery_fields_of_the_file_source(tree, file_sources["gallery"], overrides or [])
     return validate_config(tree, source=str(path))
 
 
@@ -99,6 +110,25 @@ def _drop_sizes_of_another_source(tree: dict[str, Any], embedded_source: str | N
     for name in EMBEDDED_SUBSET_SIZES:
         if f"data.{name}" not in overridden:
             data.pop(name, None)
+
+
+def _drop_gallery_fields_of_the_file_source(tree: dict[str, Any], file_source: str | None,
+                                            overrides: list[str]) -> None:
+    """The file's settings of a gallery model cmpnas trains go when ``--set`` switched ``gallery.source``
+    to one they do not apply to (module rules), with a warning when they differ from the default."""
+    gallery = tree.get("gallery")
+    source = gallery.get("source", "cmpnas") if isinstance(gallery, dict) else None
+    if not isinstance(source, str) or source == (file_source or "cmpnas") or source not in GALLERY_SOURCES:
+        return
+    overridden = {assignment.partition("=")[0].strip() for assignment in overrides}
+    dropped = {name: gallery.pop(name) for name in trained_only_fields(source)
+               if name in gallery and f"gallery.{name}" not in overridden}
+    changed = {name: value for name, value in dropped.items()
+               if value is not None and value != GalleryConfig.model_fields[name].default}
+    if changed:
+        settings = ", ".join(f"gallery.{name}={value!r}" for name, value in changed.items())
+        logger.warning("gallery.source=%s (set with --set): the config file's %s, written for gallery.source %r, "
+                       "do not apply to it and are ignored", source, settings, file_source or "cmpnas")
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:

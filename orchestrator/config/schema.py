@@ -160,7 +160,8 @@ class GalleryConfig(_Section):
     """The frozen gallery model. Fields of the model cmpnas trains (``TRAINED_GALLERY_FIELDS``, and
     ``backbone`` outside sources cmpnas and timm) do not apply to another source: null, or the code
     default (what the embedded default sets), is taken as unset there; another value is refused,
-    naming the field and the fix, rather than silently ignored."""
+    naming the field and the fix, rather than silently ignored (a file written for another source
+    and switched with ``--set gallery.source`` has them dropped first: ``orchestrator.config.loading``)."""
 
     source: Annotated[str, registered_in(GALLERY_SOURCES)] = Field(
         "cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), timm, torchscript, "

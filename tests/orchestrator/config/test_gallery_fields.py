@@ -70,3 +70,22 @@ def test_the_embedded_default_train_size_does_not_follow_a_set_of_another_source
     assert load_config(None, ["data.source=fashion_mnist"]).data.train_size == 12000
     # Without a value in the file the user wrote, nothing is capped either (the code default is null: all).
     assert validate_config({"data": {"source": "manifest"}}).data.train_size is None
+
+
+def test_a_file_written_for_one_source_switched_with_set_drops_its_trained_model_fields(tmp_path, caplog):
+    """The how-to's gallery-search.yaml (source timm, backbone resnet18) checked as TorchScript and ONNX."""
+    import yaml
+
+    path = tmp_path / "gallery-search.yaml"
+    path.write_text(yaml.safe_dump({"gallery": {"source": "timm", "backbone": "resnet18", "path": "w.pth",
+                                                "epochs": 2, "min_steps": 0}}))
+    config = load_config(path, ["gallery.source=torchscript", "gallery.path=M.pt"])
+    assert config.gallery.source == "torchscript"
+    warned = "the config file's gallery.min_steps=0, gallery.backbone='resnet18', written for gallery.source 'timm'"
+    assert warned in caplog.text and "gallery.epochs" not in caplog.text  # the default: nothing to say
+    # Set with --set as well, or written for the other source in the file itself: refused.
+    with pytest.raises(ConfigError, match=r"gallery.backbone='resnet18' set\(s\) the gallery model cmpnas trains"):
+        load_config(path, ["gallery.source=onnx", "gallery.path=M.onnx", "gallery.backbone=resnet18"])
+    path.write_text(yaml.safe_dump({"gallery": {"source": "onnx", "path": "M.onnx", "epochs": 5}}))
+    with pytest.raises(ConfigError, match=r"gallery.epochs=5 set\(s\)"):
+        load_config(path)
