@@ -121,6 +121,7 @@ def test_a_search_that_runs_out_of_architectures_exits_4_records_why_and_prints_
     # The budget admits the smallest architecture only; the up-front check would refuse two candidates,
     # so it is skipped here to reach the end of a search that runs out.
     monkeypatch.setattr("orchestrator.search.driver.check_search_budgets", lambda space, search: None)
+    monkeypatch.setattr("orchestrator.search.driver.check_budgets_before_set_up", lambda config: None)
     checkpoint = gallery_dir / "gallery.safetensors"
     result = _cli(tmp_path, ["search"], "--set", f"gallery.checkpoint={checkpoint}",
                   data={"train_size": 600, "query_size": 200, "gallery_size": 400}, training={"epochs": 1},
