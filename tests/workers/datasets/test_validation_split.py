@@ -59,7 +59,7 @@ class ScriptedStopping(GalleryEarlyStopping):
         return {"validation_map": self.scores.pop(0), "validation_r1": 0.0}
 
 
-def test_training_stops_after_patience_epochs_without_a_better_score_and_keeps_the_best_epoch():
+def test_training_stops_after_patience_epochs_without_a_better_score_and_chooses_the_best_epoch():
     model = GalleryEmbeddingNet(GalleryArchitecture("resnet10t", 8, 4, 1, 8, stem_stride=2))
     stopper = ScriptedStopping([10, 30, 25, 29, 31], patience=2)
     states = []
@@ -71,8 +71,12 @@ def test_training_stops_after_patience_epochs_without_a_better_score_and_keeps_t
             break
     assert epoch == 4 and stopper.stopped_early  # epochs 3 and 4 were not better than epoch 2's 30
     assert (stopper.best_epoch, stopper.best_score) == (2, 30)
-    stopper.restore_best(model)
-    assert float(next(model.parameters()).detach().flatten()[0]) == 2.0
+    # The best epoch is not the end of the 5-epoch schedule: the model is trained again for 2 epochs.
+    assert stopper.needs_retraining(5)
+    improving = ScriptedStopping([1, 2, 3], patience=5)
+    for epoch in range(1, 4):
+        improving.after_epoch(epoch, {"loss": 1.0}, model, torch.device("cpu"))
+    assert not improving.needs_retraining(3)  # its best epoch ended the full schedule
     record = stopper.record()
     assert record["early_stopping"]["epochs_trained"] == 4 and record["early_stopping"]["best_epoch"] == 2
     assert [point["validation_map"] for point in record["validation_curve"]] == [10, 30, 25, 29]
