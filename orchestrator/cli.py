@@ -269,6 +269,9 @@ def export(
     gallery: Path = typer.Option(None, help="the gallery model (a folder for embeddings) of the search's "
                                  "gallery.source; default: the search's gallery.path"),
     no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
+    allow_torchscript: bool = typer.Option(
+        False, "--allow-torchscript", help="load the search's TorchScript gallery model, which runs code from the "
+        "file (gallery.allow_torchscript; the recorded value is not used); its recorded fingerprint is checked first"),
 ) -> None:
     """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest,
     checked on the search's recorded data."""
@@ -288,6 +291,7 @@ def export(
             output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
             search_run_id=search_run_id, candidate_run_id=candidate_run_id, max_mflops=max_mflops,
             gallery_path=gallery, register=not no_register, data_overrides=tuple(data_overrides),
+            allow_torchscript=allow_torchscript,
         )
         for model in export_candidates(request, console.log):
             registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""
