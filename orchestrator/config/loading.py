@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.common.credentials import redact_tree
 from orchestrator.config.schema import CmpnasConfig
 from search_space.errors import CmpnasError
 
@@ -65,6 +66,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
+    # Redacted once, unused: the URIs' secrets are then masked in every later message (credentials module).
+    redact_tree(tree)
     try:
         config = CmpnasConfig.model_validate(tree)
     except ValidationError as error:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from evaluators.tasks import TASKS
+from orchestrator.common.credentials import redact_uri
 from orchestrator.config.registries import STRATEGIES
 from search_space.registry import SPACES, Registry
 from workers.datasets.registry import SOURCES
@@ -496,6 +497,18 @@ class RayConfig(_Section):
                           "null: OUTPUT_DIR/ray_results"
     )
     ship_code: bool = Field(True, description="send cmpnas's packages to a joined cluster in the runtime environment")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials_in_storage(cls, value: str | None) -> str | None:
+        # Tune writes its storage path into the experiment's files (tuner.pkl, experiment state) in the
+        # storage and on the nodes: credentials there would be on disk. The environment holds them instead.
+        if value is not None and redact_uri(value) != value:
+            raise ValueError("ray.storage_path holds credentials (user-info or a secret query parameter), which Tune "
+                             "would write into its experiment files; remove them from the URI and give them "
+                             "through the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                             "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), where pyarrow and fsspec read them")
+        return value
 
 
 class CmpnasConfig(_Section):
