@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -40,13 +38,12 @@ SetOption = typer.Option(None, "--set", help="override a field, e.g. --set searc
 RESTARTED_JOB_LOCK_WAIT_S = 180.0
 # Exit status when results are safe in the local journal but not yet in MLflow: retry later.
 EXIT_TRACKING_UNAVAILABLE = TrackingUnavailableError.exit_code
-# Exit status of an unexpected error (a bug): Python's own for an uncaught exception.
-EXIT_UNEXPECTED = 1
 
 
 @app.callback()
 def _before_every_command() -> None:
-    """Log records are redacted before any command logs (``orchestrator.common.log_redaction``)."""
+    """Log records, and the traceback of an unexpected error, are redacted before any command runs
+    (``orchestrator.common.log_redaction``)."""
     install_log_redaction()
 
 
@@ -54,11 +51,10 @@ def _before_every_command() -> None:
 def reported_errors() -> Iterator[None]:
     """Every error cmpnas reports to its user (``CmpnasError``) as one line, credentials redacted, and
     its exit status: 2, or 3 when the records wait in the local journal for `cmpnas sync`. Anything
-    else is a bug and keeps its traceback, redacted too (exit status 1)."""
+    else is a bug and keeps its traceback (redacted by the hook ``install_log_redaction`` installs, exit
+    status 1)."""
     try:
         yield
-    except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
-        raise  # typer's and click's own control flow
     except CmpnasError as error:
         if error.exit_code == EXIT_TRACKING_UNAVAILABLE:
             console.print(f"[bold yellow]tracking unavailable:[/] {redact_text(str(error))}", markup=True,
@@ -67,11 +63,6 @@ def reported_errors() -> Iterator[None]:
             console.print(f"[bold red]error:[/] {type(error).__name__}: {redact_text(str(error))}", markup=True,
                           highlight=False)
         raise typer.Exit(code=error.exit_code) from None
-    except Exception:  # noqa: BLE001 - the last resort: a bug's traceback, but never the credentials in it
-        sys.stderr.write(redact_text(traceback.format_exc()))
-        sys.stderr.write("cmpnas stopped on an unexpected error (the traceback above, credentials redacted); please "
-                         "report it\n")
-        raise typer.Exit(code=EXIT_UNEXPECTED) from None
 
 
 @app.command()

@@ -8,6 +8,8 @@ exception and its stack with ``redact_text`` and puts the redacted text in their
   loggers of cmpnas's packages and Ray and MLflow, and wraps the record factory, so that records
   reaching handlers added later (a library configuring its own) are redacted too. Installing it
   twice changes nothing.
+- It also replaces ``sys.excepthook`` and ``threading.excepthook``: an unexpected error (a bug)
+  still prints its whole traceback and exits with status 1, but redacted.
 - Redaction fails closed: a record whose message cannot be formatted is replaced by a line naming
   its logger, never passed on raw.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import traceback
 
 from orchestrator.common.credentials import redact_text, redact_uri
@@ -73,6 +77,7 @@ def install_log_redaction() -> None:
     for handler in handlers:
         if _FILTER not in handler.filters:
             handler.addFilter(_FILTER)
+    _redact_uncaught_errors()
     factory = logging.getLogRecordFactory()
     if not getattr(factory, _REDACTED_MARK, False):
         def redacting_factory(*args, **kwargs) -> logging.LogRecord:
@@ -80,3 +85,22 @@ def install_log_redaction() -> None:
 
         setattr(redacting_factory, _REDACTED_MARK, True)
         logging.setLogRecordFactory(redacting_factory)
+
+
+def _redact_uncaught_errors() -> None:
+    """``sys.excepthook`` and ``threading.excepthook`` that print the traceback redacted."""
+    if getattr(sys.excepthook, _REDACTED_MARK, False):
+        return
+
+    def redacting_excepthook(kind, error, trace) -> None:
+        sys.stderr.write(redact_text("".join(traceback.format_exception(kind, error, trace))))
+
+    def redacting_thread_excepthook(args) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        sys.stderr.write(f"Exception in thread {name}:\n" + redact_text(
+            "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))))
+
+    setattr(redacting_excepthook, _REDACTED_MARK, True)
+    sys.excepthook, threading.excepthook = redacting_excepthook, redacting_thread_excepthook
