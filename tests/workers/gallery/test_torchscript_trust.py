@@ -70,3 +70,5 @@ def test_a_tampered_file_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
     # A trial or Ray actor opening the job's model on its node: refused unrun too.
     with pytest.raises(GallerySourceError, match="was not loaded"):
         GalleryLoader("torchscript", request).open_matching(recorded)
+    with pytest.raises(GallerySourceError, match="was not loaded"):  # what Ray Data's embedding actors get
+        GalleryLoader("torchscript", request).expecting(recorded).open()
