@@ -59,6 +59,9 @@ MAX_PARAM_LENGTH = 6000
 # The query of a UI link that opens MLflow 3's model-training layout (runs table), whatever the
 # browser chose last; without it a fresh browser opens the GenAI overview ("Traces: 0").
 UI_TRAINING_LAYOUT = "workflowType=machine_learning"
+# MLflow's client writes "View run ... at: <tracking URI>" to stdout when a run ends (a print, not a
+# log record): with credentials in the URI that line would carry them, so it is turned off then.
+SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # The full tracking URIs of the trackers this process opened, by their redacted form: an unpickled
 # tracker finds its credentials here and never on disk.
 _FULL_URIS: dict[str, str] = {}
@@ -102,6 +105,8 @@ class SearchTracker:
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
         _FULL_URIS[redact_uri(tracking_uri)] = tracking_uri
+        if redact_uri(tracking_uri) != tracking_uri:
+            os.environ[SUPPRESS_URL_PRINTING] = "true"
         self.seconds_in_calls = 0.0
         self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)

@@ -266,13 +266,16 @@ def test_resume_if_unfinished_resumes_an_unfinished_search_and_starts_otherwise(
 
 
 @pytest.mark.integration
-def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, tmp_path, caplog):
+def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, tmp_path, caplog,
+                                                                  capfd, monkeypatch):
     """A search, a supernet training, a gallery embedding and an export, each recording to a real
     `mlflow server` through a URI with credentials: the secret is in no file written (output folder,
     Tune's storage, the export, the embedded gallery, the server's store and artifacts), no MLflow
     param, tag or registry entry, no log record and nothing on the terminal."""
     from orchestrator.search.driver import run_search
 
+    # MLflow prints each ended run's URL to stdout unless this is set (it is set for a URI with credentials).
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     url, artifacts = mlflow_server
     uri = url.replace("http://", f"http://cmpnas:{SECRET}@")
     tree = tiny_tree(tmp_path, data={"train_size": 600, "query_size": 100, "gallery_size": 400},
@@ -284,7 +287,7 @@ def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, 
     console = Console(record=True, width=200)
     outcome = run_search(validate_config({**tree, "tracking": {**tree["tracking"], "uri": uri}}), console)
     assert len(outcome.report.candidates) == 2
-    terminal = [console.export_text()]
+    terminal = [console.export_text(), *capfd.readouterr()]  # what cmpnas printed, and what libraries printed
     assert "tracking.uri holds credentials" in caplog.text
     # The configuration file holds no secret; the URI with credentials comes on the command line.
     config = tmp_path / "config.yaml"
@@ -299,6 +302,7 @@ def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, 
         terminal.append(result.output)
     assert (tmp_path / "out" / "supernet.safetensors").is_file() and (tmp_path / "embedded" / "ids.txt").is_file()
     assert [path.name for path in (tmp_path / "out" / "ray_results").iterdir() if path.name.startswith("supernet-")]
+    terminal += capfd.readouterr()
     assert not [text for text in terminal if SECRET in text]
     assert SECRET not in caplog.text
     leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file() and SECRET.encode() in path.read_bytes()]
