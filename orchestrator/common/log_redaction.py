@@ -32,23 +32,26 @@ URI_VARIABLES = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CMPNAS_TRACKING_URI")
 _REDACTED_MARK = "_cmpnas_redacted"
 
 
-def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """``record`` with its message, exception and stack text redacted in place (done once per record)."""
-    if getattr(record, _REDACTED_MARK, False):
-        return record
-    try:
-        message = record.getMessage()
-    except Exception:  # noqa: BLE001 - a bad format string must not pass the raw arguments on
-        message = f"(a {record.levelname} record of logger {record.name} that could not be formatted)"
-    record.msg, record.args = redact_text(message), ()
-    if record.exc_info and record.exc_info[0] is not None:
-        record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+def redact_record(record: logging.LogRecord, keep_exc_info: bool = False) -> logging.LogRecord:
+    """``record`` with its message, exception and stack text redacted in place (once per record). The
+    exception's redacted text goes to ``exc_text``, which formatters print instead of formatting
+    ``exc_info``; ``keep_exc_info`` keeps the exception itself for filters that look at it (a record
+    just created), a handler's filter drops it."""
+    if not getattr(record, _REDACTED_MARK, False):
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not pass the raw arguments on
+            message = f"(a {record.levelname} record of logger {record.name} that could not be formatted)"
+        record.msg, record.args = redact_text(message), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        setattr(record, _REDACTED_MARK, True)
+    if not keep_exc_info:
         record.exc_info = None
-    elif record.exc_text:
-        record.exc_text = redact_text(record.exc_text)
-    if record.stack_info:
-        record.stack_info = redact_text(record.stack_info)
-    setattr(record, _REDACTED_MARK, True)
     return record
 
 
@@ -81,7 +84,7 @@ def install_log_redaction() -> None:
     factory = logging.getLogRecordFactory()
     if not getattr(factory, _REDACTED_MARK, False):
         def redacting_factory(*args, **kwargs) -> logging.LogRecord:
-            return redact_record(factory(*args, **kwargs))
+            return redact_record(factory(*args, **kwargs), keep_exc_info=True)
 
         setattr(redacting_factory, _REDACTED_MARK, True)
         logging.setLogRecordFactory(redacting_factory)

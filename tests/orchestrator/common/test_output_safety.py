@@ -166,6 +166,15 @@ def test_every_log_record_is_redacted(tmp_path):
     finally:
         other.handlers.clear()
     assert fresh not in later.getvalue() and "s3://bucket/x" in later.getvalue()
+    # A logger's filter still sees the exception itself (Tune's staging-race filter drops records by it).
+    seen = []
+    other.addFilter(lambda record: seen.append(record.exc_info) or True)
+    try:
+        raise FileNotFoundError(f"https://me:{fresh}@host")
+    except FileNotFoundError:
+        other.exception("copy failed")
+    assert seen and seen[0] is not None and isinstance(seen[0][1], FileNotFoundError)
+    other.filters.clear()
     assert any(isinstance(f, RedactingFilter) for f in logging.lastResort.filters)
 
 
