@@ -15,8 +15,10 @@ import torch
 from mlflow import MlflowClient
 
 from orchestrator.config import ConfigError, validate_config
-from orchestrator.export.pipeline import ExportRequest, _search_config
+from orchestrator.export.errors import ExportError
+from orchestrator.export.pipeline import ExportRequest, _search_config, _search_gallery
 from orchestrator.setup.gallery import obtain_gallery, open_existing_gallery
+from orchestrator.tracking.tags import GALLERY_FINGERPRINT_TAG
 from workers.gallery.sources import GallerySourceError
 
 # What loading a gallery model needs of the data: its channels and image size.
@@ -52,6 +54,10 @@ def test_resume_export_and_verify_check_the_recorded_fingerprint_before_loading(
         open_existing_gallery(config, DATA, expected_fingerprint=other)
     with pytest.raises(GallerySourceError, match="was not loaded"):  # a resumed search
         obtain_gallery(config, DATA, "cpu", lambda line: None, expected_fingerprint=other)
+    search = SimpleNamespace(data=SimpleNamespace(tags={GALLERY_FINGERPRINT_TAG: other}),
+                             info=SimpleNamespace(run_id="search"))
+    with pytest.raises(ExportError, match="was not loaded"):  # export, with the parent run's tag
+        _search_gallery(config, DATA, None, search)
 
 
 def test_export_takes_the_opt_in_from_its_user_not_from_the_tracking_server(tmp_path):
