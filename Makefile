@@ -9,7 +9,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 PIP_ARGS ?=
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data clean gpu-carry gpu-carry-check
 
 demo: install data
 	$(BIN)/cmpnas search
@@ -37,6 +37,14 @@ data:
 	  echo "Fashion-MNIST is not in $(FASHION_DIR): install Debian's dataset-fashion-mnist," \
 	       "or run with --set data.download=true on a machine with internet"; \
 	fi
+
+# The wheels and data that travel to the lent GPU machine, and the check that they are complete
+# (docs/deploy.md, "The lent GPU machine"); bench/gpu/carry/ is git-ignored.
+gpu-carry: install data
+	$(BIN)/python bench/gpu/build_carry.py
+
+gpu-carry-check: install
+	$(BIN)/python bench/gpu/build_carry.py --check
 
 clean:
 	rm -rf $(VENV) outputs mlflow.db mlruns mlartifacts .pytest_cache

@@ -1,7 +1,7 @@
 """Evaluators: retrieval and verification metrics on FAISS, model complexity and latency, Pareto math,
 hypervolume."""
 
-from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity, measure_cpu_latency_ms
+from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_complexity
 from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
@@ -25,7 +25,6 @@ __all__ = [
     "faiss_gpu_count",
     "hypervolume_2d",
     "list_tasks",
-    "measure_cpu_latency_ms",
     "pareto_front",
     "register_task",
     "searchable_metrics",

@@ -1,4 +1,4 @@
-"""Cost of a model: FLOPs and parameters (fvcore), and measured CPU latency per query image.
+"""Cost of a model: FLOPs and parameters (fvcore); its latency is ``evaluators.latency``'s.
 
 FLOPs convention: fvcore counts one fused multiply-add as one flop, so the figures are MACs.
 Operators fvcore has no handle for (activations, element-wise add/mul, ...) count as zero; every
@@ -7,8 +7,6 @@ report carries the list of such operators and how often they were seen, so the g
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -47,33 +45,6 @@ def count_complexity(model: nn.Module, input_shape: tuple[int, ...]) -> Complexi
         model.train(was_training)
     params = sum(parameter.numel() for parameter in model.parameters())
     return ComplexityReport(flops=flops, params=params, input_shape=tuple(input_shape), skipped_ops=skipped)
-
-
-def measure_cpu_latency_ms(
-    model: nn.Module, input_shape: tuple[int, ...], repeats: int = 30, warmup: int = 5, threads: int = 1
-) -> float:
-    """Median wall time in milliseconds to embed one image (batch 1) on the CPU with ``threads``.
-
-    A query model runs one image at a time on a small device, hence batch 1 and one thread by
-    default. The model is copied, so the caller's module (maybe on a GPU) is left untouched.
-    """
-    import copy
-
-    cpu_model = copy.deepcopy(model).to("cpu").eval()
-    example = torch.randn((1, *input_shape))
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        timings = []
-        with torch.inference_mode():
-            for index in range(warmup + repeats):
-                start = time.perf_counter()
-                cpu_model(example)
-                if index >= warmup:
-                    timings.append((time.perf_counter() - start) * 1e3)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return statistics.median(timings)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -9,6 +9,14 @@ Products protocols, they are left out of every average: R@k and mAP are over the
 have at least one relevant gallery item (``num_queries``); the others are counted in
 ``queries_without_match``. They are not scored as zeros, which would cap R@1 below 100 for
 a perfect model. Data where no query has a relevant item is an input error.
+
+Identical images: when query and gallery share images (``query_ids``/``gallery_ids`` name them; in
+leave-one-out evaluation every query is also a gallery item), a query's own image is left out of
+its ranking, as ``evaluators.verification`` leaves identical-image pairs out: an image found by
+itself says nothing. A query whose only same-label gallery item is itself then has no relevant item.
+
+``per_query`` gives each query's outcome (rank of its first relevant item, its average precision),
+from which the metrics are averages: ``evaluators.intervals`` resamples them for confidence intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +26,30 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from evaluators.knn import FaissInnerProductKNN
+
+
+@dataclass(frozen=True)
+class QueryOutcomes:
+    """Per scored query (those with a relevant gallery item), in query order."""
+
+    first_relevant_rank: np.ndarray  # 1-based rank of the best-placed same-label gallery item
+    average_precision: np.ndarray  # in [0, 1]
+    num_gallery: int
+    queries_without_match: int
+
+    def recall_hits(self, k: int) -> np.ndarray:
+        """1.0 where the query finds a same-label item in its top ``k``, else 0.0."""
+        return (self.first_relevant_rank <= k).astype(np.float64)
+
+    def metrics(self) -> RetrievalMetrics:
+        return RetrievalMetrics(
+            recall_at_1=100.0 * float(self.recall_hits(1).mean()),
+            recall_at_5=100.0 * float(self.recall_hits(5).mean()),
+            mean_average_precision=100.0 * float(self.average_precision.mean()),
+            num_queries=len(self.first_relevant_rank),
+            num_gallery=self.num_gallery,
+            queries_without_match=self.queries_without_match,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,41 +93,62 @@ class RetrievalEvaluator:
         query_labels: np.ndarray,
         gallery_embeddings: np.ndarray,
         gallery_labels: np.ndarray,
+        ids: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> RetrievalMetrics:
+        """The metrics over the scored queries; ``ids``: (query ids, gallery ids), identical images excluded."""
+        return self.per_query(query_embeddings, query_labels, gallery_embeddings, gallery_labels, ids).metrics()
+
+    def per_query(
+        self,
+        query_embeddings: np.ndarray,
+        query_labels: np.ndarray,
+        gallery_embeddings: np.ndarray,
+        gallery_labels: np.ndarray,
+        ids: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> QueryOutcomes:
+        """Each scored query's outcome (see ``evaluate``)."""
         query_labels = np.asarray(query_labels)
         gallery_labels = np.asarray(gallery_labels)
         if len(query_embeddings) != len(query_labels) or len(gallery_embeddings) != len(gallery_labels):
             raise ValueError("every embedding needs exactly one label")
         if len(query_labels) == 0 or len(gallery_labels) == 0:
             raise ValueError("retrieval needs at least one query and one gallery item")
+        own_items = _own_gallery_items(ids, len(query_labels), len(gallery_labels))
         relevant_masks = {label: gallery_labels == label for label in np.unique(query_labels)}
-        matched = np.isin(query_labels, gallery_labels)
-        if not matched.any():
-            missing = sorted(label.item() for label in relevant_masks)
-            raise ValueError(f"no query has a relevant gallery item: query labels {missing[:10]} have no item in the "
-                             "gallery; split the data so that query classes have gallery images")
-        if not matched.all():
-            query_embeddings, query_labels = query_embeddings[matched], query_labels[matched]
-
-        hits_at_1 = hits_at_5 = 0
-        average_precisions = []
+        first_ranks, average_precisions = [], []
         index = self.knn.build_index(gallery_embeddings)
         for start in range(0, len(query_labels), self.query_chunk):
             stop = start + self.query_chunk
-            for scores, label in zip(index.scores(query_embeddings[start:stop]), query_labels[start:stop]):
-                ranks = ranks_of_relevant(scores, relevant_masks[label])
-                hits_at_1 += int(ranks[0] <= 1)
-                hits_at_5 += int(ranks[0] <= 5)
+            chunk_scores = index.scores(query_embeddings[start:stop])
+            for position, (scores, label) in enumerate(zip(chunk_scores, query_labels[start:stop]), start):
+                relevant = relevant_masks[label]
+                if own_items[position].size:
+                    scores, relevant = np.delete(scores, own_items[position]), np.delete(relevant, own_items[position])
+                if not relevant.any():
+                    continue
+                ranks = ranks_of_relevant(scores, relevant)
+                first_ranks.append(int(ranks[0]))
                 average_precisions.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
-        count = len(query_labels)
-        return RetrievalMetrics(
-            recall_at_1=100.0 * hits_at_1 / count,
-            recall_at_5=100.0 * hits_at_5 / count,
-            mean_average_precision=100.0 * float(np.mean(average_precisions)),
-            num_queries=count,
-            num_gallery=len(gallery_labels),
-            queries_without_match=int((~matched).sum()),
-        )
+        if not first_ranks:
+            missing = sorted(label.item() for label in relevant_masks)
+            raise ValueError(f"no query has a relevant gallery item: query labels {missing[:10]} have no item in the "
+                             "gallery; split the data so that query classes have gallery images")
+        return QueryOutcomes(np.asarray(first_ranks), np.asarray(average_precisions), len(gallery_labels),
+                             len(query_labels) - len(first_ranks))
+
+
+def _own_gallery_items(ids: tuple[np.ndarray, np.ndarray] | None, queries: int, gallery: int) -> list[np.ndarray]:
+    """Per query, the gallery positions holding the same image (none without ``ids``)."""
+    none = np.empty(0, dtype=np.int64)
+    if ids is None:
+        return [none] * queries
+    query_ids, gallery_ids = (np.asarray(side) for side in ids)
+    if len(query_ids) != queries or len(gallery_ids) != gallery:
+        raise ValueError("give one id per query and one per gallery item")
+    positions: dict[object, list[int]] = {}
+    for position, image_id in enumerate(gallery_ids.tolist()):
+        positions.setdefault(image_id, []).append(position)
+    return [np.asarray(positions[image_id]) if image_id in positions else none for image_id in query_ids.tolist()]
 
 
 def ranks_of_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:

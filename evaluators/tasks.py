@@ -43,7 +43,11 @@ class EvaluationTask(ABC):
 
     @abstractmethod
     def evaluate(self, query_embeddings: np.ndarray, query_labels: np.ndarray, gallery_embeddings: np.ndarray,
-                 gallery_labels: np.ndarray, prefix: str) -> dict[str, float]: ...
+                 gallery_labels: np.ndarray, prefix: str,
+                 ids: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+        """Called once per scored side (``cross``, ``homo``, ``paragon``, ...); ``ids`` (query ids,
+        gallery ids) name the images where the two sides may share some (leave-one-out evaluation):
+        a query's own image is then left out of its ranking and pairs."""
 
 
 TASKS: Registry[type[EvaluationTask]] = Registry(
@@ -68,8 +72,9 @@ class RetrievalTask(EvaluationTask):
     def metric_names(self, prefix: str) -> tuple[str, ...]:
         return tuple(f"{prefix}_{name}" for name in RETRIEVAL_METRICS)
 
-    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix):
-        return self.retrieval.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels).as_dict(prefix)
+    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix, ids=None):
+        return self.retrieval.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                                       ids).as_dict(prefix)
 
 
 @register_task
@@ -86,9 +91,11 @@ class VerificationTask(RetrievalTask):
     def metric_names(self, prefix: str) -> tuple[str, ...]:
         return (*super().metric_names(prefix), *VerificationEvaluator.metric_names(prefix, self.fars))
 
-    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix):
-        metrics = super().evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix)
-        verification = self.verification.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels)
+    def evaluate(self, query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix, ids=None):
+        metrics = super().evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels, prefix, ids)
+        probe_ids, enrolled_ids = ids if ids is not None else (None, None)
+        verification = self.verification.evaluate(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                                                  probe_ids, enrolled_ids)
         metrics.update(verification.as_dict(prefix))
         return metrics
 

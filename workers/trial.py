@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from evaluators import FLOPS_CONVENTION, count_complexity, create_task, measure_cpu_latency_ms
+from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from evaluators.latency import LATENCY_METHOD, measure_model_latency
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
 from workers.compatibility.bn_calibration import calibration_indices, recalibrate_batch_norm
@@ -109,10 +110,10 @@ class _CandidateTrial:
         data, gallery = self.shared.data, self.shared.gallery
         query_embeddings = self.embed(data.query)
         metrics: dict[str, Any] = {"epoch": epoch, **stats, **self.task.evaluate(
-            query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross")}
+            query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross", data.pair_ids())}
         if epoch == self.shared.training.optim.epochs:
             metrics.update(self.task.evaluate(query_embeddings, data.query.labels, self.embed(data.gallery),
-                                              data.gallery.labels, "homo"))
+                                              data.gallery.labels, "homo", data.pair_ids()))
             metrics.update(self._held_out_metrics(), **_cost_metrics(self.model, self.spec, self.shared),
                            **self._run_metrics())
         with tempfile.TemporaryDirectory() as folder:
@@ -126,10 +127,11 @@ class _CandidateTrial:
         if held_out is None:
             return {}
         queries = self.embed(held_out.query)
+        ids = (held_out.query.ids, held_out.gallery.ids)
         return {**self.task.evaluate(queries, held_out.query.labels, held_out.gallery_embeddings,
-                                     held_out.gallery.labels, "heldout_cross"),
+                                     held_out.gallery.labels, "heldout_cross", ids),
                 **self.task.evaluate(queries, held_out.query.labels, self.embed(held_out.gallery),
-                                     held_out.gallery.labels, "heldout_homo")}
+                                     held_out.gallery.labels, "heldout_homo", ids)}
 
     def _run_metrics(self) -> dict[str, Any]:
         """Where and how the trial ran: CPU time of its process (all its threads: compute spent, whatever
@@ -182,7 +184,9 @@ def _cost_metrics(model: torch.nn.Module, spec: ArchSpec, shared: SharedTrialInp
         "flops_skipped_ops": json.dumps(complexity.skipped_ops, sort_keys=True),
     }
     if shared.measure_latency:
-        metrics["latency_ms"] = measure_cpu_latency_ms(model, input_shape)
+        # Once per finished candidate, on its ONNX export: the graph a deployment runs (evaluators.latency).
+        metrics["latency_ms"] = measure_model_latency(model, input_shape).median_ms
+        metrics["latency_method"] = LATENCY_METHOD
     return metrics
 
 

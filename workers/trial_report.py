@@ -54,8 +54,8 @@ FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
     "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds", "peak_rss_mb",
 )
-# Strings of the final result: where and how the trial ran, and what fvcore skipped.
-FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "device", "node_id", "mode")
+# Strings of the final result: where and how the trial ran, what fvcore skipped, how latency was timed.
+FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "latency_method", "device", "node_id", "mode")
 
 
 def is_final_result(result: Mapping[str, Any] | None) -> bool:

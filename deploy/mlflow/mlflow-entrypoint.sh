@@ -1,9 +1,11 @@
 #!/bin/sh
 # Entrypoint of the MLflow server image (deploy/mlflow/Dockerfile). docker-compose.yaml hands the
-# secrets over as files (POSTGRES_PASSWORD_FILE, MLFLOW_S3_SECRET_KEY_FILE); this script reads
-# them and passes the backend store URI (which embeds the database password) and the S3 secret
-# key to `mlflow server` in its environment, which MLflow reads (MLFLOW_BACKEND_STORE_URI,
-# AWS_SECRET_ACCESS_KEY). So the password is on no command line (`ps`) and in no container
+# secrets over as files (POSTGRES_PASSWORD_FILE, MLFLOW_S3_SECRET_KEY_FILE, and for the basic-auth
+# app MLFLOW_AUTH_ADMIN_PASSWORD_FILE and MLFLOW_FLASK_SERVER_SECRET_KEY_FILE); this script reads
+# them and passes the backend store URI (which embeds the database password), the S3 secret key,
+# the first admin's password and the app's CSRF key to `mlflow server` in its environment, which
+# MLflow reads (MLFLOW_BACKEND_STORE_URI, AWS_SECRET_ACCESS_KEY, MLFLOW_AUTH_ADMIN_PASSWORD,
+# MLFLOW_FLASK_SERVER_SECRET_KEY). So no password is on a command line (`ps`) or in a container
 # configuration (`docker inspect`). Without those variables the command runs unchanged, e.g.
 # `docker run IMAGE mlflow server --help`.
 set -eu
@@ -35,6 +37,16 @@ fi
 if [ -n "${MLFLOW_S3_SECRET_KEY_FILE:-}" ]; then
     AWS_SECRET_ACCESS_KEY=$(read_secret MLFLOW_S3_SECRET_KEY_FILE "$MLFLOW_S3_SECRET_KEY_FILE")
     export AWS_SECRET_ACCESS_KEY
+fi
+
+if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-}" ]; then
+    MLFLOW_AUTH_ADMIN_PASSWORD=$(read_secret MLFLOW_AUTH_ADMIN_PASSWORD_FILE "$MLFLOW_AUTH_ADMIN_PASSWORD_FILE")
+    export MLFLOW_AUTH_ADMIN_PASSWORD
+fi
+
+if [ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY_FILE:-}" ]; then
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$(read_secret MLFLOW_FLASK_SERVER_SECRET_KEY_FILE "$MLFLOW_FLASK_SERVER_SECRET_KEY_FILE")
+    export MLFLOW_FLASK_SERVER_SECRET_KEY
 fi
 
 exec "$@"

@@ -50,9 +50,11 @@ _held_guard = threading.Lock()
 
 
 @contextmanager
-def locked_output_dir(output_dir: str | Path, job: str, wait_s: float = 0.0) -> Iterator[Path]:
+def locked_output_dir(output_dir: str | Path, job: str, wait_s: float = 0.0,
+                      option: str = "output_dir") -> Iterator[Path]:
     """Hold ``output_dir`` for ``job`` (e.g. ``"cmpnas search"``) while the block runs; a lock held
-    elsewhere is waited for up to ``wait_s`` seconds, then refused."""
+    elsewhere is waited for up to ``wait_s`` seconds, then refused. ``option``: what the user sets to
+    choose the folder (``output_dir``, ``--output``), named in the refusal."""
     folder = Path(output_dir).resolve()
     with _held_guard:
         if folder in _held:
@@ -63,7 +65,7 @@ def locked_output_dir(output_dir: str | Path, job: str, wait_s: float = 0.0) -> 
             reentered = False
     if not reentered:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor = _acquire(folder, job, wait_s)
+        descriptor = _acquire(folder, job, wait_s, option)
         with _held_guard:
             _held[folder] = (descriptor, 1)
     try:
@@ -78,7 +80,7 @@ def locked_output_dir(output_dir: str | Path, job: str, wait_s: float = 0.0) -> 
                 os.close(descriptor)  # releases the lock
 
 
-def _acquire(folder: Path, job: str, wait_s: float) -> int:
+def _acquire(folder: Path, job: str, wait_s: float, option: str) -> int:
     path = folder / LOCK_FILE
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + wait_s
@@ -90,15 +92,15 @@ def _acquire(folder: Path, job: str, wait_s: float) -> int:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise
-                logger.warning("output_dir=%s is held by %s; waiting up to %.0f s more", folder,
+                logger.warning("%s=%s is held by %s; waiting up to %.0f s more", option, folder,
                                _read_holder(descriptor), deadline - time.monotonic())
                 time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
     except BlockingIOError:
         holder = _read_holder(descriptor)
         os.close(descriptor)
         raise OutputDirLockedError(
-            f"output_dir={str(folder)!r} is in use by another cmpnas job ({holder}); one job at a time may use a "
-            "folder. Wait for it to end (or stop it), or set output_dir to another folder"
+            f"{option}={str(folder)!r} is in use by another cmpnas job ({holder}); one job at a time may use a "
+            f"folder. Wait for it to end (or stop it), or set {option} to another folder"
         ) from None
     except BaseException:
         os.close(descriptor)

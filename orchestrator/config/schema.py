@@ -100,10 +100,18 @@ class DataConfig(_Section):
                             "and always held in memory"
     )
     cache_dir: str | None = Field(None, description="the shard cache; default: $CMPNAS_CACHE/shards "
-                                                    "(~/.cache/cmpnas/shards)")
+                                                    "(~/.cache/cmpnas/shards). A cache another user owns or could "
+                                                    "write is refused (docs/reliability.md)")
+    cache_trusted_group: str | None = Field(
+        None, description="a team's shared data.cache_dir: the group (which this user belongs to) whose members may "
+                          "write it; cmpnas then writes the cache group-readable for that group and reads entries of "
+                          "that group. null: only caches of this user are read")
     decode_workers: PositiveInt | None = Field(None, description="threads decoding a file collection (into the "
-                                                                 "shard cache or memory); default: the machine's "
-                                                                 "CPUs")
+                                                                 "shard cache or memory); default: the CPUs this "
+                                                                 "process may use (CPU affinity and cgroup quota)")
+    allow_paths_outside_root: bool = Field(
+        False, description="source manifest: read files outside the manifest's folder (absolute paths, '..', "
+                           "symbolic links leading out); false: such rows are refused")
 
     @field_validator("streaming", mode="before")
     @classmethod
@@ -162,8 +170,10 @@ class GalleryConfig(_Section):
                             "linear_probe (built once from the train split's gallery embeddings); auto: from_model "
                             "where the model has one for the data's classes, else prototypes"
     )
-    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image, where it cannot be "
-                                                           "measured (source embeddings); overrides the measured cost")
+    mflops: PositiveFloat | None = Field(None, description="the gallery model's MFLOPs per image (one multiply-add = "
+                                                           "one flop), where it cannot be measured (source embeddings, "
+                                                           "a model whose cost cannot be counted); overrides the "
+                                                           "measured cost")
     embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
                                                     "take it from the model")
     stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
@@ -354,6 +364,11 @@ class EvaluationConfig(_Section):
         "retrieval", description="a registered evaluation task; retrieval: R@1, R@5, mAP; verification: those plus "
                                  "TAR@FAR 1e-2/1e-3 and rank-1"
     )
+    held_out: Literal["split", "leave_one_out"] = Field(
+        "split", description="split: queries against the disjoint gallery split; leave_one_out: the query and gallery "
+                             "splits pooled, every image a query against all the others (its own image left out): "
+                             "every image scored as a query, no partition chosen (docs/metrics.md)"
+    )
     compatibility_ratio: float = Field(
         DEFAULT_SCORING.compatibility_ratio, ge=0, le=1,
         description="a trial fails the compatibility check when its final cross-model metric is below this fraction "
@@ -426,6 +441,10 @@ class SearchConfig(_Section):
     budgets_mflops: list[PositiveFloat] | None = Field(
         None, description="budget sweep: the best candidate for each FLOPs budget (fvcore MFLOPs)"
     )
+    max_latency_ms: PositiveFloat | None = Field(
+        None, description="latency constraint on proposed candidates: each is timed on its ONNX export in ONNX "
+                          "Runtime (batch 1, one thread) on the driver's CPU before it becomes a trial, and refused "
+                          "above this many milliseconds; run the driver on the deployment's CPU. null: none")
     scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: stop weak trials early on the per-epoch "
                                                                     "search.metric")
     evolution: EvolutionConfig = EvolutionConfig()
@@ -467,8 +486,9 @@ class ResourcesConfig(_Section):
                                                          "up)")
     gpus_per_trial: float = Field(0, ge=0, description="fractions pack several trials on one GPU")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
-    measure_latency: bool = Field(True, description="measure each candidate's CPU latency (median, batch 1, one "
-                                                    "thread)")
+    measure_latency: bool = Field(True, description="measure each finished candidate's latency, and the paragon's, "
+                                                    "on their ONNX export in ONNX Runtime on the CPU (median of 300 "
+                                                    "runs after 50, batch 1, one thread; docs/metrics.md)")
 
 
 class TrackingConfig(_Section):

@@ -63,7 +63,8 @@ def embed_gallery_split(gallery: GalleryModel, data: RetrievalData) -> np.ndarra
 def cross_model_metrics(session, data: RetrievalData, gallery_embeddings: np.ndarray) -> RetrievalMetrics:
     """The ONNX query model on the query split (fed pixel / 255, as a consumer would) against the gallery."""
     queries = embed_uint8_with_onnx(session, data.query.images)
-    return RetrievalEvaluator().evaluate(queries, data.query.labels, gallery_embeddings, data.gallery.labels)
+    return RetrievalEvaluator().evaluate(queries, data.query.labels, gallery_embeddings, data.gallery.labels,
+                                         data.pair_ids())
 
 
 def check_recorded_recall(measured: RetrievalMetrics, recorded_r1: float, what: str) -> None:

@@ -4,7 +4,8 @@ Rules:
 * ``cmpnas export`` evaluates on the search's recorded configuration (the parent run's
   ``config.json``). ``--set`` may change only where that data is read from and how
   (``DATA_LOCATION_FIELDS``: ``data.root`` (a folder, or the manifest file of ``data.source:
-  manifest``), ``data.cache_dir``, ``data.download``, ``data.streaming``, ``data.decode_workers``),
+  manifest``), ``data.cache_dir``, ``data.download``, ``data.streaming``, ``data.decode_workers``,
+  ``data.cache_trusted_group``, ``data.allow_paths_outside_root``),
   applied over the recorded configuration; any other ``data.*`` field (source, sizes, seed,
   protocol, image size, ...) would change what is evaluated and is refused, naming the field.
   Outside ``data``, export takes ``tracking.*`` and ``export.*`` (where the search is, where the
@@ -41,7 +42,8 @@ from orchestrator.tracking.tags import DATASET_CONTEXT_TAG
 
 # The data fields that say where the data is read from and how, never which images: the only
 # data.* fields an export (or verify-compat on the recorded data) may override.
-DATA_LOCATION_FIELDS = ("root", "cache_dir", "download", "streaming", "decode_workers")
+DATA_LOCATION_FIELDS = ("root", "cache_dir", "download", "streaming", "decode_workers", "cache_trusted_group",
+                        "allow_paths_outside_root")
 # Sections of an export's own configuration: where the search and the registry are.
 EXPORT_OWN_SECTIONS = ("tracking", "export")
 # What must be equal for two data sets to be evaluated alike (the train split is not evaluated).

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 from torch import nn
 
 from evaluators import FLOPS_CONVENTION
+from evaluators.latency import export_onnx
 from orchestrator.common.version import cmpnas_version
 from orchestrator.export.errors import ExportError
 from search_space import ArchSpec, build_query_model
@@ -85,14 +86,11 @@ def write_formats(model: DeployableQueryModel, folder: Path, input_shape: tuple[
     """ONNX (dynamic batch), TorchScript (traced) and safetensors weights of the network."""
     from safetensors.torch import save_file
 
+    # The exporter whose graph every candidate's latency was timed on (evaluators.latency).
+    export_onnx(model, input_shape, folder / ONNX_FILE)
     example = torch.rand(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(folder / ONNX_FILE), input_names=["images"],
-                          output_names=["embeddings"], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-                          dynamo=True, opset_version=18, verbose=False,
-                          # One self-contained file, so the manifest's SHA-256 covers the weights too.
-                          external_data=False)
         traced = torch.jit.trace(model, example)
     traced.save(str(folder / TORCHSCRIPT_FILE))
     state = {name: tensor.detach().contiguous() for name, tensor in model.network.state_dict().items()}
@@ -159,6 +157,7 @@ def build_manifest(spec: ArchSpec, runs: tuple[Any, Any], measured: MeasuredWith
             "flops_convention": FLOPS_CONVENTION,
             "flops_skipped_ops": json.loads(candidate_run.data.params.get("flops_skipped_ops", "{}") or "{}"),
             "params": int(metrics["final_params"]), "latency_ms_cpu_batch1": metrics.get("final_latency_ms"),
+            "latency_method": candidate_run.data.params.get("latency_method", ""),
             "cost_reduction_vs_paragon": metrics.get("final_cost_reduction"),
         },
         "metrics": recorded,
@@ -167,19 +166,43 @@ def build_manifest(spec: ArchSpec, runs: tuple[Any, Any], measured: MeasuredWith
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of an export folder, after checking every file against its recorded SHA-256."""
+    """The manifest of an export folder, after checking every file against its recorded SHA-256.
+
+    The manifest must list ``model.onnx`` (what every consumer loads), and each name it lists must be
+    a file inside the folder: a name that is absolute, holds ``..`` or leads out through a link is
+    refused, so an altered manifest can neither skip the model's check nor point at other files."""
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise ExportError(f"{folder} is not a cmpnas export: {MANIFEST_FILE} is missing")
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' is a {type(files).__name__}, not a mapping of names to SHA-256")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise ExportError(f"{path} is corrupt ({error}); export the model again") from error
+    if ONNX_FILE not in files:
+        raise ExportError(f"{path} does not list {ONNX_FILE} in 'files', so the model cannot be checked against its "
+                          "SHA-256: the manifest is incomplete or was altered; export the model again")
     for name, expected in files.items():
-        if not (folder / name).is_file():
-            raise ExportError(f"{folder / name} is missing; the export is incomplete, export it again")
-        if file_sha256(folder / name) != expected:
-            raise ExportError(f"{folder / name} does not match its SHA-256 in {MANIFEST_FILE}: the export is corrupt")
+        listed = _listed_file(folder, name, path)
+        if not listed.is_file():
+            raise ExportError(f"{listed} is missing; the export is incomplete, export it again")
+        if file_sha256(listed) != expected:
+            raise ExportError(f"{listed} does not match its SHA-256 in {MANIFEST_FILE}: the export is corrupt")
     return manifest
+
+
+def _listed_file(folder: Path, name: object, manifest: Path) -> Path:
+    """``folder/name`` for a name of the manifest's ``files``, refused unless it stays inside ``folder``."""
+    relative = PurePosixPath(name) if isinstance(name, str) and name and "\\" not in name else None
+    inside = relative is not None and not relative.is_absolute() and ".." not in relative.parts
+    if inside:
+        listed = folder / relative
+        inside = Path(folder).resolve() in listed.resolve().parents
+    if not inside:
+        raise ExportError(f"{manifest} lists {name!r} in 'files', which is not a file inside the export folder "
+                          "(absolute, with '..', or through a link out of it): the manifest is corrupt or was "
+                          "altered; export the model again")
+    return listed
 

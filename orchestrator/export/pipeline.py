@@ -1,7 +1,8 @@
 """``cmpnas export``: select candidates, package them, check them, and only then record them.
 
 Every check runs on a staging copy before the first write to the tracking store or the output
-folder, so a failed export leaves both as they were.
+folder, so a failed export leaves both as they were. The output folder is held with the output lock
+for the export, and a checked candidate is swapped in whole (``orchestrator.export.publish``).
 
 The data is the search's, from its recorded configuration, with only its location overridable
 (``ExportRequest.data_overrides``; ``orchestrator.export.data_identity``): the export says which
@@ -36,6 +37,7 @@ from orchestrator.export.data_identity import (
     search_split_differences,
 )
 from orchestrator.export.errors import ExportError
+from orchestrator.export.publish import staging_in, swap_in
 from orchestrator.export.package import (
     GALLERY_FILE,
     MANIFEST_FILE,
@@ -115,13 +117,9 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
     measured = MeasuredWith(data.image_size, data.mean, data.std, identity,
                             {**gallery.identity(), "location": gallery_json["location"]})
     target = _Target(tracker, search, data, embed_gallery_split(gallery, data), gallery_json)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-    try:
+    with staging_in(output_dir, log) as staging:
         staged = [_stage(run, target, measured, staging, log) for run in runs]
         return [_publish(entry, output_dir, tracker, request) for entry in staged]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -170,9 +168,7 @@ def _stage(run, target: _Target, measured: MeasuredWith, staging: Path, log: Log
 def _publish(staged: _Staged, output_dir: Path, tracker: SearchTracker, request: ExportRequest) -> ExportedModel:
     """A checked candidate moved into ``output_dir`` and, with ``request.register``, registered."""
     final = output_dir / staged.manifest["arch_id"]
-    if final.exists():
-        shutil.rmtree(final)
-    staged.folder.rename(final)
+    swap_in(staged.folder, final)
     version = alias = model_id = None
     if request.register:
         version, alias, model_id = register_export(tracker, request.model_name, staged.run, final, staged.manifest,

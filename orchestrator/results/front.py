@@ -77,6 +77,7 @@ class ParagonRow:
     score: float = math.nan
     heldout_r1: float = math.nan
     heldout_score: float = math.nan
+    latency_ms: float = math.nan  # measured as the candidates' (evaluators.latency); nan: not measured
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, scoring: Scoring 
                              parent.get("paragon_r1", math.nan), parent.get("paragon_map", math.nan),
                              parent.get(f"paragon_{scoring.measure}", math.nan),
                              parent.get("paragon_heldout_r1", math.nan),
-                             parent.get(f"paragon_heldout_{scoring.measure}", math.nan))
+                             parent.get(f"paragon_heldout_{scoring.measure}", math.nan),
+                             parent.get("paragon_latency_ms", math.nan))
     return ParetoReport(sorted(rows, key=lambda row: row.mflops), paragon, scoring)
 
 

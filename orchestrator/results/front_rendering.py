@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluators import FLOPS_CONVENTION
+from evaluators.latency import LATENCY_METHOD
 from orchestrator.results.front import (
     MAX_DESCRIPTION_LENGTH,
     SHORT_RUN_ID,
@@ -39,14 +40,14 @@ def write_csv(report: ParetoReport, path: Path) -> Path:
         writer.writerow(["run_id", "arch_id", "mflops", "params", "cost_reduction", "cross_r1", "cross_map",
                          "homo_r1", "latency_ms", "pareto", "gap_r1_to_paragon", "searched_metric", "searched_value",
                          "searched_homo_value", "compatibility_ratio", "compatibility", "heldout_cross_r1",
-                         "heldout_searched_value", "heldout_gap_r1_to_paragon"])
+                         "heldout_searched_value", "heldout_gap_r1_to_paragon", "latency_reduction"])
         for row in report.candidates:
             writer.writerow([row.run_id, row.arch_id, f"{row.mflops:.4f}", row.params, f"{row.cost_reduction:.2f}",
                              f"{row.cross_r1:.2f}", f"{row.cross_map:.2f}", f"{row.homo_r1:.2f}",
                              f"{row.latency_ms:.3f}", row.pareto, f"{_gap(report, row):.2f}", report.scoring.metric,
                              f"{row.score:.2f}", f"{row.homo_score:.2f}", f"{report.scoring.compatibility_ratio:g}",
                              row.compatibility or "", f"{row.heldout_cross_r1:.2f}", f"{row.heldout_score:.2f}",
-                             f"{_held_out_gap(report, row):.2f}"])
+                             f"{_held_out_gap(report, row):.2f}", f"{_latency_reduction(report, row):.2f}"])
     return path
 
 
@@ -140,7 +141,7 @@ def _columns(report: ParetoReport) -> tuple[str, ...]:
     """The columns of both renderings; a searched metric other than R@1 and mAP (e.g.
     cross_tar_far_1e-2) gets its own."""
     return ("arch", "MFLOPs", "params", "cost x", "cross R@1", "cross mAP", *_searched_metric(report),
-            "homo R@1", "gap R@1", "latency ms", "compatibility", *_held_out_header(report))
+            "homo R@1", "gap R@1", "latency ms", "latency x", "compatibility", *_held_out_header(report))
 
 
 def _searched_metric(report: ParetoReport, value: float | None = None) -> tuple[str, ...]:
@@ -153,17 +154,30 @@ def _searched_metric(report: ParetoReport, value: float | None = None) -> tuple[
 def _paragon_cells(report: ParetoReport) -> tuple[str, ...]:
     p = report.paragon
     return (f"{p.mflops:.2f}", f"{p.params:,}", "1.0", f"{p.r1:.2f}", f"{p.map:.2f}",
-            *_searched_metric(report, p.score), f"{p.r1:.2f}", "0.00", "", "", *_held_out_paragon_cells(report))
+            *_searched_metric(report, p.score), f"{p.r1:.2f}", "0.00", _latency_cell(p.latency_ms),
+            "1.0" if not math.isnan(p.latency_ms) else "", "", *_held_out_paragon_cells(report))
 
 
 def _candidate_cells(report: ParetoReport, row: CandidateRow, verdict: str) -> tuple[str, ...]:
     return (f"{row.mflops:.2f}", f"{row.params:,}", f"{row.cost_reduction:.1f}", f"{row.cross_r1:.2f}",
             f"{row.cross_map:.2f}", *_searched_metric(report, row.score), f"{row.homo_r1:.2f}",
-            f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", verdict, *_held_out_cells(report, row))
+            f"{_gap(report, row):.2f}", f"{row.latency_ms:.2f}", f"{_latency_reduction(report, row):.1f}", verdict,
+            *_held_out_cells(report, row))
+
+
+def _latency_cell(latency_ms: float) -> str:
+    return "" if math.isnan(latency_ms) else f"{latency_ms:.2f}"
+
+
+def _latency_reduction(report: ParetoReport, row: CandidateRow) -> float:
+    """Paragon latency / candidate latency, both timed on their ONNX export (nan where either is not)."""
+    paragon = report.paragon.latency_ms if report.paragon is not None else math.nan
+    return paragon / row.latency_ms if row.latency_ms > 0 else math.nan
 
 
 def _conventions(report: ParetoReport) -> str:
-    return (f"FLOPs: {FLOPS_CONVENTION}. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
+    return (f"FLOPs: {FLOPS_CONVENTION}. latency: {LATENCY_METHOD}; latency x = paragon latency / candidate "
+            f"latency. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
             f"failed when {report.scoring.rule} (evaluation.compatibility_ratio).")
 
 

@@ -30,6 +30,7 @@ class Paragon:
 
     metrics: dict[str, float]  # the evaluation task's metrics, prefixed ``paragon_``
     cost: ComplexityReport
+    latency_ms: float | None = None  # evaluators.latency's median; None: not measured (see paragon_latency_ms)
 
 
 @dataclass

@@ -48,7 +48,7 @@ from orchestrator.search.state import (
     forget_unstarted_search,
     open_search_state,
 )
-from orchestrator.setup.gallery import paragon_cost
+from orchestrator.setup.gallery import paragon_cost, paragon_latency_ms
 from orchestrator.setup.inputs import PreparedInputs, prepare_search_inputs
 from orchestrator.setup.output_dir import prepare_output_dir
 from orchestrator.setup.ray_cluster import LOCAL, ResourceRequest, connect_ray, ray_address
@@ -169,11 +169,12 @@ def _search(session: SearchSession, state: SearchState) -> SearchOutcome:
 
 @dataclass(frozen=True)
 class Preparation:
-    """What a session has before Ray: its inputs, the paragon's cost, the supernet (inherit modes)."""
+    """What a session has before Ray: its inputs, the paragon's cost and latency, the supernet (inherit modes)."""
 
     inputs: PreparedInputs
     paragon_cost: ComplexityReport
     supernet: SupernetCheckpoint | None
+    paragon_latency_ms: float | None = None
 
 
 def _prepare(session: SearchSession, state: SearchState) -> Preparation:
@@ -192,7 +193,7 @@ def _prepare(session: SearchSession, state: SearchState) -> Preparation:
         log(f"training.mode={config.training.mode}: candidates inherit from supernet {config.supernet_checkpoint_path} "
             f"(fingerprint {supernet.fingerprint[:12]})")
     log_schedule(config, prepared, log)
-    return Preparation(prepared, cost, supernet)
+    return Preparation(prepared, cost, supernet, paragon_latency_ms(config, prepared.gallery_model))
 
 
 @contextlib.contextmanager
@@ -217,7 +218,7 @@ def _open_context(session: SearchSession, state: SearchState, preparation: Prepa
     config, log, supernet = session.config, session.console.log, preparation.supernet
     inputs = preparation.inputs.embed_gallery(log)
     inputs = dataclasses.replace(inputs, timings={**inputs.timings, "stage_ray_start_seconds": ray_seconds})
-    paragon = measure_paragon(config, inputs, preparation.paragon_cost)
+    paragon = measure_paragon(config, inputs, preparation.paragon_cost, preparation.paragon_latency_ms)
     log_paragon(paragon.metrics, config.scoring.measure, inputs.held_out is not None, paragon.cost.mflops, log)
     tracker = open_tracker(session.tracking_uri, config.tracking.experiment)
     state = attach_parent_run(tracker, state, config, parent_run_tags(config, inputs, state), session.output_dir)

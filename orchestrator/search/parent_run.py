@@ -49,17 +49,20 @@ GALLERY_IDENTITY_FILE = "gallery.json"
 BAD_FILES_FILE = "bad_files.csv"
 
 
-def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: ComplexityReport) -> Paragon:
+def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: ComplexityReport,
+                    latency_ms: float | None = None) -> Paragon:
     """The gallery model against itself on the query and gallery splits, with its cost per image; with
     a validation split, on the validation halves (``paragon_*``, what candidates are ranked against)
     and on the held-out splits (``paragon_heldout_*``, what they are reported against)."""
     data, task, gallery = inputs.data, create_task(config.evaluation.task), inputs.embeddings
-    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon")
+    metrics = task.evaluate(gallery.query, data.query.labels, gallery.gallery, data.gallery.labels, "paragon",
+                            data.pair_ids())
     held_out = inputs.held_out
     if held_out is not None:
         metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
-                                     held_out.gallery.labels, "paragon_heldout"))
-    return Paragon(metrics, cost)
+                                     held_out.gallery.labels, "paragon_heldout",
+                                     (held_out.query.ids, held_out.gallery.ids)))
+    return Paragon(metrics, cost, latency_ms)
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, state: SearchState) -> dict[str, str]:
@@ -113,6 +116,7 @@ def record_parent_run(ctx: SearchContext) -> None:
     journal.log_metrics(PARENT, {
         **ctx.paragon.metrics, "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
+        **({"paragon_latency_ms": ctx.paragon.latency_ms} if ctx.paragon.latency_ms is not None else {}),
         "gallery_images_embedded": inputs.images_embedded, "data_bad_files": len(inputs.data.bad_files),
         **inputs.timings,
     }, key="parent/paragon")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ray import tune
 
@@ -28,8 +29,12 @@ from orchestrator.search.records import FrontPlan, record_front
 from orchestrator.search.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.search.trials import SEARCH_MODE, run_trials, tune_trial_id
 from orchestrator.strategies import ProposalCost, SearchRequest, WithinBudget, create_searcher
+from orchestrator.strategies.latency_gate import WithinLatency, proposal_constraint
 from orchestrator.tracking.convergence import SearchConvergenceCallback
 from orchestrator.tracking.journal import PARENT
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ def run_candidates(ctx: SearchContext) -> tune.ResultGrid:
     limit = config.search.proposal_limit_mflops
     searcher = create_searcher(SearchRequest(
         ctx.inputs.space, config.search, ctx.scoring.metric, cost, SEARCH_MODE,
-        constraint=WithinBudget(cost, limit) if limit is not None else None, predictions=predictions,
+        constraint=proposal_constraint(WithinBudget(cost, limit) if limit is not None else None,
+                                       latency_gate(config.search)), predictions=predictions,
         name=f"cmpnas-search-{ctx.state.parent_run_id[:8]}"))
     convergence = SearchConvergenceCallback(ctx.journal.tracker, ctx.journal.parent_run_id, ctx.paragon.cost.mflops,
                                             ctx.journal, ctx.scoring, predictions)
@@ -92,6 +98,11 @@ def run_candidates(ctx: SearchContext) -> tune.ResultGrid:
         ctx.journal.log_metrics(PARENT, {**summary, "search_sessions": ctx.state.sessions}, key="parent/summary")
     ctx.move_to(SearchPhase.TRIALS_DONE if complete else SearchPhase.INTERRUPTED)
     return results
+
+
+def latency_gate(search: SearchConfig) -> WithinLatency | None:
+    """``search.max_latency_ms`` as a proposal constraint (``orchestrator.strategies.latency_gate``)."""
+    return WithinLatency(search.max_latency_ms) if search.max_latency_ms is not None else None
 
 
 def all_ended(results: tune.ResultGrid) -> bool:

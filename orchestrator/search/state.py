@@ -225,6 +225,7 @@ def check_recorded_tune_path(state: SearchState, derived: str) -> None:
 FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "protocol"): "closed_set", ("data", "train_classes"): None, ("data", "max_bad_fraction"): 0.0,
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
+    ("data", "cache_trusted_group"): None, ("data", "allow_paths_outside_root"): True,
     ("training", "min_steps"): 0,
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],

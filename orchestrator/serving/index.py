@@ -6,7 +6,9 @@ An embedded gallery folder (``cmpnas gallery embed --output DIR``) holds:
   and one id per row, the files of ``gallery.source: embeddings`` (``workers.gallery.sources.precomputed``);
 - ``index.faiss``: the same rows in a FAISS index, row i of the index being line i of ``ids.txt``;
 - ``gallery.json``: which gallery model made them (fingerprint, source, input spec), how many, and
-  which index. It is written last, so a folder without it is unfinished.
+  which index. It is written last, so a folder without it is unfinished. The index and the record
+  are written durably (``workers.storage.durable_write``: a temporary of a unique name, fsynced,
+  renamed over, the folder fsynced).
 
 Rules of the index:
 
@@ -20,7 +22,6 @@ Rules of the index:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 
 from search_space.errors import CmpnasError
 from workers.gallery.sources.precomputed import IDS_FILE
+from workers.storage.durable_write import replaced_durably, write_text_durably
 
 INDEX_FILE = "index.faiss"
 GALLERY_RECORD_FILE = "gallery.json"
@@ -133,11 +135,10 @@ def _faiss_reason(error: RuntimeError) -> str:
 
 
 def save_index(index, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``index`` to ``path`` atomically and durably (``workers.storage.durable_write``)."""
     faiss = _faiss()
-    partial = path.with_name(path.name + ".partial")
-    faiss.write_index(index, str(partial))
-    os.replace(partial, path)
+    with replaced_durably(path) as temporary:
+        faiss.write_index(index, str(temporary))
 
 
 def load_index(path: Path):
@@ -152,15 +153,13 @@ def load_index(path: Path):
 
 
 def write_gallery_record(folder: Path, record: dict[str, Any]) -> Path:
-    """``folder/gallery.json``, written atomically; ``record`` must hold ``REQUIRED_RECORD_KEYS``."""
+    """``folder/gallery.json``, written atomically and durably; ``record`` must hold ``REQUIRED_RECORD_KEYS``."""
     missing = [key for key in REQUIRED_RECORD_KEYS if key not in record]
     if missing:
         raise ValueError(f"a gallery record needs {missing}")
     path = folder / GALLERY_RECORD_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"format": GALLERY_RECORD_FORMAT, "format_version": GALLERY_RECORD_VERSION,
-                                   **record}, indent=2) + "\n")
-    os.replace(partial, path)
+    write_text_durably(path, json.dumps({"format": GALLERY_RECORD_FORMAT, "format_version": GALLERY_RECORD_VERSION,
+                                         **record}, indent=2) + "\n")
     return path
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from orchestrator.config import CmpnasConfig, ConfigError
 from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
+from workers.datasets.leave_one_out import pooled_for_leave_one_out
 from workers.datasets.validation import carve_validation
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
@@ -36,7 +37,9 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
                           image_size=data.image_size, channels=requested_channels(config), protocol=data.protocol,
                           train_classes=data.train_classes, max_bad_fraction=data.max_bad_fraction,
                           streaming={"auto": None, "on": True, "off": False}[data.streaming],
-                          cache_dir=data.cache_dir, decode_workers=data.decode_workers)
+                          cache_dir=data.cache_dir, decode_workers=data.decode_workers,
+                          cache_trusted_group=data.cache_trusted_group,
+                          allow_paths_outside_root=data.allow_paths_outside_root)
     return load_retrieval_data(data.source, request)
 
 
@@ -56,8 +59,11 @@ class SearchData:
 
 
 def load_search_data(config: CmpnasConfig) -> SearchData:
-    """``load_data``, then the validation split carved from train when ``data.validation_size`` is set."""
+    """``load_data`` (its query and gallery pooled for ``evaluation.held_out: leave_one_out``), then the
+    validation split carved from train when ``data.validation_size`` is set."""
     data = load_data(config)
+    if config.evaluation.held_out == "leave_one_out":
+        data = pooled_for_leave_one_out(data)
     if not config.data.validation_size:
         return SearchData(data)
     return SearchData(carve_validation(data, config.data.validation_size, config.data.seed), held_out=data)

@@ -14,6 +14,7 @@ import torch
 
 from evaluators import RetrievalEvaluator, RetrievalMetrics
 from evaluators.complexity import ComplexityReport
+from evaluators.latency import LatencySettings
 from orchestrator.common.output_lock import locked_output_dir
 from orchestrator.config import CmpnasConfig, ConfigError
 from orchestrator.setup.data import load_search_data
@@ -80,8 +81,9 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
     if stopper is not None:
         info.update(stopper.record())
         log(f"gallery model: best validation {stopper.metric} {stopper.best_score:.2f} at epoch {stopper.best_epoch} "
-            f"of {len(stopper.curve)} ({'stopped early' if stopper.stopped_early else 'ran every epoch'}); "
-            "that epoch's weights are kept")
+            f"of {len(stopper.curve)} ({'stopped early' if stopper.stopped_early else 'ran every epoch'})"
+            + (f"; trained again for {stopper.retrained_epochs} epochs so that its schedule completes"
+               if stopper.retrained_epochs else ""))
     save_gallery(path, model, data.mean, data.std, info)
     checkpoint = load_gallery(path, device)
     log(f"saved gallery checkpoint {path} (fingerprint {checkpoint.fingerprint[:12]})")
@@ -103,7 +105,8 @@ def train_configured_gallery(config: CmpnasConfig, log: Log) -> RetrievalMetrics
     data, model = search_data.reported, checkpoint.model
     model_input = ModelInput(checkpoint.mean, checkpoint.std, model.arch.image_size, device)
     return RetrievalEvaluator().evaluate(embed_images(model, data.query.images, model_input), data.query.labels,
-                                         embed_images(model, data.gallery.images, model_input), data.gallery.labels)
+                                         embed_images(model, data.gallery.images, model_input), data.gallery.labels,
+                                         data.pair_ids())
 
 
 def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: int,
@@ -175,20 +178,36 @@ def open_existing_gallery(config: CmpnasConfig, data: RetrievalData, path: Path 
 
 
 def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityReport:
-    """The gallery model's cost per image: gallery.mflops where set, else measured; refused when neither."""
+    """The gallery model's cost per image: gallery.mflops where set, else measured; refused when neither
+    gives a positive cost. Never zero: every cost reduction of the search divides by it."""
     spec = gallery.input_spec
+    fix = ("set gallery.mflops to its MFLOPs per image (one multiply-add = one flop, as fvcore counts), so cost "
+           "reductions can be computed")
     if config.gallery.mflops is not None:
-        return ComplexityReport(flops=round(config.gallery.mflops * 1e6), params=0,
+        cost = ComplexityReport(flops=round(config.gallery.mflops * 1e6), params=0,
                                 input_shape=(spec.channels, spec.size, spec.size),
                                 convention=CONFIGURED_COST_CONVENTION)
+        if cost.flops <= 0:
+            raise ConfigError(f"gallery.mflops={config.gallery.mflops} is below one flop per image; {fix}")
+        return cost
     measured = gallery.measure_cost()
     if measured is None:
-        raise GallerySourceError(
-            f"the cost of gallery model {gallery.description} cannot be measured from gallery.source="
-            f"{config.gallery.source!r}; set gallery.mflops to its MFLOPs per image (one multiply-add = one flop, "
-            "as fvcore counts), so cost reductions can be computed"
-        )
+        raise GallerySourceError(f"the cost of gallery model {gallery.description} cannot be measured from "
+                                 f"gallery.source={config.gallery.source!r}; {fix}")
+    if measured.flops <= 0:
+        raise GallerySourceError(f"the cost of gallery model {gallery.description} was counted as 0 FLOPs "
+                                 f"({measured.convention}; not counted: {measured.skipped_ops}); {fix}")
     return measured
+
+
+def paragon_latency_ms(config: CmpnasConfig, gallery: GalleryModel) -> float | None:
+    """The gallery model's latency measured as every candidate's is (``evaluators.latency``: its ONNX
+    export in ONNX Runtime, batch 1, one thread), so the two compare; None where latency is not measured
+    (``resources.measure_latency`` off) or the model has no graph to time (precomputed embeddings)."""
+    if not config.resources.measure_latency:
+        return None
+    report = gallery.measure_latency(LatencySettings())
+    return None if report is None else report.median_ms
 
 
 def split_identity(config: CmpnasConfig) -> dict:

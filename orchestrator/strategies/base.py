@@ -115,7 +115,7 @@ class ArchitectureSearcher(StatefulSearcher):
             return {"arch": spec.to_json()}
         logger.warning(
             "no new architecture satisfying the constraint in %d proposals: ending the search early; "
-            "relax search.max_mflops or lower search.num_candidates", self.max_attempts,
+            "relax search.max_mflops (or search.max_latency_ms) or lower search.num_candidates", self.max_attempts,
         )
         self.exhausted = True
         return Searcher.FINISHED

@@ -11,6 +11,11 @@ class TrackingUnavailableError(CmpnasError, RuntimeError):
     exit_code = 3  # results are safe in the local journal, not yet in MLflow: retry later (`cmpnas sync`)
 
 
+class JournalWriteError(CmpnasError, RuntimeError):
+    """A line could not be appended to the tracking journal (a full disk, an I/O error): the search stops,
+    with the journal cut back to its last complete line."""
+
+
 class TrackingCredentialsError(CmpnasError, RuntimeError):
     """The tracking server refuses this process's credentials (or their absence)."""
 

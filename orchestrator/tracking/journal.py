@@ -18,6 +18,11 @@ A crash can cut only the last line short: opening the journal for writing trunca
 its last newline (the cut write was never sent, or, for a ``done`` line, is sent again, which is
 idempotent), so the next append starts a line of its own instead of being glued to the torn one.
 Each append is fsynced before the write is sent: a write MLflow has accepted is in the journal.
+An append that fails (a full disk: ENOSPC, EIO, a short write) is cut back to the file's length
+before it, so no half line is left to swallow the next one, and the job stops with
+``JournalWriteError``: a search must not go on with writes it cannot record.
+An artifact is copied into the journal's folder (``artifacts/``) and fsynced, with its folders,
+before its entry is appended: an entry never points at a copy a power cut could have emptied.
 
 Only network errors (and MLflow's own non-permanent error codes) are an outage, retried later
 (``is_transient``). Any other failure of one write, such as a staged artifact that is missing or
@@ -54,7 +59,9 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from orchestrator.common.credentials import redact_text, redacted_excerpt
 from orchestrator.tracking.client import SearchTracker, now_ms, param_value
+from orchestrator.tracking.errors import JournalWriteError
 from orchestrator.tracking.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
+from workers.storage.durable_write import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -256,12 +263,35 @@ class TrackingJournal:
         self._entries, self._pending = read_journal(self.path)
 
     def _append(self, record: dict[str, Any]) -> None:
-        # One write() per line on an O_APPEND file, fsynced before the write it records is sent.
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with self.path.open("a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # One line on an O_APPEND file, fsynced before the write it records is sent; a failed append
+        # is cut back, so the next line cannot be glued to half of this one.
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            length = os.fstat(descriptor).st_size
+            try:
+                written = 0
+                while written < len(line):  # write() may take part of it (a short write) without an error
+                    written += os.write(descriptor, line[written:])
+                os.fsync(descriptor)
+            except OSError as error:
+                self._cut_back(descriptor, length, error)
+        finally:
+            os.close(descriptor)
+
+    def _cut_back(self, descriptor: int, length: int, error: OSError) -> None:
+        try:
+            os.ftruncate(descriptor, length)
+            os.fsync(descriptor)
+            state = "it was cut back to its last complete line, so nothing recorded before is lost"
+        except OSError as truncate_error:
+            # Opening the journal again cuts the torn line (truncate_torn_line).
+            state = f"cutting it back failed too ({truncate_error}); the next resume cuts the torn line"
+        raise JournalWriteError(
+            f"cannot append to the tracking journal {self.path} ({error}); {state}. The job stops: it must not go on "
+            "with writes it cannot record. Free space on the disk of output_dir (or fix the error), then continue "
+            "with `cmpnas search --resume`, or send what is recorded with `cmpnas sync`"
+        ) from error
 
     # -- writes --------------------------------------------------------------------------------
     def write(self, op: str, run: str, args: dict[str, Any], key: str | None = None) -> bool:
@@ -291,6 +321,10 @@ class TrackingJournal:
         target = self.folder / "artifacts" / entry_id.replace("/", "_").replace(":", "_") / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+        # On disk before the entry that names it (the entry is fsynced): the copy, then the folders
+        # that hold its new name and the new folder's.
+        for path in (target, target.parent, target.parent.parent):
+            fsync_path(path)
         return {**args, "path": str(target)}
 
     def flush(self, wait: bool = False) -> bool:

@@ -301,7 +301,7 @@ def test_deploy_has_the_expected_files():
         "docker/Dockerfile.cpu", "docker/Dockerfile.cuda", "kuberay/configmap.yaml", "kuberay/rayjob.yaml",
         "kuberay/raycluster.yaml", "kuberay/pvc.yaml", "kuberay/networkpolicy.yaml", "ray-cluster/cluster.yaml",
         "mlflow/docker-compose.yaml", "mlflow/.env.example", "mlflow/Dockerfile", "mlflow/.dockerignore",
-        "mlflow/mlflow-entrypoint.sh", "mlflow/minio-mlflow-policy.json", "pin-digests.sh",
+        "mlflow/mlflow-entrypoint.sh", "mlflow/minio-mlflow-policy.json", "mlflow/basic_auth.ini", "pin-digests.sh",
     }
     present = {path.relative_to(DEPLOY).as_posix() for path in DEPLOY.rglob("*") if path.is_file()}
     assert expected <= present, f"missing: {sorted(expected - present)}"
@@ -535,6 +535,30 @@ def test_every_pod_runs_non_root():
         assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) != 0, where
 
 
+def test_every_container_runs_locked_down_with_writable_scratch_only():
+    """No capabilities, no privilege escalation, the runtime's seccomp filter, a read-only root file
+    system; /tmp (Ray's temp dir, /tmp/ray) on an emptyDir so that Ray can still write its sockets,
+    logs and spilled objects."""
+    for where, pod in ray_pods().items():
+        pod_context = pod.get("securityContext", {})
+        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            label = f"{where}/{container['name']}"
+            context = container.get("securityContext", {})
+            seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", f"{label}: seccompProfile RuntimeDefault"
+            assert context.get("allowPrivilegeEscalation") is False, f"{label}: allowPrivilegeEscalation: false"
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: capabilities.drop: [ALL]"
+            assert not context.get("capabilities", {}).get("add"), f"{label}: no capability added"
+            assert context.get("privileged") is not True, label
+            assert context.get("readOnlyRootFilesystem") is True, f"{label}: readOnlyRootFilesystem: true"
+            assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, label
+            scratch = {PurePosixPath(mount["mountPath"]): volumes[mount["name"]]
+                       for mount in container.get("volumeMounts", []) if "emptyDir" in volumes[mount["name"]]}
+            assert PurePosixPath("/tmp") in scratch, f"{label}: /tmp (Ray's temp dir) must be an emptyDir"
+            assert scratch[PurePosixPath("/tmp")]["emptyDir"].get("sizeLimit"), f"{label}: bound /tmp (sizeLimit)"
+
+
 def test_output_dir_is_on_a_volume_every_node_shares():
     claim = one("PersistentVolumeClaim")
     assert "ReadWriteMany" in claim["spec"]["accessModes"], "every pod mounts it at once: ReadWriteMany"
@@ -547,6 +571,27 @@ def test_output_dir_is_on_a_volume_every_node_shares():
                       if claims.get(mount["name"]) == claim["metadata"]["name"]
                       and PurePosixPath(mount["mountPath"]) in output_dir.parents]
             assert shared, f"{name}/{group}: output_dir {output_dir} is not on PVC {claim['metadata']['name']}"
+
+
+def test_mlflow_credentials_travel_over_tls_only():
+    """The driver sends MLflow's user name and password with every request (basic auth): the
+    tracking URI is https, and the server is checked against a CA mounted from a ConfigMap."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH
+
+    uri = configmap_tree()["tracking"]["uri"]
+    assert uri.startswith("https://"), f"tracking.uri {uri}: credentials would cross the cluster network in clear"
+    for name, spec in cluster_specs().items():
+        head = spec["headGroupSpec"]["template"]["spec"]
+        container = head["containers"][0]
+        env = {item["name"]: item for item in container["env"]}
+        assert MLFLOW_TRACKING_INSECURE_TLS.name not in env, f"{name}: the server's certificate must be checked"
+        ca = PurePosixPath(env[MLFLOW_TRACKING_SERVER_CERT_PATH.name]["value"])
+        volumes = {volume["name"]: volume for volume in head["volumes"]}
+        mounts = [mount for mount in container["volumeMounts"] if PurePosixPath(mount["mountPath"]) == ca.parent]
+        assert mounts and mounts[0].get("readOnly") is True, f"{name}: {ca} is not in a read-only mount"
+        source = volumes[mounts[0]["name"]].get("configMap", {})
+        assert [item["path"] for item in source.get("items", []) if item["key"] == "ca.crt"] == [ca.name], (
+            f"{name}: {ca} must be the key ca.crt of a ConfigMap")
 
 
 def test_mlflow_credentials_come_from_a_secret():
@@ -632,9 +677,16 @@ def test_network_policy_admits_only_the_searchs_own_pods():
                     own_rules.append(rule)
                 else:
                     # Another namespace: only the KubeRay operator, which polls a RayJob's status from the
-                    # dashboard, and only there.
+                    # dashboard, and only there. Both selectors in one element (a pod must match both),
+                    # and the namespace named: `namespaceSelector: {}` would admit a pod of any namespace
+                    # that anyone labels as the operator.
                     assert peer.get("podSelector", {}).get("matchLabels") == {
                         "app.kubernetes.io/component": "kuberay-operator"}, f"unexpected peer {peer}"
+                    namespaces = peer["namespaceSelector"]
+                    assert set(namespaces) == {"matchLabels"} and list(namespaces["matchLabels"]) == [
+                        "kubernetes.io/metadata.name"] and namespaces["matchLabels"]["kubernetes.io/metadata.name"], (
+                        f"the operator's peer must name its namespace (kubernetes.io/metadata.name): {peer}")
+                    assert not selects(namespaces, {"kubernetes.io/metadata.name": "attacker"}), peer
                     admitted = {(port.get("protocol", "TCP"), port["port"]) for port in rule.get("ports", [])}
                     assert admitted == {("TCP", RAY_HEAD_PORTS["dashboard"])}, f"the operator needs the dashboard only: {rule}"
         assert own_rules, f"{policy['metadata']['name']}: the Ray pods must admit each other"
@@ -758,9 +810,15 @@ def test_mlflow_entrypoint_hands_the_secrets_over_in_the_environment(tmp_path):
     (tmp_path / "s3_key").write_text("s3-secret-key\n")
     env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "mlflow", "POSTGRES_HOST": "postgres", "POSTGRES_DB": "mlflow",
            "POSTGRES_PASSWORD_FILE": str(tmp_path / "postgres_password"), "MLFLOW_S3_SECRET_KEY_FILE": str(tmp_path / "s3_key")}
-    show = ["sh", "-c", 'printf "%s\\n%s\\n%s" "$MLFLOW_BACKEND_STORE_URI" "$AWS_SECRET_ACCESS_KEY" "$*"', "sh", "server"]
+    (tmp_path / "admin").write_text("admin-pass\n")
+    (tmp_path / "flask").write_text("csrf-key\n")
+    env.update({"MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(tmp_path / "admin"),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(tmp_path / "flask")})
+    show = ["sh", "-c", 'printf "%s\\n%s\\n%s\\n%s\\n%s" "$MLFLOW_BACKEND_STORE_URI" "$AWS_SECRET_ACCESS_KEY" '
+            '"$MLFLOW_AUTH_ADMIN_PASSWORD" "$MLFLOW_FLASK_SERVER_SECRET_KEY" "$*"', "sh", "server"]
     done = subprocess.run(["sh", str(script), *show], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines() == ["postgresql://mlflow:abc-DEF_123@postgres:5432/mlflow", "s3-secret-key", "server"]
+    assert done.stdout.splitlines() == ["postgresql://mlflow:abc-DEF_123@postgres:5432/mlflow", "s3-secret-key",
+                                        "admin-pass", "csrf-key", "server"]
 
     (tmp_path / "postgres_password").write_text("needs%escaping\n")
     done = subprocess.run(["sh", str(script), "true"], env=env, capture_output=True, text=True)
@@ -768,6 +826,40 @@ def test_mlflow_entrypoint_hands_the_secrets_over_in_the_environment(tmp_path):
     env["POSTGRES_PASSWORD_FILE"] = str(tmp_path / "missing")
     done = subprocess.run(["sh", str(script), "true"], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "missing or empty" in done.stderr
+
+
+def test_the_mlflow_server_asks_every_client_for_credentials():
+    """MLflow's basic-auth app, installed in the image, with its first admin's password and its CSRF
+    key from secret files (never in the image, the ini file or the environment), and its user
+    database on a volume."""
+    import configparser
+    from importlib.metadata import entry_points
+
+    from mlflow.environment_variables import MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_AUTH_CONFIG_PATH
+
+    mlflow = compose_services()["mlflow"]
+    command = mlflow["command"]
+    assert option_value(command, "--app-name") == "basic-auth", "mlflow server must run --app-name basic-auth"
+    assert "basic-auth" in {entry.name for entry in entry_points(group="mlflow.app")}, "MLflow lost its basic-auth app"
+    pip = " ".join(args for keyword, args in dockerfile_instructions(MLFLOW_DOCKERFILE) if keyword == "RUN")
+    assert re.search(r"mlflow\[auth\]==", pip), "the image installs mlflow[auth] (the basic-auth app's dependencies)"
+
+    environment = mlflow["environment"]
+    ini = PurePosixPath(environment[MLFLOW_AUTH_CONFIG_PATH.name])
+    copied = [arguments.split() for keyword, arguments in dockerfile_instructions(MLFLOW_DOCKERFILE) if keyword == "COPY"]
+    sources = [tokens[-2] for tokens in copied if PurePosixPath(tokens[-1]) == ini]
+    assert sources, f"the image must hold {ini}"
+    config = configparser.ConfigParser()
+    config.read(COMPOSE.parent / sources[0])
+    assert "admin_password" not in config["mlflow"], "the admin password is a secret file, not in the ini"
+    database = config["mlflow"]["database_uri"]
+    volumes = [volume.split(":")[1] for volume in mlflow.get("volumes", [])]
+    assert any(database.startswith(f"sqlite:///{target}/") for target in volumes), (
+        f"the auth database {database} must be on a volume (users would be lost with the container)")
+    for variable in (MLFLOW_AUTH_ADMIN_PASSWORD.name, "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert variable not in environment and f"{variable}_FILE" in environment, (
+            f"{variable} comes from a secret file, read by the entrypoint")
+        assert f"export {variable}" in (DEPLOY / "mlflow" / "mlflow-entrypoint.sh").read_text()
 
 
 def test_mlflow_has_its_own_minio_user_limited_to_the_artifact_bucket():

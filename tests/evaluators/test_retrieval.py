@@ -111,3 +111,51 @@ def test_leaving_out_unmatched_queries_equals_evaluating_the_matched_ones_alone(
 def test_no_query_with_a_relevant_item_is_an_error_naming_the_labels():
     with pytest.raises(ValueError, match=r"no query has a relevant gallery item: query labels \[3, 4\]"):
         RetrievalEvaluator().evaluate(_unit([[1, 0], [0, 1]]), np.array([4, 3]), _unit([[1, 0]]), np.array([1]))
+
+
+def _leave_one_out_by_brute_force(embeddings, labels):
+    """R@1 and mAP with each item a query against all the others, computed without FAISS."""
+    similarity = embeddings @ embeddings.T
+    hits, aps = [], []
+    for query in range(len(labels)):
+        others = np.delete(np.arange(len(labels)), query)
+        order = others[np.argsort(-similarity[query, others], kind="stable")]
+        relevant = labels[order] == labels[query]
+        if not relevant.any():
+            continue
+        hits.append(float(relevant[0]))
+        positions = np.flatnonzero(relevant) + 1
+        aps.append(float(np.mean(np.arange(1, len(positions) + 1) / positions)))
+    return 100 * np.mean(hits), 100 * np.mean(aps), len(labels) - len(hits)
+
+
+def test_leave_one_out_leaves_each_query_out_of_its_own_ranking():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    labels[0] = 9  # a class of one image: as a query it has no other relevant item
+    embeddings = rng.normal(size=(60, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ids = np.array([f"img{index}" for index in range(60)])
+    metrics = RetrievalEvaluator().evaluate(embeddings, labels, embeddings, labels, (ids, ids))
+    r1, average_precision, unmatched = _leave_one_out_by_brute_force(embeddings, labels)
+    assert metrics.recall_at_1 == pytest.approx(r1) and metrics.mean_average_precision == pytest.approx(average_precision)
+    assert metrics.queries_without_match == unmatched == 1 and metrics.num_queries == 59
+    # Without ids every query finds itself first: R@1 100, the optimistic reading leave-one-out avoids.
+    assert RetrievalEvaluator().evaluate(embeddings, labels, embeddings, labels).recall_at_1 == 100.0
+
+
+def test_per_query_outcomes_average_to_the_metrics():
+    rng = np.random.default_rng(4)
+    queries, gallery = rng.normal(size=(30, 6)).astype(np.float32), rng.normal(size=(50, 6)).astype(np.float32)
+    query_labels, gallery_labels = rng.integers(0, 3, 30), rng.integers(0, 3, 50)
+    outcomes = RetrievalEvaluator().per_query(queries, query_labels, gallery, gallery_labels)
+    metrics = RetrievalEvaluator().evaluate(queries, query_labels, gallery, gallery_labels)
+    assert 100 * outcomes.recall_hits(1).mean() == pytest.approx(metrics.recall_at_1)
+    assert 100 * outcomes.recall_hits(5).mean() == pytest.approx(metrics.recall_at_5)
+    assert 100 * outcomes.average_precision.mean() == pytest.approx(metrics.mean_average_precision)
+
+
+def test_ids_must_match_the_sides_they_name():
+    embeddings = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="one id per query"):
+        RetrievalEvaluator().evaluate(embeddings, np.arange(4), embeddings, np.arange(4), (np.arange(3), np.arange(4)))

@@ -98,7 +98,7 @@ def decode_settings(request: DataRequest, streaming_default: bool) -> DecodeSett
     # Absolute: readers in trials, which Tune runs in their own working directories, rebuild from it.
     cache_dir = str(Path(request.cache_dir).expanduser().resolve()) if request.cache_dir else None
     return DecodeSettings(request.image_size, request.channels, streaming, cache_dir, request.decode_workers,
-                          request.max_bad_fraction)
+                          request.max_bad_fraction, request.cache_trusted_group)
 
 
 def list_image_folder(root: str | Path) -> LabelledFiles:

@@ -17,7 +17,11 @@
 * refused before any image is decoded, each naming the rows (numbered from 1, the first row
   after a CSV's header): a missing column, an empty path or label, a split value other than the
   three, a file listed twice (two rows naming the same file, however written), a file that does
-  not exist;
+  not exist, and a file outside the manifest's folder (an absolute path elsewhere, ``..`` leading
+  out, or a symbolic link whose target lies outside: the path with every link resolved must be
+  below the manifest's folder, itself resolved) unless ``data.allow_paths_outside_root`` is true.
+  A manifest is often made by another tool or person; the folder it sits in bounds what it can
+  make a search read;
 * files that exist but cannot be decoded are skipped up to ``data.max_bad_fraction``
   (``workers.datasets.decoding``).
 """
@@ -49,11 +53,13 @@ def load_manifest_source(request: DataRequest) -> RetrievalData:
     if request.root is None:
         raise DataError("data.root is required for data.source 'manifest': the CSV or Parquet file with columns "
                         f"{list(COLUMNS)}")
-    return load_labelled_files(f"manifest:{request.root}", list_manifest(request.root), request)
+    listing = list_manifest(request.root, allow_outside=request.allow_paths_outside_root)
+    return load_labelled_files(f"manifest:{request.root}", listing, request)
 
 
-def list_manifest(manifest: str | Path) -> LabelledFiles:
-    """The files of ``manifest`` with labels, ids and splits, checked by the module rules."""
+def list_manifest(manifest: str | Path, allow_outside: bool = False) -> LabelledFiles:
+    """The files of ``manifest`` with labels, ids and splits, checked by the module rules; ``allow_outside``:
+    ``data.allow_paths_outside_root``."""
     where = f"data.root={str(manifest)!r}"
     manifest = Path(manifest).expanduser().absolute()
     if not manifest.is_file():
@@ -70,6 +76,8 @@ def list_manifest(manifest: str | Path) -> LabelledFiles:
     files = [os.path.normpath(manifest.parent / path) for path in ids]
     _refuse_duplicates(where, paths, files)
     _refuse_missing_files(where, paths, files)
+    if not allow_outside:
+        _refuse_files_outside(where, paths, files, manifest.parent)
     for split in SPLIT_NAMES:
         if split not in splits:
             raise DataError(f"{where} has no rows with split {split!r}; every split needs images (the manifest's "
@@ -190,3 +198,15 @@ def _refuse_missing_files(where: str, paths: list[str], files: list[str]) -> Non
         raise DataError(f"{where}: {len(missing)} of the {len(files)} listed files do not exist (or are not files), "
                         f"e.g. {listed}; relative paths are read from the manifest's folder. Fix the paths or remove "
                         "those rows")
+
+
+def _refuse_files_outside(where: str, paths: list[str], files: list[str], folder: Path) -> None:
+    root = os.path.realpath(folder)
+    outside = [position for position, file in enumerate(files)
+               if os.path.commonpath([root, os.path.realpath(file)]) != root]
+    if outside:
+        listed = "; ".join(f"{paths[position]!r} (row {position + 1})" for position in outside[:SHOWN])
+        raise DataError(f"{where}: {len(outside)} of the {len(files)} listed files lie outside the manifest's folder "
+                        f"{folder} (an absolute path, '..' or a symbolic link leading out), e.g. {listed}; rows "
+                        "counted from 1 after the header. Move the files (or the manifest) so that they lie below "
+                        "its folder, or set data.allow_paths_outside_root: true to read them where they are")

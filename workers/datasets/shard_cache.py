@@ -8,9 +8,18 @@ Rules:
 * record ``i`` is file ``i`` of the listing, ``C*H*W`` bytes, in shard file ``i // per_shard`` at
   offset ``(i % per_shard) * record_bytes``; a file that could not be decoded keeps a zero record
   and is listed in ``cache.json`` with its reason;
-* a cache is built in a ``.partial`` folder under an exclusive lock (``<key>.lock``) and renamed
-  into place with ``cache.json`` inside: a cache folder is complete or absent, and a second
-  builder waits for the first instead of decoding again;
+* a cache is built in a temporary folder of a unique name beside it (``.<key>.partial-<random>``:
+  builders in several containers sharing the cache never share one) under an exclusive lock
+  (``<key>.lock``), and renamed into place with ``cache.json`` inside, every file and the folders
+  fsynced first (``workers.storage.durable_write.created_durably``): a cache folder is complete or
+  absent, and a second builder waits for the first instead of decoding again. A complete cache is
+  read without the lock (it only ever appears whole), so readers never wait for one another or
+  for a build of another key; the lock is taken only to build. Temporary folders a killed builder
+  left are removed by the next builder of that key once they are a day old;
+* who may have written a cache is checked before anything is read from it
+  (``workers.datasets.cache_trust``: owner, group, mode, no symbolic links), and ``cache.json`` must
+  say what the key says: this format, the folder's key, the record count and shape, bad positions
+  within the count, and every shard file of its full size; anything else is refused;
 * readers (``ShardedImages``) read records with ``os.pread``: the pages live in the node's page
   cache, shared by every process, and no process holds the collection in its own memory. A reader
   on a node without the cache builds it there from the same files (which must be at the same
@@ -26,18 +35,22 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from workers.datasets.cache_trust import CacheTrust, checked_entry, create_private, open_checked, open_lock, prepare_root
 from workers.datasets.errors import DataError
+from workers.storage.durable_write import created_durably, partial_folders_of
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: cache.json names its key; folders and files are checked by cache_trust
 CACHE_FILE = "cache.json"
 SHARD_BYTES = 256 * 2**20  # per shard file; any size works, this keeps the file count small
 MAX_READ_BYTES = 64 * 2**20  # per pread call
+MAX_CACHE_FILE_BYTES = 64 * 2**20  # a cache.json lists bad files with reasons: large for a bad collection, never this
+STALE_PARTIAL_S = 24 * 3600  # a temporary folder this old is a killed builder's, not one at work
 
 
 def default_cache_root() -> Path:
@@ -49,6 +62,7 @@ class CacheLayout:
     folder: Path
     record_shape: tuple[int, int, int]
     count: int
+    trust: CacheTrust = field(default_factory=CacheTrust)
 
     @property
     def record_bytes(self) -> int:
@@ -66,18 +80,25 @@ class CacheLayout:
     def shards(self) -> int:
         return -(-self.count // self.per_shard)
 
+    def shard_records(self, shard: int) -> int:
+        return min(self.per_shard, self.count - shard * self.per_shard)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".lock")
+
 
 class ShardWriter:
-    """Writes records at their positions, in any order (decoding finishes out of order)."""
+    """Writes records at their positions, in any order (decoding finishes out of order), into new private
+    shard files of ``folder``; ``created_durably`` fsyncs them."""
 
     def __init__(self, layout: CacheLayout, folder: Path):
         self.layout, self.folder = layout, folder
         self.fds = []
         for shard in range(layout.shards):
-            records = min(layout.per_shard, layout.count - shard * layout.per_shard)
-            fd = os.open(layout.shard_path(shard, folder), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(fd, records * layout.record_bytes)
+            fd = create_private(layout.shard_path(shard, folder), os.O_RDWR, layout.trust.file_mode, layout.trust)
             self.fds.append(fd)
+            os.ftruncate(fd, layout.shard_records(shard) * layout.record_bytes)
 
     def write(self, start: int, records: np.ndarray) -> None:
         """``records`` (uint8, n x C x H x W) become records ``start`` ... ``start + n - 1``."""
@@ -87,71 +108,130 @@ class ShardWriter:
             shard, offset = divmod(position, layout.per_shard)
             take = min(start + len(records) - position, layout.per_shard - offset)
             chunk = np.ascontiguousarray(records[position - start : position - start + take])
-            os.pwrite(self.fds[shard], chunk.tobytes(), offset * layout.record_bytes)
+            write_all(self.fds[shard], memoryview(chunk).cast("B"), offset * layout.record_bytes)
             position += take
 
     def close(self) -> None:
         for fd in self.fds:
-            os.fsync(fd)
             os.close(fd)
         self.fds = []
 
 
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    """``data`` at ``offset``, however few bytes each ``pwrite`` takes (a signal, a network file system)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        if written <= 0:
+            raise OSError(f"pwrite wrote nothing at offset {offset} with {len(data)} bytes left")
+        data, offset = data[written:], offset + written
+
+
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def exclusive_lock(path: Path, trust: CacheTrust) -> Iterator[None]:
+    descriptor = open_lock(path, trust)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
-def read_cache_record(folder: Path) -> dict[str, Any] | None:
-    """What ``cache.json`` of a complete cache says, or None when the cache is absent or not this format.
+def read_cache_record(layout: CacheLayout) -> dict[str, Any] | None:
+    """What ``cache.json`` of a complete cache says, or None when the cache is absent or of another format.
+    A cache that fails the trust check or whose record contradicts its key is refused (module rules).
     Any other failure to read it (permissions, too many open files, I/O) is an error, never "absent":
     an absent cache is rebuilt, which replaces the folder other readers may be using."""
+    path = layout.folder / CACHE_FILE
     try:
-        record = json.loads((folder / CACHE_FILE).read_text())
-    except FileNotFoundError:
-        return None
+        if checked_entry(layout.folder, layout.trust) is None:
+            return None
+        descriptor = open_checked(path, os.O_RDONLY, layout.trust)
+        if descriptor is None:
+            return None
+        with os.fdopen(descriptor, "rb") as handle:
+            text = handle.read(MAX_CACHE_FILE_BYTES + 1)
+    except OSError as error:
+        raise DataError(f"cannot read the shard cache's {path} ({error}); check the permissions of "
+                        "data.cache_dir and the open-file limit (ulimit -n)") from error
+    try:
+        record = json.loads(text)
     except ValueError:
         return None  # a cache.json of another format or a torn one: built again under the lock
-    except OSError as error:
-        raise DataError(f"cannot read the shard cache's {folder / CACHE_FILE} ({error}); check the permissions of "
-                        "data.cache_dir and the open-file limit (ulimit -n)") from error
-    return record if isinstance(record, dict) and record.get("format") == CACHE_FORMAT else None
+    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
+        return None
+    problem = record_problem(record, layout)
+    if problem is not None:
+        raise DataError(f"the shard cache {layout.folder} is not the cache its key names ({problem}); delete the "
+                        "folder to rebuild it")
+    return record
 
 
-def build_cache(folder: Path, record_shape: tuple[int, int, int], count: int,
-                fill: Callable[[ShardWriter], dict[int, str]], description: str) -> dict[str, Any]:
-    """The cache at ``folder``, built by ``fill`` (which writes every record and returns the bad
+def record_problem(record: dict[str, Any], layout: CacheLayout) -> str | None:
+    """What in a cache.json (of this format) or the folder contradicts ``layout``, or None."""
+    expected = {"key": layout.folder.name, "count": layout.count, "record_shape": list(layout.record_shape)}
+    for name, value in expected.items():
+        if record.get(name) != value:
+            return f"{CACHE_FILE} says {name} {record.get(name)!r}, the key says {value!r}"
+    bad = record.get("bad")
+    if not isinstance(bad, dict) or not all(
+            isinstance(position, str) and position.isdigit() and int(position) < layout.count
+            and isinstance(reason, str) for position, reason in bad.items()):
+        return f"{CACHE_FILE}'s bad files are not positions below {layout.count} with reasons"
+    for shard in range(layout.shards):
+        status = checked_entry(layout.shard_path(shard), layout.trust)
+        size = layout.shard_records(shard) * layout.record_bytes
+        if status is None or status.st_size != size:
+            return f"{layout.shard_path(shard).name} is {'missing' if status is None else 'of another size'}"
+    return None
+
+
+def build_cache(layout: CacheLayout, fill: Callable[[ShardWriter], dict[int, str]], description: str
+                ) -> dict[str, Any]:
+    """The cache of ``layout``, built by ``fill`` (which writes every record and returns the bad
     positions with their reasons) unless a complete one is there; see the module's rules."""
-    with exclusive_lock(folder.with_name(folder.name + ".lock")):
-        record = read_cache_record(folder)
+    prepare_root(layout.folder.parent, layout.trust)
+    record = read_cache_record(layout)  # complete: read without the lock, as it only ever appears whole
+    if record is not None:
+        return record
+    with exclusive_lock(layout.lock_path, layout.trust):
+        record = read_cache_record(layout)
         if record is not None:
             return record
-        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        layout = CacheLayout(folder, record_shape, count)
-        try:
+        _remove_stale_partials(layout)
+        # A folder there now is an incomplete cache of another format: created_durably replaces it.
+        with created_durably(layout.folder, layout.trust.folder_mode) as partial:
+            if layout.trust.gid is not None:
+                os.chown(partial, -1, layout.trust.gid)
             writer = ShardWriter(layout, partial)
             try:
                 bad = fill(writer)
             finally:
                 writer.close()
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)  # an interrupted build leaves nothing behind
-            raise
-        record = {"format": CACHE_FORMAT, "count": count, "record_shape": list(record_shape),
-                  "bad": {str(position): reason for position, reason in sorted(bad.items())},
-                  "description": description, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (partial / CACHE_FILE).write_text(json.dumps(record))
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete cache of an older format
-        os.rename(partial, folder)
+            record = {"format": CACHE_FORMAT, "key": layout.folder.name, "count": layout.count,
+                      "record_shape": list(layout.record_shape),
+                      "bad": {str(position): reason for position, reason in sorted(bad.items())},
+                      "description": description, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_cache_file(partial / CACHE_FILE, json.dumps(record).encode(), layout.trust)
         return record
+
+
+def _write_cache_file(path: Path, data: bytes, trust: CacheTrust) -> None:
+    descriptor = create_private(path, os.O_WRONLY, trust.file_mode, trust)
+    try:
+        write_all(descriptor, memoryview(data), 0)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_stale_partials(layout: CacheLayout) -> None:
+    """Temporary folders of this key a killed builder left (a day old; this user's, or trusted)."""
+    for partial in partial_folders_of(layout.folder):
+        try:
+            status = partial.lstat()
+        except FileNotFoundError:  # its builder removed it meanwhile
+            continue
+        if time.time() - status.st_mtime > STALE_PARTIAL_S and layout.trust.problem(status) is None:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 class OpenShards:
@@ -168,7 +248,7 @@ class OpenShards:
         return self.fds.get(path)
 
     def open(self, path: Path) -> int:
-        fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        fd = self.fds[path] = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         return fd
 
 
@@ -250,7 +330,7 @@ class ShardedImages:
         return fd
 
     def _ensure_local(self) -> None:
-        if read_cache_record(self.layout.folder) is not None:
+        if read_cache_record(self.layout) is not None:
             return
         if self.rebuild is None:
             raise DataError(f"the shard cache {self.layout.folder} is missing on this node and cannot be rebuilt "

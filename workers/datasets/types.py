@@ -88,6 +88,11 @@ class RetrievalData:
     def in_chans(self) -> int:
         return int(self.train.images.shape[1])
 
+    def pair_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query ids, gallery ids): what an evaluation needs to leave a query's own image out of its
+        ranking where the two splits share images (``workers.datasets.leave_one_out``)."""
+        return np.asarray(self.query.ids), np.asarray(self.gallery.ids)
+
     @property
     def image_size(self) -> int:
         return int(self.train.images.shape[2])
@@ -145,3 +150,5 @@ class DataRequest:
     streaming: bool | None = None  # None: the source's default (on for file collections)
     cache_dir: str | None = None
     decode_workers: int | None = None
+    cache_trusted_group: str | None = None  # the group whose members may write the shard cache too
+    allow_paths_outside_root: bool = False  # manifest: files outside the manifest's folder

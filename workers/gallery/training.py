@@ -7,25 +7,29 @@ Early stopping (``GalleryEarlyStopping``, ``gallery.patience``), the rules:
   is the searched metric (``search.metric`` without ``cross_``);
 * an epoch is *better* when its score exceeds the best so far by more than ``min_delta`` points;
   training stops after ``patience`` epochs in a row without a better one, or at ``gallery.epochs``;
-* the weights of the best epoch are kept (restored at the end), so the saved paragon is the one the
-  validation split preferred, not the last one;
-* the learning-rate schedule is the one of ``gallery.epochs`` (warm-up, cosine decay): stopping
-  early cuts it short rather than rescaling it, so the curve of a run is the same up to the stop
-  whatever the patience.
+* the best epoch is the one the validation split preferred, not the last one;
+* the kept model always comes from a schedule that ran to its end (warm-up, cosine decay to zero):
+  when the best epoch is not the last of a full ``gallery.epochs`` run (training stopped early, or
+  an earlier epoch scored best), the model is trained again from the same seed for exactly
+  ``best_epoch`` epochs, its schedule annealed over those, and that model is kept (``retrained_epochs``
+  in the record). Selecting a half-annealed snapshot would keep a model whose learning rate was still
+  high, a weaker paragon than its own recipe gives.
+
+Training without early stopping may be resumed: ``GalleryTrainingState.sink`` receives the full state
+after every epoch (``workers.training.fit``) and ``GalleryTrainingState.resume`` continues it.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from workers.datasets import RetrievalData
 from workers.gallery.model import GalleryArchitecture, GalleryEmbeddingNet
-from workers.training.batches import ImageBatches
-from workers.training.fit import EpochCallback, EpochHooks, OptimSettings, fit
+from workers.training.batches import AugmentationSettings, ImageBatches
+from workers.training.fit import EpochCallback, EpochHooks, OptimSettings, StateSink, fit
 from workers.training.preprocess import ModelInput, embed_images, to_model_input
 
 
@@ -36,6 +40,16 @@ class GalleryTrainingSettings:
     optim: OptimSettings
     stem_stride: int = 2
     logit_scale: float = 16.0
+    augmentation: AugmentationSettings | None = None
+
+
+@dataclass(frozen=True)
+class GalleryTrainingState:
+    """Where a long training leaves its state after each epoch (``sink``) and the state to continue
+    from (``resume``: a state the sink received); only without early stopping."""
+
+    sink: StateSink | None = None
+    resume: dict | None = None
 
 
 @dataclass
@@ -52,7 +66,7 @@ class GalleryEarlyStopping:
     best_epoch: int = 0
     best_score: float = float("-inf")
     stopped_early: bool = False
-    _best_state: dict[str, torch.Tensor] | None = None
+    retrained_epochs: int | None = None  # set when the kept model was trained again to best_epoch
 
     def score(self, model: GalleryEmbeddingNet, device: torch.device) -> dict[str, float]:
         from evaluators import create_task
@@ -64,7 +78,7 @@ class GalleryEarlyStopping:
             return embed_images(model, getattr(data, split).images, model_input)
 
         return create_task(self.task).evaluate(embed("query"), data.query.labels, embed("gallery"),
-                                               data.gallery.labels, "validation")
+                                               data.gallery.labels, "validation", data.pair_ids())
 
     def after_epoch(self, epoch: int, stats: dict[str, float], model: GalleryEmbeddingNet,
                     device: torch.device) -> bool:
@@ -78,20 +92,19 @@ class GalleryEarlyStopping:
         self.curve.append({"epoch": epoch, "loss": stats.get("loss", float("nan")), **scores})
         if score > self.best_score + self.min_delta:
             self.best_epoch, self.best_score = epoch, score
-            self._best_state = copy.deepcopy(model.state_dict())
         self.stopped_early = epoch - self.best_epoch >= self.patience
         return self.stopped_early
 
-    def restore_best(self, model: GalleryEmbeddingNet) -> None:
-        """Called once training has ended: the best epoch's weights back into ``model``."""
-        if self._best_state is not None:
-            model.load_state_dict(self._best_state)
+    def needs_retraining(self, ceiling: int) -> bool:
+        """Called after training: True unless the best epoch ended a schedule of ``ceiling`` epochs."""
+        return self.best_epoch < ceiling or len(self.curve) < ceiling
 
     def record(self) -> dict:
         """What the checkpoint keeps of the run: the schedule's outcome and the curve."""
         return {"early_stopping": {"metric": self.metric, "task": self.task, "patience": self.patience,
                                    "best_epoch": self.best_epoch, "best_score": self.best_score,
                                    "epochs_trained": len(self.curve), "stopped_early": self.stopped_early,
+                                   "retrained_epochs": self.retrained_epochs,
                                    "validation_images": len(self.validation.query) + len(self.validation.gallery)},
                 "validation_curve": self.curve}
 
@@ -102,8 +115,25 @@ def train_gallery(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     early_stopping: GalleryEarlyStopping | None = None,
+    state: GalleryTrainingState = GalleryTrainingState(),
 ) -> GalleryEmbeddingNet:
-    """Train on ``data.train``; with ``early_stopping``, stop and keep the best epoch by its rules."""
+    """Train on ``data.train``; with ``early_stopping``, choose the number of epochs by its rules and
+    keep a model whose schedule completed (module rules)."""
+    if early_stopping is not None and state.resume is not None:
+        raise ValueError("a gallery training with early stopping cannot be resumed: its curve is not in the state")
+    model = _train(data, settings, device, on_epoch, early_stopping, state)
+    if early_stopping is not None and early_stopping.needs_retraining(settings.optim.epochs):
+        epochs = early_stopping.best_epoch
+        early_stopping.retrained_epochs = epochs
+        model = _train(data, replace(settings, optim=replace(settings.optim, epochs=epochs)), device, None, None,
+                       GalleryTrainingState())
+    return model.eval().requires_grad_(False)
+
+
+def _train(data: RetrievalData, settings: GalleryTrainingSettings, device: torch.device,
+           on_epoch: EpochCallback | None, early_stopping: GalleryEarlyStopping | None,
+           state: GalleryTrainingState) -> GalleryEmbeddingNet:
+    """One run of the schedule of ``settings.optim.epochs`` from the seed (or from ``state.resume``)."""
     torch.manual_seed(settings.optim.seed)
     arch = GalleryArchitecture(
         backbone=settings.backbone,
@@ -115,7 +145,8 @@ def train_gallery(
         logit_scale=settings.logit_scale,
     )
     model = GalleryEmbeddingNet(arch).to(device)
-    batches = ImageBatches(data.train.images, data.train.labels, device)
+    batches = ImageBatches(data.train.images, data.train.labels, device, settings.augmentation,
+                           seed=settings.optim.seed)
 
     def step(batch: torch.Tensor, batch_labels: torch.Tensor, _index: torch.Tensor):
         inputs = to_model_input(batch, data.mean, data.std, data.image_size, device)
@@ -127,7 +158,6 @@ def train_gallery(
             on_epoch(epoch, {**stats, **(early_stopping.curve[-1] if early_stopping is not None else {})})
         return stop
 
-    fit(model, batches, step, settings.optim, EpochHooks(on_epoch=after_epoch))
-    if early_stopping is not None:
-        early_stopping.restore_best(model)
-    return model.eval().requires_grad_(False)
+    fit(model, batches, step, settings.optim, EpochHooks(on_epoch=after_epoch, state_sink=state.sink,
+                                                        resume=state.resume))
+    return model

@@ -2,7 +2,9 @@
 
 ``ImageBatches`` reads uint8 images from memory or the shard cache (``ShardedImages``), moves them
 to the device and, with augmentation on, returns a random resized crop (with a horizontal flip
-by chance) of each image at the stored size. The crop of every image depends only on the seed,
+by chance) of each image at the stored size, or (``pad_padding`` > 0) a random crop of the image
+zero-padded by that many pixels on each side, the standard recipe for small images such as
+Fashion-MNIST and CIFAR (nothing rescaled). The crop of every image depends only on the seed,
 the step and the image's place in the batch, so a resumed training draws the same crops as an
 uninterrupted one, and streamed and in-memory data give the same batches.
 
@@ -24,11 +26,17 @@ from workers.datasets.types import ImageArray
 
 @dataclass(frozen=True)
 class AugmentationSettings:
-    """Random resized crop (area fraction ``crop_scale``, aspect ratio ``crop_ratio``) and horizontal flip."""
+    """Random resized crop (area fraction ``crop_scale``, aspect ratio ``crop_ratio``), or with
+    ``pad_padding`` > 0 a random crop of the zero-padded image instead; and the horizontal flip."""
 
     crop_scale: tuple[float, float] = (0.35, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     horizontal_flip: bool = True
+    pad_padding: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pad_padding < 0:
+            raise ValueError(f"pad_padding must be >= 0 pixels, got {self.pad_padding}")
 
 
 class ImageBatches:
@@ -51,14 +59,20 @@ class ImageBatches:
 
 
 def augment(batch: torch.Tensor, settings: AugmentationSettings, rng: np.random.Generator) -> torch.Tensor:
-    """A random resized crop of each uint8 image, back at its own size, flipped with probability 1/2."""
+    """A random crop of each uint8 image (resized, or of the padded image: see the settings), back at
+    its own size, flipped with probability 1/2."""
     from torchvision.transforms.v2 import functional as TF
 
     height, width = batch.shape[-2:]
     out = torch.empty_like(batch)
+    pad = settings.pad_padding
     for position, image in enumerate(batch):
-        top, left, crop_height, crop_width = crop_box(height, width, settings, rng)
-        view = TF.resized_crop(image, top, left, crop_height, crop_width, [height, width], antialias=True)
+        if pad:
+            top, left = (int(offset) for offset in rng.integers(0, 2 * pad + 1, size=2))
+            view = TF.pad(image, [pad])[:, top : top + height, left : left + width]
+        else:
+            top, left, crop_height, crop_width = crop_box(height, width, settings, rng)
+            view = TF.resized_crop(image, top, left, crop_height, crop_width, [height, width], antialias=True)
         if settings.horizontal_flip and rng.random() < 0.5:
             view = view.flip(-1)
         out[position] = view

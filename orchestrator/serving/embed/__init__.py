@@ -23,8 +23,8 @@ from orchestrator.serving.embed.image_collections import (
 from orchestrator.serving.embed.job import (
     DEFAULT_SHARD_SIZE,
     LISTING_FILE,
+    CHECKSUM_SUFFIX,
     LISTING_IDS_FILE,
-    PARTIAL_SUFFIX,
     SHARDS_DIR,
     EmbeddedGalleryFolder,
     EmbedOptions,
@@ -46,7 +46,7 @@ from orchestrator.serving.embed.runners import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "DEFAULT_SHARD_SIZE", "LISTING_FILE", "LISTING_IDS_FILE", "PARTIAL_SUFFIX", "SHARDS_DIR",
+    "DEFAULT_BATCH_SIZE", "DEFAULT_SHARD_SIZE", "LISTING_FILE", "LISTING_IDS_FILE", "CHECKSUM_SUFFIX", "SHARDS_DIR",
     "SPLITS", "EmbedOptions", "EmbeddedGalleryFolder", "GalleryEmbedError", "GalleryEmbedRequest", "GalleryLoader",
     "ImageArrayCollection", "ImageCollection", "ImageFolderCollection", "LocalShardRunner", "Log", "RayShardRunner",
     "Shard", "ShardEmbedActor", "ShardRunner", "configured_gallery_loader", "data_collection", "embed_collection",

@@ -54,11 +54,13 @@ class ImageCollection(ABC):
 
 @dataclass(frozen=True)
 class ImageFolderCollection(ImageCollection):
-    """Image files under ``root``; ``ids`` are their paths relative to it, ``sizes`` their sizes in bytes."""
+    """Image files under ``root``; ``ids`` are their paths relative to it, ``sizes`` their sizes in bytes
+    and ``mtimes_ns`` their modification times."""
 
     root: Path
     ids: tuple[str, ...]
     sizes: tuple[int, ...]
+    mtimes_ns: tuple[int, ...] = ()
 
     @property
     def description(self) -> str:
@@ -70,8 +72,11 @@ class ImageFolderCollection(ImageCollection):
                          for image_id in self.ids[start:stop]])
 
     def listing_digest(self) -> str:
-        # A file replaced under the same name changes the embedding: its size joins the listing.
-        listed = "\n".join(f"{image_id}\t{size}" for image_id, size in zip(self.ids, self.sizes))
+        # A file replaced under the same name changes the embedding: its size and modification time
+        # join the listing (as make and rsync tell a changed file; hashing every image would read
+        # the whole collection on each run).
+        times = self.mtimes_ns or (0,) * len(self.ids)
+        listed = "\n".join(f"{image_id}\t{size}\t{mtime}" for image_id, size, mtime in zip(self.ids, self.sizes, times))
         return hashlib.sha256(listed.encode()).hexdigest()
 
 
@@ -107,7 +112,9 @@ def folder_collection(folder: Path) -> ImageFolderCollection:
     if not ids:
         raise GalleryEmbedError(f"--images {str(folder)!r} holds no image files (suffixes {sorted(IMAGE_SUFFIXES)}, "
                                 "hidden files and folders skipped)")
-    return ImageFolderCollection(root, tuple(ids), tuple((root / image_id).stat().st_size for image_id in ids))
+    stats = [(root / image_id).stat() for image_id in ids]
+    return ImageFolderCollection(root, tuple(ids), tuple(stat.st_size for stat in stats),
+                                 tuple(stat.st_mtime_ns for stat in stats))
 
 
 def data_collection(data: RetrievalData, splits: Sequence[str] = SPLITS) -> ImageArrayCollection:

@@ -1,23 +1,29 @@
 """The embedding job of ``cmpnas gallery embed``: shards on disk, resume, the assembled folder, the command.
 
+- **One run per folder.** A run holds ``DIR`` with the output lock
+  (``orchestrator.common.output_lock``) from before it reads anything there until it ends; a
+  second run on the folder is refused at once, naming the holder. Two runs can therefore never
+  both claim an empty folder, nor write one shard at once.
 - **Shards.** The listing is cut into shards of ``shard_size`` images, written as
-  ``DIR/shards/NNNNN.npy`` and ``NNNNN.ids.txt``, each atomically (a temporary file, then a
-  rename) and the ids last: a shard whose ids file is there is complete.
-  ``DIR/shards/listing.json`` records the listing (count, digest of ids and file sizes, shard
-  size) and the gallery model's fingerprint.
+  ``DIR/shards/NNNNN.npy`` and ``NNNNN.ids.txt``, then ``NNNNN.sha256`` (the SHA-256 of both, in
+  ``sha256sum`` format) last: a shard whose checksum file is there, and whose files match it, is
+  complete. Every file is written durably (``workers.storage.durable_write``: a temporary of a
+  unique name, fsynced, renamed, the folder fsynced), so a power cut leaves no torn shard behind a
+  checksum file. ``DIR/shards/listing.json`` records the listing (count, digest of ids, file sizes
+  and modification times, shard size) and the gallery model's fingerprint.
 - **Resume.** A rerun with the same listing, shard size and gallery model embeds only the missing
-  shards. Anything else is refused, naming the difference: mixing shards of two listings or two
-  models would corrupt the gallery silently.
+  shards, and those whose files no longer match their checksums (torn, truncated or altered:
+  embedded again, with a warning, never trusted). Anything else is refused, naming the
+  difference: mixing shards of two listings or two models would corrupt the gallery silently.
 - **Result.** Once every shard is there: ``embeddings.npy`` and ``ids.txt`` in listing order,
-  ``index.faiss``, then ``gallery.json`` (the folder is finished when it is there). The shards
-  are kept, so a rerun with another ``--index`` only rebuilds the index; delete ``DIR/shards``
-  to save the space.
+  ``index.faiss``, then ``gallery.json`` (the folder is finished when it is there), each durably.
+  The shards are kept, so a rerun with another ``--index`` only rebuilds the index; delete
+  ``DIR/shards`` to save the space.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from orchestrator.common.output_lock import locked_output_dir
 from orchestrator.common.version import cmpnas_version
 from orchestrator.config import CmpnasConfig
 from orchestrator.serving.embed.errors import GalleryEmbedError
@@ -55,6 +62,8 @@ from orchestrator.setup.data import load_data
 from orchestrator.setup.ray_cluster import LOCAL, connect_ray, ray_address
 from workers.gallery.sources import GalleryModel
 from workers.gallery.sources.precomputed import EMBEDDINGS_FILE, IDS_FILE
+from workers.storage.durable_write import replaced_durably, write_text_durably
+from workers.storage.file_digest import file_sha256
 
 Log = Callable[[str], None]
 
@@ -62,7 +71,7 @@ DEFAULT_SHARD_SIZE = 4096
 SHARDS_DIR = "shards"
 LISTING_FILE = "listing.json"
 LISTING_IDS_FILE = "listing.ids.txt"
-PARTIAL_SUFFIX = ".partial"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def _quiet(_message: str) -> None:
@@ -103,7 +112,6 @@ def embed_collection(gallery: GalleryModel, collection: ImageCollection, output_
     """Embed ``collection`` with ``gallery`` into ``output_dir`` (the module's rules), reusing finished
     shards there. ``runner``: where shards are embedded (default: this process, ``options.device``)."""
     index_factory, shard_size, batch_size = options.index_factory, options.shard_size, options.batch_size
-    log = options.log
     if shard_size < 1 or batch_size < 1:
         raise GalleryEmbedError(f"--shard-size ({shard_size}) and --batch-size ({batch_size}) must be at least 1")
     if len(collection) == 0:
@@ -111,31 +119,39 @@ def embed_collection(gallery: GalleryModel, collection: ImageCollection, output_
     # Before an hour of embedding: a factory that cannot index this many vectors fails now.
     check_index_factory(index_factory, gallery.embed_dim, len(collection))
     folder = Path(output_dir)
-    shards_dir = folder / SHARDS_DIR
     try:
-        shards_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GalleryEmbedError(f"--output {str(folder)!r} cannot be created ({error}); choose another "
                                 "folder") from None
+    with locked_output_dir(folder, "cmpnas gallery embed", option="--output"):
+        return _embed_in_held_folder(gallery, collection, folder, options, runner)
+
+
+def _embed_in_held_folder(gallery: GalleryModel, collection: ImageCollection, folder: Path, options: EmbedOptions,
+                          runner: ShardRunner | None) -> EmbeddedGalleryFolder:
+    shard_size, log = options.shard_size, options.log
+    shards_dir = folder / SHARDS_DIR
+    shards_dir.mkdir(exist_ok=True)
     shards = plan_shards(len(collection), shard_size)
     _claim_listing(shards_dir, collection, shard_size, gallery)
-    pending = [shard for shard in shards if not _shard_complete(shards_dir, shard, collection, gallery.embed_dim)]
+    pending = [shard for shard in shards if not _shard_reusable(shards_dir, shard, collection, gallery.embed_dim, log)]
     reused = len(shards) - len(pending)
     log(f"embedding {len(collection)} images of {collection.description} with {gallery.description} "
         f"(D={gallery.embed_dim}, fingerprint {gallery.fingerprint[:12]}) in {len(shards)} shards of {shard_size}"
         + (f"; {reused} finished shards reused" if reused else ""))
     # Until it is written again, the folder is unfinished.
     (folder / GALLERY_RECORD_FILE).unlink(missing_ok=True)
-    runner = runner or LocalShardRunner(gallery, options.device, batch_size)
+    runner = runner or LocalShardRunner(gallery, options.device, options.batch_size)
     done_images = sum(len(shard) for shard in shards) - sum(len(shard) for shard in pending)
     with _progress(options.console, len(collection), done_images) as advance:
         for shard, embeddings in runner.embed_shards(collection, pending):
             _write_shard(shards_dir, shard, collection.ids[shard.start : shard.stop],
                          _checked(embeddings, shard, gallery))
             advance(len(shard))
-    record = _assemble(folder, shards, collection, gallery, index_factory, log)
-    log(f"wrote {folder}: {record['count']} embeddings, index {index_factory!r}; use it as gallery.source: embeddings "
-        f"with gallery.path: {folder}, or with `cmpnas query --index {folder}`")
+    record = _assemble(folder, shards, collection, gallery, options.index_factory, log)
+    log(f"wrote {folder}: {record['count']} embeddings, index {options.index_factory!r}; use it as gallery.source: "
+        f"embeddings with gallery.path: {folder}, or with `cmpnas query --index {folder}`")
     return EmbeddedGalleryFolder(folder, record, len(shards), reused)
 
 
@@ -147,11 +163,11 @@ def _claim_listing(shards_dir: Path, collection: ImageCollection, shard_size: in
     path = shards_dir / LISTING_FILE
     start_over = f"delete {shards_dir} or choose another --output"
     if not path.is_file():
-        if any(shards_dir.glob("*.ids.txt")):
+        if any(shards_dir.glob(f"*{CHECKSUM_SUFFIX}")) or any(shards_dir.glob("*.ids.txt")):
             raise GalleryEmbedError(f"{shards_dir} holds shards but no {LISTING_FILE}, so nothing tells what they were "
                                     f"embedded from; {start_over}")
-        _write_atomically(shards_dir / LISTING_IDS_FILE, "".join(f"{image_id}\n" for image_id in collection.ids))
-        _write_atomically(path, json.dumps(wanted, indent=2) + "\n")
+        write_text_durably(shards_dir / LISTING_IDS_FILE, "".join(f"{image_id}\n" for image_id in collection.ids))
+        write_text_durably(path, json.dumps(wanted, indent=2) + "\n")
         return
     try:
         recorded = json.loads(path.read_text())
@@ -183,24 +199,43 @@ def _listing_difference(listing_ids: Path, collection: ImageCollection, recorded
             return f"{described}: image {position} was {then!r}, now {current!r}"
     if len(before) != len(now):
         return f"{described}: images were added or removed at the end"
-    return f"{described}: the same names, but files changed size since"
+    return f"{described}: the same names, but files changed (size or modification time) since"
 
 
-def _shard_complete(shards_dir: Path, shard: Shard, collection: ImageCollection, dim: int) -> bool:
-    ids_path, embeddings_path = _shard_paths(shards_dir, shard)
-    if not ids_path.is_file() or not embeddings_path.is_file():
-        return False
-    if ids_path.read_text().splitlines() != list(collection.ids[shard.start : shard.stop]):
-        return False
+def _shard_reusable(shards_dir: Path, shard: Shard, collection: ImageCollection, dim: int, log: Log) -> bool:
+    """A finished shard whose files still match their recorded checksums, ids and shape; any other
+    is embedded (again), and one that was finished but no longer matches is said so."""
+    ids_path, embeddings_path, checksum_path = _shard_paths(shards_dir, shard)
+    if not checksum_path.is_file():
+        return False  # never finished (a run stopped before its checksum file)
     try:
-        stored = np.load(embeddings_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
-        return False
-    return stored.shape == (len(shard), dim) and stored.dtype == np.float32
+        recorded = _read_checksums(checksum_path)
+        matches = recorded == {path.name: file_sha256(path) for path in (embeddings_path, ids_path)}
+        matches = matches and ids_path.read_text().splitlines() == list(collection.ids[shard.start : shard.stop])
+        stored = np.load(embeddings_path, mmap_mode="r", allow_pickle=False) if matches else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        matches, stored = False, None
+    if stored is not None and stored.shape == (len(shard), dim) and stored.dtype == np.float32:
+        return True
+    log(f"shard {shard.name} in {shards_dir} does not match its checksums {checksum_path.name} (torn, truncated or "
+        "changed since it was written): embedding it again")
+    checksum_path.unlink(missing_ok=True)
+    return False
 
 
-def _shard_paths(shards_dir: Path, shard: Shard) -> tuple[Path, Path]:
-    return shards_dir / f"{shard.name}.ids.txt", shards_dir / f"{shard.name}.npy"
+def _read_checksums(path: Path) -> dict[str, str]:
+    """``sha256sum``'s lines (``DIGEST  NAME``) as {name: digest}."""
+    checksums = {}
+    for line in path.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        checksums[name] = digest
+    return checksums
+
+
+def _shard_paths(shards_dir: Path, shard: Shard) -> tuple[Path, Path, Path]:
+    """The shard's ids, embeddings and checksum files."""
+    return (shards_dir / f"{shard.name}.ids.txt", shards_dir / f"{shard.name}.npy",
+            shards_dir / f"{shard.name}{CHECKSUM_SUFFIX}")
 
 
 def _checked(embeddings: np.ndarray, shard: Shard, gallery: GalleryModel) -> np.ndarray:
@@ -213,10 +248,15 @@ def _checked(embeddings: np.ndarray, shard: Shard, gallery: GalleryModel) -> np.
 
 
 def _write_shard(shards_dir: Path, shard: Shard, ids: Sequence[str], embeddings: np.ndarray) -> None:
-    ids_path, embeddings_path = _shard_paths(shards_dir, shard)
-    _save_array_atomically(embeddings_path, embeddings)
-    # The ids file last: its presence says the shard is complete.
-    _write_atomically(ids_path, "".join(f"{image_id}\n" for image_id in ids))
+    ids_path, embeddings_path, checksum_path = _shard_paths(shards_dir, shard)
+    checksum_path.unlink(missing_ok=True)  # a shard embedded again is unfinished until its new checksums
+    with replaced_durably(embeddings_path) as temporary, temporary.open("wb") as handle:
+        # A file handle: np.save would append ".npy" to the temporary's name.
+        np.save(handle, embeddings, allow_pickle=False)
+    write_text_durably(ids_path, "".join(f"{image_id}\n" for image_id in ids))
+    # The checksums last, of the files as they are on disk: their presence says the shard is complete.
+    write_text_durably(checksum_path, "".join(f"{file_sha256(path)}  {path.name}\n"
+                                              for path in (embeddings_path, ids_path)))
 
 
 def _assemble(folder: Path, shards: Sequence[Shard], collection: ImageCollection, gallery: GalleryModel,
@@ -224,15 +264,14 @@ def _assemble(folder: Path, shards: Sequence[Shard], collection: ImageCollection
     """embeddings.npy (written through a memory map: never two copies in memory), ids.txt, index, gallery.json."""
     shards_dir = folder / SHARDS_DIR
     embeddings_path = folder / EMBEDDINGS_FILE
-    partial = embeddings_path.with_name(embeddings_path.name + PARTIAL_SUFFIX)
-    target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                       shape=(len(collection), gallery.embed_dim))
-    for shard in shards:
-        target[shard.start : shard.stop] = np.load(_shard_paths(shards_dir, shard)[1], allow_pickle=False)
-    target.flush()
-    del target
-    os.replace(partial, embeddings_path)
-    _write_atomically(folder / IDS_FILE, "".join(f"{image_id}\n" for image_id in collection.ids))
+    with replaced_durably(embeddings_path) as temporary:
+        target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
+                                           shape=(len(collection), gallery.embed_dim))
+        for shard in shards:
+            target[shard.start : shard.stop] = np.load(_shard_paths(shards_dir, shard)[1], allow_pickle=False)
+        target.flush()
+        del target
+    write_text_durably(folder / IDS_FILE, "".join(f"{image_id}\n" for image_id in collection.ids))
     log(f"building FAISS index {index_factory!r} over {len(collection)} embeddings")
     index = build_index(np.load(embeddings_path, mmap_mode="r"), index_factory)
     save_index(index, folder / INDEX_FILE)
@@ -242,19 +281,6 @@ def _assemble(folder: Path, shards: Sequence[Shard], collection: ImageCollection
               "files": {"embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "index": INDEX_FILE}}
     write_gallery_record(folder, record)
     return record
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def _save_array_atomically(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with partial.open("wb") as handle:  # a file handle: np.save would append ".npy" to the partial name
-        np.save(handle, array, allow_pickle=False)
-    os.replace(partial, path)
 
 
 @contextmanager

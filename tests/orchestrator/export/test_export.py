@@ -222,6 +222,33 @@ def test_failed_exports_are_clear_and_change_nothing_in_the_store(exported, gall
     assert not (tmp_path / "c").exists()
 
 
+def test_an_export_holds_its_folder_and_a_rerun_replaces_in_place(exported, tmp_path):
+    """Export into a folder another export holds: refused at once. A rerun into a folder with an
+    earlier export and a crash's leftovers: the candidate is replaced whole, the leftovers removed."""
+    from orchestrator.common.output_lock import LOCK_FILE, OutputDirLockedError
+
+    config, _, tracker, models = exported
+    folder = tmp_path / "export"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from orchestrator.common.output_lock import locked_output_dir\n"
+         f"with locked_output_dir({str(folder)!r}, 'cmpnas export'):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    one = _request(config, folder, candidate_run_id=models[0].run_id, register=False)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputDirLockedError, match=f"cmpnas export, pid {holder.pid}"):
+            export_candidates(one, log=lambda message: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    first = export_candidates(one, log=lambda message: None)[0]
+    (folder / ".staging-killed" / "half").mkdir(parents=True)  # what a killed export leaves
+    (first.folder / "stale.txt").write_text("from the earlier export")
+    again = export_candidates(one, log=lambda message: None)[0]
+    assert again.folder == first.folder and not (again.folder / "stale.txt").exists()
+    assert sorted(path.name for path in folder.iterdir()) == [LOCK_FILE, first.arch_id]
+
+
 def test_export_command_reports_a_missing_run_clearly(exported):
     from typer.testing import CliRunner
 

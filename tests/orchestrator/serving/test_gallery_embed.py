@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.common.output_lock import LOCK_FILE, OutputDirLockedError
 from orchestrator.serving.embed import (
     SHARDS_DIR,
     EmbedOptions,
@@ -97,7 +102,7 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(gallery, image_root
     with pytest.raises(Interrupted):
         embed_collection(gallery, collection, output, EmbedOptions(shard_size=SHARD_SIZE), runner=killed)
     assert sorted(path.name for path in (output / SHARDS_DIR).glob("0*")) == [
-        "00000.ids.txt", "00000.npy", "00001.ids.txt", "00001.npy"]
+        "00000.ids.txt", "00000.npy", "00000.sha256", "00001.ids.txt", "00001.npy", "00001.sha256"]
     assert not (output / "gallery.json").exists()
 
     resumed = StopAfter(LocalShardRunner(gallery))
@@ -123,11 +128,83 @@ def test_a_changed_listing_or_gallery_model_is_refused_on_resume(gallery, image_
     with pytest.raises(GalleryEmbedError, match=r"image 2 was 'a/002.png', now 'a/002b.png'.*delete .*shards"):
         embed_collection(gallery, folder_collection(root), output, EmbedOptions(shard_size=4))
     (root / "a" / "002b.png").rename(root / "a" / "002.png")
+    # Rewritten under its name with the same size: its modification time tells (the rename above kept it).
+    before = (root / "a" / "003.png").stat()
+    os.utime(root / "a" / "003.png", ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    with pytest.raises(GalleryEmbedError, match=r"files changed \(size or modification time\)"):
+        embed_collection(gallery, folder_collection(root), output, EmbedOptions(shard_size=4))
+    os.utime(root / "a" / "003.png", ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(GalleryEmbedError, match="--shard-size 4, this run uses 5"):
         embed_collection(gallery, folder_collection(root), output, EmbedOptions(shard_size=5))
     other = open_tiny_gallery(save_tiny_gallery(tmp_path / "other.safetensors", seed=1))
     with pytest.raises(GalleryEmbedError, match="embedded by gallery model resnet10t"):
         embed_collection(other, folder_collection(root), output, EmbedOptions(shard_size=4))
+
+
+def test_a_torn_or_altered_shard_is_embedded_again_not_trusted(gallery, image_root, embedded, tmp_path):
+    collection = folder_collection(image_root)
+    output = tmp_path / "embedded"
+    embed_collection(gallery, collection, output, EmbedOptions(shard_size=SHARD_SIZE))
+    shards = output / SHARDS_DIR
+    torn = shards / "00001.npy"  # cut short, as a power cut after an unsynced write leaves it
+    torn.write_bytes(torn.read_bytes()[:200])
+    altered = shards / "00003.npy"  # same header and shape, other values: only the checksum tells
+    data = bytearray(altered.read_bytes())
+    data[-8:] = bytes(8)
+    altered.write_bytes(bytes(data))
+    logged = []
+    again = StopAfter(LocalShardRunner(gallery))
+    embed_collection(gallery, collection, output, EmbedOptions(shard_size=SHARD_SIZE, log=logged.append), runner=again)
+    assert again.asked == [1, 3]
+    assert [line for line in logged if "does not match its checksums" in line and "embedding it again" in line]
+    np.testing.assert_array_equal(np.load(output / "embeddings.npy"), np.load(embedded.folder / "embeddings.npy"))
+    # What the rerun wrote is checked again, and reused.
+    final = StopAfter(LocalShardRunner(gallery))
+    embed_collection(gallery, collection, output, EmbedOptions(shard_size=SHARD_SIZE), runner=final)
+    assert final.asked == []
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_at_once(gallery, image_root, checkpoint, tmp_path):
+    output = tmp_path / "embedded"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from orchestrator.common.output_lock import locked_output_dir\n"
+         f"with locked_output_dir({str(output)!r}, 'cmpnas gallery embed'):\n    print('held', flush=True); "
+         "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputDirLockedError, match=rf"--output=.*cmpnas gallery embed, pid {holder.pid}.*another"):
+            embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE))
+        tree = image_folder_config_tree(image_root, checkpoint, tmp_path / "out")
+        code, text = _cli(tmp_path, tree, "--output", str(output), "--images", str(image_root))
+        assert code == 2 and "OutputDirLockedError" in text and f"pid {holder.pid}" in text, text
+        assert sorted(path.name for path in output.iterdir()) == [LOCK_FILE]  # nothing claimed, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE)).count == 48
+
+
+def test_every_file_of_the_folder_is_written_durably(gallery, image_root, tmp_path, monkeypatch):
+    """Each file goes through workers.storage.durable_write: a temporary of its own, fsynced, renamed,
+    the folder fsynced after the rename; no fixed `.partial` name that two writers would share."""
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    output = (tmp_path / "embedded").resolve()
+    embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE))
+    for folder, name in [(output, "index.faiss"), (output, "gallery.json"), (output, "embeddings.npy"),
+                         (output, "ids.txt"), (output / SHARDS_DIR, "00004.npy"), (output / SHARDS_DIR, "00004.sha256"),
+                         (output / SHARDS_DIR, "listing.json")]:
+        temporaries = [index for index, path in enumerate(synced)
+                       if path.parent == folder and path.name.startswith(f".{name}.") and path.name.endswith(".tmp")]
+        assert temporaries, f"{name} was not written through a fsynced temporary"
+        assert folder in synced[temporaries[-1] + 1 :], f"{folder} was not fsynced after {name} was renamed into it"
+    assert not [path for path in output.rglob("*") if path.name.endswith((".partial", ".tmp"))]
 
 
 def test_gallery_json_describes_the_folder(gallery, embedded):

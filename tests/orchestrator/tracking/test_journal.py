@@ -1,13 +1,17 @@
 """The tracking journal on a real MLflow store: outage, replay, crash between send and record."""
 
+import errno
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, UNAUTHENTICATED
 
 from orchestrator.config import ConfigError, validate_config
+from orchestrator.tracking.errors import JournalWriteError
 from orchestrator.search.state import CHANGEABLE_ON_RESUME, check_resume_config
 from orchestrator.tracking.client import SearchTracker
 from orchestrator.tracking.journal import (
@@ -151,6 +155,54 @@ def test_an_append_after_a_torn_last_line_survives_a_reopen(tmp_path):
     assert again.pending == 1  # the write survives another restart ...
     assert again.flush(wait=True)
     assert tracker.client.get_run(parent).data.metrics["b"] == 2.0  # ... and is sent
+
+
+def test_a_failed_append_is_cut_back_and_stops_with_a_clear_error(tmp_path, monkeypatch):
+    """A full disk takes part of a line, then refuses the rest (ENOSPC): the half line is removed, so
+    the next append after space is freed is a line of its own, and nothing is silently dropped."""
+    journal, tracker, parent = _journal(tmp_path)
+    journal.log_metrics(PARENT, {"a": 1.0})
+    before = journal.path.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def disk_fills_up(descriptor, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(descriptor, bytes(data)[:20])  # a short write: 20 bytes reach the file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_fills_up)
+    with _Outage(tracker.client), pytest.raises(JournalWriteError, match=r"No space left.*cut back.*--resume"):
+        journal.log_metrics(PARENT, {"b": 2.0})
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(calls) == 2 and journal.path.read_bytes() == before  # no half line left behind
+    with _Outage(tracker.client):
+        journal.log_metrics(PARENT, {"c": 3.0})
+    TrackingJournal._open.clear()
+    again = TrackingJournal(tracker, parent, tmp_path / "journal", FAST)
+    assert again.pending == 1 and again.flush(wait=True)
+    metrics = tracker.client.get_run(parent).data.metrics
+    assert metrics["c"] == 3.0 and "b" not in metrics
+
+
+def test_a_staged_artifact_is_on_disk_before_its_entry(tmp_path, monkeypatch):
+    journal, tracker, parent = _journal(tmp_path)
+    source = tmp_path / "report.csv"
+    source.write_text("a,b\n")
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with _Outage(tracker.client):
+        journal.log_artifact(PARENT, source, key="parent/report")
+    staged = next((tmp_path / "journal" / "artifacts").rglob("report.csv")).resolve()
+    entry = synced.index(journal.path.resolve())
+    assert {staged, staged.parent, staged.parent.parent} <= set(synced[:entry]), synced
 
 
 def test_a_missing_staged_artifact_is_rejected_alone_and_is_no_outage(tmp_path, caplog):

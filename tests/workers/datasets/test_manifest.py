@@ -192,3 +192,26 @@ def test_a_split_left_without_decodable_images_is_refused_by_name(tmp_path):
     manifest = _write_csv(tmp_path / "data.csv", rows)
     with pytest.raises(DataError, match="the gallery split of manifest .* has no decodable images"):
         load_retrieval_data("manifest", _request(manifest, max_bad_fraction=0.5))
+
+
+@pytest.mark.parametrize("leave", ["absolute", "dotdot", "symlink"])
+def test_files_outside_the_manifests_folder_are_refused_unless_allowed(tmp_path, leave):
+    folder, outside = tmp_path / "dataset", tmp_path / "elsewhere" / "secret.png"
+    rows = _collection(folder)
+    _image(outside, 200)
+    (folder / "images" / "link.png").symlink_to(outside)
+    written = {"absolute": str(outside), "dotdot": "../elsewhere/secret.png", "symlink": "images/link.png"}[leave]
+    rows[5] = (written, rows[5][1], rows[5][2])
+    manifest = _write_csv(folder / "data.csv", rows)
+    with pytest.raises(DataError, match=rf"1 of the 24 listed files lie outside the manifest's folder .*"
+                                        rf"'{written}' \(row 6\); rows counted .*data.allow_paths_outside_root: true"):
+        load_retrieval_data("manifest", _request(manifest))
+    data = load_retrieval_data("manifest", _request(manifest, allow_paths_outside_root=True))
+    assert 200 in np.asarray(data.train.images)[:, 0, 0, 0]
+
+
+def test_a_symbolic_link_that_stays_inside_the_folder_is_read(tmp_path):
+    rows = _collection(tmp_path)
+    (tmp_path / "alias.png").symlink_to(tmp_path / rows[0][0])
+    rows[0] = ("alias.png", rows[0][1], rows[0][2])
+    assert list_manifest(_write_csv(tmp_path / "data.csv", rows)).ids[0] == "alias.png"

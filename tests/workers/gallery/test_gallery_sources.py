@@ -27,7 +27,7 @@ from workers.gallery.sources import (
     adapt_channels,
     load_gallery_model,
 )
-from workers.gallery.sources.onnx_model import count_onnx_flops
+from workers.gallery.sources.onnx_flops import count_onnx_flops
 from workers.gallery.sources.precomputed import EMBEDDINGS_FILE, IDS_FILE
 from workers.gallery.sources.timm_weights import PooledFeatures
 from workers.training.fit import OptimSettings
@@ -309,3 +309,76 @@ def test_the_paragon_cost_is_measured_for_every_model_source(one_model_in_every_
     for name in ("timm", "torchscript", "onnx"):
         assert _load(name, paths).measure_cost().mflops == pytest.approx(fvcore, rel=0.05), name
     assert _load("embeddings", paths).measure_cost() is None  # gallery.mflops must say it
+
+
+def _export_onnx(net, example, path, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (example,), str(path), input_names=["images"], dynamo=False, **options)
+    return path
+
+
+def _small_conv_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+
+
+@pytest.mark.parametrize("fixed_batch", [1, 3])
+def test_an_onnx_model_with_a_fixed_batch_size_embeds_any_number_of_images(tmp_path, fixed_batch):
+    """Fed batches of exactly its size, the last one padded: the embeddings of every image, no more."""
+    net = _small_conv_net()
+    path = _export_onnx(net, torch.rand(fixed_batch, 3, 32, 32), tmp_path / "fixed.onnx")
+    gallery = load_gallery_model("onnx", _request(path))
+    images = np.random.default_rng(0).integers(0, 256, (7, 1, 28, 28), dtype=np.uint8)
+    embedded = gallery.embed(images, [str(i) for i in range(7)], torch.device("cpu"))
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(net(gallery.input_spec.model_input(images)), dim=1).numpy()
+    assert embedded.shape == (7, 8) and gallery.fixed_batch == fixed_batch
+    np.testing.assert_allclose(embedded, expected, atol=1e-5)
+
+
+def test_an_onnx_model_that_runs_only_on_one_image_is_refused_at_load(tmp_path):
+    """Declared with a dynamic batch but reshaped to one row inside: the load check runs two images."""
+
+    class OneRow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _small_conv_net()
+
+        def forward(self, images):
+            return self.net(images).reshape(1, -1)
+
+    path = _export_onnx(OneRow(), torch.rand(1, 3, 32, 32), tmp_path / "one_row.onnx",
+                        dynamic_axes={"images": {0: "batch"}})
+    with pytest.raises(GallerySourceError, match=r"one_row.onnx maps a batch of 2 images.*dynamic batch dimension"):
+        load_gallery_model("onnx", _request(path))
+
+
+def test_onnx_runtime_errors_while_embedding_name_the_model_and_the_fix(tmp_path):
+    path = _export_onnx(_small_conv_net(), torch.rand(1, 3, 32, 32), tmp_path / "net.onnx",
+                        dynamic_axes={"images": {0: "batch"}})
+    gallery = load_gallery_model("onnx", _request(path))
+    with pytest.raises(GallerySourceError, match=r"(?s)net.onnx fails on a batch of 2 images of 1x32x32.*dynamic batch"):
+        gallery.run_batch(np.zeros((2, 1, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("recorded, wrong", [({"size": "big", "channels": 3}, "'size' is 'big'"),
+                                             ({"mean": ["a", 0.5, 0.5]}, "'mean' is"),
+                                             ("not json", "not a JSON object")])
+def test_unreadable_cmpnas_input_metadata_names_the_key_and_the_format(tmp_path, recorded, wrong):
+    import json
+
+    import onnx
+
+    path = _export_onnx(_small_conv_net(), torch.rand(1, 3, 32, 32), tmp_path / "meta.onnx",
+                        dynamic_axes={"images": {0: "batch"}})
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "cmpnas.input", recorded if isinstance(recorded, str) else json.dumps(recorded)
+    onnx.save(model, str(path))
+    unset = InputSpecRequest()
+    with pytest.raises(GallerySourceError, match=rf"'cmpnas.input'.*{wrong}.*expected format is a JSON object"):
+        load_gallery_model("onnx", _request(path, unset))
+    # gallery.input takes precedence over the metadata: set in full, the model loads.
+    assert load_gallery_model("onnx", _request(path, SPEC)).input_spec.size == 32

@@ -1,8 +1,8 @@
-"""A durably replaced file is whole or as it was, and leaves no temporary behind."""
+"""A durably replaced file (or folder) is whole or as it was, and leaves no temporary behind."""
 
 import pytest
 
-from workers.storage.durable_write import replaced_durably, write_text_durably
+from workers.storage.durable_write import created_durably, partial_folders_of, replaced_durably, write_text_durably
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -37,3 +37,21 @@ def test_a_new_file_gets_the_umasks_mode_and_a_replaced_one_keeps_its_own(tmp_pa
     path.chmod(0o640)
     write_text_durably(path, "replaced")
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_folder_is_created_whole_or_not_at_all_with_a_temporary_of_its_own(tmp_path):
+    folder = tmp_path / "cache-key"
+    with pytest.raises(RuntimeError):
+        with created_durably(folder) as temporary:
+            (temporary / "records.u8").write_bytes(b"half")
+            raise RuntimeError("killed mid-build")
+    assert list(tmp_path.iterdir()) == []
+    with created_durably(folder, mode=0o750) as first, created_durably(folder) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        assert partial_folders_of(folder) == sorted([first, second])
+        assert first.stat().st_mode & 0o777 == 0o750
+        (first / "records.u8").write_bytes(b"first")
+        (second / "records.u8").write_bytes(b"second")
+    # The inner block ended first and its folder was moved aside when the outer one replaced it.
+    assert [entry.name for entry in tmp_path.iterdir()] == ["cache-key"]
+    assert (folder / "records.u8").read_bytes() == b"first"

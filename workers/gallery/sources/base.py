@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from evaluators.complexity import ComplexityReport
+from evaluators.latency import LatencyReport, LatencySettings, measure_model_latency
 from workers.storage.checkpoint import CheckpointError
 from workers.storage.file_digest import update_with_file
 from workers.training.preprocess import to_model_input
@@ -152,7 +153,8 @@ class GalleryModel(ABC):
        Ray Data actors that open their own copy); and, only when training is augmented, in each
        trial on every augmented batch (``workers.compatibility.targets``);
     3. ``own_classifier`` once, when the BCT classifier is chosen (``gallery.classifier``);
-    4. ``measure_cost`` once, for the paragon's cost;
+    4. ``measure_cost`` once, for the paragon's cost, and ``measure_latency`` once where latency is
+       measured (``resources.measure_latency``);
     5. ``release`` after the embeddings, so the model holds no accelerator memory while trials run.
     """
 
@@ -176,6 +178,18 @@ class GalleryModel(ABC):
     def measure_cost(self) -> ComplexityReport | None:
         """FLOPs of one image at ``input_spec`` (fvcore convention), or None where they cannot be measured."""
         return None
+
+    def measure_latency(self, settings: LatencySettings) -> LatencyReport | None:
+        """Latency of the model's deployed graph (``evaluators.latency``: its ONNX export in ONNX Runtime),
+        or None where there is no graph to time here (precomputed embeddings, a module that does not export)."""
+        module = self.torch_module()
+        if module is None:
+            return None
+        spec = self.input_spec
+        try:
+            return measure_model_latency(module, (spec.channels, spec.size, spec.size), settings)
+        except Exception:  # noqa: BLE001 - the exporters raise many types; latency is then not measured
+            return None
 
     def own_classifier(self, num_classes: int) -> FrozenClassifier | None:
         """The model's own classifier, if it has one for ``num_classes`` classes over its embedding."""

@@ -29,7 +29,7 @@ from workers.gallery.sources.base import (
     bytes_fingerprint,
     refuse_other_fingerprint,
 )
-from workers.gallery.sources.onnx_model import count_onnx_flops
+from workers.gallery.sources.onnx_flops import count_onnx_flops
 from workers.gallery.sources.registry import register_gallery_source
 from workers.gallery.sources.torch_model import NormalizedEmbedding, TorchGalleryModel
 
@@ -38,9 +38,11 @@ class TorchScriptGalleryModel(TorchGalleryModel):
     source = "torchscript"
 
     def measure_cost(self) -> ComplexityReport | None:
-        """Counted on the module exported to ONNX (fvcore cannot hook into a ScriptModule): the same
-        convention, with batch norm folded into the convolutions by the exporter. None when the
-        module does not export."""
+        """Counted on the module exported to ONNX and run once (fvcore cannot trace a ScriptModule): the
+        same convention, with batch norm folded into the convolutions by the exporter, so a few per cent
+        below fvcore's count of the original module. None when the module does not export (the search
+        then asks for gallery.mflops); a ``GallerySourceError`` naming gallery.mflops when the export
+        cannot be counted."""
         spec = self.input_spec
         shape = (1, spec.channels, spec.size, spec.size)
         with tempfile.TemporaryDirectory() as folder:
@@ -51,7 +53,8 @@ class TorchScriptGalleryModel(TorchGalleryModel):
                     torch.onnx.export(self.module.network.cpu(), (torch.zeros(shape),), str(path), dynamo=False)
             except Exception:  # noqa: BLE001 - exporter failures come in many types; the cost is then unknown
                 return None
-            return count_onnx_flops(path, shape)
+            return count_onnx_flops(path, shape, description=f"TorchScript gallery model {self.description} "
+                                                                 "(exported to ONNX to count its cost)")
 
 
 TORCHSCRIPT_OPT_IN = (

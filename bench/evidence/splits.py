@@ -1,0 +1,58 @@
+"""The protocol's data: the official Fashion-MNIST splits cut as ``data`` in the protocol says.
+
+* ``selection``: train less the validation images (``validation_size``, stratified, ``data.seed``),
+  whose query and gallery are the validation halves: every choice is made on it;
+* ``held_out``: the official test split as one pool, each image a query against all the others
+  (leave-one-out: query and gallery are the same images, and the evaluators leave a query's own
+  image out of its ranking by its id);
+* ``trial_train``: the fixed stratified subset of the selection view's train split that search and
+  random trials train on (compute cut 3), the same for both methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from workers.datasets import RetrievalData
+from workers.datasets.fashion_mnist import load_fashion_mnist
+from workers.datasets.splits import stratified_split
+from workers.datasets.types import DataRequest, ImageSet
+from workers.datasets.validation import carve_validation
+
+
+@dataclass(frozen=True)
+class ProtocolData:
+    selection: RetrievalData
+    held_out: ImageSet
+    trial_train: ImageSet
+
+
+def protocol_data(data_section: dict, root: str | None = None) -> ProtocolData:
+    if data_section["source"] != "fashion_mnist":
+        raise ValueError(f"data.source {data_section['source']!r}: this runner reads fashion_mnist protocols")
+    seed = int(data_section["seed"])
+    official = load_fashion_mnist(DataRequest(root=root, train_size=None, query_size=2000, gallery_size=8000,
+                                              seed=seed))
+    held_out = _pooled(official.query, official.gallery)
+    selection = carve_validation(official, int(data_section["validation_size"]), seed)
+    train = selection.train
+    size = data_section.get("trial_train_size")
+    if size is None or size >= len(train):
+        return ProtocolData(selection, held_out, train)
+    (subset,) = stratified_split(np.asarray(train.labels), [int(size)], seed)
+    return ProtocolData(selection, held_out, train.subset(np.sort(subset)))
+
+
+def _pooled(query: ImageSet, gallery: ImageSet) -> ImageSet:
+    """Both held-out splits as one set, in the official file's order (ids ``test:<index>``)."""
+    images = np.concatenate([np.asarray(query.images), np.asarray(gallery.images)])
+    labels = np.concatenate([query.labels, gallery.labels])
+    ids = np.concatenate([query.ids, gallery.ids])
+    order = np.argsort([int(image_id.split(":")[1]) for image_id in ids])
+    return ImageSet(images[order], labels[order], ids[order])
+
+
+def with_train(data: RetrievalData, train: ImageSet) -> RetrievalData:
+    return replace(data, train=train)
