@@ -5,7 +5,7 @@ from evaluators.complexity import FLOPS_CONVENTION, ComplexityReport, count_comp
 from evaluators.hypervolume import hypervolume_2d
 from evaluators.knn import FaissInnerProductKNN, faiss_gpu_count
 from evaluators.pareto import dominates, pareto_front
-from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics
+from evaluators.retrieval import RetrievalEvaluator, RetrievalMetrics, chance_level
 from evaluators.tasks import EvaluationTask, create_task, list_tasks, register_task, searchable_metrics
 from evaluators.verification import OperatingPoint, VerificationEvaluator, VerificationMetrics, tar_at_far
 
@@ -19,6 +19,7 @@ __all__ = [
     "RetrievalMetrics",
     "VerificationEvaluator",
     "VerificationMetrics",
+    "chance_level",
     "count_complexity",
     "create_task",
     "dominates",

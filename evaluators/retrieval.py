@@ -160,3 +160,22 @@ def ranks_of_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     others = np.sort(scores[~relevant])
     higher_others = len(others) - np.searchsorted(others, relevant_scores, side="right")
     return np.arange(1, len(relevant_scores) + 1) + higher_others
+
+
+def chance_level(measure: str, query_labels: np.ndarray, gallery_labels: np.ndarray) -> float | None:
+    """The expected ``measure`` (``r1``, ``r5`` or ``map``, in percent) of a ranking drawn at random,
+    for these labels: a query of class c finds a match at a rank with probability f_c, the fraction
+    of the gallery in class c (R@1: f_c; R@5: 1 - (1 - f_c)^5; mAP: about f_c, the precision of a
+    random ranking). Queries of a class without gallery images are left out, as ``evaluate`` does.
+    None for any other measure (its chance level is not known here)."""
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    if measure not in ("r1", "r5", "map") or len(gallery_labels) == 0:
+        return None
+    classes, gallery_counts = np.unique(gallery_labels, return_counts=True)
+    fraction = dict(zip(classes.tolist(), (gallery_counts / len(gallery_labels)).tolist()))
+    per_query = np.array([fraction.get(label, 0.0) for label in query_labels.tolist()])
+    per_query = per_query[per_query > 0]
+    if len(per_query) == 0:
+        return None
+    found = 1 - (1 - per_query) ** 5 if measure == "r5" else per_query
+    return 100.0 * float(found.mean())

@@ -32,7 +32,8 @@ def tiny_tree(tmp_path, **sections) -> dict:
     # (on the embedded quickstart default) run the same search as those validating this tree.
     tree = {
         "data": {"train_size": 3000, "query_size": 300, "gallery_size": 1200, "seed": 0, "validation_size": 0},
-        "gallery": {"backbone": "resnet10t", "epochs": 2, "batch_size": 128, "lr": 0.002,
+        # min_steps 0: the gallery trains the 2 epochs named (its 48 steps embed well enough for the tests).
+        "gallery": {"backbone": "resnet10t", "epochs": 2, "min_steps": 0, "batch_size": 128, "lr": 0.002,
                     "checkpoint": str(tmp_path / "gallery.safetensors")},
         # min_steps 0: the tests' small splits train the epochs they name.
         "training": {"epochs": 2, "batch_size": 128, "lr": 0.003, "min_steps": 0,
@@ -46,6 +47,12 @@ def tiny_tree(tmp_path, **sections) -> dict:
     }
     for name, values in sections.items():
         tree[name] = {**tree.get(name, {}), **values} if isinstance(values, dict) else values
+    # Another gallery source: the fields of the model cmpnas trains go, unless the test sets them.
+    from orchestrator.config.schema import trained_only_fields
+
+    given = sections.get("gallery", {})
+    foreign = trained_only_fields(tree["gallery"].get("source", "cmpnas"))
+    tree["gallery"] = {key: value for key, value in tree["gallery"].items() if key in given or key not in foreign}
     return tree
 
 

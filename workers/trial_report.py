@@ -20,24 +20,32 @@ Rules of the report (``workers.trial.run_candidate_trial``):
 
 The compatibility check of a final result (``Scoring.verdict``, the one place of the rule):
 with ``<m>`` the searched metric without its prefix (``search.metric`` = ``cross_<m>``, e.g.
-``cross_map`` -> ``map``, ``cross_tar_far_1e-2`` -> ``tar_far_1e-2``) and ``ratio`` =
-``evaluation.compatibility_ratio`` (default 0.5), a trial **fails** when
+``cross_map`` -> ``map``, ``cross_tar_far_1e-2`` -> ``tar_far_1e-2``), ``ratio`` =
+``evaluation.compatibility_ratio`` (default 0.5), ``paragon_ratio`` = ``evaluation.paragon_ratio``
+(default 0.5) and ``margin`` = ``evaluation.chance_margin`` (default 0.1), a trial **fails** when
 
-    final cross_<m>  <  ratio x final homo_<m>
+    final cross_<m>  <  ratio x final homo_<m>                       (not the gallery's space), or
+    final cross_<m>  <  paragon_ratio x paragon_<m>                  (far below the gallery model), or
+    final cross_<m>  <  chance_<m> + margin x (100 - chance_<m>)     (hardly better than chance)
 
-i.e. the candidate's queries retrieve from the gallery model's gallery far worse than from its own
-embeddings: its embedding space is not the gallery model's. It **passes** otherwise (equality
-passes). There is **no verdict** (None) for a result that is not final (stopped early, or an epoch
-before the last), that lacks either metric or holds a NaN, or whose homogeneous metric is zero or
-below: with nothing to compare against, ``cross < ratio x 0`` could never fail, and calling such a
-candidate compatible would hide one that learned no embedding at all. ``COMPATIBILITY_FAILURE_CAUSES``
-says what usually makes a candidate fail and which settings to change.
+The first alone is meaningless for a candidate that learned nothing: at chance on both sides,
+cross-model and homogeneous scores are alike, and it would pass. So the candidate is also judged
+against the gallery model itself (``paragon_<m>``: its own score on the same split) and against
+chance (``chance_<m>``: the score of a random ranking on that split, known for R@1, R@5 and mAP:
+``evaluators.retrieval.chance_level``); a reference that is not known (a recorded search that
+predates it, a metric without a chance level) or switched off (``paragon_ratio`` 0, ``margin``
+null) is not applied. It **passes** otherwise (equality passes). There is **no verdict** (None) for
+a result that is not final (stopped early, or an epoch before the last), that lacks either metric
+or holds a NaN, or whose homogeneous metric is zero or below while no reference is known: with
+nothing to compare against, ``cross < ratio x 0`` could never fail, and calling such a candidate
+compatible would hide one that learned no embedding at all. ``COMPATIBILITY_FAILURE_CAUSES`` says
+what usually makes a candidate fail and which settings to change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 # The candidate's weights (safetensors, the architecture in its metadata) and its architecture (JSON).
@@ -106,6 +114,11 @@ class Scoring:
 
     metric: str = "cross_map"
     compatibility_ratio: float = 0.5
+    paragon_ratio: float = 0.5
+    chance_margin: float | None = 0.1
+    # The references of this search's split (None: not known): the gallery model's <m> and chance's.
+    paragon: float | None = None
+    chance: float | None = None
 
     def __post_init__(self) -> None:
         homogeneous_metric(self.metric)  # refuses a metric that is not cross-model
@@ -120,27 +133,63 @@ class Scoring:
         """``<m>``: the searched metric without its prefix (``map`` for ``cross_map``), as the paragon's is named."""
         return self.metric.removeprefix("cross_")
 
+    def with_references(self, paragon: float | None, chance: float | None) -> Scoring:
+        """This scoring judging also against the gallery model's ``<m>`` and chance's on the search's split."""
+        known = [value if value is not None and math.isfinite(value) else None for value in (paragon, chance)]
+        return replace(self, paragon=known[0], chance=known[1])
+
+    @property
+    def paragon_floor(self) -> float | None:
+        """``paragon_ratio`` x the paragon's ``<m>``: below it a candidate fails; None when not applied."""
+        return self.paragon_ratio * self.paragon if self.paragon is not None and self.paragon_ratio > 0 else None
+
+    @property
+    def chance_floor(self) -> float | None:
+        """``chance + chance_margin x (100 - chance)``: below it a candidate fails; None when not applied."""
+        if self.chance is None or self.chance_margin is None:
+            return None
+        return self.chance + self.chance_margin * (100.0 - self.chance)
+
     @property
     def rule(self) -> str:
-        """The check in words: ``cross_map < 0.5 x homo_map``."""
-        return f"{self.metric} < {self.compatibility_ratio:g} x {self.homogeneous}"
+        """The check in words: ``cross_map < 0.5 x homo_map``, and the references' floors when known."""
+        parts = [f"{self.metric} < {self.compatibility_ratio:g} x {self.homogeneous}"]
+        if self.paragon_floor is not None:
+            parts.append(f"{self.metric} < {self.paragon_ratio:g} x the gallery model's {self.paragon:.2f} "
+                         f"(= {self.paragon_floor:.2f})")
+        if self.chance_floor is not None:
+            parts.append(f"{self.metric} < {self.chance_floor:.2f} (chance {self.chance:.2f} + "
+                         f"{self.chance_margin:g} x the way to 100)")
+        return " or ".join(parts)
 
     def verdict(self, result: Mapping[str, Any] | None) -> CompatibilityVerdict | None:
-        """``"failed"`` when the final ``cross_<m>`` is below ``compatibility_ratio`` x the final ``homo_<m>``,
-        ``"passed"`` otherwise, None when there is nothing to judge (see the module's rules: not a final
-        result, a metric missing or NaN, a homogeneous metric of zero or below)."""
+        """``"failed"`` when the final ``cross_<m>`` is below any floor of the module's rules
+        (``compatibility_ratio`` x the final ``homo_<m>``, the paragon's, chance's), ``"passed"``
+        otherwise, None when there is nothing to judge (see the module's rules)."""
         if not is_final_result(result) or self.metric not in result or self.homogeneous not in result:
             return None
         cross, homo = float(result[self.metric]), float(result[self.homogeneous])
-        if math.isnan(cross) or math.isnan(homo) or homo <= 0:
+        if math.isnan(cross) or math.isnan(homo):
             return None
+        references = [floor for floor in (self.paragon_floor, self.chance_floor) if floor is not None]
+        if any(cross < floor for floor in references):
+            return COMPATIBILITY_FAILED
+        if homo <= 0:
+            return COMPATIBILITY_PASSED if references else None
         return COMPATIBILITY_FAILED if cross < self.compatibility_ratio * homo else COMPATIBILITY_PASSED
 
     def describe_failure(self, result: Mapping[str, Any]) -> str:
         """One line on a failed check: the values compared, the likely causes and the settings to change."""
         ratio, cross, homo = self.compatibility_ratio, float(result[self.metric]), float(result[self.homogeneous])
-        return (f"{self.metric} {cross:.2f} < {ratio:g} x {self.homogeneous} {homo:.2f} (= {ratio * homo:.2f}); "
-                f"likely causes: {COMPATIBILITY_FAILURE_CAUSES}")
+        if self.chance_floor is not None and cross < self.chance_floor:
+            compared = (f"{self.metric} {cross:.2f} < {self.chance_floor:.2f}, hardly above chance ({self.chance:.2f}): "
+                        "the candidate learned next to nothing")
+        elif self.paragon_floor is not None and cross < self.paragon_floor:
+            compared = (f"{self.metric} {cross:.2f} < {self.paragon_ratio:g} x the gallery model's {self.paragon:.2f} "
+                        f"(= {self.paragon_floor:.2f})")
+        else:
+            compared = f"{self.metric} {cross:.2f} < {ratio:g} x {self.homogeneous} {homo:.2f} (= {ratio * homo:.2f})"
+        return f"{compared}; likely causes: {COMPATIBILITY_FAILURE_CAUSES}"
 
 
 DEFAULT_SCORING = Scoring()

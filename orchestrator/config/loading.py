@@ -5,6 +5,15 @@ Rules:
   ``quickstart.yaml`` (``configs/quickstart.yaml`` links to it), read through ``importlib.resources``
   so that an installed wheel has it too;
 * ``--set a.b.c=value`` parses the value as YAML (numbers, lists, null) and applies it over the file;
+* the embedded default's subset sizes (``EMBEDDED_SUBSET_SIZES``: ``data.train_size``) are sized for
+  its own data source; when ``--set`` changes ``data.source`` and not them, they are dropped
+  (their code default, null: all), so that a collection whose files give the splits is not capped
+  by Fashion-MNIST's 12000 (``workers.datasets.splits``: a size the user did not set caps nothing);
+* likewise, when ``--set`` switches ``gallery.source`` away from the file's, the file's settings of
+  the gallery model cmpnas trains that do not apply to the new source
+  (``schema.trained_only_fields``) are dropped, with a warning naming them: they were written for
+  the file's source. Set with ``--set`` too, or in a file whose own source is the other one, they
+  are refused (``GalleryConfig``);
 * every refusal is one ``ConfigError`` listing each bad field by its dotted name, what was given and
   what is allowed there; rules that tie fields of several sections together are
   ``cross_field_problems``.
@@ -12,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -20,11 +30,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.common.credentials import redact_tree
-from orchestrator.config.schema import CmpnasConfig
+from orchestrator.config.schema import CmpnasConfig, GalleryConfig, trained_only_fields
 from search_space.errors import CmpnasError
+from workers.gallery.sources.registry import GALLERY_SOURCES
+
+logger = logging.getLogger(__name__)
 
 # The embedded default: a Traversable (a path in an installed package or a source tree).
 DEFAULT_CONFIG = files("orchestrator.config") / "quickstart.yaml"
+# Fields of the embedded default sized for its data source (Fashion-MNIST), dropped for another one.
+EMBEDDED_SUBSET_SIZES = ("train_size",)
 
 
 class ConfigError(CmpnasError, ValueError):
@@ -51,18 +66,70 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CmpnasConfig:
     """Read YAML (the embedded quickstart default when ``path`` is None), apply overrides, validate."""
+    embedded = not path
     path = Path(path) if path else DEFAULT_CONFIG
+    tree = read_config_tree(path)
+    file_sources = {section: tree[section].get("source") if isinstance(tree.get(section), dict) else None
+                    for section in ("data", "gallery")}
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    if embedded:
+        _drop_sizes_of_another_source(tree, file_sources["data"], overrides or [])
+    _drop_gallery_fields_of_the_file_source(tree, file_sources["gallery"], overrides or [])
+    return validate_config(tree, source=str(path))
+
+
+def read_config_tree(path: Path) -> dict[str, Any]:
+    """The mapping of sections in the YAML file ``path``; a file that cannot be read as one is a ``ConfigError``."""
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path} does not exist") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"config file {path} is a folder; give the YAML file (e.g. {path}/search.yaml)") from error
+    except PermissionError as error:
+        raise ConfigError(f"config file {path} cannot be read (permission denied); make it readable by this "
+                          "user, or give another --config") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it "
+                          "as UTF-8 YAML") from error
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror or error}") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
-    for assignment in overrides or []:
-        apply_override(tree, assignment)
-    return validate_config(tree, source=str(path))
+    return tree
+
+
+def _drop_sizes_of_another_source(tree: dict[str, Any], embedded_source: str | None, overrides: list[str]) -> None:
+    """The embedded default's ``EMBEDDED_SUBSET_SIZES`` go when ``data.source`` was changed and they were not."""
+    data = tree.get("data")
+    if not isinstance(data, dict) or data.get("source") == embedded_source:
+        return
+    overridden = {assignment.partition("=")[0].strip() for assignment in overrides}
+    for name in EMBEDDED_SUBSET_SIZES:
+        if f"data.{name}" not in overridden:
+            data.pop(name, None)
+
+
+def _drop_gallery_fields_of_the_file_source(tree: dict[str, Any], file_source: str | None,
+                                            overrides: list[str]) -> None:
+    """The file's settings of a gallery model cmpnas trains go when ``--set`` switched ``gallery.source``
+    to one they do not apply to (module rules), with a warning when they differ from the default."""
+    gallery = tree.get("gallery")
+    source = gallery.get("source", "cmpnas") if isinstance(gallery, dict) else None
+    if not isinstance(source, str) or source == (file_source or "cmpnas") or source not in GALLERY_SOURCES:
+        return
+    overridden = {assignment.partition("=")[0].strip() for assignment in overrides}
+    dropped = {name: gallery.pop(name) for name in trained_only_fields(source)
+               if name in gallery and f"gallery.{name}" not in overridden}
+    changed = {name: value for name, value in dropped.items()
+               if value is not None and value != GalleryConfig.model_fields[name].default}
+    if changed:
+        settings = ", ".join(f"gallery.{name}={value!r}" for name, value in changed.items())
+        logger.warning("gallery.source=%s (set with --set): the config file's %s, written for gallery.source %r, "
+                       "do not apply to it and are ignored", source, settings, file_source or "cmpnas")
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:

@@ -66,7 +66,10 @@ class DataConfig(_Section):
     root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
                                                "the source's standard places")
     download: bool = Field(False, description="fetch from the official source (checksummed) when not found locally")
-    train_size: PositiveInt | None = Field(10000, description="training images (stratified subset); null: all")
+    train_size: PositiveInt | None = Field(
+        None, description="training images: a stratified subset of the train split (drawn or given by the files); "
+                          "null: all. The embedded default's 12000 is Fashion-MNIST's: a --set of data.source on it "
+                          "drops it, so a collection's given splits are not capped unless data.train_size is set")
     query_size: PositiveInt = Field(2000, description="query images (verification: probes), a stratified split; "
                                                       "unused where the files give the splits")
     gallery_size: PositiveInt = Field(8000, description="gallery images (verification: enrolled), a stratified split "
@@ -147,7 +150,20 @@ class GalleryInputConfig(_Section):
         return self
 
 
+# Fields of the gallery model cmpnas trains (source cmpnas); backbone also names the model of source timm.
+TRAINED_GALLERY_FIELDS = ("embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay",
+                          "patience")
+BACKBONE_SOURCES = ("cmpnas", "timm")
+NULL_IS_DEFAULT = ("backbone", "embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay")
+
+
 class GalleryConfig(_Section):
+    """The frozen gallery model. Fields of the model cmpnas trains (``TRAINED_GALLERY_FIELDS``, and
+    ``backbone`` outside sources cmpnas and timm) do not apply to another source: null, or the code
+    default (what the embedded default sets), is taken as unset there; another value is refused,
+    naming the field and the fix, rather than silently ignored (a file written for another source
+    and switched with ``--set gallery.source`` has them dropped first: ``orchestrator.config.loading``)."""
+
     source: Annotated[str, registered_in(GALLERY_SOURCES)] = Field(
         "cmpnas", description="a registered gallery source: cmpnas (a checkpoint cmpnas trained), timm, torchscript, "
                               "onnx or embeddings")
@@ -156,8 +172,9 @@ class GalleryConfig(_Section):
                           "OUTPUT_DIR/gallery.safetensors, trained on first use"
     )
     checkpoint: str | None = Field(None, description="alias of gallery.path for gallery.source 'cmpnas'")
-    backbone: str = Field("resnet10t", description="any timm model name: the architecture of source timm, and the "
-                                                   "one `cmpnas gallery train` trains")
+    backbone: str | None = Field("resnet10t", description="any timm model name: the architecture of source timm, "
+                                                          "and the one `cmpnas gallery train` trains (null: this "
+                                                          "default)")
     head: str | None = Field(None, description="source timm: the module whose output is the embedding; null: the "
                                                "pooled features")
     input: GalleryInputConfig = GalleryInputConfig()
@@ -174,18 +191,46 @@ class GalleryConfig(_Section):
                                                            "one flop), where it cannot be measured (source embeddings, "
                                                            "a model whose cost cannot be counted); overrides the "
                                                            "measured cost")
-    embed_dim: PositiveInt = Field(128, description="embedding size of a gallery model cmpnas trains; other sources "
-                                                    "take it from the model")
-    stem_stride: Literal[1, 2] = Field(2, description="stride of the first conv; the stem max-pool is dropped")
-    epochs: PositiveInt = Field(2, description="training epochs of a gallery model cmpnas trains")
-    batch_size: PositiveInt = Field(128, description="batch size of that training")
-    lr: PositiveFloat = Field(2e-3, description="its peak learning rate (AdamW, warm-up, cosine decay)")
-    weight_decay: float = Field(0.05, ge=0, description="its AdamW weight decay")
+    embed_dim: PositiveInt | None = Field(128, description="embedding size of a gallery model cmpnas trains (null: "
+                                                           "this default); other sources take it from the model")
+    stem_stride: Literal[1, 2] | None = Field(2, description="stride of the first conv; the stem max-pool is "
+                                                            "dropped (null: this default)")
+    epochs: PositiveInt | None = Field(2, description="training epochs of a gallery model cmpnas trains (raised to "
+                                                     "reach min_steps; null: this default)")
+    min_steps: int | None = Field(
+        120, ge=0, description="optimizer steps a gallery model cmpnas trains takes at least: gallery.epochs are "
+                               "raised to reach it on a small train split, since a model trained a few steps embeds "
+                               "every image in nearly one direction and candidates aligned to it learn nothing "
+                               "(docs/metrics.md); 0: off; null: this default")
+    batch_size: PositiveInt | None = Field(128, description="batch size of that training (null: this default)")
+    lr: PositiveFloat | None = Field(2e-3, description="its peak learning rate (AdamW, warm-up, cosine decay; null: "
+                                                       "this default)")
+    weight_decay: float | None = Field(0.05, ge=0, description="its AdamW weight decay (null: this default)")
     patience: PositiveInt | None = Field(
         None, description="early stopping of a gallery model cmpnas trains: stop after this many epochs without a "
                           "better validation score (search.metric, gallery/gallery on the validation split; needs "
                           "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
                           "null: train gallery.epochs epochs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_of_the_source(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        source = values.get("source", cls.model_fields["source"].default)
+        if not isinstance(source, str) or source not in GALLERY_SOURCES:
+            return values  # the source itself is refused, by name
+        # null: the default (patience's default is null itself, no early stopping).
+        values = {name: value for name, value in values.items() if value is not None or name not in NULL_IS_DEFAULT}
+        foreign = [name for name in trained_only_fields(source) if name in values]
+        refused = [name for name in foreign if values[name] not in (None, cls.model_fields[name].default)]
+        if refused:
+            settings = ", ".join(f"gallery.{name}={values[name]!r}" for name in refused)
+            raise ValueError(f"{settings} set(s) the gallery model cmpnas trains (gallery.source 'cmpnas'), and "
+                             f"gallery.source is {source!r}, whose model gives its own; remove "
+                             f"{'it' if len(refused) == 1 else 'them'} (or set null)")
+        # Unset, so that nothing downstream reads them as chosen (model_fields_set).
+        return {name: value for name, value in values.items() if name not in foreign}
 
     @field_validator("backbone")
     @classmethod
@@ -218,10 +263,35 @@ class GalleryConfig(_Section):
             raise ValueError(f"gallery.head applies to gallery.source 'timm' only, not {self.source!r}")
         return self
 
+    def epochs_for(self, train_images: int) -> int:
+        """Epochs a gallery model cmpnas trains on ``train_images``: ``epochs`` raised to reach ``min_steps``."""
+        return epochs_reaching(self.min_steps, self.epochs, train_images, self.batch_size)
+
+    def applicable_fields(self) -> list[str]:
+        """The fields that apply to this source (those of ``trained_only_fields`` left out)."""
+        foreign = trained_only_fields(self.source)
+        return [name for name in type(self).model_fields if name not in foreign]
+
     @property
     def configured_path(self) -> str | None:
         """gallery.path, or its alias gallery.checkpoint."""
         return self.path or self.checkpoint
+
+
+def epochs_reaching(min_steps: int, epochs: int, images: int, batch_size: int) -> int:
+    """``epochs``, raised until a schedule over ``images`` in batches of ``batch_size`` takes ``min_steps`` steps."""
+    if min_steps == 0:
+        return epochs
+    steps_per_epoch = max(1, -(-images // batch_size))
+    return max(epochs, -(-min_steps // steps_per_epoch))
+
+
+def trained_only_fields(source: str) -> tuple[str, ...]:
+    """The gallery fields that do not apply to ``source``: those of the model cmpnas trains, and
+    ``backbone`` outside the sources that build a timm model."""
+    if source == "cmpnas":
+        return ()
+    return TRAINED_GALLERY_FIELDS + (() if source in BACKBONE_SOURCES else ("backbone",))
 
 
 class SearchSpaceConfig(_Section):
@@ -291,11 +361,9 @@ class TrainingConfig(_Section):
     def epochs_for(self, train_images: int) -> int:
         """Epochs one candidate trains for in this mode on ``train_images``: ``trial_epochs`` raised, in mode
         scratch, until the schedule has ``min_steps`` optimizer steps."""
-        epochs = self.trial_epochs
-        if self.mode != "scratch" or self.min_steps == 0:
-            return epochs
-        steps_per_epoch = max(1, -(-train_images // self.batch_size))
-        return max(epochs, -(-self.min_steps // steps_per_epoch))
+        if self.mode != "scratch":
+            return self.trial_epochs
+        return epochs_reaching(self.min_steps, self.trial_epochs, train_images, self.batch_size)
 
     @property
     def trial_epochs(self) -> int:
@@ -374,6 +442,15 @@ class EvaluationConfig(_Section):
         description="a trial fails the compatibility check when its final cross-model metric is below this fraction "
                     "of its homogeneous one (search.metric's cross_ vs homo_)"
     )
+    paragon_ratio: float = Field(
+        DEFAULT_SCORING.paragon_ratio, ge=0, le=1,
+        description="a trial also fails when its final cross-model metric is below this fraction of the gallery "
+                    "model's own (the paragon, on the same split); 0: off")
+    chance_margin: float | None = Field(
+        DEFAULT_SCORING.chance_margin, ge=0, lt=1,
+        description="a trial also fails when its final cross-model metric is within this fraction of the way from "
+                    "chance (a random ranking's score on the split) to 100, e.g. R@1 below 19 with 10 balanced "
+                    "classes; for R@1, R@5 and mAP; null: off")
 
 
 class Nsga2Config(_Section):
@@ -570,10 +647,20 @@ class CmpnasConfig(_Section):
                              f"training.epochs={self.training.epochs} for ASHA to stop any trial early")
         return self
 
+    def recorded_tree(self) -> dict[str, Any]:
+        """The configuration as a search records it (MLflow params, ``config.json``): as JSON, without
+        the gallery fields that do not apply to ``gallery.source`` (``trained_only_fields``)."""
+        tree = self.model_dump(mode="json")
+        tree["gallery"] = {name: tree["gallery"][name] for name in self.gallery.applicable_fields()}
+        return tree
+
     @property
     def scoring(self) -> Scoring:
-        """How candidates are scored and judged: search.metric and evaluation.compatibility_ratio."""
-        return Scoring(self.search.metric, self.evaluation.compatibility_ratio)
+        """How candidates are scored and judged: search.metric and the evaluation's ratios (the references,
+        the paragon's and chance's, come with the data: ``Scoring.with_references``)."""
+        evaluation = self.evaluation
+        return Scoring(self.search.metric, evaluation.compatibility_ratio, evaluation.paragon_ratio,
+                       evaluation.chance_margin)
 
     @property
     def gallery_path(self) -> Path:

@@ -6,11 +6,12 @@ is ``orchestrator.results.front_rendering``'s.
 
 The compatibility check (``workers.trial_report.Scoring.verdict``: a candidate fails when its
 final ``cross_<m>`` < ``evaluation.compatibility_ratio`` x its final ``homo_<m>``, ``<m>`` the
-searched metric) is shown, never applied: the front is selected as always, and every candidate
+searched metric, or is below ``evaluation.paragon_ratio`` x the gallery model's or hardly above
+chance) is shown, never applied: the front is selected as always, and every candidate
 keeps its verdict beside it (``CandidateRow.compatibility``, the table's and ``pareto.csv``'s
 column ``compatibility``). A row's verdict is its run's tag ``tags.COMPATIBILITY_TAG``; a run
 recorded without it (a search older than the check) is judged again by the same rule from its
-final metrics and the search's ratio (its parameter ``evaluation.compatibility_ratio``, else 0.5).
+final metrics and the search's params and references (``recorded_scoring``).
 When any candidate failed, the table is followed by ``compatibility_summary``: how many, how many on
 the front, the likely causes and the settings to change, so a front of failed candidates is never
 shown without saying so.
@@ -39,6 +40,8 @@ OBJECTIVES = (("score", "max"), ("mflops", "min"))
 SEARCH_METRIC_PARAM = "search.metric"
 # The parent run's param holding evaluation.compatibility_ratio (config_params names it so).
 COMPATIBILITY_RATIO_PARAM = "evaluation.compatibility_ratio"
+PARAGON_RATIO_PARAM = "evaluation.paragon_ratio"
+CHANCE_MARGIN_PARAM = "evaluation.chance_margin"
 # Failed candidates named in a summary; the rest are counted.
 MAX_NAMED_FAILURES = 10
 # Characters of a run id the table shows (MLflow's are 32 hex digits): a prefix that
@@ -155,11 +158,15 @@ def collect_report(tracker: SearchTracker, parent_run_id: str, scoring: Scoring 
 
 
 def recorded_scoring(parent_run) -> Scoring:
-    """How a recorded search scored: its ``search.metric`` and ``evaluation.compatibility_ratio``
-    params, each defaulting as ``Scoring`` does (searches recorded before the field existed)."""
-    params = parent_run.data.params
-    return Scoring(params.get(SEARCH_METRIC_PARAM, DEFAULT_SCORING.metric),
-                   float(params.get(COMPATIBILITY_RATIO_PARAM, DEFAULT_SCORING.compatibility_ratio)))
+    """How a recorded search scored: its ``search.metric`` and ``evaluation.*`` ratio params and its
+    references (metrics ``paragon_<m>``, ``chance_<m>``). A search recorded before a field existed
+    scores as it did then: ``compatibility_ratio`` 0.5, no paragon or chance floor."""
+    params, metrics = parent_run.data.params, parent_run.data.metrics
+    margin = params.get(CHANCE_MARGIN_PARAM, "None")
+    scoring = Scoring(params.get(SEARCH_METRIC_PARAM, DEFAULT_SCORING.metric),
+                      float(params.get(COMPATIBILITY_RATIO_PARAM, DEFAULT_SCORING.compatibility_ratio)),
+                      float(params.get(PARAGON_RATIO_PARAM, 0.0)), None if margin == "None" else float(margin))
+    return scoring.with_references(metrics.get(f"paragon_{scoring.measure}"), metrics.get(f"chance_{scoring.measure}"))
 
 
 def recorded_compatibility(run, scoring: Scoring) -> str | None:

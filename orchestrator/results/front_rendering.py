@@ -178,7 +178,7 @@ def _latency_reduction(report: ParetoReport, row: CandidateRow) -> float:
 def _conventions(report: ParetoReport) -> str:
     return (f"FLOPs: {FLOPS_CONVENTION}. latency: {LATENCY_METHOD}; latency x = paragon latency / candidate "
             f"latency. gap R@1 = paragon R@1 - cross-model R@1, in points. compatibility: "
-            f"failed when {report.scoring.rule} (evaluation.compatibility_ratio).")
+            f"failed when {report.scoring.rule} (evaluation.compatibility_ratio, paragon_ratio, chance_margin).")
 
 
 def _markdown_row(cells) -> str:

@@ -9,7 +9,7 @@ phases of ``orchestrator.search.phases`` and is saved at each move (``move_to``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,8 @@ class Paragon:
     metrics: dict[str, float]  # the evaluation task's metrics, prefixed ``paragon_``
     cost: ComplexityReport
     latency_ms: float | None = None  # evaluators.latency's median; None: not measured (see paragon_latency_ms)
+    # A random ranking's R@1, R@5 and mAP on the same split (``evaluators.chance_level``), by measure.
+    chance: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,7 +48,10 @@ class SearchContext:
     supernet_state: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        self.scoring: Scoring = self.config.scoring  # built once for the whole session
+        # Built once for the whole session, judging against the gallery model and chance on this split.
+        scoring = self.config.scoring
+        self.scoring: Scoring = scoring.with_references(self.paragon.metrics.get(f"paragon_{scoring.measure}"),
+                                                        self.paragon.chance.get(scoring.measure))
 
     def move_to(self, phase: SearchPhase) -> None:
         self.state = self.state.moved_to(phase)

@@ -41,6 +41,7 @@ from orchestrator.search.phases import SearchPhase, phase_after_front
 from orchestrator.search.records import FrontPlan, record_front, report_unsent_writes
 from orchestrator.search.shortfall import Shortfall, find_shortfall, record_shortfall
 from orchestrator.search.stages import SessionResult, record_search
+from orchestrator.search.space_info import check_budgets_before_set_up
 from orchestrator.search.state import (
     ResumeError,
     SearchState,
@@ -94,6 +95,7 @@ def run_search(config: CmpnasConfig, console: Console | None = None, resume: boo
     finished trials kept, unfinished ones continued from their last checkpoint. ``lock_wait_s``: how
     long to wait for ``output_dir`` held elsewhere (``orchestrator.common.output_lock``) before refusing."""
     check_strategy_settings(config.search)
+    check_budgets_before_set_up(config)  # what the configuration alone decides: before minutes of gallery training
     output_dir = prepare_output_dir(config)
     with locked_output_dir(output_dir, "cmpnas search" + (" --resume" if resume else ""), wait_s=lock_wait_s):
         require_supernet_checkpoint(config)
@@ -129,10 +131,11 @@ def _front_first(session: SearchSession, state: SearchState) -> SearchOutcome:
     # This session records the front (and trains it again); the count of sessions still says it ran.
     journal.log_metrics(PARENT, {"search_sessions": state.sessions}, key=f"parent/sessions/{state.sessions}")
     report = record_front(journal, state, session.output_dir,
-                          FrontPlan(config.tracking.outage_wait_s, config.scoring, next_phase))
+                          FrontPlan(config.tracking.outage_wait_s, None, next_phase))
     # The failed trials of the ended session are not known here; missing candidates still count.
     shortfall = find_shortfall(config.search, complete=True, trials_started=len(state.trial_ids), trials_failed=0,
-                               candidates_finished=len(report.candidates))
+                               candidates_finished=len(report.candidates),
+                               compatibility_failed=len(report.compatibility_failures))
     record_shortfall(journal, config.search, shortfall)
     if final_training:  # it needs the data and Ray, set up as for any other session
         return _search(session, SearchState.load(session.output_dir))

@@ -5,8 +5,9 @@ Rules:
   the front's candidates only, in order of FLOPs;
 * each candidate starts again from the weights its trial started from (random in mode ``scratch``,
   the supernet's slice with recalibrated batch norm in the inherit modes; ``workers.trial``) and
-  trains ``search.final_training.epochs`` epochs (more than ``training.epochs``, and never fewer
-  than a trial trained: ``final_training_epochs``), with the trials' losses, batch size, learning
+  trains ``search.final_training.epochs`` epochs (more than ``training.epochs``; where
+  ``training.min_steps`` raised the trials' epochs on a small train split, raised by the same
+  factor, so it stays the longer schedule: ``final_training_epochs``), with the trials' losses, batch size, learning
   rate and seed, on the same train split: only the schedule is longer;
 * the trainings are one Ray Tune experiment (``final_training-<session>`` beside the search's), so
   they run on the cluster with the trials' resources and retries; each is a child run of the
@@ -51,9 +52,14 @@ from orchestrator.tracking.tags import ROLE_FINAL_TRAINING, ROLE_TAG, SOURCE_RUN
 
 
 def final_training_epochs(config: CmpnasConfig, train_images: int) -> int:
-    """search.final_training.epochs, and never fewer than a trial trained (``training.min_steps`` may
-    have raised the trials' epochs on a small train split)."""
-    return max(config.search.final_training.epochs, config.training.epochs_for(train_images))
+    """search.final_training.epochs, raised by the factor ``training.min_steps`` raised the trials'
+    epochs on a small train split: final training stays the longer schedule, by the ratio the
+    configuration asked (``search.final_training.epochs`` / the trials' epochs)."""
+    final, asked = config.search.final_training.epochs, config.training.trial_epochs
+    trained = config.training.epochs_for(train_images)
+    if asked == 0 or trained == asked:
+        return max(final, trained)
+    return -(-final * trained // asked)
 
 
 def run_final_training(ctx: SearchContext, report: ParetoReport) -> list[FinalTrainingRow]:

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from evaluators import FLOPS_CONVENTION, create_task
+from evaluators import FLOPS_CONVENTION, chance_level, create_task
 from evaluators.complexity import ComplexityReport
 from orchestrator.common.credentials import redact_tree
 from orchestrator.common.version import cmpnas_version
@@ -62,7 +62,9 @@ def measure_paragon(config: CmpnasConfig, inputs: SearchInputs, cost: Complexity
         metrics.update(task.evaluate(held_out.query_embeddings, held_out.query.labels, held_out.gallery_embeddings,
                                      held_out.gallery.labels, "paragon_heldout",
                                      (held_out.query.ids, held_out.gallery.ids)))
-    return Paragon(metrics, cost, latency_ms)
+    levels = {measure: chance_level(measure, data.query.labels, data.gallery.labels) for measure in ("r1", "r5", "map")}
+    chance = {measure: level for measure, level in levels.items() if level is not None}
+    return Paragon(metrics, cost, latency_ms, chance)
 
 
 def parent_run_tags(config: CmpnasConfig, inputs: SearchInputs, state: SearchState) -> dict[str, str]:
@@ -97,7 +99,7 @@ def record_parent_run(ctx: SearchContext) -> None:
     """What the parent run holds (see the module's rules); keyed, so a resume does not log it twice."""
     config, inputs, journal = ctx.config, ctx.inputs, ctx.journal
     gallery_spec = inputs.gallery_model.input_spec
-    recorded_config = redact_tree(config.model_dump(mode="json"))  # credentials never leave the process
+    recorded_config = redact_tree(config.recorded_tree())  # credentials never leave the process
     journal.log_params(PARENT, {
         **config_params(recorded_config), "paragon_flops_skipped_ops": ctx.paragon.cost.skipped_ops,
         "paragon_flops_convention": ctx.paragon.cost.convention,
@@ -115,6 +117,7 @@ def record_parent_run(ctx: SearchContext) -> None:
     cost = ctx.paragon.cost
     journal.log_metrics(PARENT, {
         **ctx.paragon.metrics, "paragon_flops": cost.flops, "paragon_mflops": cost.mflops,
+        **{f"chance_{measure}": level for measure, level in ctx.paragon.chance.items()},
         **({"paragon_params": cost.params} if cost.params else {}),  # unknown where gallery.mflops gives the cost
         **({"paragon_latency_ms": ctx.paragon.latency_ms} if ctx.paragon.latency_ms is not None else {}),
         "gallery_images_embedded": inputs.images_embedded, "data_bad_files": len(inputs.data.bad_files),

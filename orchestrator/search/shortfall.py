@@ -7,7 +7,9 @@ An empty or cut-short search is not a success. Rules:
 - once every trial has ended, a search falls short when fewer trials ran than were asked, or when
   no candidate finished (an empty front). The reasons, first match first: the strategy found no
   new architecture within the budget (fewer trials started than asked), trials failed after their
-  retries, no trial trained to its last epoch;
+  retries, no trial trained to its last epoch, every finished candidate failed the compatibility
+  check (``workers.trial_report.Scoring.verdict``: a search whose candidates are all at chance, or far
+  below the gallery model, found nothing to deploy);
 - a search whose trials did not all end (interrupted) falls short too: it is to be resumed;
 - the parent run records ``candidates_asked`` beside the trial counts and ``candidates_finished``
   of its summary, and, when short, the tag ``SHORTFALL_TAG`` with the reason and the fix;
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from orchestrator.config.schema import SearchConfig
 from orchestrator.tracking.journal import PARENT, TrackingJournal
 from orchestrator.tracking.tags import SHORTFALL_TAG
+from workers.trial_report import COMPATIBILITY_FAILURE_CAUSES
 
 # Exit status of `cmpnas search` when the search ended with fewer candidates than asked.
 EXIT_SEARCH_SHORT = 4
@@ -36,7 +39,7 @@ class Shortfall:
 
 
 def find_shortfall(search: SearchConfig, *, complete: bool, trials_started: int, trials_failed: int,
-                   candidates_finished: int) -> Shortfall | None:
+                   candidates_finished: int, compatibility_failed: int = 0) -> Shortfall | None:
     """Why a search with these counts ended short of ``search.num_candidates``; None when it did not."""
     asked = search.num_candidates
     if not complete:
@@ -61,6 +64,11 @@ def find_shortfall(search: SearchConfig, *, complete: bool, trials_started: int,
     if candidates_finished == 0:
         return Shortfall("no candidate trained to its last epoch: the Pareto front is empty",
                          "use search.scheduler fifo, or a larger search.num_candidates with asha")
+    if compatibility_failed == candidates_finished:
+        return Shortfall(f"every one of the {candidates_finished} finished candidates failed the compatibility check "
+                         "(the tag compatibility_failures says how): none is fit to query the gallery",
+                         f"likely causes: {COMPATIBILITY_FAILURE_CAUSES}, or a gallery model trained too briefly "
+                         "(raise gallery.epochs or gallery.min_steps)")
     return None
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from evaluators import count_complexity
 from orchestrator.config import CmpnasConfig
+from orchestrator.setup.data import requested_channels
 from orchestrator.setup.gallery import gallery_request, paragon_cost
 from orchestrator.strategies.feasibility import check_search_budgets
 from search_space import ArchSpec, BudgetInfeasibleError, SearchSpace, create_space
@@ -84,6 +85,19 @@ def configured_gallery(config: CmpnasConfig) -> tuple[int, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return gallery.embed_dim, paragon_cost(config, gallery).mflops
+
+
+def check_budgets_before_set_up(config: CmpnasConfig) -> None:
+    """Refuse budgets the configuration alone decides, before any data is read or gallery model
+    trained: where the query models' heads and input are known without a model (a gallery model
+    cmpnas trains, of ``gallery.embed_dim``; ``data.channels`` chosen, or a built-in set), the
+    space is built from them and ``check_search_budgets`` applied. Otherwise the search checks
+    once the gallery model is loaded (a model given in a file needs no training)."""
+    channels = requested_channels(config)
+    if config.gallery.source != "cmpnas" or channels is None:
+        return
+    space = create_space(config.search_space.name, embed_dim=config.gallery.embed_dim, in_chans=channels)
+    check_search_budgets(space, config.search)
 
 
 def describe_space(config: CmpnasConfig) -> SpaceInfo:

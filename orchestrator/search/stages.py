@@ -66,7 +66,8 @@ def record_search(ctx: SearchContext) -> SessionResult:
     if ctx.config.search.budgets_mflops:
         record_budgets(ctx, report)
     shortfall = find_shortfall(ctx.config.search, complete=complete, trials_started=len(results),
-                               trials_failed=results.num_errors, candidates_finished=len(report.candidates))
+                               trials_failed=results.num_errors, candidates_finished=len(report.candidates),
+                               compatibility_failed=len(report.compatibility_failures))
     if complete:  # an interrupted search is resumed, and judged when its trials have all ended
         record_shortfall(ctx.journal, ctx.config.search, shortfall)
     if final_training:

@@ -26,6 +26,7 @@ from typing import Any
 
 from orchestrator.common.credentials import redact_tree, redact_uri
 from orchestrator.config import CmpnasConfig, ConfigError, flatten_fields
+from orchestrator.config.schema import GalleryConfig, trained_only_fields
 from orchestrator.search.phases import (
     LAST_VERSION_OF_FORMAT,
     RESUMABLE_PHASES,
@@ -91,7 +92,7 @@ class SearchState:
         if not path.is_file():
             return None
         try:
-            recorded = json.loads(path.read_text())
+            recorded = json.loads(path.read_text(encoding="utf-8"))
             recorded.setdefault("format", 1)  # written before the field existed
             recorded["phase"] = SearchPhase(recorded.get("phase", SearchPhase.STARTING))
             return cls(**recorded)
@@ -226,11 +227,12 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "protocol"): "closed_set", ("data", "train_classes"): None, ("data", "max_bad_fraction"): 0.0,
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
     ("data", "cache_trusted_group"): None, ("data", "allow_paths_outside_root"): True,
-    ("training", "min_steps"): 0,
+    ("training", "min_steps"): 0, ("gallery", "min_steps"): 0,
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
                                    "horizontal_flip": True},
-    ("evaluation", "compatibility_ratio"): 0.5,
+    ("evaluation", "compatibility_ratio"): 0.5, ("evaluation", "paragon_ratio"): 0.0,
+    ("evaluation", "chance_margin"): None,
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
 }
@@ -239,9 +241,13 @@ FIELDS_OF_EARLIER_SEARCHES = {
 def with_earlier_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded configuration with the fields it predates set as ``FIELDS_OF_EARLIER_SEARCHES`` says."""
     tree = {section: dict(values) if isinstance(values, dict) else values for section, values in recorded.items()}
+    gallery_source = (tree.get("gallery") or {}).get("source", "cmpnas") if isinstance(tree.get("gallery"), dict) \
+        else "cmpnas"
     for (section, name), value in FIELDS_OF_EARLIER_SEARCHES.items():
         if isinstance(tree.get(section), dict) and name not in tree[section]:
-            tree[section][name] = value
+            # A field of the gallery model cmpnas trains keeps its default for another source (it does not apply).
+            foreign = section == "gallery" and name in trained_only_fields(gallery_source)
+            tree[section][name] = GalleryConfig.model_fields[name].default if foreign else value
     return tree
 
 

@@ -5,9 +5,9 @@ Rules:
   collection into the shard cache, read by batch with ``data.streaming``), its bad files counted
   and skipped;
 * with ``data.validation_size``, ``load_search_data`` carves the validation split from train
-  (``workers.datasets.validation``): a job trains, early-stops and selects on that view
-  (``SearchData.selection``) and only reports the held-out query/gallery splits
-  (``SearchData.held_out``);
+  (``workers.datasets.validation``; at most a quarter of it, ``validation_images``): a job
+  trains, early-stops and selects on that view (``SearchData.selection``) and only reports the
+  held-out query/gallery splits (``SearchData.held_out``);
 * colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
   does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
   the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
@@ -24,7 +24,7 @@ from orchestrator.config import CmpnasConfig, ConfigError
 from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.datasets.leave_one_out import pooled_for_leave_one_out
-from workers.datasets.validation import carve_validation
+from workers.datasets.validation import carve_validation, validation_images
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
 PHOTO_SOURCES = ("image_folder", "manifest")
@@ -66,7 +66,8 @@ def load_search_data(config: CmpnasConfig) -> SearchData:
         data = pooled_for_leave_one_out(data)
     if not config.data.validation_size:
         return SearchData(data)
-    return SearchData(carve_validation(data, config.data.validation_size, config.data.seed), held_out=data)
+    size = validation_images(config.data.validation_size, len(data.train))
+    return SearchData(carve_validation(data, size, config.data.seed), held_out=data)
 
 
 def requested_channels(config: CmpnasConfig) -> int | None:

@@ -39,13 +39,14 @@ CONFIGURED_COST_CONVENTION = "as configured in gallery.mflops"
 Log = Callable[[str], None]
 
 
-def gallery_training_settings(config: CmpnasConfig) -> GalleryTrainingSettings:
+def gallery_training_settings(config: CmpnasConfig, train_images: int) -> GalleryTrainingSettings:
+    """How the gallery model trains on ``train_images``: ``gallery.epochs`` raised to reach ``gallery.min_steps``."""
     gallery = config.gallery
     return GalleryTrainingSettings(
         backbone=gallery.backbone,
         embed_dim=gallery.embed_dim,
         stem_stride=gallery.stem_stride,
-        optim=OptimSettings(epochs=gallery.epochs, batch_size=gallery.batch_size, lr=gallery.lr,
+        optim=OptimSettings(epochs=gallery.epochs_for(train_images), batch_size=gallery.batch_size, lr=gallery.lr,
                             weight_decay=gallery.weight_decay, seed=config.data.seed),
     )
 
@@ -63,9 +64,11 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
     """Train on ``data.train`` and save to the configured path; ``data`` is the selection view when the
     config has a validation split (early stopping scores its query/gallery halves)."""
     path = config.gallery_checkpoint_path
-    settings = gallery_training_settings(config)
+    settings = gallery_training_settings(config, len(data.train))
     stopper = gallery_early_stopping(config, data)
-    schedule = f"{settings.optim.epochs} epochs" if stopper is None else (
+    raised = "" if settings.optim.epochs == config.gallery.epochs else (
+        f" (gallery.epochs={config.gallery.epochs} raised to reach gallery.min_steps={config.gallery.min_steps})")
+    schedule = f"{settings.optim.epochs} epochs{raised}" if stopper is None else (
         f"up to {settings.optim.epochs} epochs, stopping after {stopper.patience} without a better validation "
         f"{stopper.metric} ({len(data.query) + len(data.gallery)} validation images)")
     log(f"training gallery model {settings.backbone} (D={settings.embed_dim}) on {len(data.train)} images, "
@@ -134,12 +137,6 @@ def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.devi
         return _cmpnas_gallery(config, data, device, log)
     gallery = load_gallery_model(config.gallery.source,
                                  gallery_request(config, data.in_chans, data.image_size, expected_fingerprint))
-    if "embed_dim" in config.gallery.model_fields_set and config.gallery.embed_dim != gallery.embed_dim:
-        raise GallerySourceError(
-            f"gallery.embed_dim={config.gallery.embed_dim} but the gallery model {gallery.description} embeds into "
-            f"{gallery.embed_dim} dimensions; remove gallery.embed_dim (gallery.source {config.gallery.source!r} "
-            "takes it from the model)"
-        )
     log(f"using gallery model {gallery.description} from {config.gallery_path} (D={gallery.embed_dim}, input "
         f"{gallery.input_spec.channels}x{gallery.input_spec.size}px, fingerprint {gallery.fingerprint[:12]})")
     return gallery

@@ -46,7 +46,13 @@ from orchestrator.setup.gallery import gallery_request, obtain_gallery
 from orchestrator.setup.gallery_pass import RayDataGalleryPass
 from search_space import SearchSpace, create_space
 from workers.datasets import RetrievalData
-from workers.gallery.embeddings import GalleryEmbeddings, HeldOutSplits, compute_gallery_embeddings, embed_held_out
+from workers.gallery.embeddings import (
+    COLLAPSED_COSINE,
+    GalleryEmbeddings,
+    HeldOutSplits,
+    compute_gallery_embeddings,
+    embed_held_out,
+)
 from workers.gallery.sources import GalleryLoader, GalleryModel, GallerySourceError
 from workers.training.batches import AugmentationSettings
 from workers.training.preprocess import pick_device
@@ -105,6 +111,12 @@ class PreparedInputs:
                               timings={**self.timings, "stage_gallery_embedding_seconds": seconds})
         log(f"gallery model embedded {inputs.images_embedded} images once for the whole job ({seconds:.1f}s); "
             f"BCT classifier: {embeddings.classifier_kind}")
+        spread = embeddings.mean_pairwise_cosine()
+        if spread > COLLAPSED_COSINE:
+            log(f"WARNING: the gallery model embeds the training images in nearly one direction (mean cosine "
+                f"{spread:.3f} between two images): candidates aligned to it learn little beyond that direction "
+                "and may end at chance. A gallery model cmpnas trains needs more steps (gallery.epochs, "
+                "gallery.min_steps); another source: check that it outputs centred embeddings (docs/metrics.md)")
         return inputs
 
     def ray_data_pass(self) -> RayDataGalleryPass | None:

@@ -14,7 +14,8 @@ params (``workers.trial_report``), the model as artifacts, and a terminal status
 * trials still open when the experiment ends are KILLED, so no run stays RUNNING;
 * with its final result a child run gets ``tags.COMPATIBILITY_TAG`` = ``passed`` / ``failed``, the
   compatibility check of ``workers.trial_report.Scoring.verdict`` on the search's metric
-  (``search.metric``) and ``evaluation.compatibility_ratio``; no tag when there is no verdict.
+  (``search.metric``) and the ``evaluation`` ratios, against the paragon and chance too; no tag
+  when there is no verdict.
 """
 
 from __future__ import annotations

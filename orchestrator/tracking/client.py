@@ -114,12 +114,24 @@ class SearchTracker:
             raise ExperimentNotFoundError(f"no MLflow experiment named '{experiment}' at {redact_uri(tracking_uri)}; "
                                           "give the experiment of a search (--experiment, tracking.experiment)")
         if existing is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
+            self.experiment_id = self._create_experiment(experiment)
         else:
             self.experiment_id = existing.experiment_id
             if EXPERIMENT_KIND_TAG not in existing.tags:
                 self._mark_training_experiment(experiment)
+
+    def _create_experiment(self, experiment: str) -> str:
+        """Create the experiment; when another search created it since it was looked up (two starting at
+        once), use that one: creating is idempotent for the caller."""
+        try:
+            return self.client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            created = self.client.get_experiment_by_name(experiment)
+            if created is None:  # created and deleted again in between: nothing sensible to attach to
+                raise
+            return created.experiment_id
 
     def _mark_training_experiment(self, experiment: str) -> None:
         """An experiment created before cmpnas set its kind: a UI nicety, so a refusal (a read-only

@@ -114,13 +114,22 @@ def read_journal(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
         return entries, []
     order: list[str] = []
     finished: set[str] = set()
-    with path.open() as handle:
+    with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                # A byte no journal write makes (a damaged disk block) spoils its line only.
+                logger.warning("%s: line %d is not UTF-8 and was skipped", path, number)
+                continue
             except json.JSONDecodeError:
                 # Only a write cut short by a crash can leave half a line, and only at the end.
                 logger.warning("%s: line %d is incomplete and was skipped", path, number)
+                continue
+            if not isinstance(record, dict):
+                # Valid JSON that no journal write makes (an edit, a damaged file): it holds no record.
+                logger.warning("%s: line %d is JSON but not a journal record (%s) and was skipped", path, number,
+                               type(record).__name__)
                 continue
             if "entry" in record:
                 entries[record["entry"]] = record

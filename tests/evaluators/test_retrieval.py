@@ -159,3 +159,15 @@ def test_ids_must_match_the_sides_they_name():
     embeddings = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match="one id per query"):
         RetrievalEvaluator().evaluate(embeddings, np.arange(4), embeddings, np.arange(4), (np.arange(3), np.arange(4)))
+
+
+def test_the_chance_level_of_a_random_ranking():
+    from evaluators import chance_level
+
+    balanced = np.repeat(np.arange(10), 20)
+    assert chance_level("r1", balanced, balanced) == pytest.approx(10.0)
+    assert chance_level("map", balanced, balanced) == pytest.approx(10.0)
+    assert chance_level("r5", balanced, balanced) == pytest.approx(100 * (1 - 0.9 ** 5))
+    # Queries of a class the gallery lacks are left out, as the evaluator does.
+    assert chance_level("r1", np.array([0, 0, 5]), np.array([0, 1, 1, 1])) == pytest.approx(25.0)
+    assert chance_level("tar_far_1e-2", balanced, balanced) is None

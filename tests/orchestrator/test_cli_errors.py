@@ -106,7 +106,8 @@ def test_an_embedding_size_that_disagrees_with_the_configured_one_is_refused(tmp
     gallery = {"source": "embeddings", "path": str(store), "checkpoint": None, "mflops": 10, "embed_dim": 64}
     result = _invoke(tmp_path, gallery=gallery)
     assert result.exit_code == 2
-    assert "gallery.embed_dim=64 but the gallery model embeddings:embeddings embeds into 32 dimensions" in result.text
+    assert "gallery.embed_dim=64 set(s) the gallery model cmpnas trains" in result.text
+    assert "gallery.source is 'embeddings', whose model gives its own; remove it (or set null)" in result.text
     gallery.pop("embed_dim")
     result = _invoke(tmp_path, gallery=gallery)  # the folder covers 3 images, the search needs 4,500
     assert result.exit_code == 2 and "lacks" in result.text and "cmpnas gallery embed" in result.text

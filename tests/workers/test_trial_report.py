@@ -50,3 +50,37 @@ def test_the_rule_compares_the_searched_metric_with_its_homogeneous_counterpart(
     assert Scoring("cross_tar_far_1e-2", 0.5).verdict(verification) == "failed"
     with pytest.raises(ValueError, match="cross_"):
         Scoring("homo_map", 0.5).verdict(verification)
+
+
+# -- against the gallery model and chance (issue 27) --------------------------------------------------
+# The issue's search: 10 digit classes, the paragon's R@1 78.8, candidates at cross 10.0-16.5, homo 24-33.
+AT_CHANCE = Scoring("cross_r1", 0.5).with_references(paragon=78.8, chance=10.0)
+
+
+@pytest.mark.parametrize(("cross", "homo", "verdict"), [
+    (16.5, 33.0, "failed"),   # passed the homogeneous rule alone (16.5 >= 0.5 x 33): near chance, far below 78.8
+    (10.0, 24.0, "failed"),
+    (39.3, 45.0, "failed"),   # above chance's floor (19.0), below half the paragon's 78.8 (39.4)
+    (39.4, 45.0, "passed"),   # equality passes
+    (60.0, 70.0, "passed"),
+    (18.9, 0.0, "failed"),    # a homogeneous 0 is judged on the references when they are known
+    (45.0, 0.0, "passed"),
+])
+def test_a_trial_is_judged_against_the_paragon_and_chance_too(cross, homo, verdict):
+    assert AT_CHANCE.verdict(final_result(cross, homo)) == verdict
+    assert Scoring("cross_r1", 0.5).verdict(final_result(16.5, 33.0)) == "passed"  # the old rule alone
+
+
+def test_the_chance_floor_applies_where_the_paragon_is_weak_too():
+    weak_paragon = Scoring("cross_r1", 0.5).with_references(paragon=30.0, chance=10.0)
+    assert weak_paragon.chance_floor == pytest.approx(19.0)  # 10 + 0.1 x (100 - 10)
+    assert weak_paragon.verdict(final_result(18.9, 20.0)) == "failed"
+    assert weak_paragon.verdict(final_result(19.0, 20.0)) == "passed"
+    assert "hardly above chance" in weak_paragon.describe_failure(final_result(18.9, 20.0))
+    assert "or cross_r1 < 19.00 (chance 10.00" in weak_paragon.rule
+
+
+def test_references_switched_off_or_unknown_are_not_applied():
+    off = Scoring("cross_r1", 0.5, paragon_ratio=0.0, chance_margin=None).with_references(78.8, 10.0)
+    assert off.verdict(final_result(16.5, 33.0)) == "passed" and off.rule == "cross_r1 < 0.5 x homo_r1"
+    assert AT_CHANCE.with_references(None, math.nan).verdict(final_result(16.5, 33.0)) == "passed"

@@ -15,12 +15,17 @@ Rules (``data.validation_size``):
   the held-out splits normalise images identically.
 * Every validation-query class needs validation-gallery images, and train must keep images: sizes
   that cannot give that are refused, naming ``data.validation_size``.
+* A job sizes the split to its data (``validation_images``): at most ``MAX_VALIDATION_FRACTION``
+  (a quarter) of the train split, so that a size meant for a large set (the quickstart's 2,000 of
+  12,000) does not take most of a small collection's training images; a larger one is capped, with
+  a warning naming ``data.validation_size``.
 * Open-set: the validation images come from the train classes (the only classes train has), so
   validation measures retrieval among seen classes while the held-out splits measure unseen ones.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -28,6 +33,25 @@ import numpy as np
 from workers.datasets.errors import DataError
 from workers.datasets.splits import stratified_split
 from workers.datasets.types import RetrievalData
+
+
+logger = logging.getLogger(__name__)
+
+# The largest share of the train split a validation split may take.
+MAX_VALIDATION_FRACTION = 0.25
+
+
+def validation_images(size: int, train_images: int) -> int:
+    """``data.validation_size`` sized to a train split of ``train_images``: capped at
+    ``MAX_VALIDATION_FRACTION`` of it, with a warning (module rules)."""
+    cap = int(MAX_VALIDATION_FRACTION * train_images)
+    if size <= cap:
+        return size
+    logger.warning("data.validation_size=%d would take %.0f%% of the %d training images; the validation split is "
+                   "capped at %d (a quarter), so that %d images still train. Set data.validation_size to at most %d "
+                   "to choose the size yourself", size, 100 * size / max(1, train_images), train_images, cap,
+                   train_images - cap, cap)
+    return cap
 
 
 def carve_validation(data: RetrievalData, size: int, seed: int) -> RetrievalData:

@@ -21,6 +21,10 @@ from workers.gallery.model import GalleryCheckpoint
 from workers.gallery.sources import GalleryModel
 from workers.gallery.sources.cmpnas_checkpoint import CmpnasGalleryModel
 
+# Above this mean cosine the compatibility losses teach a candidate little more than the common
+# direction: candidates end at chance (docs/metrics.md, issue 27).
+COLLAPSED_COSINE = 0.9
+
 
 @dataclass(frozen=True)
 class GalleryEmbeddings:
@@ -38,6 +42,19 @@ class GalleryEmbeddings:
     @property
     def embed_dim(self) -> int:
         return int(self.gallery.shape[1])
+
+    def mean_pairwise_cosine(self, chunk: int = 65536) -> float:
+        """The mean cosine between the train split's embeddings of two different images: near 1 when the
+        gallery model embeds every image in nearly one direction (``COLLAPSED_COSINE``)."""
+        count, total = len(self.train), np.zeros(self.train.shape[1], dtype=np.float64)
+        if count < 2:
+            return float("nan")
+        for start in range(0, count, chunk):  # by chunk: a streamed split may be a large memory map
+            rows = np.asarray(self.train[start : start + chunk], dtype=np.float64)
+            total += (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).sum(axis=0)
+        # sum over pairs i != j of u_i . u_j = |sum u|^2 - count
+        return float((total @ total - count) / (count * (count - 1)))
+
 
     def classifier(self, device: torch.device):
         """The frozen gallery classifier as a function of (query) embeddings."""

@@ -139,3 +139,23 @@ def test_loss_parameters_are_logged_as_one_param_and_predate_recorded_searches()
     changed = validate_config({"training": {"loss_parameters": parameters}}).model_dump(mode="json")
     with pytest.raises(ConfigError, match="training.loss_parameters"):
         check_resume_config(recorded, changed)
+
+
+def test_a_config_path_that_is_a_folder_unreadable_or_not_utf8_is_a_config_error(tmp_path):
+    import os
+
+    with pytest.raises(ConfigError, match=r"is a folder; give the YAML file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("output_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text .* save it as UTF-8 YAML"):
+        load_config(latin)
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("output_dir: x\n")
+    locked.chmod(0)
+    try:
+        if os.geteuid() != 0:  # root reads it anyway
+            with pytest.raises(ConfigError, match=r"cannot be read \(permission denied\)"):
+                load_config(locked)
+    finally:
+        locked.chmod(0o600)

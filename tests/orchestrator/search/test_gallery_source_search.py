@@ -61,6 +61,11 @@ def test_the_paragon_and_identity_come_from_the_embeddings(embeddings_search, fi
     assert parent.data.params["paragon_flops_convention"] == "as configured in gallery.mflops"
     assert parent.data.params["gallery_classifier_kind"] == "prototypes"
     assert parent.data.params["gallery_embed_dim"] == "128"
+    # The fields of a gallery model cmpnas trains are not this search's: neither params nor config.json list them.
+    trained_only = {"gallery.backbone", "gallery.embed_dim", "gallery.epochs", "gallery.stem_stride", "gallery.lr",
+                    "gallery.batch_size", "gallery.weight_decay", "gallery.patience"}
+    assert not trained_only & set(parent.data.params) and "gallery.source" in parent.data.params
+    assert "epochs" not in json.loads((outcome.output_dir / "config.json").read_text())["gallery"]
     state = SearchState.load(config.output_dir)
     assert state.gallery["source"] == "embeddings" and state.gallery["fingerprint"] == state.gallery_fingerprint
     assert parent.data.tags["gallery_fingerprint"] == state.gallery_fingerprint != model.fingerprint

@@ -120,3 +120,11 @@ def test_a_search_of_the_earlier_format_whose_trials_had_ended_goes_on(tmp_path)
     recorded.phase = "interrupted"
     with pytest.raises(ResumeError, match="cmpnas 0.1.0"):
         check_state_format(recorded)
+
+
+def test_a_state_file_that_is_not_utf8_is_a_resume_error(tmp_path):
+    from orchestrator.search.state import ResumeError, SearchState
+
+    SearchState.path_in(tmp_path).write_bytes(b'\xff\xfe{"phase": "running"}')
+    with pytest.raises(ResumeError, match=r"is not a cmpnas search state \('utf-8' codec can't decode"):
+        SearchState.load(tmp_path)

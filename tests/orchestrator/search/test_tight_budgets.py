@@ -2,6 +2,7 @@
 info`, and a search that still ends with fewer candidates than asked is not a success (exit 4)."""
 
 import logging
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -71,6 +72,17 @@ def test_a_search_below_the_smallest_architecture_is_refused_before_anything_is_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_budget_the_configuration_alone_refuses_is_refused_before_the_gallery_model_trains(tmp_path):
+    """Issue 27: on the default config this took 90 s of gallery training first."""
+    started = time.perf_counter()
+    result = _cli(tmp_path, ["search"], "--set", "search.max_mflops=0.01", "--set", f"data.root={tmp_path / 'none'}")
+    assert result.exit_code == 2
+    # Refused by the budget, not by the missing data: nothing was read, trained or written.
+    assert "search.max_mflops=0.01 is below the smallest architecture" in result.text, result.text
+    assert not (tmp_path / "gallery.safetensors").exists() and not (tmp_path / "out").exists()
+    assert time.perf_counter() - started < 30
+
+
 # -- a search that ends short -----------------------------------------------------------------------
 
 def test_the_reason_a_search_ended_short_says_what_to_change():
@@ -109,6 +121,7 @@ def test_a_search_that_runs_out_of_architectures_exits_4_records_why_and_prints_
     # The budget admits the smallest architecture only; the up-front check would refuse two candidates,
     # so it is skipped here to reach the end of a search that runs out.
     monkeypatch.setattr("orchestrator.search.driver.check_search_budgets", lambda space, search: None)
+    monkeypatch.setattr("orchestrator.search.driver.check_budgets_before_set_up", lambda config: None)
     checkpoint = gallery_dir / "gallery.safetensors"
     result = _cli(tmp_path, ["search"], "--set", f"gallery.checkpoint={checkpoint}",
                   data={"train_size": 600, "query_size": 200, "gallery_size": 400}, training={"epochs": 1},

@@ -139,6 +139,39 @@ def test_a_half_written_last_line_is_skipped(tmp_path):
     assert TrackingJournal(tracker, parent, tmp_path / "journal", FAST).pending == 0
 
 
+def test_a_line_that_is_json_but_no_record_or_not_utf8_is_skipped_and_the_others_kept(tmp_path, caplog):
+    from orchestrator.tracking.journal import read_journal
+
+    journal, tracker, parent = _journal(tmp_path)
+    journal.path.parent.mkdir(parents=True, exist_ok=True)
+    with journal.path.open("ab") as handle:
+        handle.write(b'[1, 2]\n"text"\n3\n{"entry": "x\xff"}\n')
+        handle.write(json.dumps({"entry": "kept", "op": "set_tags", "ref": "parent", "data": {}}).encode() + b"\n")
+    entries, pending = read_journal(journal.path)
+    assert pending == ["kept"] and "kept" in entries
+    assert "line 1 is JSON but not a journal record (list)" in caplog.text
+    assert "line 3 is JSON but not a journal record (int)" in caplog.text
+    assert "line 4 is not UTF-8 and was skipped" in caplog.text
+
+
+def test_two_searches_creating_one_experiment_at_once_share_it(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    looked_up = MlflowClient.get_experiment_by_name
+
+    def another_search_creates_it_meanwhile(self, name):
+        found = looked_up(self, name)
+        if found is None:  # the other search creates it between this lookup and our create_experiment
+            monkeypatch.setattr(MlflowClient, "get_experiment_by_name", looked_up)
+            MlflowClient(tracking_uri=uri).create_experiment(name)
+        return found
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", another_search_creates_it_meanwhile)
+    tracker = SearchTracker(uri, "raced")
+    assert tracker.experiment_id == MlflowClient(tracking_uri=uri).get_experiment_by_name("raced").experiment_id
+
+
 def test_an_append_after_a_torn_last_line_survives_a_reopen(tmp_path):
     journal, tracker, parent = _journal(tmp_path)
     journal.log_metrics(PARENT, {"a": 1.0})

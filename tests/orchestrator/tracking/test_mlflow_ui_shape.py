@@ -196,7 +196,8 @@ def test_a_long_front_keeps_to_mlflows_tag_length_and_counts_what_is_left_out():
     rows = [_row(f"arch_{index:04d}_" + "x" * 40, 0.1 + index, 10.0 + index * 0.01) for index in range(400)]
     text = front_markdown(ParetoReport(rows, None))
     assert len(text) <= MAX_DESCRIPTION_LENGTH
-    assert "more rows in `pareto.csv`" in text and text.rstrip().endswith("(evaluation.compatibility_ratio).")
+    assert "more rows in `pareto.csv`" in text
+    assert text.rstrip().endswith("(evaluation.compatibility_ratio, paragon_ratio, chance_margin).")
 
 
 def test_record_front_writes_the_front_as_the_parent_runs_description(tmp_path):

@@ -95,3 +95,15 @@ def test_a_real_gallery_training_stops_on_its_validation_curve():
     # min_delta 1000 points: no epoch after the first can be better, so it stops after epoch 2.
     assert len(seen) == 2 and stopper.best_epoch == 1 and stopper.stopped_early
     assert all("validation_map" in stats and "loss" in stats for stats in seen)
+
+
+def test_a_validation_size_beyond_a_quarter_of_train_is_capped_with_a_warning(caplog):
+    """Issue 27: the quickstart's 2,000 took two thirds of a 3,000-image train split."""
+    from workers.datasets.validation import MAX_VALIDATION_FRACTION, validation_images
+
+    assert MAX_VALIDATION_FRACTION == 0.25
+    assert validation_images(2000, 12000) == 2000  # the quickstart: a sixth, as configured
+    assert not caplog.records
+    assert validation_images(2000, 3000) == 750
+    assert "data.validation_size=2000 would take 67% of the 3000 training images" in caplog.text
+    assert "capped at 750" in caplog.text
