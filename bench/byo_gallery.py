@@ -101,6 +101,8 @@ def save_every_format(model: torch.nn.Module, folder: Path) -> dict[str, Path]:
 
 def source_config(workdir: Path, source: str, path: Path, args, paragon_mflops: float | None) -> Path:
     gallery = {"source": source, "path": str(path), "input": {"size": SIZE, "channels": 3, "mean": MEAN, "std": STD}}
+    if source == "torchscript":
+        gallery["allow_torchscript"] = True  # the bench's own file, traced above
     if source == "timm":
         gallery["backbone"] = BACKBONE
     if source == "embeddings":

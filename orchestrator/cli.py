@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from orchestrator.common.credentials import redact_text
+from orchestrator.common.log_redaction import install_log_redaction
 from orchestrator.config import ConfigError, load_config
 from orchestrator.tracking.errors import TrackingUnavailableError
 from search_space.errors import CmpnasError
@@ -39,11 +40,19 @@ RESTARTED_JOB_LOCK_WAIT_S = 180.0
 EXIT_TRACKING_UNAVAILABLE = TrackingUnavailableError.exit_code
 
 
+@app.callback()
+def _before_every_command() -> None:
+    """Log records, and the traceback of an unexpected error, are redacted before any command runs
+    (``orchestrator.common.log_redaction``)."""
+    install_log_redaction()
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Every error cmpnas reports to its user (``CmpnasError``) as one line, credentials redacted, and
     its exit status: 2, or 3 when the records wait in the local journal for `cmpnas sync`. Anything
-    else is a bug and keeps its traceback."""
+    else is a bug and keeps its traceback (redacted by the hook ``install_log_redaction`` installs, exit
+    status 1)."""
     try:
         yield
     except CmpnasError as error:
@@ -269,6 +278,9 @@ def export(
     gallery: Path = typer.Option(None, help="the gallery model (a folder for embeddings) of the search's "
                                  "gallery.source; default: the search's gallery.path"),
     no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
+    allow_torchscript: bool = typer.Option(
+        False, "--allow-torchscript", help="load the search's TorchScript gallery model, which runs code from the "
+        "file (gallery.allow_torchscript; the recorded value is not used); its recorded fingerprint is checked first"),
 ) -> None:
     """Export Pareto-optimal candidates (ONNX, TorchScript, safetensors) with a compatibility manifest,
     checked on the search's recorded data."""
@@ -288,6 +300,7 @@ def export(
             output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
             search_run_id=search_run_id, candidate_run_id=candidate_run_id, max_mflops=max_mflops,
             gallery_path=gallery, register=not no_register, data_overrides=tuple(data_overrides),
+            allow_torchscript=allow_torchscript,
         )
         for model in export_candidates(request, console.log):
             registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""

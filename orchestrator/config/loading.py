@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.common.credentials import redact_tree
 from orchestrator.config.schema import CmpnasConfig, GalleryConfig, trained_only_fields
 from search_space.errors import CmpnasError
 from workers.gallery.sources.registry import GALLERY_SOURCES
@@ -132,6 +133,8 @@ def _drop_gallery_fields_of_the_file_source(tree: dict[str, Any], file_source: s
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfig:
+    # Redacted once, unused: the URIs' secrets are then masked in every later message (credentials module).
+    redact_tree(tree)
     try:
         config = CmpnasConfig.model_validate(tree)
     except ValidationError as error:

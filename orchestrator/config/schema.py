@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from evaluators.tasks import TASKS
+from orchestrator.common.credentials import redact_uri
 from orchestrator.config.registries import STRATEGIES
 from search_space.registry import SPACES, Registry
 from workers.datasets.registry import SOURCES
@@ -177,6 +178,10 @@ class GalleryConfig(_Section):
     head: str | None = Field(None, description="source timm: the module whose output is the embedding; null: the "
                                                "pooled features")
     input: GalleryInputConfig = GalleryInputConfig()
+    allow_torchscript: bool = Field(
+        False, description="gallery.source torchscript runs the model file's code when it loads (in the driver, "
+                           "with the tracking credentials and Ray token, and every worker): refused unless true. "
+                           "`cmpnas export` ignores the recorded value: --allow-torchscript")
     classifier: Literal["auto", "from_model", "prototypes", "linear_probe"] = Field(
         "auto", description="classifier of the BCT influence loss: from_model (the model's own), prototypes or "
                             "linear_probe (built once from the train split's gallery embeddings); auto: from_model "
@@ -248,6 +253,12 @@ class GalleryConfig(_Section):
         if self.source != "cmpnas" and self.path is None:
             raise ValueError(f"gallery.source={self.source!r} needs gallery.path: the model file (a folder for "
                              "embeddings)")
+        if self.source == "torchscript" and not self.allow_torchscript:
+            raise ValueError("gallery.allow_torchscript is false: gallery.source 'torchscript' runs code from the "
+                             "model file when it loads (torch.jit.load), in the driver that holds the tracking "
+                             "credentials and the Ray token and in every worker. Set gallery.allow_torchscript: true "
+                             "(--set gallery.allow_torchscript=true; cmpnas export: --allow-torchscript) only for a "
+                             "file you trust, or export the model to ONNX and use gallery.source onnx")
         if self.head is not None and self.source != "timm":
             raise ValueError(f"gallery.head applies to gallery.source 'timm' only, not {self.source!r}")
         return self
@@ -583,6 +594,18 @@ class RayConfig(_Section):
                           "null: OUTPUT_DIR/ray_results"
     )
     ship_code: bool = Field(True, description="send cmpnas's packages to a joined cluster in the runtime environment")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials_in_storage(cls, value: str | None) -> str | None:
+        # Tune writes its storage path into the experiment's files (tuner.pkl, experiment state) in the
+        # storage and on the nodes: credentials there would be on disk. The environment holds them instead.
+        if value is not None and redact_uri(value) != value:
+            raise ValueError("ray.storage_path holds credentials (user-info or a secret query parameter), which Tune "
+                             "would write into its experiment files; remove them from the URI and give them "
+                             "through the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                             "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), where pyarrow and fsspec read them")
+        return value
 
 
 class CmpnasConfig(_Section):

@@ -80,7 +80,8 @@ def export_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     for assignment in rest:
         field = _field(assignment)
         if field.partition(".")[0] not in EXPORT_OWN_SECTIONS:
-            hint = {"gallery": "; pass the gallery model with --gallery", "output_dir": "; use --output"}.get(
+            hint = {"gallery": "; pass the gallery model with --gallery (a TorchScript one also needs "
+                                "--allow-torchscript)", "output_dir": "; use --output"}.get(
                 field.partition(".")[0], "")
             raise ConfigError(f"--set {field}: cmpnas export reads it from the search's recorded configuration; "
                               f"--set takes tracking.*, export.* and the data's location "

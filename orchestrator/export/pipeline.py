@@ -79,6 +79,9 @@ class ExportRequest:
     # ``data.<field>=value`` overrides of where the data is read from, applied over the search's recorded
     # configuration (``data_identity.DATA_LOCATION_FIELDS``; others are refused).
     data_overrides: tuple[str, ...] = ()
+    # The opt-in to a TorchScript gallery model, from this command's user: the recorded configuration's
+    # gallery.allow_torchscript is replaced by it, since whoever can write to the tracking server wrote that one.
+    allow_torchscript: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
     """Package, check and (with ``request.register``) register the candidates ``request`` selects."""
     tracker = SearchTracker.open_existing(request.tracking_uri, request.experiment)
     search, runs = select_runs(tracker, request.search_run_id, request.candidate_run_id, request.max_mflops)
-    config = _search_config(tracker, search.info.run_id, request.data_overrides)
+    config = _search_config(tracker, search.info.run_id, request)
     search_data = load_search_data(config)
     # Measured on the query/gallery splits the search reported: the held-out ones with a validation split.
     data = search_data.reported
@@ -174,13 +177,16 @@ def _publish(staged: _Staged, output_dir: Path, tracker: SearchTracker, request:
                          staged.onnx_cross_r1, version, alias, model_id)
 
 
-def _search_config(tracker: SearchTracker, search_run_id: str, data_overrides=()):
-    """The search's recorded configuration, with ``data_overrides`` (data location fields) applied."""
+def _search_config(tracker: SearchTracker, search_run_id: str, request: ExportRequest):
+    """The search's recorded configuration, with the request's data location overrides applied and its
+    own ``allow_torchscript`` in place of the recorded one (the recorded one is not this user's consent)."""
     folder = tempfile.mkdtemp(prefix="cmpnas-config-")
     try:
         path = tracker.client.download_artifacts(search_run_id, "config.json", folder)
-        return apply_data_overrides(json.loads(Path(path).read_text()), data_overrides,
-                                    source=f"config.json of run {search_run_id}")
+        tree = json.loads(Path(path).read_text())
+        if isinstance(tree, dict) and isinstance(tree.get("gallery"), dict):
+            tree["gallery"] = {**tree["gallery"], "allow_torchscript": request.allow_torchscript}
+        return apply_data_overrides(tree, request.data_overrides, source=f"config.json of run {search_run_id}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -201,11 +207,12 @@ def _location(path) -> str:
 
 
 def _search_gallery(config, data: RetrievalData, path: Path | None, search) -> GalleryModel:
+    recorded = search.data.tags.get(GALLERY_FINGERPRINT_TAG)
     try:
-        gallery = open_existing_gallery(config, data, path)
+        # The recorded fingerprint is checked before a source whose loading runs code (TorchScript) loads the file.
+        gallery = open_existing_gallery(config, data, path, expected_fingerprint=recorded)
     except CheckpointError as error:
         raise ExportError(f"gallery model of the search: {error}") from error
-    recorded = search.data.tags.get(GALLERY_FINGERPRINT_TAG)
     if gallery.fingerprint != recorded:
         raise ExportError(f"gallery model {path or config.gallery_path} has fingerprint {gallery.fingerprint[:12]}, but "
                           f"search {search.info.run_id} ran against {str(recorded)[:12]}: pass the search's gallery "

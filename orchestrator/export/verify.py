@@ -67,7 +67,9 @@ def verify_compatibility(query_model: Path, gallery_path: Path, config: CmpnasCo
         if differences:
             log(f"--force: measuring on other data than recorded ({'; '.join(differences)})")
     try:
-        gallery = open_existing_gallery(config, data, Path(gallery_path))
+        # The manifest's fingerprint is checked before a source whose loading runs code loads the file.
+        gallery = open_existing_gallery(config, data, Path(gallery_path),
+                                        expected_fingerprint=None if force else manifest["gallery"]["fingerprint"])
     except CheckpointError as error:
         raise ExportError(str(error)) from error
     query_dim, gallery_dim = manifest["embedding"]["dim"], gallery.embed_dim

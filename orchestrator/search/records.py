@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.common.credentials import redact_text, redact_uri
+from orchestrator.common.credentials import redact_uri, redacted_excerpt
 from orchestrator.results.front import ParetoReport, collect_report, compatibility_summary, tag_front
 from orchestrator.results.front_rendering import front_markdown, write_csv, write_plot
 from orchestrator.search.phases import SearchPhase
@@ -60,9 +60,9 @@ def record_front(journal: TrackingJournal, state: SearchState, output_dir: Path,
     complete = state.phase == SearchPhase.TRIALS_DONE
 
     def unavailable(error: BaseException | None = None) -> TrackingUnavailableError:
-        cause = f" ({str(error).splitlines()[0][:300]})" if error else ""
+        cause = f" ({redacted_excerpt(str(error))})" if error else ""
         return TrackingUnavailableError(
-            f"the tracking server at {redact_uri(journal.tracker.tracking_uri)} is unreachable{redact_text(cause)}; "
+            f"the tracking server at {redact_uri(journal.tracker.tracking_uri)} is unreachable{cause}; "
             f"every result is kept: {journal.pending} writes in {journal.path}. When the server is back run "
             f"`cmpnas sync --output-dir {output_dir}`" + ("" if complete else " or `cmpnas search --resume`")
         )

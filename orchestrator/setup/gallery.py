@@ -112,7 +112,10 @@ def train_configured_gallery(config: CmpnasConfig, log: Log) -> RetrievalMetrics
                                          data.pair_ids())
 
 
-def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: int) -> GallerySourceRequest:
+def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: int,
+                    expected_fingerprint: str | None = None) -> GallerySourceRequest:
+    """``expected_fingerprint``: the one recorded for this gallery (a resume, an export), checked before a
+    source whose loading runs code loads the file."""
     gallery = config.gallery
     spec = gallery.input
     return GallerySourceRequest(
@@ -121,16 +124,19 @@ def gallery_request(config: CmpnasConfig, data_channels: int, data_image_size: i
         input=InputSpecRequest(spec.size, spec.channels, tuple(spec.mean) if spec.mean else None,
                                tuple(spec.std) if spec.std else None),
         data_channels=data_channels, data_image_size=data_image_size,
-        backbone=gallery.backbone, head=gallery.head,
+        backbone=gallery.backbone, head=gallery.head, allow_torchscript=gallery.allow_torchscript,
+        expected_fingerprint=expected_fingerprint,
     )
 
 
-def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log) -> GalleryModel:
+def obtain_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.device, log: Log,
+                   expected_fingerprint: str | None = None) -> GalleryModel:
     """The configured gallery model; for source cmpnas, the checkpoint (checked against the data) or a
-    newly trained one when none is configured."""
+    newly trained one when none is configured. ``expected_fingerprint``: ``gallery_request``'s."""
     if config.gallery.source == "cmpnas":
         return _cmpnas_gallery(config, data, device, log)
-    gallery = load_gallery_model(config.gallery.source, gallery_request(config, data.in_chans, data.image_size))
+    gallery = load_gallery_model(config.gallery.source,
+                                 gallery_request(config, data.in_chans, data.image_size, expected_fingerprint))
     log(f"using gallery model {gallery.description} from {config.gallery_path} (D={gallery.embed_dim}, input "
         f"{gallery.input_spec.channels}x{gallery.input_spec.size}px, fingerprint {gallery.fingerprint[:12]})")
     return gallery
@@ -153,16 +159,19 @@ def _cmpnas_gallery(config: CmpnasConfig, data: RetrievalData, device: torch.dev
     return gallery
 
 
-def open_existing_gallery(config: CmpnasConfig, data: RetrievalData, path: Path | None = None) -> GalleryModel:
+def open_existing_gallery(config: CmpnasConfig, data: RetrievalData, path: Path | None = None,
+                          expected_fingerprint: str | None = None) -> GalleryModel:
     """The configured gallery model (at ``path`` instead of gallery.path where given), never trained here:
-    for export and verification, which must use the model a search ran against."""
+    for export and verification, which must use the model a search ran against (``expected_fingerprint``,
+    checked before loading where loading runs code)."""
     if path is not None:
         field = "path" if config.gallery.source != "cmpnas" or not config.gallery.checkpoint else "checkpoint"
         config = config.model_copy(update={"gallery": config.gallery.model_copy(update={field: str(path)})})
     if config.gallery.source == "cmpnas" and not config.gallery_path.is_file():
         raise CheckpointError(f"gallery checkpoint {config.gallery_path} does not exist; pass the gallery model the "
                               "search ran against (--gallery)")
-    return load_gallery_model(config.gallery.source, gallery_request(config, data.in_chans, data.image_size))
+    return load_gallery_model(config.gallery.source,
+                              gallery_request(config, data.in_chans, data.image_size, expected_fingerprint))
 
 
 def paragon_cost(config: CmpnasConfig, gallery: GalleryModel) -> ComplexityReport:

@@ -85,7 +85,7 @@ class RayDataGalleryPass:
             dataset = ray.data.from_items(ranges).map_batches(
                 RangeEmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.cpus_per_actor, num_gpus=gpus,
-                fn_constructor_kwargs={"loader": self.loader, "splits": {split: images}},
+                fn_constructor_kwargs={"loader": self.loader.expecting(self.fingerprint), "splits": {split: images}},
             )
             for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
                 for start, stop, fingerprint, payload in zip(batch["start"], batch["stop"], batch["fingerprint"],

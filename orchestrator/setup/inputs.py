@@ -201,7 +201,7 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
 
     device = pick_device()
     started = time.perf_counter()
-    gallery_model = obtain_gallery(config, data, device, log)
+    gallery_model = obtain_gallery(config, data, device, log, expected_gallery_fingerprint)
     timings["stage_gallery_model_seconds"] = time.perf_counter() - started
     if expected_gallery_fingerprint and gallery_model.fingerprint != expected_gallery_fingerprint:
         raise GallerySourceError(

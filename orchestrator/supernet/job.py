@@ -19,7 +19,7 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from orchestrator.common.credentials import redact_uri
+from orchestrator.common.credentials import redact_text, redact_uri
 from orchestrator.common.output_lock import locked_output_dir
 from orchestrator.common.version import cmpnas_version
 from orchestrator.config import CmpnasConfig
@@ -91,7 +91,7 @@ class SupernetProgressCallback(tune.Callback):
             self.tracker.log_metrics(self.run_id, {k: result[k] for k in SUPERNET_EPOCH_METRICS if k in result},
                                      step=epoch)
         except Exception as error:  # noqa: BLE001 - tracking must not fail the training
-            self.console.log(f"MLflow logging failed ({error}); training goes on")
+            self.console.log(f"MLflow logging failed ({redact_text(str(error))}); training goes on")
 
 
 def _part(result: dict, end: str) -> str:
@@ -210,8 +210,9 @@ def _fit_and_save(config: CmpnasConfig, training: SupernetTraining, record: Supe
                                 max_failures=config.resources.max_failures, checkpoints_kept=2)
     result = create_tuner(trainable, experiment).fit()[0]
     if result.error is not None or result.checkpoint is None:
-        tracker.set_tag(run_id, ERROR_TAG, str(result.error)[-5000:])
-        raise SupernetTrainingError(f"supernet training failed: {result.error}")
+        error = redact_text(str(result.error))
+        tracker.set_tag(run_id, ERROR_TAG, error[-5000:])
+        raise SupernetTrainingError(f"supernet training failed: {error}")
     path = config.supernet_checkpoint_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:

@@ -13,6 +13,10 @@ How a search looks in MLflow's UI (docs/mlflow.md):
 * the data splits are dataset inputs of the parent run (``orchestrator.tracking.dataset_inputs``), written
   through the journal and rebuilt into MLflow entities when sent. MLflow keeps one input per
   (name, digest) and run, so a replay adds nothing;
+* a pickled tracker (Tune pickles callbacks into its experiment state, under ``ray.storage_path``)
+  holds its tracking URI redacted (``orchestrator.common.credentials``); unpickled in a process
+  that opened a tracker on the full URI, it takes that URI again (``_FULL_URIS``), else it works
+  with credentials from the environment (``MLFLOW_TRACKING_USERNAME``, ...);
 * MLflow 3.17's UI chooses the experiment page's layout by its "GenAI / Model training" switch (the
   link's ``workflowType`` query, else the browser's last choice, else GenAI), not by the experiment's
   kind: ``experiment_page_url`` and ``run_page_url`` are links that open on the runs.
@@ -34,7 +38,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.common.credentials import redact_uri
+from orchestrator.common.credentials import redact_uri, redacted_excerpt
 from orchestrator.config import flatten_fields
 from orchestrator.tracking.dataset_inputs import dataset_input
 from orchestrator.tracking.errors import ExperimentNotFoundError
@@ -55,6 +59,12 @@ MAX_PARAM_LENGTH = 6000
 # The query of a UI link that opens MLflow 3's model-training layout (runs table), whatever the
 # browser chose last; without it a fresh browser opens the GenAI overview ("Traces: 0").
 UI_TRAINING_LAYOUT = "workflowType=machine_learning"
+# MLflow's client writes "View run ... at: <tracking URI>" to stdout when a run ends (a print, not a
+# log record): with credentials in the URI that line would carry them, so it is turned off then.
+SUPPRESS_URL_PRINTING = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+# The full tracking URIs of the trackers this process opened, by their redacted form: an unpickled
+# tracker finds its credentials here and never on disk.
+_FULL_URIS: dict[str, str] = {}
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -94,6 +104,9 @@ class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str, create: bool = True):
         # No mlflow.set_tracking_uri: it would also set MLFLOW_TRACKING_URI for the whole process.
         self.tracking_uri = tracking_uri
+        _FULL_URIS[redact_uri(tracking_uri)] = tracking_uri
+        if redact_uri(tracking_uri) != tracking_uri:
+            os.environ[SUPPRESS_URL_PRINTING] = "true"
         self.seconds_in_calls = 0.0
         self.client = _TimedClient(MlflowClient(tracking_uri=tracking_uri), self)
         existing = self.client.get_experiment_by_name(experiment)
@@ -127,19 +140,21 @@ class SearchTracker:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
         except MlflowException as error:
             logger.warning("could not mark MLflow experiment '%s' as a model-training experiment (%s); "
-                           "open it in the UI with ?%s", experiment, str(error).splitlines()[0][:200],
+                           "open it in the UI with ?%s", experiment, redacted_excerpt(str(error), 200),
                            UI_TRAINING_LAYOUT)
 
     @classmethod
     def open_existing(cls, tracking_uri: str, experiment: str) -> SearchTracker:
         return cls(tracking_uri, experiment, create=False)
 
-    # Tune pickles its callbacks with the experiment state: keep the address, rebuild the client.
+    # Tune pickles its callbacks with the experiment state: keep the address without its credentials,
+    # rebuild the client (with this process's full URI where it has one).
     def __getstate__(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id}
+        return {"tracking_uri": redact_uri(self.tracking_uri), "experiment_id": self.experiment_id}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.tracking_uri = _FULL_URIS.get(self.tracking_uri, self.tracking_uri)
         self.seconds_in_calls = 0.0
         self.client = _TimedClient(MlflowClient(tracking_uri=self.tracking_uri), self)
 

@@ -57,7 +57,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from orchestrator.common.credentials import redact_text
+from orchestrator.common.credentials import redact_text, redacted_excerpt
 from orchestrator.tracking.client import SearchTracker, now_ms, param_value
 from orchestrator.tracking.errors import JournalWriteError
 from orchestrator.tracking.tags import PARENT_RUN_TAG, TRIAL_ID_TAG
@@ -355,8 +355,8 @@ class TrackingJournal:
                         return False
                     # MLflow refused it for good, or a local file it needs is gone: this write only.
                     logger.error("journal entry %s (%s %s) cannot be sent: %s: %s; marked rejected, the rest is sent",
-                                 entry_id, entry["op"], entry["run"], type(error).__name__, error)
-                    self._append({"rejected": entry_id, "error": str(error)[:2000]})
+                                 entry_id, entry["op"], entry["run"], type(error).__name__, redact_text(str(error)))
+                    self._append({"rejected": entry_id, "error": redact_text(str(error))[:2000]})
                 else:
                     self._append({"done": entry_id})
                     self._discard_staged(entry)
@@ -382,7 +382,7 @@ class TrackingJournal:
         delay = min(self.policy.max_delay_s, self.policy.first_delay_s * 2 ** (self._failures - 1))
         self._next_try = time.monotonic() + delay
         if not self._outage_logged:
-            cause = redact_text(str(error).splitlines()[0][:300])
+            cause = redacted_excerpt(str(error))
             if is_credential_error(error):
                 logger.warning("tracking server refused this process's credentials (%s); %d writes kept in %s, the "
                                "search goes on: %s", cause, len(self._pending), self.path, CREDENTIALS_ADVICE)

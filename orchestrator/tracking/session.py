@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.common.credentials import redact_text, redact_uri
+from orchestrator.common.credentials import redact_uri, redacted_excerpt
 from orchestrator.tracking.client import SearchTracker
 from orchestrator.tracking.errors import TrackingCredentialsError, TrackingUnavailableError
 from orchestrator.tracking.journal import (
@@ -28,7 +28,7 @@ def open_tracker(tracking_uri: str, experiment: str) -> SearchTracker:
     try:
         return SearchTracker(tracking_uri, experiment)
     except Exception as error:  # classified: only an outage or refused credentials become user-facing errors
-        cause = redact_text(str(error).splitlines()[0][:300])
+        cause = redacted_excerpt(str(error))
         if is_credential_error(error):
             raise TrackingCredentialsError(
                 f"the tracking server at {redact_uri(tracking_uri)} refused this process ({cause}); nothing was "

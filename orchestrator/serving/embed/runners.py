@@ -144,7 +144,8 @@ class RayShardRunner:
             dataset = dataset.map_batches(
                 ShardEmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.cpus_per_actor, num_gpus=gpus,
-                fn_constructor_kwargs={"loader": self.loader, "collection": collection, "batch_size": self.batch_size},
+                fn_constructor_kwargs={"loader": self.loader.expecting(self.expected_fingerprint),
+                                       "collection": collection, "batch_size": self.batch_size},
             )
             for batch in _batches_or_worker_error(dataset, self.loader):
                 for index, fingerprint, payload in zip(batch["shard"], batch["fingerprint"], batch["embeddings"]):

@@ -7,7 +7,9 @@ credentials against a real search recording to a real `mlflow server`.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -21,7 +23,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.common.credentials import fields_with_credentials, redact_text, redact_tree, redact_uri
+from orchestrator.common.credentials import (
+    fields_with_credentials,
+    redact_text,
+    redact_tree,
+    redact_uri,
+    redacted_excerpt,
+)
+from orchestrator.common.log_redaction import RedactingFilter, install_log_redaction
 from orchestrator.common.output_lock import LOCK_FILE, OutputDirLockedError, locked_output_dir
 from orchestrator.config import validate_config
 from orchestrator.search.state import (
@@ -32,6 +41,7 @@ from orchestrator.search.state import (
     check_resumed_supernet,
     tune_experiment_path,
 )
+from orchestrator.tracking.tags import ROLE_SEARCH, ROLE_SUPERNET, ROLE_TAG
 from tests.conftest import tiny_tree
 
 SECRET = "s3cret-Pa55"
@@ -104,8 +114,87 @@ def test_uris_lose_their_credentials_and_nothing_else():
     assert SECRET not in json.dumps(redact_tree(tree)) and SECRET in json.dumps(tree)  # the input is kept
 
 
+def test_redaction_fails_closed(tmp_path):
+    # A URI urlsplit cannot parse (an unclosed IPv6 bracket) is replaced whole, not returned as it is.
+    broken = f"http://me:{SECRET}@[::1/mlflow"
+    assert SECRET not in redact_uri(broken) and redact_uri(broken).startswith("http://<URI redacted")
+    assert SECRET not in json.dumps(redact_tree({"tracking": {"uri": broken}}))
+    # The user-info of a URI in a text goes whatever the password holds, and user:pass@host without a scheme.
+    for password in ("pa(ss)word", "it's-me", "a@b@c", "x[1]{2}"):
+        for text in (f"refused http://me:{password}@host:5000/api (401)", f"'https://me:{password}@host'",
+                     f"(see http://me:{password}@host)", f"dsn me:{password}@db:5432/mlflow"):
+            assert password not in redact_text(text), text
+    assert redact_text("see http://host:5000 and mail ops@example.com") == "see http://host:5000 and mail ops@example.com"
+    # A secret redacted once is masked wherever it shows again, here with a space that ends the URI pattern.
+    spaced = "two words-Zq8"
+    redact_uri(f"https://me:{spaced}@mlflow.example")
+    assert spaced not in redact_text(f"cannot reach https://me:{spaced}@mlflow.example (refused)")
+
+
+def test_messages_are_redacted_before_they_are_cut(tmp_path):
+    fresh = "Fr3shSecret-9d1"  # never redacted before in this process: only the order of the two steps protects it
+    text = "x" * 280 + f" http://me:{fresh}@mlflow.example:5000/api failed"
+    left = text[:300].rpartition("http://me:")[2]  # what a cut at 300 leaves of the password
+    assert len(left) >= 6 and fresh.startswith(left) and left not in redacted_excerpt(text)
+    assert redacted_excerpt("first line\nsecond") == "first line" and len(redacted_excerpt(text, 50)) == 50
+
+
+def test_every_log_record_is_redacted(tmp_path):
+    fresh = "L0gSecret-77x"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("cmpnas.test.redaction")
+    logger.addHandler(handler)
+    try:
+        logger.error("cannot reach %s (%d)", f"http://me:{fresh}@host/api", 401)
+        try:
+            raise RuntimeError(f"refused: https://me:{fresh}@host")
+        except RuntimeError:
+            logger.exception("unexpected")
+    finally:
+        logger.removeHandler(handler)
+    assert fresh not in stream.getvalue() and "cannot reach http://host/api (401)" in stream.getvalue()
+    assert "RuntimeError: refused: https://host" in stream.getvalue()  # the traceback kept, redacted
+    # Installed: also records reaching a handler added afterwards (a library's own), and Python's last resort.
+    install_log_redaction()
+    later = io.StringIO()
+    other = logging.getLogger("some.library")
+    other.addHandler(logging.StreamHandler(later))
+    try:
+        other.warning("token in %s", f"s3://bucket/x?token={fresh}")
+    finally:
+        other.handlers.clear()
+    assert fresh not in later.getvalue() and "s3://bucket/x" in later.getvalue()
+    # A logger's filter still sees the exception itself (Tune's staging-race filter drops records by it).
+    seen = []
+    other.addFilter(lambda record: seen.append(record.exc_info) or True)
+    try:
+        raise FileNotFoundError(f"https://me:{fresh}@host")
+    except FileNotFoundError:
+        other.exception("copy failed")
+    assert seen and seen[0] is not None and isinstance(seen[0][1], FileNotFoundError)
+    other.filters.clear()
+    assert any(isinstance(f, RedactingFilter) for f in logging.lastResort.filters)
+
+
+def test_an_unexpected_error_keeps_its_traceback_without_credentials(tmp_path):
+    """A bug's exception is not cmpnas's to report as one line: it reaches Python's hook, which prints it."""
+    program = ("import orchestrator.search.space_info as space_info\n"
+               "def broken(*args, **kwargs):\n"
+               f"    raise RuntimeError('bug while talking to http://me:{SECRET}@mlflow:5000')\n"
+               "space_info.describe_space = broken\n"
+               "from orchestrator.cli import main\n"
+               "main()\n")
+    result = subprocess.run([sys.executable, "-c", program, "space", "info"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr and "RuntimeError: bug while talking to http://mlflow:5000" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
 def test_state_file_and_resume_check_hold_no_credentials(tmp_path):
-    tree = tiny_tree(tmp_path, ray={"storage_path": f"s3://key:{SECRET}@bucket/ray"},
+    tree = tiny_tree(tmp_path, ray={"storage_path": "s3://bucket/ray"},
                      tracking={"uri": f"http://me:{SECRET}@127.0.0.1:5000"})
     config = validate_config(tree).model_dump(mode="json")
     state = SearchState.new(config, config["tracking"]["uri"], "e")
@@ -119,6 +208,28 @@ def test_state_file_and_resume_check_hold_no_credentials(tmp_path):
     # The same search, given its credentials again, is not "changed": storage_path may not change on resume.
     assert check_resume_config(recorded.config, config) == []
     check_recorded_tune_path(recorded, tune_experiment_path(config["ray"]["storage_path"], "0123456789abcdef"))
+
+
+def test_a_pickled_tracker_holds_no_credentials(tmp_path):
+    """Tune pickles its callbacks, trackers included, into the experiment state under ray.storage_path."""
+    import pickle
+
+    from orchestrator.tracking.client import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}?token={SECRET}"
+    tracker = SearchTracker(uri, "pickled")
+    pickled = pickle.dumps(tracker)
+    assert SECRET.encode() not in pickled
+    assert pickle.loads(pickled).tracking_uri == uri  # this process gave it: the full URI again
+
+
+def test_a_storage_path_with_credentials_is_refused_before_anything_is_written(tmp_path):
+    """Tune writes its storage path into its experiment files: credentials belong in the environment."""
+    for storage in (f"s3://key:{SECRET}@bucket/ray", f"s3://bucket/ray?secret_key={SECRET}"):
+        result = _invoke("search", "--set", f"ray.storage_path={storage}", "--set", f"output_dir={tmp_path / 'out'}")
+        assert result.exit_code == 2 and "ray.storage_path holds credentials" in result.text, result.text
+        assert "AWS_SECRET_ACCESS_KEY" in result.text and SECRET not in result.text
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_tune_path_the_configuration_does_not_give_is_refused(tmp_path):
@@ -164,27 +275,55 @@ def test_resume_if_unfinished_resumes_an_unfinished_search_and_starts_otherwise(
 
 
 @pytest.mark.integration
-def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, tmp_path, caplog):
+def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, tmp_path, caplog,
+                                                                  capfd, monkeypatch):
+    """A search, a supernet training, a gallery embedding and an export, each recording to a real
+    `mlflow server` through a URI with credentials: the secret is in no file written (output folder,
+    Tune's storage, the export, the embedded gallery, the server's store and artifacts), no MLflow
+    param, tag or registry entry, no log record and nothing on the terminal."""
     from orchestrator.search.driver import run_search
 
+    # MLflow prints each ended run's URL to stdout unless this is set (it is set for a URI with credentials).
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     url, artifacts = mlflow_server
     uri = url.replace("http://", f"http://cmpnas:{SECRET}@")
     tree = tiny_tree(tmp_path, data={"train_size": 600, "query_size": 100, "gallery_size": 400},
                      gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")},
                      training={"epochs": 1, "batch_size": 100},
                      search={"num_candidates": 2, "strategy": "random"},
-                     resources={"measure_latency": False}, tracking={"uri": uri})
+                     supernet={"epochs": 1, "batch_size": 50, "num_random_subnets": 1, "calibration_images": 100},
+                     resources={"measure_latency": False}, tracking={"uri": url})
     console = Console(record=True, width=200)
-    outcome = run_search(validate_config(tree), console)
+    outcome = run_search(validate_config({**tree, "tracking": {**tree["tracking"], "uri": uri}}), console)
     assert len(outcome.report.candidates) == 2
-    assert SECRET not in console.export_text()
-    assert "tracking.uri holds credentials" in caplog.text and SECRET not in caplog.text
-    leaks = [str(path) for folder in (tmp_path / "out", artifacts) for path in folder.rglob("*")
-             if path.is_file() and SECRET.encode() in path.read_bytes()]
-    assert leaks == []  # state file, config.json, journal, Tune's experiment and checkpoints, MLflow artifacts
-    run = MlflowClient(url).get_run(outcome.parent_run_id)
-    assert run.data.params["tracking.uri"] == url
-    assert not any(SECRET in value for value in [*run.data.params.values(), *run.data.tags.values()])
+    terminal = [console.export_text(), *capfd.readouterr()]  # what cmpnas printed, and what libraries printed
+    assert "tracking.uri holds credentials" in caplog.text
+    # The configuration file holds no secret; the URI with credentials comes on the command line.
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    for command in (["supernet", "train", "--config", str(config), "--set", f"tracking.uri={uri}"],
+                    ["gallery", "embed", "--config", str(config), "--set", f"tracking.uri={uri}",
+                     "--output", str(tmp_path / "embedded"), "--split", "query"],
+                    ["export", "--config", str(config), "--tracking-uri", uri, "--search-run-id", outcome.parent_run_id,
+                     "--max-mflops", "100", "--output", str(tmp_path / "export")]):
+        result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (command[:2], result.output)
+        terminal.append(result.output)
+    assert (tmp_path / "out" / "supernet.safetensors").is_file() and (tmp_path / "embedded" / "ids.txt").is_file()
+    assert [path.name for path in (tmp_path / "out" / "ray_results").iterdir() if path.name.startswith("supernet-")]
+    terminal += capfd.readouterr()
+    assert not [text for text in terminal if SECRET in text]
+    assert SECRET not in caplog.text
+    leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file() and SECRET.encode() in path.read_bytes()]
+    assert leaks == []  # state file, config.json, journal, Tune's experiments, exports, the server's store, artifacts
+    client = MlflowClient(url)
+    runs = client.search_runs([client.get_experiment_by_name(tree["tracking"]["experiment"]).experiment_id])
+    assert {ROLE_SEARCH, ROLE_SUPERNET} <= {run.data.tags.get(ROLE_TAG) for run in runs}
+    for run in runs:
+        assert not any(SECRET in value for value in [*run.data.params.values(), *run.data.tags.values()])
+    assert client.get_run(outcome.parent_run_id).data.params["tracking.uri"] == url
+    versions = client.search_model_versions()
+    assert versions and not any(SECRET in str(dict(version)) for version in versions)
     assert json.loads((tmp_path / "out" / "search_state.json").read_text())["tracking_uri"] == url
 
 

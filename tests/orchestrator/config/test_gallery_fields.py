@@ -9,7 +9,8 @@ from orchestrator.tracking.client import config_params
 
 
 def test_switching_the_gallery_source_with_set_works_on_the_embedded_default():
-    config = load_config(None, ["gallery.source=torchscript", "gallery.path=M.pt"])
+    # gallery.allow_torchscript: the TorchScript opt-in (tests/workers/gallery/test_torchscript_trust.py).
+    config = load_config(None, ["gallery.source=torchscript", "gallery.path=M.pt", "gallery.allow_torchscript=true"])
     assert config.gallery.source == "torchscript" and config.gallery.path == "M.pt"
     # The embedded default's embed_dim 128 is not taken as the user's: nothing reads it as chosen.
     assert not set(TRAINED_GALLERY_FIELDS) & config.gallery.model_fields_set
@@ -17,7 +18,7 @@ def test_switching_the_gallery_source_with_set_works_on_the_embedded_default():
 
 @pytest.mark.parametrize("source", ["torchscript", "onnx"])
 def test_the_params_of_another_source_list_no_field_of_the_trained_model(source):
-    config = load_config(None, [f"gallery.source={source}", "gallery.path=M.pt"])
+    config = load_config(None, [f"gallery.source={source}", "gallery.path=M.pt", "gallery.allow_torchscript=true"])
     params = config_params(config.recorded_tree())
     assert not {f"gallery.{name}" for name in (*TRAINED_GALLERY_FIELDS, "backbone")} & set(params)
     assert params["gallery.source"] == source and params["gallery.path"] == "M.pt"
@@ -45,7 +46,7 @@ def test_null_takes_the_default_and_is_accepted_for_every_source():
 def test_a_field_of_the_trained_model_set_for_another_source_is_refused_with_the_fix(field, value):
     with pytest.raises(ConfigError, match=rf"gallery.{field}={value!r} set\(s\) the gallery model cmpnas trains "
                                           r".*gallery.source is 'torchscript'.*remove it \(or set null\)"):
-        validate_config({"gallery": {"source": "torchscript", "path": "M.pt", field: value},
+        validate_config({"gallery": {"source": "torchscript", "path": "M.pt", "allow_torchscript": True, field: value},
                          "data": {"validation_size": 100}})
 
 
@@ -79,7 +80,7 @@ def test_a_file_written_for_one_source_switched_with_set_drops_its_trained_model
     path = tmp_path / "gallery-search.yaml"
     path.write_text(yaml.safe_dump({"gallery": {"source": "timm", "backbone": "resnet18", "path": "w.pth",
                                                 "epochs": 2, "min_steps": 0}}))
-    config = load_config(path, ["gallery.source=torchscript", "gallery.path=M.pt"])
+    config = load_config(path, ["gallery.source=torchscript", "gallery.path=M.pt", "gallery.allow_torchscript=true"])
     assert config.gallery.source == "torchscript"
     warned = "the config file's gallery.min_steps=0, gallery.backbone='resnet18', written for gallery.source 'timm'"
     assert warned in caplog.text and "gallery.epochs" not in caplog.text  # the default: nothing to say

@@ -120,6 +120,17 @@ def test_a_refused_write_is_recorded_and_does_not_block_the_rest(tmp_path, caplo
     assert "cannot be sent: MlflowException" in caplog.text
 
 
+def test_a_refused_write_is_logged_and_recorded_without_credentials(tmp_path, caplog):
+    secret = "J0urnalSecret-41"
+    journal, _, _ = _journal(tmp_path)
+    journal.log_params(PARENT, {"store": f"https://me:{secret}@store.example/a"})
+    with caplog.at_level(logging.ERROR):  # refused for good; MLflow's message quotes both values
+        journal.log_params(PARENT, {"store": f"https://me:{secret}@store.example/b"})
+    rejected = [json.loads(line) for line in journal.path.read_text().splitlines() if '"rejected"' in line]
+    assert len(rejected) == 1 and "store.example" in rejected[0]["error"] and secret not in rejected[0]["error"]
+    assert "cannot be sent" in caplog.text and secret not in caplog.text
+
+
 def test_a_half_written_last_line_is_skipped(tmp_path):
     journal, tracker, parent = _journal(tmp_path)
     journal.log_metrics(PARENT, {"a": 1.0})

@@ -38,7 +38,9 @@ BACKBONE = "resnet10t"
 
 
 def _request(path, spec=SPEC, **extra) -> GallerySourceRequest:
-    return GallerySourceRequest(path=path, input=spec, data_channels=1, data_image_size=28, **extra)
+    # The TorchScript file is this test's own (gallery.allow_torchscript; its refusal: test_torchscript_trust.py).
+    return GallerySourceRequest(path=path, input=spec, data_channels=1, data_image_size=28,
+                                **{"allow_torchscript": True, **extra})
 
 
 @pytest.fixture(scope="module")

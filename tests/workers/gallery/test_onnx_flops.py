@@ -47,7 +47,8 @@ def _dynamic_padding_net() -> nn.Module:
 
 
 def _request(path, spec=SPEC) -> GallerySourceRequest:
-    return GallerySourceRequest(path=path, input=spec, data_channels=1, data_image_size=28)
+    # allow_torchscript: the test's own traced module (gallery.allow_torchscript).
+    return GallerySourceRequest(path=path, input=spec, data_channels=1, data_image_size=28, allow_torchscript=True)
 
 
 def test_dynamically_padded_models_cost_what_fvcore_counts_from_onnx_and_torchscript(tmp_path):

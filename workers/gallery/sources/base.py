@@ -121,6 +121,11 @@ class GallerySourceRequest:
     data_image_size: int
     backbone: str | None = None
     head: str | None = None
+    # ``gallery.allow_torchscript``: a TorchScript file runs its own code when loaded.
+    allow_torchscript: bool = False
+    # The fingerprint the job recorded (a resume, an export, a trial): a source whose loading runs
+    # code compares it with the file's before loading (``refuse_other_fingerprint``).
+    expected_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,27 @@ def files_fingerprint(paths: Sequence[Path], described: dict[str, Any]) -> str:
         digest.update(f"\0{path.name}\0".encode())
         update_with_file(digest, path)
     return digest.hexdigest()
+
+
+def bytes_fingerprint(name: str, content: bytes, described: dict[str, Any]) -> str:
+    """``files_fingerprint`` of one file named ``name`` whose bytes are ``content`` (already read, so
+    that the bytes checked are the bytes loaded)."""
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    digest.update(f"\0{name}\0".encode())
+    digest.update(content)
+    return digest.hexdigest()
+
+
+def refuse_other_fingerprint(request: GallerySourceRequest, fingerprint: str) -> None:
+    """``GallerySourceError`` when ``request`` expects another fingerprint than the file's ``fingerprint``:
+    called before loading by a source whose loading runs code, so a swapped file is never run."""
+    expected = request.expected_fingerprint
+    if expected is not None and fingerprint != expected:
+        raise GallerySourceError(
+            f"gallery model {request.path} has fingerprint {fingerprint[:12]}, the job recorded {expected[:12]}: the "
+            "file changed since it was recorded and was not loaded. Restore the recorded gallery model at that path "
+            "(gallery.path, gallery.input)"
+        )
 
 
 def normalized_rows(embeddings: np.ndarray) -> np.ndarray:

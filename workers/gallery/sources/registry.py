@@ -7,7 +7,7 @@ by name and register themselves in their own modules; the rules of names and err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from search_space.registry import Registry, UnknownNameError
@@ -48,10 +48,15 @@ class GalleryLoader:
     def open(self) -> GalleryModel:
         return load_gallery_model(self.source, self.request)
 
+    def expecting(self, fingerprint: str) -> GalleryLoader:
+        """This loader, for the model with ``fingerprint`` only: a source whose loading runs code
+        checks the file before loading it (what a Ray actor is given)."""
+        return GalleryLoader(self.source, replace(self.request, expected_fingerprint=fingerprint))
+
     def open_matching(self, fingerprint: str) -> GalleryModel:
         """The model, which must be the one with ``fingerprint`` (what the job loaded): another file at
-        that path on this node is refused."""
-        model = self.open()
+        that path on this node is refused, before loading where loading runs code."""
+        model = self.expecting(fingerprint).open()
         if model.fingerprint != fingerprint:
             raise GallerySourceError(
                 f"gallery model {self.request.path} has fingerprint {model.fingerprint[:12]} here, the job loaded "
