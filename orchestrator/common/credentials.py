@@ -40,6 +40,8 @@ UNPARSEABLE_URI = "<URI redacted: it could not be parsed>"
 SECRET_MASK = "***"
 # Secrets shorter than this are not masked in free text: they would mask ordinary words.
 MIN_MASKED_SECRET = 4
+# User-info without a password is remembered as a secret from this length on (an access token).
+TOKEN_LENGTH = 16
 # A URI with a scheme (``scheme://``) anywhere in a longer text, such as an error message.
 _URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
 # The user-info after ``scheme://``: anything but white space up to the last ``@`` before the host
@@ -72,7 +74,10 @@ def redact_uri(uri: str) -> str:
     netloc, query = parts.netloc, parts.query
     if "@" in netloc:
         userinfo, _, netloc = netloc.rpartition("@")
-        _remember(userinfo, userinfo.partition(":")[2])
+        user, colon, password = userinfo.partition(":")
+        # A bare user name (``cmpnas@host``) is no secret, and masking it would garble every line that
+        # names it; user-info without a colon long enough to be a token (``TOKEN@host``) is one.
+        _remember(*((userinfo, password) if colon else (user,) if len(user) >= TOKEN_LENGTH else ()))
     if any(name.lower() in SECRET_QUERY_KEYS for name, _ in pairs):
         _remember(*(value for name, value in pairs if name.lower() in SECRET_QUERY_KEYS))
         query = urlencode([(name, value) for name, value in pairs if name.lower() not in SECRET_QUERY_KEYS])

@@ -85,6 +85,10 @@ class DataConfig(_Section):
         0, description="images carved from the train split (stratified) for selection: candidates are ranked and "
                        "the gallery model early-stopped on them, while query and gallery are only reported; 0: off "
                        "(selection and reporting share query and gallery, an optimistic reading)")
+    validation_max_fraction: float = Field(
+        0.25, gt=0, le=1, description="the most of the train split data.validation_size may take: a larger size is "
+                                      "capped to it, with a warning (a size meant for a large set would otherwise "
+                                      "take most of a small collection's training images)")
     protocol: Literal["closed_set", "open_set"] = Field(
         "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
                                   "train classes are disjoint from the query/gallery classes"

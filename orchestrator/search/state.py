@@ -48,6 +48,8 @@ STATE_FILE = "search_state.json"
 # (The Tune experiment keeps its own copy of trial resources, concurrency and retry settings.)
 CHANGEABLE_ON_RESUME = frozenset({
     "tracking.uri", "tracking.outage_wait_s", "ray.address", "ray.num_cpus", "ray.ship_code",
+    # Trust, not search: the resume's own opt-in, checked against the file's recorded fingerprint.
+    "gallery.allow_torchscript",
 })
 
 
@@ -227,12 +229,14 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "protocol"): "closed_set", ("data", "train_classes"): None, ("data", "max_bad_fraction"): 0.0,
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
     ("data", "cache_trusted_group"): None, ("data", "allow_paths_outside_root"): True,
+    ("data", "validation_max_fraction"): 1.0,  # no cap: the split such a search was carved with
     ("training", "min_steps"): 0, ("gallery", "min_steps"): 0,
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
                                    "horizontal_flip": True},
     ("evaluation", "compatibility_ratio"): 0.5, ("evaluation", "paragon_ratio"): 0.0,
-    ("evaluation", "chance_margin"): None,
+    ("evaluation", "chance_margin"): None, ("evaluation", "held_out"): "split",
+    ("search", "max_latency_ms"): None, ("gallery", "allow_torchscript"): False,
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
 }

@@ -66,7 +66,7 @@ def load_search_data(config: CmpnasConfig) -> SearchData:
         data = pooled_for_leave_one_out(data)
     if not config.data.validation_size:
         return SearchData(data)
-    size = validation_images(config.data.validation_size, len(data.train))
+    size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)
     return SearchData(carve_validation(data, size, config.data.seed), held_out=data)
 
 

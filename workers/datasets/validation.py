@@ -15,8 +15,8 @@ Rules (``data.validation_size``):
   the held-out splits normalise images identically.
 * Every validation-query class needs validation-gallery images, and train must keep images: sizes
   that cannot give that are refused, naming ``data.validation_size``.
-* A job sizes the split to its data (``validation_images``): at most ``MAX_VALIDATION_FRACTION``
-  (a quarter) of the train split, so that a size meant for a large set (the quickstart's 2,000 of
+* A job sizes the split to its data (``validation_images``): at most ``data.validation_max_fraction``
+  (default ``MAX_VALIDATION_FRACTION``, a quarter; 1 for searches recorded before the cap) of the train split, so that a size meant for a large set (the quickstart's 2,000 of
   12,000) does not take most of a small collection's training images; a larger one is capped, with
   a warning naming ``data.validation_size``.
 * Open-set: the validation images come from the train classes (the only classes train has), so
@@ -41,16 +41,16 @@ logger = logging.getLogger(__name__)
 MAX_VALIDATION_FRACTION = 0.25
 
 
-def validation_images(size: int, train_images: int) -> int:
-    """``data.validation_size`` sized to a train split of ``train_images``: capped at
-    ``MAX_VALIDATION_FRACTION`` of it, with a warning (module rules)."""
-    cap = int(MAX_VALIDATION_FRACTION * train_images)
+def validation_images(size: int, train_images: int, max_fraction: float = MAX_VALIDATION_FRACTION) -> int:
+    """``data.validation_size`` sized to a train split of ``train_images``: capped at ``max_fraction``
+    of it, with a warning (module rules)."""
+    cap = int(max_fraction * train_images)
     if size <= cap:
         return size
     logger.warning("data.validation_size=%d would take %.0f%% of the %d training images; the validation split is "
-                   "capped at %d (a quarter), so that %d images still train. Set data.validation_size to at most %d "
-                   "to choose the size yourself", size, 100 * size / max(1, train_images), train_images, cap,
-                   train_images - cap, cap)
+                   "capped at %d (data.validation_max_fraction=%g), so that %d images still train. Set "
+                   "data.validation_size to at most %d to choose the size yourself", size,
+                   100 * size / max(1, train_images), train_images, cap, max_fraction, train_images - cap, cap)
     return cap
 
 

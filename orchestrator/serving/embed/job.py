@@ -318,6 +318,15 @@ class GalleryEmbedRequest:
     actors: int | None = None
 
 
+def recorded_gallery_fingerprint(output_dir: Path) -> str | None:
+    """The gallery fingerprint an earlier run recorded in ``output_dir``'s listing, if it left one."""
+    path = Path(output_dir) / SHARDS_DIR / LISTING_FILE
+    try:
+        return json.loads(path.read_text()).get("gallery_fingerprint") or None
+    except (OSError, ValueError, AttributeError):
+        return None  # none, or unreadable: _claim_listing says so with the fix
+
+
 def embed_configured_gallery(config: CmpnasConfig, request: GalleryEmbedRequest) -> EmbeddedGalleryFolder:
     """The configured gallery model over ``request.images`` (else the configured data's splits); on the
     Ray cluster of ``ray.address`` where one is set, else in this process."""
@@ -328,7 +337,10 @@ def embed_configured_gallery(config: CmpnasConfig, request: GalleryEmbedRequest)
         data = load_data(config)
         collection = data_collection(data, request.splits)
         loader = configured_gallery_loader(config, data.in_chans, data.image_size)
-    gallery = loader.open()
+    recorded = recorded_gallery_fingerprint(request.output_dir)
+    # A resumed folder names the model its shards came from: checked before the file is loaded (TorchScript
+    # runs code when loaded), not only after.
+    gallery = (loader.expecting(recorded) if recorded else loader).open()
     if ray_address(config.ray) == LOCAL:
         return embed_collection(gallery, collection, request.output_dir, request.options)
     import ray  # only when joining a cluster: a local embedding needs no Ray

@@ -129,6 +129,12 @@ def test_redaction_fails_closed(tmp_path):
     spaced = "two words-Zq8"
     redact_uri(f"https://me:{spaced}@mlflow.example")
     assert spaced not in redact_text(f"cannot reach https://me:{spaced}@mlflow.example (refused)")
+    # A bare user name is no secret: it is not masked in every later line (a token-long one is).
+    redact_uri("http://cmpnasuser@mlflow.example/")
+    assert redact_text("the cmpnasuser account") == "the cmpnasuser account"
+    token = "t0kenT0kenT0ken-42"
+    redact_uri(f"https://{token}@mlflow.example/")
+    assert token not in redact_text(f"a token {token} in a message")
 
 
 def test_messages_are_redacted_before_they_are_cut(tmp_path):

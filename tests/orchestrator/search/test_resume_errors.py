@@ -67,6 +67,149 @@ def test_sync_needs_a_search_and_a_damaged_state_file_is_named(tmp_path):
     assert result.exit_code == 2 and "is not a cmpnas search state" in result.text
 
 
+# Every leaf field of the configuration as cmpnas 0.2.0 recorded it (its schema's defaults, flattened).
+FIELDS_OF_0_2_0 = (
+    "data.cache_dir",
+    "data.channels",
+    "data.decode_workers",
+    "data.download",
+    "data.gallery_size",
+    "data.image_size",
+    "data.max_bad_fraction",
+    "data.protocol",
+    "data.query_size",
+    "data.root",
+    "data.seed",
+    "data.source",
+    "data.streaming",
+    "data.train_classes",
+    "data.train_size",
+    "data.validation_size",
+    "evaluation.compatibility_ratio",
+    "evaluation.task",
+    "export.output_dir",
+    "export.registered_model_name",
+    "gallery.backbone",
+    "gallery.batch_size",
+    "gallery.checkpoint",
+    "gallery.classifier",
+    "gallery.embed_dim",
+    "gallery.epochs",
+    "gallery.head",
+    "gallery.input.channels",
+    "gallery.input.mean",
+    "gallery.input.size",
+    "gallery.input.std",
+    "gallery.lr",
+    "gallery.mflops",
+    "gallery.path",
+    "gallery.patience",
+    "gallery.source",
+    "gallery.stem_stride",
+    "gallery.weight_decay",
+    "output_dir",
+    "ray.address",
+    "ray.num_cpus",
+    "ray.ship_code",
+    "ray.storage_path",
+    "resources.cpus_per_trial",
+    "resources.gpus_per_trial",
+    "resources.max_failures",
+    "resources.measure_latency",
+    "search.asha.grace_period",
+    "search.asha.reduction_factor",
+    "search.budgets_mflops",
+    "search.evolution.crossover_probability",
+    "search.evolution.mutation_probability",
+    "search.evolution.population_size",
+    "search.evolution.sample_size",
+    "search.final_training.epochs",
+    "search.max_concurrent",
+    "search.max_mflops",
+    "search.metric",
+    "search.nsga2.crossover_probability",
+    "search.nsga2.mutation_probability",
+    "search.nsga2.population_size",
+    "search.nsga2.swapping_probability",
+    "search.num_candidates",
+    "search.optuna.initial_trials",
+    "search.optuna.sampler",
+    "search.optuna.sampler_options",
+    "search.optuna.storage",
+    "search.optuna.study_name",
+    "search.predictor.candidates_per_proposal",
+    "search.predictor.enabled",
+    "search.predictor.l2",
+    "search.predictor.min_observations",
+    "search.scheduler",
+    "search.seed",
+    "search.strategy",
+    "search_space.name",
+    "supernet.batch_size",
+    "supernet.calibration_images",
+    "supernet.checkpoint",
+    "supernet.cpus",
+    "supernet.distillation",
+    "supernet.distillation_weight",
+    "supernet.epochs",
+    "supernet.gpus",
+    "supernet.lr",
+    "supernet.num_random_subnets",
+    "supernet.weight_decay",
+    "tracking.experiment",
+    "tracking.outage_wait_s",
+    "tracking.run_name",
+    "tracking.uri",
+    "training.augmentation.crop_ratio",
+    "training.augmentation.crop_scale",
+    "training.augmentation.enabled",
+    "training.augmentation.horizontal_flip",
+    "training.batch_size",
+    "training.channels_last",
+    "training.epochs",
+    "training.finetune_epochs",
+    "training.loss_parameters",
+    "training.loss_weights.cosine_alignment",
+    "training.lr",
+    "training.min_steps",
+    "training.mixed_precision",
+    "training.mode",
+    "training.weight_decay",
+)
+
+
+def test_every_field_added_since_0_2_0_says_how_a_recorded_search_resumes():
+    from orchestrator.config import load_config
+    from orchestrator.config.loading import flatten_fields
+    from orchestrator.search.state import FIELDS_OF_EARLIER_SEARCHES, check_resume_config, with_earlier_defaults
+
+    current = load_config().model_dump(mode="json")
+    added = sorted(set(flatten_fields(current)) - set(FIELDS_OF_0_2_0))
+    covered = {f"{section}.{name}" for section, name in FIELDS_OF_EARLIER_SEARCHES}
+    missing = [name for name in added if not any(name == field or name.startswith(field + ".") for field in covered)]
+    assert not missing, f"fields a 0.2.0 search lacks, with no entry in FIELDS_OF_EARLIER_SEARCHES: {missing}"
+    # A 0.2.0 search resumed as recorded (no --config): filled in, nothing changes.
+    recorded = _tree_with_only(current, FIELDS_OF_0_2_0)
+    filled = validate_config(with_earlier_defaults(recorded)).model_dump(mode="json")
+    assert check_resume_config(recorded, filled) == []
+
+
+def _tree_with_only(tree, names):
+    kept = {section: {} if isinstance(values, dict) else values for section, values in tree.items()}
+    for name in names:
+        section, _, rest = name.partition(".")
+        if not rest:  # a top-level value (output_dir)
+            kept[section] = tree[section]
+            continue
+        node, parts = tree[section], rest.split(".")
+        target = kept[section]
+        for part in parts[:-1]:
+            node = node[part]
+            target = target.setdefault(part, {})
+        target[parts[-1]] = node[parts[-1]]
+    return kept
+
+
 def test_a_search_recorded_before_newer_fields_resumes_as_it_ran():
     from orchestrator.config import load_config
     from orchestrator.search.state import FIELDS_OF_EARLIER_SEARCHES, check_resume_config, with_earlier_defaults

@@ -111,3 +111,4 @@ def test_a_validation_size_beyond_a_quarter_of_train_is_capped_with_a_warning(ca
     assert validation_images(2000, 3000) == 750
     assert "data.validation_size=2000 would take 67% of the 3000 training images" in caplog.text
     assert "capped at 750" in caplog.text
+    assert validation_images(2000, 3000, max_fraction=1.0) == 2000  # a search recorded before the cap keeps its split

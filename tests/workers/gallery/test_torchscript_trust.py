@@ -72,3 +72,8 @@ def test_a_tampered_file_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
         GalleryLoader("torchscript", request).open_matching(recorded)
     with pytest.raises(GallerySourceError, match="was not loaded"):  # what Ray Data's embedding actors get
         GalleryLoader("torchscript", request).expecting(recorded).open()
+
+
+def test_a_path_that_is_not_a_readable_file_is_a_clear_error(tmp_path):
+    with pytest.raises(GallerySourceError, match="cannot be read"):
+        load_gallery_model("torchscript", _request(tmp_path, allow_torchscript=True))  # a folder

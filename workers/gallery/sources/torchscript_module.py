@@ -74,7 +74,11 @@ def load_torchscript_gallery(request: GallerySourceRequest) -> TorchScriptGaller
                                  source="torchscript")
     # Read once, fingerprinted, then loaded from those bytes: a file other than the recorded one is refused
     # unrun, and one swapped after the check is never the one loaded.
-    content = request.path.read_bytes()
+    try:
+        content = request.path.read_bytes()
+    except OSError as error:  # a folder, a missing or unreadable file
+        raise GallerySourceError(f"gallery.path={str(request.path)!r} cannot be read ({error.strerror or error}); "
+                                 "give the TorchScript file itself, readable by this user") from error
     fingerprint = bytes_fingerprint(request.path.name, content, {"source": "torchscript", "input": spec.to_dict()})
     refuse_other_fingerprint(request, fingerprint)
     try:
