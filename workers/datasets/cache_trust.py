@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.datasets.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -162,13 +165,27 @@ def open_lock(path: Path, trust: CacheTrust) -> int:
     return descriptor
 
 
+def _own_group_writable_root(status: os.stat_result, trust: CacheTrust) -> bool:
+    return (trust.group is None and status.st_uid == os.geteuid() and bool(status.st_mode & stat.S_IWGRP)
+            and not status.st_mode & stat.S_IWOTH)
+
+
 def prepare_root(root: Path, trust: CacheTrust) -> None:
     """The cache root, made (with ``trust.root_mode``) if absent, else checked (module rules)."""
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(root, trust.root_mode)
     except FileExistsError:
-        trust.check(root, root.stat(), root=True)
+        status = root.stat()
+        if _own_group_writable_root(status, trust):
+            # cmpnas 0.2.0 made the root with the umask's mode: 0775 under umask 002, common where each user
+            # has a private group. The root is this user's: it takes the private mode; every entry in it is
+            # still checked on its own, so one a group member put there is refused.
+            logger.warning("the shard cache root %s was writable by its group (mode %o); made private (%o)", root,
+                           stat.S_IMODE(status.st_mode), trust.root_mode)
+            os.chmod(root, stat.S_IMODE(status.st_mode) & ~stat.S_IWGRP)
+            status = root.stat()
+        trust.check(root, status, root=True)
         return
     descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
     try:

@@ -210,3 +210,15 @@ def test_builds_leave_other_builders_temporaries_alone_and_fsync_what_they_write
     # Every file, the folder (under its temporary name) and the cache root are on disk before the build returns.
     assert {Path(path).name for path in synced} >= {"records-00000.u8", "cache.json", "cache"}
     assert any(Path(path).name.startswith(f".{key}.partial-") for path in synced)
+
+
+def test_a_group_writable_root_of_this_users_own_is_made_private_and_its_entries_still_checked(images, tmp_path, caplog):
+    """cmpnas 0.2.0 made the cache root 0775 under umask 002: it is read again, the root made private."""
+    cache = tmp_path / "cache"
+    expected = np.asarray(_decode(images, cache).images)
+    cache.chmod(0o775)
+    np.testing.assert_array_equal(np.asarray(_decode(images, cache).images), expected)
+    assert stat.S_IMODE(cache.stat().st_mode) & stat.S_IWGRP == 0 and "made private" in caplog.text
+    (cache / _key(images)).chmod(0o770)  # an entry inside is not repaired: it is refused
+    with pytest.raises(DataError, match="is writable by its group"):
+        _decode(images, cache)
