@@ -79,8 +79,11 @@ def test_a_search_runs_from_an_unrelated_folder_on_the_embedded_default(installe
     overrides = ["data.train_size=1500", "data.validation_size=0", "data.query_size=100", "data.gallery_size=400",
                  f"gallery.checkpoint={gallery_dir / 'gallery.safetensors'}", "training.epochs=1",
                  "training.min_steps=0", "search.num_candidates=1", "search.max_concurrent=1",
-                 "resources.measure_latency=false", "ray.num_cpus=2"]
+                 "resources.measure_latency=false", "ray.num_cpus=2",
+                 # One epoch of a few steps leaves the candidate near chance: judged by the homogeneous ratio
+                 # alone, as the tests' tiny searches are (tests/conftest.py), so the search does not end short.
+                 "evaluation.paragon_ratio=0", "evaluation.chance_margin=null"]
     result = _run(installed, tmp_path, "cmpnas", "search", *[item for override in overrides for item in ("--set", override)])
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "Pareto front" in result.stdout
+    assert "Pareto front" in result.stdout and "latency x" in result.stdout
     assert (tmp_path / "outputs" / "quickstart" / "pareto.csv").is_file(), "the quickstart's output_dir, relative to the cwd"
