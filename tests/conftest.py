@@ -61,6 +61,20 @@ def tiny_tree(tmp_path, **sections) -> dict:
     return tree
 
 
+@pytest.fixture
+def synced_paths(monkeypatch) -> list[Path]:
+    """The paths ``os.fsync`` is called on from now on, in call order (each call still happens)."""
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
 @pytest.fixture(scope="session", autouse=True)
 def run_in_scratch_directory(tmp_path_factory):
     """MLflow puts a sqlite store's artifacts under ./mlruns: keep them out of the checkout."""

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,17 +183,10 @@ def test_a_second_run_on_a_folder_in_use_is_refused_at_once(gallery, image_root,
     assert embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE)).count == 48
 
 
-def test_every_file_of_the_folder_is_written_durably(gallery, image_root, tmp_path, monkeypatch):
+def test_every_file_of_the_folder_is_written_durably(gallery, image_root, tmp_path, synced_paths):
     """Each file goes through workers.storage.durable_write: a temporary of its own, fsynced, renamed,
     the folder fsynced after the rename; no fixed `.partial` name that two writers would share."""
-    synced = []
-    real_fsync = os.fsync
-
-    def recording_fsync(descriptor):
-        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
-        real_fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = synced_paths
     output = (tmp_path / "embedded").resolve()
     embed_collection(gallery, folder_collection(image_root), output, EmbedOptions(shard_size=SHARD_SIZE))
     for folder, name in [(output, "index.faiss"), (output, "gallery.json"), (output, "embeddings.npy"),

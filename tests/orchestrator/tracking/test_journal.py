@@ -4,7 +4,6 @@ import errno
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -219,18 +218,11 @@ def test_a_failed_append_is_cut_back_and_stops_with_a_clear_error(tmp_path, monk
     assert metrics["c"] == 3.0 and "b" not in metrics
 
 
-def test_a_staged_artifact_is_on_disk_before_its_entry(tmp_path, monkeypatch):
+def test_a_staged_artifact_is_on_disk_before_its_entry(tmp_path, synced_paths):
     journal, tracker, parent = _journal(tmp_path)
     source = tmp_path / "report.csv"
     source.write_text("a,b\n")
-    synced = []
-    real_fsync = os.fsync
-
-    def recording_fsync(descriptor):
-        synced.append(Path(os.readlink(f"/proc/self/fd/{descriptor}")))
-        real_fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = synced_paths
     with _Outage(tracker.client):
         journal.log_artifact(PARENT, source, key="parent/report")
     staged = next((tmp_path / "journal" / "artifacts").rglob("report.csv")).resolve()
