@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from workers.datasets import RetrievalData
 from workers.datasets.fashion_mnist import load_fashion_mnist
+from workers.datasets.leave_one_out import pooled_for_leave_one_out
 from workers.datasets.splits import stratified_split
 from workers.datasets.types import DataRequest, ImageSet
 from workers.datasets.validation import carve_validation
@@ -35,7 +36,7 @@ def protocol_data(data_section: dict, root: str | None = None) -> ProtocolData:
     seed = int(data_section["seed"])
     official = load_fashion_mnist(DataRequest(root=root, train_size=None, query_size=2000, gallery_size=8000,
                                               seed=seed))
-    held_out = _pooled(official.query, official.gallery)
+    held_out = pooled_for_leave_one_out(official).query  # the product's pool: query then gallery split
     selection = carve_validation(official, int(data_section["validation_size"]), seed)
     train = selection.train
     size = data_section.get("trial_train_size")
@@ -43,16 +44,3 @@ def protocol_data(data_section: dict, root: str | None = None) -> ProtocolData:
         return ProtocolData(selection, held_out, train)
     (subset,) = stratified_split(np.asarray(train.labels), [int(size)], seed)
     return ProtocolData(selection, held_out, train.subset(np.sort(subset)))
-
-
-def _pooled(query: ImageSet, gallery: ImageSet) -> ImageSet:
-    """Both held-out splits as one set, in the official file's order (ids ``test:<index>``)."""
-    images = np.concatenate([np.asarray(query.images), np.asarray(gallery.images)])
-    labels = np.concatenate([query.labels, gallery.labels])
-    ids = np.concatenate([query.ids, gallery.ids])
-    order = np.argsort([int(image_id.split(":")[1]) for image_id in ids])
-    return ImageSet(images[order], labels[order], ids[order])
-
-
-def with_train(data: RetrievalData, train: ImageSet) -> RetrievalData:
-    return replace(data, train=train)
