@@ -79,13 +79,19 @@ class QueryService:
             batch = files[start : start + batch_size]
             images = np.stack([decode_image(path, self.image_size, self.channels, "remove it from the query")
                                for path in batch])
-            embeddings = embed_with_onnx(self.session, images.astype(np.float32) / 255.0)
-            scores, rows = self.gallery.search(embeddings, k)
-            for path, row_scores, row_indices in zip(batch, scores, rows):
-                matches = tuple(Match(self.gallery.ids[row], float(score))
-                                for score, row in zip(row_scores, row_indices) if row >= 0)
-                results.append(QueryResult(str(path), matches))
+            results += [QueryResult(str(path), matches) for path, matches in zip(batch, self.search(images, k))]
         return results
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of uint8 images (N, C, H, W) at the export's input size, fed pixel / 255 as the export expects."""
+        return embed_with_onnx(self.session, images.astype(np.float32) / 255.0)
+
+    def search(self, images: np.ndarray, k: int = DEFAULT_K) -> list[tuple[Match, ...]]:
+        """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first."""
+        scores, rows = self.gallery.search(self.embed(images), k)
+        return [tuple(Match(self.gallery.ids[row], float(score)) for score, row in zip(row_scores, row_indices)
+                      if row >= 0)
+                for row_scores, row_indices in zip(scores, rows)]
 
 
 def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path | str], k: int = DEFAULT_K, *,
