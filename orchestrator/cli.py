@@ -365,8 +365,8 @@ def serve(
     port: int = typer.Option(8000, help="the HTTP port"),
     replicas: int = typer.Option(1, help="replicas, each holding the model and the index"),
     num_cpus: float = typer.Option(1.0, help="CPUs per replica"),
-    num_gpus: float = typer.Option(0.0, help="GPUs per replica (ONNX Runtime's CUDA provider: install the "
-                                   "onnxruntime-gpu extra)"),
+    num_gpus: float = typer.Option(0.0, help="GPUs per replica (ONNX Runtime's CUDA provider: cmpnas installed "
+                                   "with the gpu extra)"),
     max_batch_size: int = typer.Option(16, help="requests batched into one model call"),
     batch_wait_timeout_s: float = typer.Option(0.01, help="how long a batch waits to fill"),
     k_default: int = typer.Option(5, help="results per image when a request gives no k"),
