@@ -21,7 +21,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces]'
+	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces,serve]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.

@@ -356,6 +356,39 @@ def query(
             typer.echo(json.dumps(result.to_json()))
 
 
+@app.command()
+def serve(
+    model: Path = typer.Option(..., help="an export folder of a query model (with compatibility.json)"),
+    index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
+    host: str = typer.Option("127.0.0.1", help="the address Serve's HTTP proxy listens on (0.0.0.0: every "
+                             "interface)"),
+    port: int = typer.Option(8000, help="the HTTP port"),
+    replicas: int = typer.Option(1, help="replicas, each holding the model and the index"),
+    num_cpus: float = typer.Option(1.0, help="CPUs per replica"),
+    num_gpus: float = typer.Option(0.0, help="GPUs per replica (ONNX Runtime's CUDA provider: cmpnas installed "
+                                   "with the gpu extra)"),
+    max_batch_size: int = typer.Option(16, help="requests batched into one model call"),
+    batch_wait_timeout_s: float = typer.Option(0.01, help="how long a batch waits to fill"),
+    k_default: int = typer.Option(5, help="results per image when a request gives no k"),
+    max_k: int = typer.Option(1000, help="the largest k a request may ask"),
+    max_images: int = typer.Option(64, help="images per request at most"),
+    max_body_mb: float = typer.Option(32.0, help="request body size limit in MiB (413 above it)"),
+    force: bool = typer.Option(False, help="serve even if the gallery's fingerprint differs from the manifest's"),
+    address: Optional[str] = typer.Option(None, help="a Ray cluster to join ('auto', HOST:PORT); default: a "
+                                          "local Ray"),
+) -> None:
+    """Serve nearest-gallery-id search over HTTP (Ray Serve): POST /search, POST /embed, GET /healthz, /readyz."""
+    with reported_errors():
+        from orchestrator.serving.serve.options import ServeOptions
+        from orchestrator.serving.serve.runner import serve_until_stopped
+
+        options = ServeOptions(model=model, index=index, host=host, port=port, replicas=replicas, num_cpus=num_cpus,
+                               num_gpus=num_gpus, max_batch_size=max_batch_size,
+                               batch_wait_timeout_s=batch_wait_timeout_s, k_default=k_default, max_k=max_k,
+                               max_images=max_images, max_body_mb=max_body_mb, force=force, address=address)
+        serve_until_stopped(options, typer.echo)  # plain lines: URLs stay whole in a log file
+
+
 def main() -> None:
     app(prog_name="cmpnas")
 

@@ -445,7 +445,9 @@ def test_commands_in_the_docs_are_registered():
 
 @pytest.mark.parametrize("flavor, extra, faiss", [("cpu", "cpu", "faiss-cpu"), ("cuda", "gpu", "faiss-gpu")])
 def test_dockerfiles_install_one_faiss_build(flavor, extra, faiss):
-    assert [_distribution(dep) for dep in PYPROJECT["project"]["optional-dependencies"][extra]] == [faiss]
+    onnxruntime = "onnxruntime" if extra == "cpu" else "onnxruntime-gpu"  # never both: one import folder
+    assert [_distribution(dep) for dep in PYPROJECT["project"]["optional-dependencies"][extra]] == [faiss, onnxruntime]
+    assert not any(_distribution(dep).startswith("onnxruntime") for dep in PYPROJECT["project"]["dependencies"])
     runs = [args for keyword, args in dockerfile_instructions(DOCKERFILES[flavor]) if keyword == "RUN"]
     pip = [run for run in runs if "pip install" in run]
     assert pip, f"Dockerfile.{flavor} does not pip-install cmpnas"

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def three_node_cluster():
-    # The head has no CPUs for trials, so trials must be placed on the worker nodes.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # The head has no CPUs for trials, so trials must be placed on the worker nodes. No dashboard: the serve
+    # extra installs its packages, and Ray would then start one on the head by default, slowing the start.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
