@@ -144,6 +144,8 @@ def run_fixed_method(key: RunKey, inputs: RunInputs, fixed: FixedArchitecture, g
                                image_size=fixed.resolution, stem_stride=fixed.stem_stride)
     torch.manual_seed(key.seed)
     network = GalleryEmbeddingNet(arch).to(inputs.device)
+    if training.channels_last:  # as a trial's candidate (workers.trial): the batches come channels-last
+        network = network.to(memory_format=torch.channels_last)
     optim = OptimSettings(epochs=int(protocol.spec["schedule"]["final_epochs"]), batch_size=training.batch_size,
                           lr=training.lr, weight_decay=training.weight_decay, seed=key.seed)
     settings = CompatibilityTrainingSettings(optim=optim, loss_weights=losses, channels_last=training.channels_last,
