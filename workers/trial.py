@@ -140,7 +140,9 @@ class _CandidateTrial:
             "trial_seconds": time.perf_counter() - self.started,
             "trial_cpu_seconds": time.process_time() - self.started_cpu,
             "device": str(self.device), "node_id": _node_id(), "mode": self.shared.mode,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # data.trial_train_size: a trial's subset of the train split, a final training the whole of it.
+            "train_images": len(self.shared.data.train)}
         if self.device.type == "cuda":
             metrics["gpu_max_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return metrics

@@ -61,6 +61,7 @@ EPOCH_METRICS = ("loss", "cross_r1", "cross_r5", "cross_map", "images_per_second
 FINAL_METRICS = (
     "cross_r1", "cross_r5", "cross_map", "homo_r1", "homo_r5", "homo_map", "flops", "mflops", "params",
     "cost_reduction", "latency_ms", "trial_seconds", "gpu_max_memory_mb", "trial_cpu_seconds", "peak_rss_mb",
+    "train_images",
 )
 # Strings of the final result: where and how the trial ran, what fvcore skipped, how latency was timed.
 FINAL_PARAMS = ("flops_convention", "flops_skipped_ops", "latency_method", "device", "node_id", "mode")

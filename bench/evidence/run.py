@@ -4,12 +4,16 @@ cached and resumable in a work folder, so the whole runs in the background over 
     python bench/evidence/run.py paragon --protocol bench/protocols/fashion_mnist_v1.yaml
     python bench/evidence/run.py paragon --alternative resnet10t   # the protocol's alternatives
     python bench/evidence/run.py budgets   # the budgets and each one's fixed architecture
+    python bench/evidence/run.py cmpnas --budget paragon/80 --seed 0   # one run of one method
+    python bench/evidence/run.py random|fixed_bct|independent --budget paragon/80 --seed 0
+    python bench/evidence/run.py latency   # the paragon and every finished run, timed in one invocation
+    python bench/evidence/run.py table     # bench/results/<protocol>.json, docs/benchmarks.md, the plot
     python bench/evidence/run.py status
 
-Recipes so far: ``paragon`` (the protocol's gallery model, or one of its alternatives); the methods'
-recipes (cmpnas, random, fixed_bct, independent), latency and the table follow the protocol as they
-land. Every recipe refuses a protocol file that is not committed as it is, and a work folder that
-holds another protocol's runs (``protocol.py``).
+Recipes: ``paragon`` (the protocol's gallery model, or one of its alternatives); the methods
+(``methods.py``: one invocation per method, budget and seed, finished runs never run again);
+``latency`` (``timing.py``); ``table`` (``table.py``). Every recipe refuses a protocol file that is
+not committed as it is, and a work folder that holds another protocol's runs (``protocol.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +29,17 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
-from budgets import fixed_architecture, protocol_budgets  # noqa: E402
+from budgets import Budget, fixed_architecture, protocol_budgets  # noqa: E402
+from measure import HeldOut  # noqa: E402
+from methods import METHODS, RunInputs, RunKey, finished_result, run_fixed_method, run_search_method  # noqa: E402
+from paragon_inputs import held_out_gallery, paragon_folder, search_checkpoint, selection_embeddings  # noqa: E402
+from search_config import SEARCH_METHODS, method_config_tree, write_method_config  # noqa: E402
+from table import write_table  # noqa: E402
+from timing import protocol_latency_settings, time_everything  # noqa: E402
 from paragon import measure_paragon, paragon_recipe, train_paragon  # noqa: E402
 from protocol import ProtocolError, load_protocol, protocol_workdir  # noqa: E402
 from splits import protocol_data  # noqa: E402
+from search_space.errors import CmpnasError  # noqa: E402
 from workers.storage.durable_write import write_text_durably  # noqa: E402
 from workers.training.preprocess import pick_device  # noqa: E402
 
@@ -74,6 +85,61 @@ def run_budgets(args: argparse.Namespace) -> None:
         print(f"{budget.name}: {budget.mflops:.3f} MFLOPs ({budget.cost_reduction:.1f}x); fixed: {shown}")
 
 
+def protocol_budget(protocol, name: str) -> Budget:
+    budgets = {budget.name: budget for budget in protocol_budgets(protocol.spec, lambda _message: None)}
+    if name not in budgets:
+        raise ProtocolError(f"--budget {name!r} is not a budget of {protocol.name}; its budgets: {sorted(budgets)} "
+                            "(`run.py budgets` shows them)")
+    return budgets[name]
+
+
+def run_method(args: argparse.Namespace) -> None:
+    """One run of ``args.command`` at ``--budget`` with ``--seed`` (``methods.py``); a finished one is not rerun."""
+    protocol = load_protocol(args.protocol)
+    workdir = protocol_workdir(args.workdir, protocol)
+    if args.seed not in protocol.spec["seeds"]:
+        raise ProtocolError(f"--seed {args.seed} is not among the protocol's seeds {protocol.spec['seeds']}")
+    key = RunKey(args.command, protocol_budget(protocol, args.budget), args.seed)
+    done = finished_result(key.folder(workdir))
+    if done is not None:
+        log(f"{key.method} {key.budget.name} seed {key.seed}: finished already (held-out R@1 "
+            f"{done['held_out_leave_one_out']['r1']:.2f}); {key.folder(workdir) / 'result.json'}")
+        return
+    folder = paragon_folder(workdir, protocol.spec)
+    data = protocol_data(protocol.section("data"), args.data_root)
+    device = pick_device()
+    held_out = HeldOut(data.held_out, held_out_gallery(folder, data, device), data.selection.mean,
+                       data.selection.std)
+    inputs = RunInputs(protocol, workdir, data, folder, held_out, device)
+    if key.method in SEARCH_METHODS:
+        tree = method_config_tree(protocol, key.method, key.budget.mflops, key.seed, key.folder(workdir),
+                                  folder / "gallery_search.safetensors")
+        config = write_method_config(tree, key.folder(workdir) / "config.yaml")
+        result = run_search_method(key, inputs, search_checkpoint(folder, config, data), log)
+    else:
+        fixed = fixed_architecture(key.budget.mflops, protocol.section("methods")["fixed_bct"],
+                                   int(protocol.section("paragon")["embed_dim"]))
+        if fixed is None:
+            raise ProtocolError(f"no configuration of methods.fixed_bct fits {key.budget.name}: no row there")
+        result = run_fixed_method(key, inputs, fixed, selection_embeddings(folder, data, device), log)
+    log(f"{key.method} {key.budget.name} seed {key.seed}: held-out R@1 {result['held_out_leave_one_out']['r1']:.2f}, "
+        f"{result['mflops']:.3f} MFLOPs; {key.folder(workdir) / 'result.json'}")
+
+
+def run_latency(args: argparse.Namespace) -> None:
+    protocol = load_protocol(args.protocol)
+    workdir = protocol_workdir(args.workdir, protocol)
+    time_everything(workdir, paragon_folder(workdir, protocol.spec),
+                    protocol_latency_settings(protocol.section("cost")), log)
+
+
+def run_table(args: argparse.Namespace) -> None:
+    protocol = load_protocol(args.protocol)
+    workdir = protocol_workdir(args.workdir, protocol)
+    written = write_table(protocol, workdir, args.results, args.docs, log)
+    log("wrote " + ", ".join(str(path) for path in written))
+
+
 def run_status(args: argparse.Namespace) -> None:
     protocol = load_protocol(args.protocol)
     folder = protocol_workdir(args.workdir, protocol)
@@ -81,6 +147,10 @@ def run_status(args: argparse.Namespace) -> None:
         epochs = (recipe_folder / "epochs.jsonl").read_text().splitlines() if (recipe_folder / "epochs.jsonl").exists() else []
         done = (recipe_folder / "result.json").exists()
         print(f"paragon {recipe_folder.name}: {'measured' if done else f'{len(epochs)} epoch lines'}")
+    for result_path in sorted((folder / "runs").glob("*/*/seed*/result.json")):
+        result = json.loads(result_path.read_text())
+        print(f"{result['method']} {result['budget']} seed {result['seed']}: held-out R@1 "
+              f"{result['held_out_leave_one_out']['r1']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     paragon.add_argument("--alternative", default=None, help="a backbone of paragon.alternatives instead")
     paragon.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     commands.add_parser("budgets", help="the protocol's budgets and their fixed architectures")
+    for method in METHODS:
+        recipe = commands.add_parser(method, help=f"one run of {method} (methods.py), resumed if unfinished")
+        recipe.add_argument("--budget", required=True, help="a budget's name, as `budgets` prints it: paragon/80")
+        recipe.add_argument("--seed", type=int, required=True, help="one of the protocol's seeds")
+        recipe.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    commands.add_parser("latency", help="time the paragon and every finished run in one invocation")
+    table = commands.add_parser("table", help="the results JSON, the docs table and the plot")
+    table.add_argument("--results", type=Path, default=HERE.parent / "results", help="folder of <protocol>.json")
+    table.add_argument("--docs", type=Path, default=HERE.parents[1] / "docs" / "benchmarks.md")
     commands.add_parser("status", help="what the work folder holds")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    handlers = {"paragon": run_paragon, "budgets": run_budgets, "status": run_status, "latency": run_latency,
+                "table": run_table, **dict.fromkeys(METHODS, run_method)}
     try:
-        {"paragon": run_paragon, "budgets": run_budgets, "status": run_status}[args.command](args)
-    except ProtocolError as error:
+        handlers[args.command](args)
+    except (ProtocolError, CmpnasError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -34,8 +34,7 @@ def protocol_data(data_section: dict, root: str | None = None) -> ProtocolData:
     if data_section["source"] != "fashion_mnist":
         raise ValueError(f"data.source {data_section['source']!r}: this runner reads fashion_mnist protocols")
     seed = int(data_section["seed"])
-    official = load_fashion_mnist(DataRequest(root=root, train_size=None, query_size=2000, gallery_size=8000,
-                                              seed=seed))
+    official = load_fashion_mnist(DataRequest(root=root, **protocol_split_sizes(data_section), seed=seed))
     held_out = pooled_for_leave_one_out(official).query  # the product's pool: query then gallery split
     selection = carve_validation(official, int(data_section["validation_size"]), seed)
     train = selection.train
@@ -44,3 +43,11 @@ def protocol_data(data_section: dict, root: str | None = None) -> ProtocolData:
         return ProtocolData(selection, held_out, train)
     (subset,) = stratified_split(np.asarray(train.labels), [int(size)], seed)
     return ProtocolData(selection, held_out, train.subset(np.sort(subset)))
+
+
+def protocol_split_sizes(data_section: dict) -> dict[str, int | None]:
+    """``train_size`` (null: the whole official train split) and the test split's query and gallery sizes
+    (default 2,000 and 8,000: the whole official test split, pooled for leave-one-out): a product
+    configuration given these sizes loads the very same images (``bench/evidence/search_config.py``)."""
+    return {"train_size": data_section.get("train_size"), "query_size": int(data_section.get("query_size", 2000)),
+            "gallery_size": int(data_section.get("gallery_size", 8000))}

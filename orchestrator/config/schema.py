@@ -70,6 +70,11 @@ class DataConfig(_Section):
         None, description="training images: a stratified subset of the train split (drawn or given by the files); "
                           "null: all. The embedded default's 12000 is Fashion-MNIST's: a --set of data.source on it "
                           "drops it, so a collection's given splits are not capped unless data.train_size is set")
+    trial_train_size: PositiveInt | None = Field(
+        None, description="training images of each search trial: a fixed stratified subset of the train split (after "
+                          "data.validation_size is carved; data.seed), the same for every trial and strategy, while "
+                          "final training (search.final_training) trains on the whole split; null: trials train on "
+                          "all of it")
     query_size: PositiveInt = Field(2000, description="query images (verification: probes), a stratified split; "
                                                       "unused where the files give the splits")
     gallery_size: PositiveInt = Field(8000, description="gallery images (verification: enrolled), a stratified split "

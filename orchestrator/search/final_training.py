@@ -8,7 +8,8 @@ Rules:
   trains ``search.final_training.epochs`` epochs (more than ``training.epochs``; where
   ``training.min_steps`` raised the trials' epochs on a small train split, raised by the same
   factor, so it stays the longer schedule: ``final_training_epochs``), with the trials' losses, batch size, learning
-  rate and seed, on the same train split: only the schedule is longer;
+  rate and seed, on the same train split: only the schedule is longer (with ``data.trial_train_size``,
+  on the whole train split the trials' subset was drawn from);
 * the trainings are one Ray Tune experiment (``final_training-<session>`` beside the search's), so
   they run on the cluster with the trials' resources and retries; each is a child run of the
   search with role ``final_training`` (``tags.ROLE_FINAL_TRAINING``), tagged with the candidate run
@@ -43,6 +44,7 @@ from orchestrator.search.trials import (
     shared_trial_inputs,
     trial_callbacks,
     trial_epochs,
+    trial_train_images,
 )
 from orchestrator.setup.tune_experiment import TrialPlan, TuneExperiment, create_tuner
 from orchestrator.tracking.callbacks import RunRole
@@ -84,7 +86,7 @@ def run_final_training(ctx: SearchContext, report: ParetoReport) -> list[FinalTr
 def _train_again(ctx: SearchContext, archs: dict[str, str]) -> None:
     """One Tune experiment training each architecture of ``archs`` (candidate run id -> arch JSON) again."""
     config = ctx.config
-    epochs = final_training_epochs(config, len(ctx.inputs.data.train))
+    epochs = final_training_epochs(config, trial_train_images(ctx))
     ctx.console.log(f"final training: {len(archs)} front candidate(s), {epochs} epochs each (search.final_training"
                     f"; the trials trained {trial_epochs(ctx)})")
     runs = RunRole(ROLE_FINAL_TRAINING, {arch: run_id for run_id, arch in archs.items()})
@@ -93,7 +95,8 @@ def _train_again(ctx: SearchContext, archs: dict[str, str]) -> None:
                                 max_failures=config.resources.max_failures, checkpoints_kept=1)
     trials = TrialPlan(metric=ctx.scoring.metric, mode=SEARCH_MODE, max_concurrent=config.search.max_concurrent,
                        param_space={"arch": tune.grid_search(list(archs.values()))})
-    results = create_tuner(candidate_trainable(ctx, shared_trial_inputs(ctx, epochs)), experiment, trials).fit()
+    shared = shared_trial_inputs(ctx, epochs, final_training=True)
+    results = create_tuner(candidate_trainable(ctx, shared), experiment, trials).fit()
     if results.num_errors:
         ctx.console.log(f"final training: {results.num_errors} of {len(archs)} failed (see their child runs); "
                         "the front is reported with the others")

@@ -7,6 +7,10 @@ Rules:
 * a search's trials and its final trainings (``orchestrator.search.final_training``) share one
   trainable (``candidate_trainable``) and one pair of callbacks (``trial_callbacks``): MLflow child
   runs and the terminal's progress;
+* with ``data.trial_train_size`` the trials train on a fixed stratified subset of the train split
+  (``trial_train_view``: ``data.seed``, the same images for every trial of every strategy, their
+  gallery embeddings the rows of the whole split's), while final training trains on all of it;
+  validation and held-out splits are the same for both;
 * the experiment is built by ``orchestrator.setup.tune_experiment`` (actors reused, every
   checkpoint kept, Tune's staging races kept off the terminal) and lives at
   ``SearchState.tune_experiment_path``; a resumed search restores it when Tune left a snapshot of
@@ -19,7 +23,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from ray import tune
 from ray.tune import Callback
@@ -31,6 +38,9 @@ from orchestrator.search.schedulers import create_scheduler
 from orchestrator.setup.tune_experiment import TrialPlan, TuneExperiment, can_restore, create_tuner, restore_tuner
 from orchestrator.tracking.callbacks import MlflowTrialCallback, RunRole
 from workers.compatibility.training import CompatibilityTrainingSettings
+from workers.datasets import RetrievalData
+from workers.datasets.splits import stratified_split
+from workers.gallery.embeddings import GalleryEmbeddings
 from workers.training.fit import OptimSettings
 from workers.trial import SharedTrialInputs, run_candidate_trial
 
@@ -39,17 +49,38 @@ SEARCH_MODE = "max"
 
 
 def trial_epochs(ctx: SearchContext) -> int:
-    """Epochs of one candidate: the mode's, raised to reach ``training.min_steps`` on this train split."""
-    return ctx.config.training.epochs_for(len(ctx.inputs.data.train))
+    """Epochs of one candidate: the mode's, raised to reach ``training.min_steps`` on the trials' train split."""
+    return ctx.config.training.epochs_for(trial_train_images(ctx))
 
 
-def shared_trial_inputs(ctx: SearchContext, epochs: int) -> SharedTrialInputs:
-    """What every trial of ``ctx``'s search gets, each candidate training ``epochs`` epochs."""
+def trial_train_images(ctx: SearchContext) -> int:
+    """How many images a trial trains on: ``data.trial_train_size`` of the train split, or all of it."""
+    size, available = ctx.config.data.trial_train_size, len(ctx.inputs.data.train)
+    return available if size is None else min(size, available)
+
+
+def trial_train_view(data: RetrievalData, gallery: GalleryEmbeddings, size: int | None,
+                     seed: int) -> tuple[RetrievalData, GalleryEmbeddings]:
+    """``data`` and its gallery embeddings with the train split cut to ``size`` images (stratified by
+    ``seed``, in the split's order); ``size`` None or not smaller than the split: both unchanged."""
+    if size is None or size >= len(data.train):
+        return data, gallery
+    (chosen,) = stratified_split(np.asarray(data.train.labels), [size], seed)
+    chosen = np.sort(chosen)
+    train_embeddings = np.ascontiguousarray(gallery.train[chosen])
+    return replace(data, train=data.train.subset(chosen)), replace(gallery, train=train_embeddings)
+
+
+def shared_trial_inputs(ctx: SearchContext, epochs: int, final_training: bool = False) -> SharedTrialInputs:
+    """What every trial of ``ctx``'s search gets, each candidate training ``epochs`` epochs: on the
+    trials' train split (``data.trial_train_size``), or with ``final_training`` on the whole of it."""
     config, inputs = ctx.config, ctx.inputs
     training = config.training
+    size = None if final_training else config.data.trial_train_size
+    data, gallery = trial_train_view(inputs.data, inputs.embeddings, size, config.data.seed)
     return SharedTrialInputs(
-        data=inputs.data,
-        gallery=inputs.embeddings,
+        data=data,
+        gallery=gallery,
         training=CompatibilityTrainingSettings(
             optim=OptimSettings(epochs=epochs, batch_size=training.batch_size, lr=training.lr,
                                 weight_decay=training.weight_decay, seed=config.search.seed),

@@ -1,0 +1,95 @@
+"""What every method's run takes from the trained paragon, made once per work folder and cached.
+
+Files in the paragon's folder (``<workdir>/<protocol>/paragon/<backbone>-s<stride>/``):
+
+* ``gallery_search.safetensors``: the paragon's checkpoint with the data and split it was trained
+  on written into its record (``dataset``, ``class_names``, ``split`` as ``cmpnas`` records them), so
+  ``cmpnas search`` accepts it as ``gallery.checkpoint`` for the protocol's split; the weights and
+  the architecture are the same bytes, so the fingerprint is the paragon's (checked);
+* ``held_out_gallery.npy``: the paragon's embeddings of the held-out pool (the gallery side of every
+  leave-one-out evaluation);
+* ``selection_embeddings.npz``: its embeddings of the selection view (train and validation halves)
+  with the BCT classifier, the frozen targets of the fixed architectures' training.
+
+Nothing here trains: a missing paragon is refused with the command that trains it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchestrator.config import CmpnasConfig
+from orchestrator.setup.gallery import split_identity
+from workers.gallery.embeddings import GalleryEmbeddings, compute_gallery_embeddings
+from workers.gallery.model import load_gallery, save_gallery
+from workers.storage.durable_write import replaced_durably
+from workers.training.preprocess import ModelInput, embed_images
+
+from protocol import ProtocolError
+from splits import ProtocolData
+
+SEARCH_CHECKPOINT = "gallery_search.safetensors"
+
+
+def paragon_folder(workdir: Path, protocol_spec: dict) -> Path:
+    """The protocol's paragon folder; refused until its ``gallery.safetensors`` exists."""
+    section = protocol_spec["paragon"]
+    folder = workdir / "paragon" / f"{section['backbone']}-s{int(section['stem_stride'])}"
+    if not (folder / "gallery.safetensors").exists():
+        raise ProtocolError(f"the paragon is not trained yet ({folder / 'gallery.safetensors'} is missing): every "
+                            "method trains against it; run `bench/evidence/run.py paragon` first (it resumes)")
+    return folder
+
+
+def search_checkpoint(folder: Path, config: CmpnasConfig, data: ProtocolData) -> Path:
+    """``gallery_search.safetensors`` (module docstring), written once."""
+    path = folder / SEARCH_CHECKPOINT
+    if path.exists():
+        return path
+    checkpoint = load_gallery(folder / "gallery.safetensors")
+    selection = data.selection
+    if checkpoint.info.get("train_images") != len(selection.train):
+        raise ProtocolError(f"the paragon in {folder} trained on {checkpoint.info.get('train_images')} images, the "
+                            f"protocol's train split has {len(selection.train)}: not this protocol's paragon")
+    info = {**checkpoint.info, "dataset": selection.name, "class_names": list(selection.class_names),
+            "split": split_identity(config)}
+    with replaced_durably(path) as temporary:
+        save_gallery(temporary, checkpoint.model, checkpoint.mean, checkpoint.std, info)
+    if load_gallery(path).fingerprint != checkpoint.fingerprint:
+        path.unlink()
+        raise ProtocolError(f"{path}: the copy's fingerprint differs from the paragon's; not used")
+    return path
+
+
+def held_out_gallery(folder: Path, data: ProtocolData, device: torch.device) -> np.ndarray:
+    """The paragon's embeddings of the held-out pool, computed once."""
+    path = folder / "held_out_gallery.npy"
+    if path.exists():
+        return np.load(path)
+    checkpoint = load_gallery(folder / "gallery.safetensors", device)
+    model_input = ModelInput(checkpoint.mean, checkpoint.std, checkpoint.model.arch.image_size, device)
+    embeddings = embed_images(checkpoint.model, data.held_out.images, model_input)
+    with replaced_durably(path) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, embeddings)
+    return embeddings
+
+
+def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device) -> GalleryEmbeddings:
+    """The paragon's embeddings of the selection view and its BCT classifier, computed once."""
+    path = folder / "selection_embeddings.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            values = {item.name: stored[item.name] for item in fields(GalleryEmbeddings)}
+        scalars = {"logit_scale": float, "fingerprint": str, "images_embedded": int, "seconds": float,
+                   "classifier_kind": str}
+        return GalleryEmbeddings(**{name: scalars[name](value) if name in scalars else value
+                                    for name, value in values.items()})
+    embeddings = compute_gallery_embeddings(load_gallery(folder / "gallery.safetensors", device), data.selection,
+                                            device)
+    with replaced_durably(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **{name: np.asarray(value) for name, value in asdict(embeddings).items()})
+    return embeddings
