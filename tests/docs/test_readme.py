@@ -28,3 +28,10 @@ def test_every_row_of_the_readmes_cost_table_gives_a_measured_time():
     assert {row[1].strip() for row in rows} >= {"`make demo`", "`make test`"}
     for row in rows:
         assert re.search(r"\d+(\.\d+)? min", row[2]), f"{row[1].strip()}: give the measured time, not {row[2]!r}"
+
+
+def test_the_install_the_cost_table_times_leaves_byte_compilation_to_first_use():
+    """pip byte-compiles every module it installs unless told not to: 45% of the install's CPU work
+    (docs/benchmarks.md, "The first ten minutes"); Python compiles what a run imports, once."""
+    installs = [line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line]
+    assert installs and all("--no-compile" in line for line in installs), installs
