@@ -3,7 +3,9 @@
 # and the data, then runs. PIP_ARGS: extra pip options (.ci/run adds --no-cache-dir).
 # --no-compile: pip byte-compiles every module it installs (torch, ray, mlflow, ... : tens of thousands
 # of files, about 45% of the install's CPU time); without it Python compiles only the modules a run
-# imports, once, on first import (docs/benchmarks.md, "The first ten minutes").
+# imports, once, on first import (docs/benchmarks.md, "The first ten minutes"). Not where
+# PYTHONDONTWRITEBYTECODE is set: there Python never keeps what it compiles, and every process would
+# compile its imports again.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,6 +13,7 @@ STAMP := $(VENV)/.cmpnas-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 PIP_ARGS ?=
+PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 
 .PHONY: demo test install data clean gpu-carry gpu-carry-check
 
@@ -24,7 +27,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off --no-compile $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces]'
+	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_COMPILE) $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.
