@@ -1,6 +1,11 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
 # Each creates the virtual environment, installs cmpnas with every package pinned (constraints.txt)
 # and the data, then runs. PIP_ARGS: extra pip options (.ci/run adds --no-cache-dir).
+# --no-compile: pip byte-compiles every module it installs (torch, ray, mlflow, ... : tens of thousands
+# of files, about 45% of the install's CPU time); without it Python compiles only the modules a run
+# imports, once, on first import (docs/benchmarks.md, "The first ten minutes"). Not where
+# PYTHONDONTWRITEBYTECODE is set: there Python never keeps what it compiles, and every process would
+# compile its imports again.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,6 +13,7 @@ STAMP := $(VENV)/.cmpnas-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 PIP_ARGS ?=
+PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 
 .PHONY: demo test install data clean gpu-carry gpu-carry-check
 
@@ -21,7 +27,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces,serve]'
+	$(BIN)/python -m pip install --quiet --progress-bar off $(PIP_COMPILE) $(PIP_ARGS) -c constraints.txt -e '.[cpu,dev,faces,serve]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist when missing and we may install packages.

@@ -1,8 +1,13 @@
 """The README is a quickstart a newcomer reads in minutes; the embedded default points at the page
 that documents every field."""
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +33,21 @@ def test_every_row_of_the_readmes_cost_table_gives_a_measured_time():
     assert {row[1].strip() for row in rows} >= {"`make demo`", "`make test`"}
     for row in rows:
         assert re.search(r"\d+(\.\d+)? min", row[2]), f"{row[1].strip()}: give the measured time, not {row[2]!r}"
+
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_install_leaves_byte_compilation_to_first_use_unless_python_never_keeps_it(tmp_path):
+    """pip byte-compiles every module it installs unless told not to: 45% of the install's CPU work
+    (docs/benchmarks.md, "The first ten minutes"); Python compiles what a run imports, once. Where
+    PYTHONDONTWRITEBYTECODE is set nothing would be kept, so pip compiles as before."""
+
+    def install_recipe(**extra_env: str) -> list[str]:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+        shown = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, check=True,
+                               env={**env, **extra_env}, capture_output=True, text=True).stdout
+        return [line for line in shown.splitlines() if "pip install" in line]
+
+    assert [line for line in install_recipe() if "--no-compile" in line]
+    assert install_recipe(PYTHONDONTWRITEBYTECODE="1") and not [
+        line for line in install_recipe(PYTHONDONTWRITEBYTECODE="1") if "--no-compile" in line]
