@@ -117,7 +117,8 @@ class SearchFlavour:
 
     def check(self, folder: Path, manifest: dict) -> None:
         if self.index_dir is not None:
-            check_compatible(manifest, self._gallery_record, folder, self.index_dir, force=False)
+            check_compatible(manifest, self._gallery_record, folder, self.index_dir, force=False,
+                             override=" and give its folder to --index")
 
     @cached_property
     def _gallery_record(self) -> dict:

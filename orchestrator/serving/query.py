@@ -129,8 +129,9 @@ def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path |
 
 
 def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_dir: Path, index_dir: Path,
-                     force: bool) -> None:
-    """Refuse a query model and a gallery that do not share the gallery model (dimensions: even with ``force``)."""
+                     force: bool, override: str = ", or --force to query anyway") -> None:
+    """Refuse a query model and a gallery that do not share the gallery model (dimensions: even with ``force``);
+    ``override`` ends the refusal's fix with the caller's way round it ("" where there is none)."""
     query_dim, gallery_dim = int(manifest["embedding"]["dim"]), int(record["embed_dim"])
     if query_dim != gallery_dim:
         raise QueryError(f"the query model {export_dir} embeds into {query_dim} dimensions, the gallery {index_dir} "
@@ -142,7 +143,7 @@ def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_di
             f"the gallery {index_dir} was embedded by {record['model']} (fingerprint {record['fingerprint'][:12]}), "
             f"the query model {export_dir} is compatible with {manifest['gallery'].get('model')} "
             f"({expected[:12]}): its embeddings would not be comparable. Embed the gallery with that model "
-            "(`cmpnas gallery embed`), or --force to query anyway"
+            f"(`cmpnas gallery embed`){override}"
         )
 
 

@@ -221,8 +221,9 @@ def test_a_gallery_of_another_gallery_model_is_refused_by_the_check_export_stage
     export_dir, manifest = _registrable_export(tmp_path / "export", checkpoint)
     other = open_tiny_gallery(save_tiny_gallery(tmp_path / "other.safetensors", seed=1))
     foreign = embed_collection(other, folder_collection(image_root), tmp_path / "foreign", EmbedOptions()).folder
-    with pytest.raises(QueryError, match="would not be comparable"):
+    with pytest.raises(QueryError, match="would not be comparable") as refused:
         SearchFlavour(foreign).check(export_dir, manifest)
+    assert "give its folder to --index" in str(refused.value) and "--force" not in str(refused.value)
 
 
 HOWTO = Path(__file__).parents[3] / "docs" / "howto" / "export-and-serve.md"
