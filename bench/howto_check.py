@@ -391,7 +391,8 @@ def page_settings(page: str, workdir: Path, data: dict[str, Path]) -> tuple[dict
                                                                  "GALLERY_ONNX")}},
                 {"search": gallery_suffix})
     if page == "export-and-serve":
-        return {**photos, "SERVE_URL": f"http://127.0.0.1:{free_port()}"}, {"search": PHOTO_SUFFIX}
+        return {**photos, "SERVE_URL": f"http://127.0.0.1:{free_port()}",
+                "MLFLOW_SERVE_URL": f"http://127.0.0.1:{free_port()}"}, {"search": PHOTO_SUFFIX}
     if page == "cluster":
         return ({"MLFLOW_URI": f"http://127.0.0.1:{free_port()}", "SHARED": str(workdir / "shared" / "cmpnas"),
                  "RAY_HEAD": f"127.0.0.1:{data['RAY_PORT']}"},

@@ -278,6 +278,9 @@ def export(
     gallery: Path = typer.Option(None, help="the gallery model (a folder for embeddings) of the search's "
                                  "gallery.source; default: the search's gallery.path"),
     no_register: bool = typer.Option(False, "--no-register", help="package and check, but skip the registry"),
+    index: Path = typer.Option(None, exists=True, file_okay=False, help="an embedded gallery (`cmpnas gallery embed --output`) of the search's "
+                               "gallery model, bundled into each registered model so that `mlflow models serve` "
+                               "searches it; default: the registered models embed only"),
     allow_torchscript: bool = typer.Option(
         False, "--allow-torchscript", help="load the search's TorchScript gallery model, which runs code from the "
         "file (gallery.allow_torchscript; the recorded value is not used); its recorded fingerprint is checked first"),
@@ -288,6 +291,7 @@ def export(
         candidate_run_id = _deprecated_run_id(run_id, candidate_run_id, "--candidate-run-id")
         from orchestrator.export import ExportRequest, export_candidates
         from orchestrator.export.data_identity import export_overrides
+        from orchestrator.serving.pyfunc import SearchFlavour
         from orchestrator.tracking.client import resolve_tracking_uri
 
         data_overrides, own_overrides = export_overrides(overrides or [])
@@ -300,7 +304,7 @@ def export(
             output_dir=output or (Path(settings.export.output_dir) if settings.export.output_dir else None),
             search_run_id=search_run_id, candidate_run_id=candidate_run_id, max_mflops=max_mflops,
             gallery_path=gallery, register=not no_register, data_overrides=tuple(data_overrides),
-            allow_torchscript=allow_torchscript,
+            allow_torchscript=allow_torchscript, served_flavour=SearchFlavour(index),
         )
         for model in export_candidates(request, console.log):
             registered = f", registered as {request.model_name} v{model.version} ({model.alias})" if model.version else ""

@@ -49,7 +49,7 @@ from orchestrator.export.package import (
     recorded_cross_r1,
     write_formats,
 )
-from orchestrator.export.registry import register_export
+from orchestrator.export.registry import Registration, ServedFlavour, register_export
 from orchestrator.export.selection import select_runs
 from orchestrator.setup.data import load_search_data
 from orchestrator.setup.gallery import open_existing_gallery
@@ -82,6 +82,9 @@ class ExportRequest:
     # The opt-in to a TorchScript gallery model, from this command's user: the recorded configuration's
     # gallery.allow_torchscript is replaced by it, since whoever can write to the tracking server wrote that one.
     allow_torchscript: bool = False
+    # The python_function flavour of the registered MLflow models (``registry.ServedFlavour``); None: ONNX's own.
+    # `cmpnas export` hands in the search model of ``orchestrator.serving.pyfunc``.
+    served_flavour: ServedFlavour | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def export_candidates(request: ExportRequest, log: Log = print) -> list[Exported
     log(f"exporting {len(runs)} candidate(s) of search {search.info.run_id} to {output_dir}")
     measured = MeasuredWith(data.image_size, data.mean, data.std, identity,
                             {**gallery.identity(), "location": gallery_json["location"]})
-    target = _Target(tracker, search, data, embed_gallery_split(gallery, data), gallery_json)
+    target = _Target(tracker, search, data, embed_gallery_split(gallery, data), gallery_json, request.served_flavour)
     with staging_in(output_dir, log) as staging:
         staged = [_stage(run, target, measured, staging, log) for run in runs]
         return [_publish(entry, output_dir, tracker, request) for entry in staged]
@@ -131,6 +134,7 @@ class _Target:
     data: RetrievalData
     gallery_embeddings: np.ndarray
     gallery_json: dict
+    served_flavour: ServedFlavour | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ def _stage(run, target: _Target, measured: MeasuredWith, staging: Path, log: Log
     (folder / GALLERY_FILE).write_text(json.dumps(target.gallery_json, indent=2, sort_keys=True))
     manifest = build_manifest(spec, (run, target.search), measured, folder)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if target.served_flavour is not None:
+        target.served_flavour.check(folder, manifest)
     log(f"  {spec.arch_id}: parity {max(parity.values()):.1e}, ONNX cross-model R@1 "
         f"{measured_r1.recall_at_1:.2f} (recorded {recorded_r1:.2f})")
     return _Staged(run, folder, manifest, parity, measured_r1.recall_at_1)
@@ -171,8 +177,8 @@ def _publish(staged: _Staged, output_dir: Path, tracker: SearchTracker, request:
     swap_in(staged.folder, final)
     version = alias = model_id = None
     if request.register:
-        version, alias, model_id = register_export(tracker, request.model_name, staged.run, final, staged.manifest,
-                                                   request.max_mflops)
+        registration = Registration(request.model_name, request.max_mflops, request.served_flavour)
+        version, alias, model_id = register_export(tracker, registration, staged.run, final, staged.manifest)
     return ExportedModel(staged.run.info.run_id, staged.manifest["arch_id"], final, staged.manifest, staged.parity,
                          staged.onnx_cross_r1, version, alias, model_id)
 

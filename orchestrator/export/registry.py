@@ -13,6 +13,12 @@ Rules (all written only after every check passed, see ``orchestrator.export.pipe
   the model lists its versions (``MODEL_VERSIONS_TAG``, as ``mlflow.register_model`` writes it): the
   registry, the run and the logged model point at one another. The version is tagged with the
   gallery fingerprint and aliased ``pareto-<kFLOPs>kflops`` or ``budget-<kFLOPs>kflops``;
+* the model's ``python_function`` flavour (what ``mlflow models serve`` and ``mlflow.pyfunc`` run) is
+  ONNX's own (float32 tensors in, embeddings out) unless the export is handed a ``ServedFlavour``:
+  ``cmpnas export`` hands in the search model of ``orchestrator.serving.pyfunc`` (images in, gallery
+  ids out), which saves the model with the same ``onnx`` flavour beside its own. It is handed in,
+  never imported: the serving side sits above export. Its ``check`` runs while the candidate is
+  staged, before anything is written;
 * the gallery model the query model is compatible with is linked, never uploaded (it may be many
   GB, it is the same for every export of a search, and it belongs to whoever serves the gallery):
   its fingerprint, source and location (a path or URI as export found it, ``redact_uri``-ed) are
@@ -35,7 +41,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import mlflow.onnx
 import numpy as np
@@ -76,8 +84,41 @@ def onnx_signature(manifest: dict) -> ModelSignature:
     return ModelSignature(inputs=Schema([images]), outputs=Schema([embeddings]))
 
 
-def log_onnx_model(tracker: SearchTracker, candidate_run, folder: Path, manifest: dict) -> str:
-    """The export's ONNX file as an MLflow logged model (``onnx`` flavour) of its candidate run; its id."""
+class ServedFlavour(Protocol):
+    """Another ``python_function`` flavour for an export's MLflow model than ONNX's own."""
+
+    def check(self, folder: Path, manifest: dict) -> None:
+        """Refuse the staged export ``folder`` (a ``CmpnasError`` naming the fix) before anything is written."""
+
+    def save(self, path: Path, folder: Path, manifest: dict, mlflow_model: Model) -> None:
+        """Save the MLflow model of export ``folder`` at ``path`` (not yet there) with ``add_onnx_flavour``'s
+        ``onnx`` flavour and the python_function flavour, completing ``mlflow_model`` (ids and metadata set)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where and how exports are registered: the registered model's name, the budget of a budget export
+    (its alias), and the served flavour (None: ONNX's own)."""
+
+    model_name: str
+    budget: float | None = None
+    flavour: ServedFlavour | None = None
+
+
+def add_onnx_flavour(mlflow_model: Model, data: str) -> None:
+    """The ``onnx`` flavour as ``mlflow.onnx.save_model`` writes it, for the ONNX file at ``data`` (relative
+    to the model folder), where another module writes the ``python_function`` flavour."""
+    import onnx
+
+    mlflow_model.add_flavor(mlflow.onnx.FLAVOR_NAME, onnx_version=onnx.__version__, data=data,
+                            providers=list(mlflow.onnx.ONNX_EXECUTION_PROVIDERS), onnx_session_options=None,
+                            code=None)
+
+
+def log_onnx_model(tracker: SearchTracker, candidate_run, folder: Path, manifest: dict,
+                   flavour: ServedFlavour | None = None) -> str:
+    """The export's ONNX file as an MLflow logged model (``onnx`` flavour) of its candidate run, served
+    by ``flavour`` (None: ONNX's own python_function flavour); its id."""
     import onnx
 
     client = tracker.client
@@ -89,16 +130,14 @@ def log_onnx_model(tracker: SearchTracker, candidate_run, folder: Path, manifest
         with tempfile.TemporaryDirectory(prefix="cmpnas-onnx-model-") as scratch:
             local = Path(scratch) / "model"
             description = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
-                                model_id=model.model_id)
-            mlflow.onnx.save_model(
-                onnx.load(str(folder / ONNX_FILE)), str(local), mlflow_model=description,
-                signature=onnx_signature(manifest), pip_requirements=mlflow.onnx.get_default_pip_requirements(),
-                save_as_external_data=False,
-                metadata={"cmpnas_manifest_version": manifest["manifest_version"], "arch_id": manifest["arch_id"],
-                          "gallery_fingerprint": manifest["gallery"]["fingerprint"],
-                          "gallery_source": manifest["gallery"]["source"],
-                          GALLERY_LOCATION_KEY: manifest["gallery"].get("location"),
-                          "input_scale": manifest["input"]["scale"]})
+                                model_id=model.model_id, metadata=_model_metadata(manifest))
+            if flavour is None:
+                mlflow.onnx.save_model(
+                    onnx.load(str(folder / ONNX_FILE)), str(local), mlflow_model=description,
+                    signature=onnx_signature(manifest), pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+                    save_as_external_data=False)
+            else:
+                flavour.save(local, folder, manifest, description)
             for name in (MANIFEST_FILE, GALLERY_FILE):
                 shutil.copyfile(folder / name, local / name)
             client.log_model_artifacts(model.model_id, str(local))
@@ -110,13 +149,20 @@ def log_onnx_model(tracker: SearchTracker, candidate_run, folder: Path, manifest
     return model.model_id
 
 
-def register_export(tracker: SearchTracker, model_name: str, candidate_run, folder: Path, manifest: dict,
-                    budget: float | None) -> tuple[str, str, str]:
+def _model_metadata(manifest: dict) -> dict:
+    return {"cmpnas_manifest_version": manifest["manifest_version"], "arch_id": manifest["arch_id"],
+            "gallery_fingerprint": manifest["gallery"]["fingerprint"], "gallery_source": manifest["gallery"]["source"],
+            GALLERY_LOCATION_KEY: manifest["gallery"].get("location"), "input_scale": manifest["input"]["scale"]}
+
+
+def register_export(tracker: SearchTracker, registration: Registration, candidate_run, folder: Path,
+                    manifest: dict) -> tuple[str, str, str]:
     """Record an export (see the module's rules); returns (registry version, alias, logged model id)."""
     client = tracker.client
+    model_name = registration.model_name
     run_id = candidate_run.info.run_id
     client.log_artifacts(run_id, str(folder), "export")
-    model_id = log_onnx_model(tracker, candidate_run, folder, manifest)
+    model_id = log_onnx_model(tracker, candidate_run, folder, manifest, registration.flavour)
     try:
         client.create_registered_model(model_name, description="cmpnas query models, compatible with a gallery model")
     except MlflowException as error:
@@ -131,7 +177,7 @@ def register_export(tracker: SearchTracker, model_name: str, candidate_run, fold
     listed = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
     client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(
         [*listed, {"name": model_name, "version": str(version.version)}])})
-    alias = registry_alias(manifest["cost"]["mflops"], budget)
+    alias = registry_alias(manifest["cost"]["mflops"], registration.budget)
     client.set_registered_model_alias(model_name, alias, version.version)
     return version.version, alias, model_id
 

@@ -17,6 +17,7 @@ Results are best first, scores are inner products of L2-normalised embeddings (c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from orchestrator.serving.embed import list_image_files
 from orchestrator.serving.index import EmbeddedGallery, open_embedded_gallery
 from search_space.errors import CmpnasError
 from workers.datasets.image_files import decode_image
+from workers.storage.file_digest import file_sha256
 
 DEFAULT_K = 5
 DEFAULT_BATCH_SIZE = 256
@@ -57,16 +59,39 @@ class QueryResult:
 
 
 class QueryService:
-    """An export's ONNX query model and an embedded gallery, opened once, queried any number of times."""
+    """An export's ONNX query model and, for search, an embedded gallery, opened once, queried any number of times.
 
-    def __init__(self, export_dir: Path, index_dir: Path, force: bool = False):
-        self.export_dir = Path(export_dir)
-        self.manifest = read_manifest(self.export_dir)
-        self.gallery: EmbeddedGallery = open_embedded_gallery(Path(index_dir))
-        check_compatible(self.manifest, self.gallery.record, self.export_dir, self.gallery.folder, force)
+    Opened from an export folder and a gallery folder (``cmpnas query``), or from the files an MLflow model
+    bundles (``from_files``: the ONNX file, the manifest and, where bundled, the gallery folder). Without a
+    gallery it embeds only, and ``search`` is refused."""
+
+    def __init__(self, export_dir: Path, index_dir: Path | None, force: bool = False):
+        export_dir = Path(export_dir)
+        self._open(read_manifest(export_dir), export_dir / ONNX_FILE, export_dir, index_dir, force)
+
+    @classmethod
+    def from_files(cls, onnx_file: Path, manifest_file: Path, index_dir: Path | None = None) -> QueryService:
+        """The query model of an ONNX file checked against the manifest's SHA-256 (the rest of an export
+        folder need not be there), and the gallery folder ``index_dir`` if given (never forced)."""
+        onnx_file, manifest_file = Path(onnx_file), Path(manifest_file)
+        manifest = json.loads(manifest_file.read_text())
+        if file_sha256(onnx_file) != manifest["files"][ONNX_FILE]:
+            raise QueryError(f"{onnx_file} does not match the SHA-256 of {ONNX_FILE} in {manifest_file}: the model "
+                             "is corrupt; log it again")
+        service = cls.__new__(cls)
+        service._open(manifest, onnx_file, manifest_file.parent, index_dir, False)
+        return service
+
+    def _open(self, manifest: dict[str, Any], onnx_file: Path, export_dir: Path, index_dir: Path | None,
+              force: bool) -> None:
+        self.export_dir, self.manifest = export_dir, manifest
+        self.gallery: EmbeddedGallery | None = None
+        if index_dir is not None:
+            self.gallery = open_embedded_gallery(Path(index_dir))
+            check_compatible(self.manifest, self.gallery.record, self.export_dir, self.gallery.folder, force)
         wanted = self.manifest["input"]
         self.channels, self.image_size = int(wanted["channels"]), int(wanted["height"])
-        self.session = _onnx_session(self.export_dir / ONNX_FILE)
+        self.session = _onnx_session(onnx_file)
 
     def query(self, image_paths: Sequence[Path | str], k: int = DEFAULT_K,
               batch_size: int = DEFAULT_BATCH_SIZE) -> list[QueryResult]:
@@ -88,6 +113,9 @@ class QueryService:
 
     def search(self, images: np.ndarray, k: int = DEFAULT_K) -> list[tuple[Match, ...]]:
         """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first."""
+        if self.gallery is None:
+            raise QueryError(f"the query model {self.export_dir} was opened without a gallery, so it embeds only: "
+                             "open it with an embedded gallery (`cmpnas gallery embed`) to search")
         scores, rows = self.gallery.search(self.embed(images), k)
         return [tuple(Match(self.gallery.ids[row], float(score)) for score, row in zip(row_scores, row_indices)
                       if row >= 0)
@@ -101,8 +129,9 @@ def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path |
 
 
 def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_dir: Path, index_dir: Path,
-                     force: bool) -> None:
-    """Refuse a query model and a gallery that do not share the gallery model (dimensions: even with ``force``)."""
+                     force: bool, override: str = ", or --force to query anyway") -> None:
+    """Refuse a query model and a gallery that do not share the gallery model (dimensions: even with ``force``);
+    ``override`` ends the refusal's fix with the caller's way round it ("" where there is none)."""
     query_dim, gallery_dim = int(manifest["embedding"]["dim"]), int(record["embed_dim"])
     if query_dim != gallery_dim:
         raise QueryError(f"the query model {export_dir} embeds into {query_dim} dimensions, the gallery {index_dir} "
@@ -114,7 +143,7 @@ def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_di
             f"the gallery {index_dir} was embedded by {record['model']} (fingerprint {record['fingerprint'][:12]}), "
             f"the query model {export_dir} is compatible with {manifest['gallery'].get('model')} "
             f"({expected[:12]}): its embeddings would not be comparable. Embed the gallery with that model "
-            "(`cmpnas gallery embed`), or --force to query anyway"
+            f"(`cmpnas gallery embed`){override}"
         )
 
 

@@ -555,3 +555,50 @@ def test_the_gallery_location_is_recorded_without_credentials(tmp_path):
 
     assert _location("s3://key:secret@bucket/models/gallery.onnx?X-Amz-Signature=abc") == "s3://bucket/models/gallery.onnx"
     assert _location(tmp_path / "g" / ".." / "gallery.safetensors") == str(tmp_path / "gallery.safetensors")
+
+
+def test_export_with_an_index_registers_a_model_that_searches_it_and_refuses_another_gallerys(exported, tmp_path,
+                                                                                              cli_run):
+    """`cmpnas export --index`: the registered version's python_function flavour searches the bundled
+    gallery as `cmpnas query` does; an index of another gallery model fails the export before any write."""
+    import base64
+    import io
+    import shutil
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import Model
+    from PIL import Image
+
+    from orchestrator.serving.embed import GalleryEmbedRequest, embed_configured_gallery
+    from orchestrator.serving.query import query_images
+
+    config, _, tracker, models = exported
+    model = models[0]
+    index = embed_configured_gallery(config, GalleryEmbedRequest(output_dir=tmp_path / "index",
+                                                                 splits=("gallery",))).folder
+    foreign = shutil.copytree(index, tmp_path / "foreign")
+    record = json.loads((foreign / "gallery.json").read_text())
+    (foreign / "gallery.json").write_text(json.dumps({**record, "fingerprint": "0" * 64}))
+    before = _store_snapshot(tracker)
+    refused = cli_run("export", *_search_args(config), "--candidate-run-id", model.run_id, "--output",
+                      tmp_path / "refused", "--index", foreign)
+    assert refused.exit_code != 0 and "would not be comparable" in refused.output, refused.output
+    assert _store_snapshot(tracker) == before
+
+    result = cli_run("export", *_search_args(config), "--candidate-run-id", model.run_id, "--output", tmp_path / "out",
+                     "--index", index)
+    assert result.exit_code == 0, result.output
+    alias = re.search(r"registered as cmpnas-query v\d+ \((\S+)\)", result.output).group(1)
+    version = tracker.client.get_model_version_by_alias("cmpnas-query", alias)
+    logged = tracker.client.get_logged_model(version.source.removeprefix("models:/"))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path / "m")))
+    assert {"onnx", "python_function"} <= set(Model.load(str(local / "MLmodel")).flavors)
+    data = load_data(config)
+    png = io.BytesIO()
+    Image.fromarray(data.query.images[0][0]).save(png, format="PNG")
+    (tmp_path / "query.png").write_bytes(png.getvalue())
+    answer = mlflow.pyfunc.load_model(str(local)).predict(
+        pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode()]}), params={"k": 3})
+    (expected,) = query_images(model.folder, index, [tmp_path / "query.png"], k=3)
+    assert list(answer["ids"][0]) == [match.id for match in expected.matches]
