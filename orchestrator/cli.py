@@ -157,7 +157,12 @@ def gallery_embed(
                                           "it); default: the configured data's splits"),
     split: Optional[list[str]] = typer.Option(None, help="without --images: the data splits to embed (repeatable; "
                                               "default: train, query and gallery)"),
-    index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ..."),
+    index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ... "
+                              "(IVF lists for N images: about 4 sqrt(N); docs/benchmarks.md)"),
+    nprobe: Optional[int] = typer.Option(None, help="IVF: lists a query visits, 1 to nlist, recorded as the index's "
+                                         "default; default: nlist/16, at least 8"),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW: candidates a search keeps (efSearch), recorded as the "
+                                            "index's default; default: 128"),
     shard_size: int = typer.Option(4096, help="images per shard, the unit of resuming"),
     batch_size: int = typer.Option(256, help="images per forward pass of the gallery model"),
     address: Optional[str] = typer.Option(None, help="embed on a Ray cluster: 'auto' or ray://host:10001 "
@@ -169,7 +174,7 @@ def gallery_embed(
         settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
         from orchestrator.serving.embed import SPLITS, EmbedOptions, GalleryEmbedRequest, embed_configured_gallery
 
-        options = EmbedOptions(index_factory=index, shard_size=shard_size, batch_size=batch_size, log=console.log,
+        options = EmbedOptions(index_factory=index, nprobe=nprobe, ef_search=ef_search, shard_size=shard_size, batch_size=batch_size, log=console.log,
                                console=console)
         request = GalleryEmbedRequest(output_dir=output, images=images, splits=tuple(split or SPLITS), options=options,
                                       actors=actors)
@@ -345,6 +350,9 @@ def query(
     index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
     k: int = typer.Option(5, help="results per image"),
     force: bool = typer.Option(False, help="query even if the gallery's fingerprint differs from the manifest's"),
+    nprobe: Optional[int] = typer.Option(None, help="IVF index: lists to visit (1 to nlist); default: the index's "
+                                         "recorded one"),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW index: efSearch; default: the index's recorded one"),
 ) -> None:
     """Nearest gallery images of each image: one JSON line per image, {"image", "results": [{"id", "score"}]}."""
     import json
@@ -352,7 +360,8 @@ def query(
     with reported_errors():
         from orchestrator.serving.query import query_images
 
-        for result in query_images(model, index, images, k, force=force):
+        for result in query_images(model, index, images, k, force=force,
+                                   knobs={"nprobe": nprobe, "ef_search": ef_search}):
             typer.echo(json.dumps(result.to_json()))
 
 

@@ -12,7 +12,9 @@ The query side of visual search, as a service would run it:
   size and channels, and fed as pixel / 255 in float32, as the export expects; a folder stands
   for every image under it (sorted, hidden files skipped).
 
-Results are best first, scores are inner products of L2-normalised embeddings (cosine).
+Results are best first, scores are inner products of L2-normalised embeddings (cosine). An
+approximate index searches with its recorded knobs (``nprobe``, ``efSearch``), which the service
+and each search may override (``orchestrator.serving.search_knobs``).
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class QueryResult:
 class QueryService:
     """An export's ONNX query model and an embedded gallery, opened once, queried any number of times."""
 
-    def __init__(self, export_dir: Path, index_dir: Path, force: bool = False):
+    def __init__(self, export_dir: Path, index_dir: Path, force: bool = False, *, nprobe: int | None = None,
+                 ef_search: int | None = None):
         self.export_dir = Path(export_dir)
         self.manifest = read_manifest(self.export_dir)
-        self.gallery: EmbeddedGallery = open_embedded_gallery(Path(index_dir))
+        self.gallery: EmbeddedGallery = open_embedded_gallery(Path(index_dir), nprobe=nprobe, ef_search=ef_search)
         check_compatible(self.manifest, self.gallery.record, self.export_dir, self.gallery.folder, force)
         wanted = self.manifest["input"]
         self.channels, self.image_size = int(wanted["channels"]), int(wanted["height"])
@@ -86,18 +89,22 @@ class QueryService:
         """Embeddings of uint8 images (N, C, H, W) at the export's input size, fed pixel / 255 as the export expects."""
         return embed_with_onnx(self.session, images.astype(np.float32) / 255.0)
 
-    def search(self, images: np.ndarray, k: int = DEFAULT_K) -> list[tuple[Match, ...]]:
-        """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first."""
-        scores, rows = self.gallery.search(self.embed(images), k)
+    def search(self, images: np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> list[tuple[Match, ...]]:
+        """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first; ``nprobe`` /
+        ``ef_search``: this search's knobs (default: the service's)."""
+        self.gallery.checked_knobs(nprobe, ef_search)  # before the model runs: a bad knob costs nothing
+        scores, rows = self.gallery.search(self.embed(images), k, nprobe=nprobe, ef_search=ef_search)
         return [tuple(Match(self.gallery.ids[row], float(score)) for score, row in zip(row_scores, row_indices)
                       if row >= 0)
                 for row_scores, row_indices in zip(scores, rows)]
 
 
 def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path | str], k: int = DEFAULT_K, *,
-                 force: bool = False) -> list[QueryResult]:
-    """``cmpnas query`` as a function: the ``k`` nearest gallery ids of each image."""
-    return QueryService(export_dir, index_dir, force).query(image_paths, k)
+                 force: bool = False, knobs: dict[str, int | None] | None = None) -> list[QueryResult]:
+    """``cmpnas query`` as a function: the ``k`` nearest gallery ids of each image. ``knobs``: ``nprobe``
+    and/or ``ef_search`` (default: the gallery's recorded ones)."""
+    return QueryService(export_dir, index_dir, force, **(knobs or {})).query(image_paths, k)
 
 
 def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_dir: Path, index_dir: Path,
