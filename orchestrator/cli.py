@@ -160,7 +160,7 @@ def gallery_embed(
     index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ... "
                               "(IVF lists for N images: about 4 sqrt(N); docs/benchmarks.md)"),
     nprobe: Optional[int] = typer.Option(None, help="IVF: lists a query visits, 1 to nlist, recorded as the index's "
-                                         "default; default: nlist/16, at least 8"),
+                                         "default; default: nlist/64, at least 16"),
     ef_search: Optional[int] = typer.Option(None, help="HNSW: candidates a search keeps (efSearch), recorded as the "
                                             "index's default; default: 128"),
     shard_size: int = typer.Option(4096, help="images per shard, the unit of resuming"),

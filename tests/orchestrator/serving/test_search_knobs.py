@@ -75,7 +75,7 @@ def test_ivf_searches_with_the_nprobe_it_is_given_and_all_lists_equal_flat(vecto
     assert _recall_at_10(one_list, exact) < 0.9  # FAISS's default of 1 list misses true neighbours
     # The override is for that search only: the next one uses the gallery's default again.
     ivf.search(queries[:1], 10)
-    assert faiss.extract_index_ivf(ivf.index).nprobe == ivf.search_parameters["nprobe"] == default_nprobe(64) == 8
+    assert faiss.extract_index_ivf(ivf.index).nprobe == ivf.search_parameters["nprobe"] == default_nprobe(64) == 16
 
 
 def test_hnsw_searches_with_the_ef_search_it_is_given(vectors, tmp_path):
@@ -115,7 +115,7 @@ def test_knobs_an_index_does_not_take_or_out_of_range_name_the_option_and_the_al
 
 def test_the_default_by_gallery_size():
     assert [suggested_ivf_lists(count) for count in (1_000, 70_000, 1_000_000, 10_000_000)] == [128, 1024, 4096, 16384]
-    assert [default_nprobe(nlist) for nlist in (4, 64, 1024, 4096)] == [4, 8, 64, 256]
+    assert [default_nprobe(nlist) for nlist in (4, 64, 1024, 4096, 16384)] == [4, 16, 16, 64, 256]
 
 
 def test_gallery_embed_records_the_knob_and_query_overrides_it(checkpoint, image_root, tmp_path):
