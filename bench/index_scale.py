@@ -74,6 +74,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache, measure nothing")
     parser.add_argument("--distractors-only", action="store_true",
                         help="with --embed-only: fill only the distractor chunks (a second process beside a first)")
+    parser.add_argument("--first-chunk", type=int, default=0,
+                        help="with --distractors-only: start at this distractor chunk (processes filling side by side)")
     parser.add_argument("--force", action="store_true", help="measure even if the fingerprints differ")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "index_scale.json")
     parser.add_argument("--seed", type=int, default=0)
@@ -200,7 +202,7 @@ def gallery_vectors(args, gallery, fashion, query_rows) -> tuple[np.ndarray, np.
         print(f"catalogue {start + len(part)}/{len(catalogue[1])}", flush=True)
     others = other_collections()
     chunks = (max(0, args.size - len(catalogue[1])) + CHUNK - 1) // CHUNK
-    for number in range(chunks):
+    for number in range(args.first_chunk if args.distractors_only else 0, chunks):
         images, chunk_labels, chunk_kinds = distractor_chunk(number, catalogue, others, args.seed)
         started = time.perf_counter()
         vectors.append(cached_embeddings(folder / f"distractors-s{args.seed}-{number:05d}.npy", lambda: embed(images)))
