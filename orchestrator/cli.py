@@ -157,7 +157,12 @@ def gallery_embed(
                                           "it); default: the configured data's splits"),
     split: Optional[list[str]] = typer.Option(None, help="without --images: the data splits to embed (repeatable; "
                                               "default: train, query and gallery)"),
-    index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ..."),
+    index: str = typer.Option("Flat", help="FAISS index factory, inner product: Flat, HNSW32, IVF1024,Flat, ... "
+                              "(IVF lists for N images: about 4 sqrt(N); docs/benchmarks.md)"),
+    nprobe: Optional[int] = typer.Option(None, help="IVF: lists a query visits, 1 to nlist, recorded as the index's "
+                                         "default; default: nlist/64, at least 16"),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW: candidates a search keeps (efSearch), recorded as the "
+                                            "index's default; default: 128"),
     shard_size: int = typer.Option(4096, help="images per shard, the unit of resuming"),
     batch_size: int = typer.Option(256, help="images per forward pass of the gallery model"),
     address: Optional[str] = typer.Option(None, help="embed on a Ray cluster: 'auto' or ray://host:10001 "
@@ -169,7 +174,7 @@ def gallery_embed(
         settings = load_config(config, [*(overrides or []), *([f"ray.address={address}"] if address else [])])
         from orchestrator.serving.embed import SPLITS, EmbedOptions, GalleryEmbedRequest, embed_configured_gallery
 
-        options = EmbedOptions(index_factory=index, shard_size=shard_size, batch_size=batch_size, log=console.log,
+        options = EmbedOptions(index_factory=index, nprobe=nprobe, ef_search=ef_search, shard_size=shard_size, batch_size=batch_size, log=console.log,
                                console=console)
         request = GalleryEmbedRequest(output_dir=output, images=images, splits=tuple(split or SPLITS), options=options,
                                       actors=actors)
@@ -349,6 +354,9 @@ def query(
     index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
     k: int = typer.Option(5, help="results per image"),
     force: bool = typer.Option(False, help="query even if the gallery's fingerprint differs from the manifest's"),
+    nprobe: Optional[int] = typer.Option(None, help="IVF index: lists to visit (1 to nlist); default: the index's "
+                                         "recorded one"),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW index: efSearch; default: the index's recorded one"),
 ) -> None:
     """Nearest gallery images of each image: one JSON line per image, {"image", "results": [{"id", "score"}]}."""
     import json
@@ -356,7 +364,8 @@ def query(
     with reported_errors():
         from orchestrator.serving.query import query_images
 
-        for result in query_images(model, index, images, k, force=force):
+        for result in query_images(model, index, images, k, force=force,
+                                   knobs={"nprobe": nprobe, "ef_search": ef_search}):
             typer.echo(json.dumps(result.to_json()))
 
 
@@ -378,6 +387,9 @@ def serve(
     max_images: int = typer.Option(64, help="images per request at most"),
     max_body_mb: float = typer.Option(32.0, help="request body size limit in MiB (413 above it)"),
     force: bool = typer.Option(False, help="serve even if the gallery's fingerprint differs from the manifest's"),
+    nprobe: Optional[int] = typer.Option(None, help="IVF index: lists a search visits (1 to nlist); default: the "
+                                         "index's recorded one"),
+    ef_search: Optional[int] = typer.Option(None, help="HNSW index: efSearch; default: the index's recorded one"),
     address: Optional[str] = typer.Option(None, help="a Ray cluster to join ('auto', HOST:PORT); default: a "
                                           "local Ray"),
 ) -> None:
@@ -389,7 +401,8 @@ def serve(
         options = ServeOptions(model=model, index=index, host=host, port=port, replicas=replicas, num_cpus=num_cpus,
                                num_gpus=num_gpus, max_batch_size=max_batch_size,
                                batch_wait_timeout_s=batch_wait_timeout_s, k_default=k_default, max_k=max_k,
-                               max_images=max_images, max_body_mb=max_body_mb, force=force, address=address)
+                               max_images=max_images, max_body_mb=max_body_mb, force=force, nprobe=nprobe,
+                               ef_search=ef_search, address=address)
         serve_until_stopped(options, typer.echo)  # plain lines: URLs stay whole in a log file
 
 

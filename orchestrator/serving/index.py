@@ -17,17 +17,30 @@ Rules of the index:
   factories are trained on (a sample of) the embeddings and refused when there are fewer vectors
   than the factory has centroids (IVF lists, 2^bits PQ codes).
 - Factories FAISS cannot parse or build for D are refused with FAISS's reason and examples.
+- Search-time knobs (``nprobe``, ``efSearch``; ``orchestrator.serving.search_knobs``): ``gallery.json``
+  records the default under ``"search"`` (a record without it gets the default by gallery size);
+  an opened gallery may be given its own default, and each search may override it. Searches of
+  one opened gallery are serialised: the knobs are set on the shared index before each search.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from orchestrator.serving.search_knobs import (
+    EF_SEARCH,
+    NPROBE,
+    SearchKnobError,
+    apply_search_parameters,
+    checked_search_parameters,
+    default_search_parameters,
+)
 from search_space.errors import CmpnasError
 from workers.gallery.sources.precomputed import IDS_FILE
 from workers.storage.durable_write import replaced_durably, write_text_durably
@@ -56,11 +69,13 @@ def _faiss():
     return _import_faiss()
 
 
-def check_index_factory(factory: str, dim: int, count: int) -> None:
-    """Refuse, before any embedding, a factory FAISS cannot build for ``dim`` or train on ``count`` vectors."""
+def check_index_factory(factory: str, dim: int, count: int, search: dict[str, Any] | None = None) -> dict[str, int]:
+    """Refuse, before any embedding, a factory FAISS cannot build for ``dim`` or train on ``count`` vectors,
+    or search knobs it does not take; return the knobs to record (``search`` over the defaults)."""
     index = _empty_index(factory, dim)
     if not index.is_trained:
         _check_enough_vectors(index, factory, count)
+    return {**default_search_parameters(index), **checked_search_parameters(index, factory, search or {})}
 
 
 def build_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY, seed: int = 0):
@@ -182,20 +197,36 @@ def read_gallery_record(folder: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EmbeddedGallery:
-    """An embedded gallery folder, opened for search: its record, FAISS index and ids (row i = ``ids[i]``)."""
+    """An embedded gallery folder, opened for search: its record, FAISS index and ids (row i = ``ids[i]``),
+    and the search knobs its searches use unless a search overrides them."""
 
     folder: Path
     record: dict[str, Any]
     index: Any
     ids: tuple[str, ...]
+    search_parameters: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the ``k`` best gallery rows per query, best first; rows of -1 are no result."""
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.ids)))
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the ``k`` best gallery rows per query, best first; rows of -1 are no result.
+        ``nprobe`` / ``ef_search``: this search's knobs (default: ``search_parameters``)."""
+        parameters = {**self.search_parameters, **self.checked_knobs(nprobe, ef_search)}
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        with self._lock:
+            apply_search_parameters(self.index, parameters)
+            return self.index.search(queries, min(k, len(self.ids)))
+
+    def checked_knobs(self, nprobe: int | None = None, ef_search: int | None = None) -> dict[str, int]:
+        """The given knobs (None: not given), refused where this index does not take them."""
+        return checked_search_parameters(self.index, self.record["index_factory"],
+                                         {NPROBE: nprobe, EF_SEARCH: ef_search})
 
 
-def open_embedded_gallery(folder: Path) -> EmbeddedGallery:
-    """The folder's record, index and ids, checked to agree with each other."""
+def open_embedded_gallery(folder: Path, *, nprobe: int | None = None, ef_search: int | None = None
+                          ) -> EmbeddedGallery:
+    """The folder's record, index and ids, checked to agree with each other; its searches use the
+    recorded knobs (a record without them: the default by size), ``nprobe`` / ``ef_search`` over them."""
     folder = Path(folder)
     record = read_gallery_record(folder)
     index = load_index(folder / INDEX_FILE)
@@ -209,5 +240,13 @@ def open_embedded_gallery(folder: Path) -> EmbeddedGallery:
             f"{len(ids)} ids, {GALLERY_RECORD_FILE} says {record['count']} of {record['embed_dim']}; run `cmpnas "
             "gallery embed` again"
         )
-    return EmbeddedGallery(folder, record, index, ids)
+    gallery = EmbeddedGallery(folder, record, index, ids)
+    recorded = record.get("search", {})
+    try:
+        recorded = checked_search_parameters(index, record["index_factory"], dict(recorded))
+    except (SearchKnobError, TypeError, ValueError) as error:
+        raise GalleryIndexError(f"{folder / GALLERY_RECORD_FILE} records search knobs {recorded!r} its index cannot "
+                                f"use ({error}); run `cmpnas gallery embed` again") from None
+    parameters = {**default_search_parameters(index), **recorded, **gallery.checked_knobs(nprobe, ef_search)}
+    return EmbeddedGallery(folder, record, index, ids, parameters)
 

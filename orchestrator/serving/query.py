@@ -12,7 +12,9 @@ The query side of visual search, as a service would run it:
   size and channels, and fed as pixel / 255 in float32, as the export expects; a folder stands
   for every image under it (sorted, hidden files skipped).
 
-Results are best first, scores are inner products of L2-normalised embeddings (cosine).
+Results are best first, scores are inner products of L2-normalised embeddings (cosine). An
+approximate index searches with its recorded knobs (``nprobe``, ``efSearch``), which the service
+and each search may override (``orchestrator.serving.search_knobs``).
 """
 
 from __future__ import annotations
@@ -63,11 +65,15 @@ class QueryService:
 
     Opened from an export folder and a gallery folder (``cmpnas query``), or from the files an MLflow model
     bundles (``from_files``: the ONNX file, the manifest and, where bundled, the gallery folder). Without a
-    gallery it embeds only, and ``search`` is refused."""
+    gallery it embeds only, and ``search`` is refused. ``nprobe`` / ``ef_search``: the gallery's search
+    knobs for every search of this service (default: the gallery's recorded ones)."""
 
-    def __init__(self, export_dir: Path, index_dir: Path | None, force: bool = False):
+    def __init__(self, export_dir: Path, index_dir: Path | None, force: bool = False, *, nprobe: int | None = None,
+                 ef_search: int | None = None):
         export_dir = Path(export_dir)
-        self._open(read_manifest(export_dir), export_dir / ONNX_FILE, export_dir, index_dir, force)
+        gallery = None if index_dir is None else open_embedded_gallery(Path(index_dir), nprobe=nprobe,
+                                                                        ef_search=ef_search)
+        self._open(read_manifest(export_dir), export_dir / ONNX_FILE, export_dir, gallery, force)
 
     @classmethod
     def from_files(cls, onnx_file: Path, manifest_file: Path, index_dir: Path | None = None) -> QueryService:
@@ -79,16 +85,15 @@ class QueryService:
             raise QueryError(f"{onnx_file} does not match the SHA-256 of {ONNX_FILE} in {manifest_file}: the model "
                              "is corrupt; log it again")
         service = cls.__new__(cls)
-        service._open(manifest, onnx_file, manifest_file.parent, index_dir, False)
+        gallery = None if index_dir is None else open_embedded_gallery(Path(index_dir))
+        service._open(manifest, onnx_file, manifest_file.parent, gallery, False)
         return service
 
-    def _open(self, manifest: dict[str, Any], onnx_file: Path, export_dir: Path, index_dir: Path | None,
+    def _open(self, manifest: dict[str, Any], onnx_file: Path, export_dir: Path, gallery: EmbeddedGallery | None,
               force: bool) -> None:
-        self.export_dir, self.manifest = export_dir, manifest
-        self.gallery: EmbeddedGallery | None = None
-        if index_dir is not None:
-            self.gallery = open_embedded_gallery(Path(index_dir))
-            check_compatible(self.manifest, self.gallery.record, self.export_dir, self.gallery.folder, force)
+        self.export_dir, self.manifest, self.gallery = export_dir, manifest, gallery
+        if gallery is not None:
+            check_compatible(self.manifest, gallery.record, self.export_dir, gallery.folder, force)
         wanted = self.manifest["input"]
         self.channels, self.image_size = int(wanted["channels"]), int(wanted["height"])
         self.session = _onnx_session(onnx_file)
@@ -111,21 +116,25 @@ class QueryService:
         """Embeddings of uint8 images (N, C, H, W) at the export's input size, fed pixel / 255 as the export expects."""
         return embed_with_onnx(self.session, images.astype(np.float32) / 255.0)
 
-    def search(self, images: np.ndarray, k: int = DEFAULT_K) -> list[tuple[Match, ...]]:
-        """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first."""
+    def search(self, images: np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> list[tuple[Match, ...]]:
+        """The ``k`` nearest gallery ids of each uint8 image (N, C, H, W), best first; ``nprobe`` /
+        ``ef_search``: this search's knobs (default: the service's)."""
         if self.gallery is None:
             raise QueryError(f"the query model {self.export_dir} was opened without a gallery, so it embeds only: "
                              "open it with an embedded gallery (`cmpnas gallery embed`) to search")
-        scores, rows = self.gallery.search(self.embed(images), k)
+        self.gallery.checked_knobs(nprobe, ef_search)  # before the model runs: a bad knob costs nothing
+        scores, rows = self.gallery.search(self.embed(images), k, nprobe=nprobe, ef_search=ef_search)
         return [tuple(Match(self.gallery.ids[row], float(score)) for score, row in zip(row_scores, row_indices)
                       if row >= 0)
                 for row_scores, row_indices in zip(scores, rows)]
 
 
 def query_images(export_dir: Path, index_dir: Path, image_paths: Sequence[Path | str], k: int = DEFAULT_K, *,
-                 force: bool = False) -> list[QueryResult]:
-    """``cmpnas query`` as a function: the ``k`` nearest gallery ids of each image."""
-    return QueryService(export_dir, index_dir, force).query(image_paths, k)
+                 force: bool = False, knobs: dict[str, int | None] | None = None) -> list[QueryResult]:
+    """``cmpnas query`` as a function: the ``k`` nearest gallery ids of each image. ``knobs``: ``nprobe``
+    and/or ``ef_search`` (default: the gallery's recorded ones)."""
+    return QueryService(export_dir, index_dir, force, **(knobs or {})).query(image_paths, k)
 
 
 def check_compatible(manifest: dict[str, Any], record: dict[str, Any], export_dir: Path, index_dir: Path,

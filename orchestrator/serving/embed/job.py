@@ -58,6 +58,7 @@ from orchestrator.serving.index import (
     save_index,
     write_gallery_record,
 )
+from orchestrator.serving.search_knobs import EF_SEARCH, NPROBE
 from orchestrator.setup.data import load_data
 from orchestrator.setup.ray_cluster import LOCAL, connect_ray, ray_address
 from workers.gallery.sources import GalleryModel
@@ -99,11 +100,18 @@ class EmbedOptions:
     lines and ``console`` for a progress bar (None: none)."""
 
     index_factory: str = "Flat"
+    # The index's search knobs to record as its default (None: the default by gallery size).
+    nprobe: int | None = None
+    ef_search: int | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
     batch_size: int = DEFAULT_BATCH_SIZE
     device: torch.device | None = None
     log: Log = _quiet
     console: Console | None = None
+
+    @property
+    def search_knobs(self) -> dict[str, int | None]:
+        return {NPROBE: self.nprobe, EF_SEARCH: self.ef_search}
 
 
 def embed_collection(gallery: GalleryModel, collection: ImageCollection, output_dir: Path,
@@ -117,7 +125,7 @@ def embed_collection(gallery: GalleryModel, collection: ImageCollection, output_
     if len(collection) == 0:
         raise GalleryEmbedError(f"{collection.description} holds no images to embed")
     # Before an hour of embedding: a factory that cannot index this many vectors fails now.
-    check_index_factory(index_factory, gallery.embed_dim, len(collection))
+    check_index_factory(index_factory, gallery.embed_dim, len(collection), options.search_knobs)
     folder = Path(output_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +157,7 @@ def _embed_in_held_folder(gallery: GalleryModel, collection: ImageCollection, fo
             _write_shard(shards_dir, shard, collection.ids[shard.start : shard.stop],
                          _checked(embeddings, shard, gallery))
             advance(len(shard))
-    record = _assemble(folder, shards, collection, gallery, options.index_factory, log)
+    record = _assemble(folder, shards, collection, gallery, options)
     log(f"wrote {folder}: {record['count']} embeddings, index {options.index_factory!r}; use it as gallery.source: "
         f"embeddings with gallery.path: {folder}, or with `cmpnas query --index {folder}`")
     return EmbeddedGalleryFolder(folder, record, len(shards), reused)
@@ -260,8 +268,9 @@ def _write_shard(shards_dir: Path, shard: Shard, ids: Sequence[str], embeddings:
 
 
 def _assemble(folder: Path, shards: Sequence[Shard], collection: ImageCollection, gallery: GalleryModel,
-              index_factory: str, log: Log) -> dict[str, Any]:
+              options: EmbedOptions) -> dict[str, Any]:
     """embeddings.npy (written through a memory map: never two copies in memory), ids.txt, index, gallery.json."""
+    index_factory, log = options.index_factory, options.log
     shards_dir = folder / SHARDS_DIR
     embeddings_path = folder / EMBEDDINGS_FILE
     with replaced_durably(embeddings_path) as temporary:
@@ -275,7 +284,9 @@ def _assemble(folder: Path, shards: Sequence[Shard], collection: ImageCollection
     log(f"building FAISS index {index_factory!r} over {len(collection)} embeddings")
     index = build_index(np.load(embeddings_path, mmap_mode="r"), index_factory)
     save_index(index, folder / INDEX_FILE)
+    search = check_index_factory(index_factory, gallery.embed_dim, len(collection), options.search_knobs)
     record = {**gallery.identity(), "count": len(collection), "index_factory": index_factory, "metric": METRIC,
+              "search": search,
               "collection": collection.description, "cmpnas_version": cmpnas_version(),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "files": {"embeddings": EMBEDDINGS_FILE, "ids": IDS_FILE, "index": INDEX_FILE}}

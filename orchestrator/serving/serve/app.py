@@ -49,7 +49,8 @@ class QueryDeployment:
 
     def __init__(self, options: ServeOptions):
         self.options = options
-        self.service = QueryService(options.model, options.index, options.force)
+        self.service = QueryService(options.model, options.index, options.force, nprobe=options.nprobe,
+                                    ef_search=options.ef_search)
         self.shape = ImageShape(self.service.image_size, self.service.channels)
         self.metrics = ServeMetrics()
         for batched in (self.search_batch, self.embed_batch):

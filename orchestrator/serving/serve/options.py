@@ -25,7 +25,9 @@ class ServeOptionsError(CmpnasError, ValueError):
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """``cmpnas serve``'s options. ``address`` None starts a local Ray; else the Ray cluster to join."""
+    """``cmpnas serve``'s options. ``address`` None starts a local Ray; else the Ray cluster to join.
+    ``nprobe`` / ``ef_search``: the gallery index's search knobs (None: the gallery's recorded ones),
+    checked against the index when a replica opens it."""
 
     model: Path
     index: Path
@@ -41,6 +43,8 @@ class ServeOptions:
     max_images: int = RequestLimits.max_images
     max_body_mb: float = DEFAULT_MAX_BODY_MB
     force: bool = False
+    nprobe: int | None = None
+    ef_search: int | None = None
     address: str | None = None
     app_name: str = APP_NAME
 

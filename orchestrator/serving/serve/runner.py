@@ -4,7 +4,8 @@ Rules:
 
 * everything the files can refuse is refused before Ray starts: an export or a gallery folder that
   is not one, embeddings of different sizes, and a gallery fingerprint other than the export's
-  unless ``force`` (``QueryService``'s ``check_compatible``, as ``cmpnas query``);
+  unless ``force`` (``QueryService``'s ``check_compatible``, as ``cmpnas query``), and a search knob
+  (``nprobe``, ``ef_search``) the index does not take;
 * Ray: a local Ray of the machine's CPUs, or ``address``'s cluster with cmpnas's code shipped
   (``orchestrator.setup.ray_cluster``); a replica asking for more CPUs or GPUs than a node has is
   refused on a local Ray;
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from orchestrator.config.schema import RayConfig
 from orchestrator.export.package import read_manifest
-from orchestrator.serving.index import read_gallery_record
+from orchestrator.serving.index import open_embedded_gallery, read_gallery_record
 from orchestrator.serving.query import check_compatible
 from orchestrator.serving.serve.options import ServeOptions
 from orchestrator.setup.ray_cluster import ResourceRequest, connect_ray
@@ -60,6 +61,9 @@ def check_files(options: ServeOptions) -> None:
     """Refuse an export and a gallery that ``QueryService`` would refuse, without loading either."""
     manifest = read_manifest(options.model)
     check_compatible(manifest, read_gallery_record(options.index), options.model, options.index, options.force)
+    if options.nprobe is not None or options.ef_search is not None:
+        # Read the index only for knobs: a knob it does not take fails here, not in every replica.
+        open_embedded_gallery(options.index, nprobe=options.nprobe, ef_search=options.ef_search)
 
 
 def start_serving(options: ServeOptions, on_connected: Callable[[], object] = lambda: None) -> RunningService:
