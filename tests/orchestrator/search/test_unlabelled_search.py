@@ -6,7 +6,7 @@ import pytest
 from orchestrator.config import validate_config
 from orchestrator.search.driver import run_search
 from orchestrator.tracking.client import SearchTracker
-from orchestrator.tracking.tags import ROLE_CANDIDATE, ROLE_TAG
+from orchestrator.tracking.tags import DATASET_CONTEXT_TAG, ROLE_CANDIDATE, ROLE_TAG
 from tests.conftest import tiny_tree
 
 pytestmark = pytest.mark.integration
@@ -30,6 +30,10 @@ def test_an_open_set_search_with_an_unlabelled_pool_trains_candidates_on_it(tmp_
     # train 600 + validation 100 + 100, held-out 150 + 250, and the pool's 400: each embedded once.
     assert "gallery model embedded 1600 images once" in text
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
+    parent = tracker.client.get_run(outcome.parent_run_id)
+    contexts = {next(tag.value for tag in item.tags if tag.key == DATASET_CONTEXT_TAG)
+                for item in parent.inputs.dataset_inputs}
+    assert contexts == {"train", "validation_query", "validation_gallery", "query", "gallery", "unlabelled"}
     candidates = [run for run in tracker.child_runs(outcome.parent_run_id) if run.data.tags[ROLE_TAG] == ROLE_CANDIDATE]
     assert len(candidates) == 2
     for run in candidates:
