@@ -119,3 +119,21 @@ def test_streamed_and_in_memory_one_pool_collections_give_the_same_pool(tmp_path
     assert all(str(image_id).startswith("class_3/") for image_id in in_memory.unlabelled.ids)
     evaluated = {*in_memory.query.ids.tolist(), *in_memory.gallery.ids.tolist(), *in_memory.train.ids.tolist()}
     assert evaluated.isdisjoint(in_memory.unlabelled.ids.tolist())
+
+
+@pytest.mark.parametrize("name, trained, pooled, evaluated", [
+    ("openset_fashion_unlabelled", {0, 1, 2, 3, 4}, {5, 6, 7, 8, 9}, {5, 6, 7, 8, 9}),
+    ("openset_fashion_pool_apart", {0, 1, 2}, {3, 4, 5, 6}, {7, 8, 9}),
+])
+def test_the_shipped_open_set_pool_configs_keep_their_protocol(name, trained, pooled, evaluated):
+    from pathlib import Path
+
+    from orchestrator.config.loading import load_config
+
+    config = load_config(Path(__file__).resolve().parents[3] / "configs" / f"{name}.yaml")
+    data = load_search_data(config)
+    assert set(data.selection.train.labels.tolist()) == trained
+    assert set(official_train_labels(data.selection.unlabelled.ids).tolist()) == pooled
+    assert set(data.held_out.query.labels.tolist()) == set(data.held_out.gallery.labels.tolist()) == evaluated
+    evaluated_ids = {image_id for split in data.evaluated_splits().values() for image_id in split.ids.tolist()}
+    assert evaluated_ids.isdisjoint(data.selection.unlabelled.ids.tolist())
