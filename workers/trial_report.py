@@ -74,7 +74,9 @@ def is_final_result(result: Mapping[str, Any] | None) -> bool:
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """What to log for this epoch of a result."""
-    return {key: value for key, value in result.items() if key in EPOCH_METRICS or key.startswith("cross_")}
+    # unlabelled_loss_<name>: the pool's label-free losses (data.unlabelled), to see the pool train.
+    return {key: value for key, value in result.items()
+            if key in EPOCH_METRICS or key.startswith(("cross_", "unlabelled_loss_"))}
 
 
 def final_metrics(result: Mapping[str, Any]) -> dict[str, Any]:

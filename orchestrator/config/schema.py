@@ -61,6 +61,21 @@ class _Section(BaseModel):
         return value
 
 
+class UnlabelledConfig(_Section):
+    """The unlabelled alignment pool: images that train the query model only through the label-free losses
+    (workers.datasets.unlabelled, docs/data.md)."""
+
+    classes: list[str] = Field(
+        default_factory=list, description="class names whose images no split uses form the pool, labels dropped "
+                                          "(Fashion-MNIST: the train file's images of those classes outside the train "
+                                          "split); never an evaluated image (refused). Empty: no pool")
+    size: PositiveInt | None = Field(None, description="pool images: a seeded random subset; null: all of them")
+    evaluate_classes: bool = Field(
+        True, description="true: query and gallery keep the pool's classes (class-transductive: the catalogue's own "
+                          "images, never the evaluated ones); false: those classes are left out of every split "
+                          "(a pool of classes neither trained nor evaluated)")
+
+
 class DataConfig(_Section):
     source: Annotated[str, registered_in(SOURCES)] = Field("fashion_mnist", description="a registered data source")
     root: str | None = Field(None, description="folder of the data (source manifest: the manifest file); default: "
@@ -124,6 +139,8 @@ class DataConfig(_Section):
     allow_paths_outside_root: bool = Field(
         False, description="source manifest: read files outside the manifest's folder (absolute paths, '..', "
                            "symbolic links leading out); false: such rows are refused")
+
+    unlabelled: UnlabelledConfig = Field(default_factory=lambda: UnlabelledConfig())
 
     @field_validator("streaming", mode="before")
     @classmethod
@@ -366,6 +383,12 @@ class TrainingConfig(_Section):
                                "small train split (the quickstart's 10,000 images take 120 steps in 3 epochs)"
     )
     augmentation: AugmentationConfig = Field(default_factory=lambda: AugmentationConfig())
+    unlabelled_weight: float = Field(
+        1.0, ge=0, description="data.unlabelled: each step adds the label-free losses (cosine_alignment, "
+                               "l2_regression, relational) over its pool batch, times their loss_weights times this; "
+                               "0: the pool does not train (the same splits, for a baseline)")
+    unlabelled_batch_size: PositiveInt | None = Field(
+        None, description="data.unlabelled: pool images appended to each labelled batch; null: batch_size")
 
     def epochs_for(self, train_images: int) -> int:
         """Epochs one candidate trains for in this mode on ``train_images``: ``trial_epochs`` raised, in mode
@@ -647,6 +670,17 @@ class CmpnasConfig(_Section):
             raise ValueError(f"gallery.patience={self.gallery.patience} stops the gallery model's training on the "
                              "validation split, and data.validation_size is 0; set data.validation_size (e.g. 2000), "
                              "or unset gallery.patience")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_has_a_label_free_loss(self) -> CmpnasConfig:
+        if not self.data.unlabelled.classes or self.training.unlabelled_weight == 0:
+            return self
+        weights = self.training.loss_weights
+        if not any(weight > 0 and not LOSSES[name].uses_labels for name, weight in weights.items()):
+            raise ValueError(f"data.unlabelled trains only through the label-free losses, and training.loss_weights "
+                             f"{dict(weights)} gives none of them a weight; give cosine_alignment, l2_regression or "
+                             "relational a weight > 0, or unset data.unlabelled")
         return self
 
     @model_validator(mode="after")

@@ -240,6 +240,8 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("search", "max_latency_ms"): None, ("gallery", "allow_torchscript"): False,
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
+    ("data", "unlabelled"): {"classes": [], "size": None, "evaluate_classes": True},  # no pool
+    ("training", "unlabelled_weight"): 1.0, ("training", "unlabelled_batch_size"): None,
 }
 
 

@@ -89,6 +89,8 @@ def shared_trial_inputs(ctx: SearchContext, epochs: int, final_training: bool = 
             channels_last=training.channels_last,
             mixed_precision=training.mixed_precision,
             augmentation=inputs.prepared.augmentation,
+            unlabelled_weight=training.unlabelled_weight,
+            unlabelled_batch_size=training.unlabelled_batch_size,
         ),
         gallery_loader=inputs.prepared.gallery_loader if inputs.prepared.augmentation is not None else None,
         paragon_flops=ctx.paragon.cost.flops,

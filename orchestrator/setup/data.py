@@ -8,6 +8,9 @@ Rules:
   (``workers.datasets.validation``; at most a quarter of it, ``validation_images``): a job
   trains, early-stops and selects on that view (``SearchData.selection``) and only reports the
   held-out query/gallery splits (``SearchData.held_out``);
+* the unlabelled pool (``data.unlabelled``) is checked against every query and gallery split, the
+  validation halves and the held-out ones: an image of them in the pool is refused
+  (``workers.datasets.unlabelled.refuse_evaluated_overlap``);
 * colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
   does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
   the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
@@ -22,8 +25,9 @@ from dataclasses import dataclass
 
 from orchestrator.config import CmpnasConfig, ConfigError
 from search_space import SearchSpace, create_space, list_spaces
-from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
+from workers.datasets import DataRequest, ImageSet, RetrievalData, load_retrieval_data
 from workers.datasets.leave_one_out import pooled_for_leave_one_out
+from workers.datasets.unlabelled import refuse_evaluated_overlap
 from workers.datasets.validation import carve_validation, validation_images
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
@@ -39,7 +43,9 @@ def load_data(config: CmpnasConfig) -> RetrievalData:
                           streaming={"auto": None, "on": True, "off": False}[data.streaming],
                           cache_dir=data.cache_dir, decode_workers=data.decode_workers,
                           cache_trusted_group=data.cache_trusted_group,
-                          allow_paths_outside_root=data.allow_paths_outside_root)
+                          allow_paths_outside_root=data.allow_paths_outside_root,
+                          unlabelled_classes=tuple(data.unlabelled.classes), unlabelled_size=data.unlabelled.size,
+                          unlabelled_evaluated=data.unlabelled.evaluate_classes)
     return load_retrieval_data(data.source, request)
 
 
@@ -51,6 +57,13 @@ class SearchData:
 
     selection: RetrievalData
     held_out: RetrievalData | None = None
+
+    def evaluated_splits(self) -> dict[str, ImageSet]:
+        """Every query and gallery split a candidate is ranked or reported on, by name: what the
+        unlabelled pool may never hold (``workers.datasets.unlabelled``)."""
+        views = {"": self.selection} if self.held_out is None else {"validation ": self.selection,
+                                                                     "held-out ": self.held_out}
+        return {f"{view}{split}": getattr(data, split) for view, data in views.items() for split in ("query", "gallery")}
 
     @property
     def reported(self) -> RetrievalData:
@@ -65,9 +78,12 @@ def load_search_data(config: CmpnasConfig) -> SearchData:
     if config.evaluation.held_out == "leave_one_out":
         data = pooled_for_leave_one_out(data)
     if not config.data.validation_size:
-        return SearchData(data)
-    size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)
-    return SearchData(carve_validation(data, size, config.data.seed), held_out=data)
+        search_data = SearchData(data)
+    else:
+        size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)
+        search_data = SearchData(carve_validation(data, size, config.data.seed), held_out=data)
+    refuse_evaluated_overlap(data.unlabelled, search_data.evaluated_splits())
+    return search_data
 
 
 def requested_channels(config: CmpnasConfig) -> int | None:

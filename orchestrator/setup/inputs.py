@@ -9,7 +9,8 @@ A search and a supernet training both need, in this order:
    (``orchestrator.setup.gallery.obtain_gallery``);
 4. the search space, sized by the gallery's embedding dimension and the data's channels;
 5. the gallery model's embeddings of the train, query and gallery splits (and of the held-out
-   query and gallery splits, when there is a validation split), computed once per job
+   query and gallery splits, when there is a validation split, and of the unlabelled pool,
+   ``data.unlabelled``), computed once per job
    (``PreparedInputs.embed_gallery``): on Ray Data for a streamed collection when Ray is connected
    and it pays (``orchestrator.setup.gallery_pass``), else in this process; after it the gallery
    model is moved back to the CPU, so it holds no accelerator memory while trials run.
@@ -130,6 +131,7 @@ class PreparedInputs:
                 and self.gallery_model.source not in PRECOMPUTED_GALLERY_SOURCES):
             return None
         total = len(self.data.train) + len(self.data.query) + len(self.data.gallery)
+        total += 0 if self.data.unlabelled is None else len(self.data.unlabelled)
         if self.held_out_data is not None:
             total += len(self.held_out_data.query) + len(self.held_out_data.gallery)
         gpus_elsewhere = ray.cluster_resources().get("GPU", 0) >= 1 and self.device.type != "cuda"
@@ -194,6 +196,9 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
                     "each a query against all the others), are")
         log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images carved from train "
             f"(data.validation_size), for selection; {reported} held out and only reported")
+    if data.unlabelled is not None:
+        log(f"unlabelled pool: {len(data.unlabelled)} images of {config.data.unlabelled.classes} (data.unlabelled), "
+            "none of them a query or gallery image; they train only through the label-free losses")
     if data.bad_files:
         shown = "; ".join(f"{item.id} ({item.reason})" for item in data.bad_files[:3])
         log(f"skipped {len(data.bad_files)} file(s) that could not be decoded (data.max_bad_fraction="

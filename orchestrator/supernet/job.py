@@ -112,6 +112,8 @@ def supernet_training_settings(config: CmpnasConfig, augmentation: AugmentationS
             channels_last=training.channels_last,
             mixed_precision=training.mixed_precision,
             augmentation=augmentation,
+            unlabelled_weight=training.unlabelled_weight,
+            unlabelled_batch_size=training.unlabelled_batch_size,
         ),
         num_random_subnets=supernet.num_random_subnets,
         distillation_weight=supernet.distillation_weight if supernet.distillation else 0.0,

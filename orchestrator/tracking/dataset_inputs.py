@@ -32,10 +32,12 @@ def named_splits(data: RetrievalData, held_out: RetrievalData | None = None) -> 
     """The splits of a search by their dataset-input context: train, query and gallery; with a
     validation split (``data`` the selection view, ``held_out`` the full data) train (less the
     validation images), validation_query, validation_gallery, and the held-out query and gallery."""
+    # The unlabelled pool (data.unlabelled), when there is one, is logged after them as ``unlabelled``.
+    pool = [] if data.unlabelled is None else [("unlabelled", data.unlabelled)]
     if held_out is None:
-        return [(split, getattr(data, split)) for split in RETRIEVAL_SPLITS]
+        return [(split, getattr(data, split)) for split in RETRIEVAL_SPLITS] + pool
     return [("train", data.train), ("validation_query", data.query), ("validation_gallery", data.gallery),
-            ("query", held_out.query), ("gallery", held_out.gallery)]
+            ("query", held_out.query), ("gallery", held_out.gallery)] + pool
 
 
 def data_split_inputs(data: RetrievalData, source: str, root: str | None,

@@ -7,6 +7,8 @@ classifier, against the gallery's frozen classifier and its cached embeddings of
 With augmentation the cached embeddings (of whole images) no longer match what the query model
 sees, so the gallery model itself (``view_gallery``) embeds each augmented batch: the targets
 follow the crop. Precomputed embeddings cannot, which is why augmentation is refused with them.
+The unlabelled pool (``data.unlabelled``) is handled alike: its cached embeddings, or the gallery
+model's embedding of each augmented pool view.
 """
 
 from __future__ import annotations
@@ -49,15 +51,23 @@ class CompatibilityTargets:
 
     @classmethod
     def build(cls, data: RetrievalData, gallery: GalleryEmbeddings, device: torch.device,
-              view_gallery: GalleryModel | None = None) -> "CompatibilityTargets":
+              view_gallery: GalleryModel | None = None, with_pool: bool = False) -> "CompatibilityTargets":
         """A fresh own classifier (trained with the query network) and the gallery's frozen side;
-        ``view_gallery``: the gallery model, when batches are augmented."""
+        ``view_gallery``: the gallery model, when batches are augmented; ``with_pool``: batches carry
+        rows of the unlabelled pool, whose cached embeddings follow the train split's (row ``len(train) + i``
+        is pool image ``i``, as ``workers.training.batches.PooledBatches`` numbers them)."""
+        cached = None
+        if view_gallery is None:
+            if with_pool and gallery.unlabelled is None:
+                raise ValueError("the unlabelled pool's gallery embeddings are missing (compute_gallery_embeddings "
+                                 "embeds data.unlabelled)")
+            parts = [gallery.train, gallery.unlabelled] if with_pool else [gallery.train]
+            cached = torch.as_tensor(np.concatenate([np.asarray(part) for part in parts]), device=device)
         return cls(
             own_classifier=nn.Linear(gallery.embed_dim, data.num_classes).to(device),
             gallery_classifier=gallery.classifier(device),
             logit_scale=gallery.logit_scale,
-            gallery_train_embeddings=None if view_gallery is not None else
-            torch.as_tensor(np.asarray(gallery.train), device=device),
+            gallery_train_embeddings=cached,
             device=device,
             view_gallery=view_gallery,
         )

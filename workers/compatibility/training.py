@@ -6,7 +6,8 @@ supernet (``workers.compatibility.supernet``) alike.
 (``training.loss_weights``, ``training.loss_parameters``), the gallery's side of a step
 (``CompatibilityTargets``: cached embeddings, or the gallery model itself for augmented views), the
 batches (``ImageBatches``, augmented when ``settings.augmentation`` is set), bfloat16 autocast on a
-GPU (``training.mixed_precision``) and the loop (``workers.training.fit``). A trainer writes only its
+GPU (``training.mixed_precision``), the unlabelled pool's rows appended to each batch
+(``data.unlabelled``: ``PooledBatches``, trained only through the label-free losses) and the loop (``workers.training.fit``). A trainer writes only its
 step: what its network does with one batch.
 """
 
@@ -23,7 +24,7 @@ from workers.compatibility.targets import CompatibilityTargets
 from workers.datasets import RetrievalData
 from workers.gallery.embeddings import GalleryEmbeddings
 from workers.gallery.sources import GalleryModel
-from workers.training.batches import AugmentationSettings, ImageBatches
+from workers.training.batches import AugmentationSettings, ImageBatches, PooledBatches
 from workers.training.fit import EpochHooks, OptimSettings, StepLoss, fit
 from workers.training.loss_registry import DEFAULT_LOSS_WEIGHTS
 from workers.training.losses import LossContext, WeightedLossSum
@@ -41,6 +42,10 @@ class CompatibilityTrainingSettings:
     channels_last: bool = True
     mixed_precision: bool = False
     augmentation: AugmentationSettings | None = None
+    # data.unlabelled: weight of the label-free losses on the pool's rows (0: the pool does not train)
+    # and pool images per step (None: optim.batch_size); see workers.training.losses.WeightedLossSum.
+    unlabelled_weight: float = 1.0
+    unlabelled_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,16 @@ class CompatibilityTraining:
             raise ValueError("augmented training needs the gallery model (view_gallery) to embed each augmented view")
         torch.manual_seed(settings.optim.seed)
         self.settings, self.run = settings, run
-        self.losses = WeightedLossSum(settings.loss_weights, settings.loss_parameters)
+        self.losses = WeightedLossSum(settings.loss_weights, settings.loss_parameters, settings.unlabelled_weight)
+        with_pool = run.data.unlabelled is not None and settings.unlabelled_weight > 0
         self.targets = CompatibilityTargets.build(run.data, run.gallery, run.device,
-                                                  run.view_gallery if settings.augmentation is not None else None)
+                                                  run.view_gallery if settings.augmentation is not None else None,
+                                                  with_pool)
         self.batches = ImageBatches(run.data.train.images, run.data.train.labels, run.device, settings.augmentation,
                                     settings.optim.seed)
+        if with_pool:
+            self.batches = PooledBatches(self.batches, run.data.unlabelled.images,
+                                         settings.unlabelled_batch_size or settings.optim.batch_size)
 
     def model_input(self, resolution: int) -> ModelInput:
         """How a network of ``resolution`` takes this training's uint8 batches."""

@@ -12,6 +12,10 @@ Splits (``data.protocol``), stratified and seeded:
   gallery are drawn from the test file's images of the other classes (5,000 images for the
   default), so no query or gallery class was trained on.
 
+``data.unlabelled``: the official train file's images of the named classes outside the train split,
+labels dropped (``workers.datasets.unlabelled``); with ``evaluate_classes: false`` those classes
+are also left out of query and gallery.
+
 Labels are the official class indices (0-9) in both protocols.
 """
 
@@ -35,6 +39,7 @@ from workers.datasets.splits import (
     stratified_split,
 )
 from workers.datasets.types import DataRequest, ImageSet, RetrievalData
+from workers.datasets.unlabelled import held_apart_classes, refuse_train_classes_held_apart, unlabelled_pool
 from workers.storage.file_digest import file_sha256
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -73,6 +78,7 @@ def load_fashion_mnist(request: DataRequest) -> RetrievalData:
         train_pool, test_pool = train_pool[train_labels < train_classes], test_pool[test_labels >= train_classes]
         train_file += f" in the {train_classes} train classes (data.protocol: open_set)"
         test_file += f" in the {len(CLASS_NAMES) - train_classes} query/gallery classes (data.protocol: open_set)"
+    test_pool = test_pool[~np.isin(test_labels[test_pool], held_apart_classes(request, CLASS_NAMES))]
     train_size = len(train_pool) if request.train_size is None else request.train_size
     check_split_sizes(len(train_pool), train_file, train_size=train_size)
     check_split_sizes(len(test_pool), test_file, query_size=request.query_size, gallery_size=request.gallery_size)
@@ -82,15 +88,18 @@ def load_fashion_mnist(request: DataRequest) -> RetrievalData:
     test = ImageSet(test_images, test_labels, _ids("test", len(test_labels)))
     query, gallery = test.subset(test_pool[query_index]), test.subset(test_pool[gallery_index])
     refuse_query_classes_without_gallery(query.labels, gallery.labels, CLASS_NAMES)
+    train_file_set = ImageSet(train_images, train_labels, _ids("train", len(train_labels)))
+    refuse_train_classes_held_apart(request, CLASS_NAMES, train_labels[train_pool[train_index]])
     return RetrievalData(
         name="fashion_mnist",
-        train=ImageSet(train_images, train_labels, _ids("train", len(train_labels))).subset(train_pool[train_index]),
+        train=train_file_set.subset(train_pool[train_index]),
         query=query,
         gallery=gallery,
         class_names=CLASS_NAMES,
         mean=MEAN,
         std=STD,
         protocol=request.protocol,
+        unlabelled=unlabelled_pool(train_file_set, train_pool[train_index], request, CLASS_NAMES),
     )
 
 

@@ -22,6 +22,8 @@ stratified and seeded (``stratified_split``), so the same seed gives the same sp
 * A query class whose images all went to query, none to gallery, is refused (raise
   ``data.gallery_size``); see ``refuse_query_classes_without_gallery``.
 * Sizes that do not fit the pool are refused (``check_split_sizes``).
+* ``data.unlabelled``: the images of the named classes that no split took form the unlabelled pool
+  (``workers.datasets.unlabelled``); with ``evaluate_classes: false`` those classes take part in no split.
 
 User-assigned splits (a manifest's ``split`` column, ``ROOT/train|query|gallery`` folders) are
 used as given (``split_as_assigned``):
@@ -38,13 +40,14 @@ used as given (``split_as_assigned``):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from workers.datasets.errors import DataError
 from workers.datasets.listing import SPLIT_NAMES
 from workers.datasets.types import BadFile, DataRequest, ImageArray, ImageSet, RetrievalData, channel_statistics
+from workers.datasets.unlabelled import held_apart_classes, refuse_train_classes_held_apart, unlabelled_pool
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +153,18 @@ def split_one_pool(source: ImagePool, request: DataRequest) -> RetrievalData:
     check_protocol(request, splits_assigned=False)
     pool, class_names = source.description, source.class_names
     labels = np.asarray(source.labels)
-    if request.protocol == "open_set":
-        query_index, gallery_index, train_index = _open_set_indices(pool, labels, class_names, request)
-    else:
-        query_index, gallery_index, train_index = _closed_set_indices(pool, labels, class_names, request)
-    data = _retrieval_data(source, labels, {"train": train_index, "query": query_index, "gallery": gallery_index},
-                           request)
+    # data.unlabelled.evaluate_classes: false: the pool's classes take part in no split.
+    considered = np.flatnonzero(~np.isin(labels, held_apart_classes(request, class_names)))
+    indices = _open_set_indices if request.protocol == "open_set" else _closed_set_indices
+    query_index, gallery_index, train_index = (considered[part] for part in
+                                               indices(pool, labels[considered], class_names, request))
+    index = {"train": train_index, "query": query_index, "gallery": gallery_index}
+    data = _retrieval_data(source, labels, index, request)
     refuse_query_classes_without_gallery(data.query.labels, data.gallery.labels, class_names)
-    return data
+    refuse_train_classes_held_apart(request, class_names, data.train.labels)
+    used = np.concatenate(list(index.values()))
+    return replace(data, unlabelled=unlabelled_pool(ImageSet(source.images, labels, source.ids), used, request,
+                                                     class_names))
 
 
 def _retrieval_data(source: ImagePool, labels: np.ndarray, index: dict[str, np.ndarray],
@@ -241,6 +248,10 @@ def split_as_assigned(source: ImagePool, splits: np.ndarray, request: DataReques
     """The splits the user assigned (``splits``: ``train``/``query``/``gallery`` per image), by the module rules."""
     check_protocol(request, splits_assigned=True)
     pool, class_names = source.description, source.class_names
+    if request.unlabelled_classes:
+        raise DataError(f"data.unlabelled.classes does not apply to user-assigned splits ({pool}): every image is "
+                        "in a split, none is left for the pool; unset data.unlabelled, or let cmpnas draw the "
+                        "splits (no split column or split folders)")
     labels, splits = np.asarray(source.labels), np.asarray(splits)
     index = {split: np.flatnonzero(splits == split) for split in SPLIT_NAMES}
     for split, members in index.items():

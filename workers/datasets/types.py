@@ -79,6 +79,9 @@ class RetrievalData:
     # Files of the collection that could not be decoded and were skipped.
     bad_files: tuple[BadFile, ...] = ()
     protocol: str = "closed_set"
+    # data.unlabelled: images that train only through the label-free losses, labels all -1
+    # (``workers.datasets.unlabelled``); never an image of query or gallery.
+    unlabelled: ImageSet | None = None
 
     @property
     def num_classes(self) -> int:
@@ -109,6 +112,7 @@ class RetrievalData:
             "protocol": self.protocol,
             "streamed": self.train.streamed,
             "bad_files": len(self.bad_files),
+            "unlabelled_images": 0 if self.unlabelled is None else len(self.unlabelled),
         }
 
 
@@ -152,3 +156,8 @@ class DataRequest:
     decode_workers: int | None = None
     cache_trusted_group: str | None = None  # the group whose members may write the shard cache too
     allow_paths_outside_root: bool = False  # manifest: files outside the manifest's folder
+    # data.unlabelled (workers.datasets.unlabelled): the pool's classes, its size cap, and whether
+    # query and gallery keep those classes.
+    unlabelled_classes: tuple[str, ...] = ()
+    unlabelled_size: int | None = None
+    unlabelled_evaluated: bool = True

@@ -38,6 +38,8 @@ class GalleryEmbeddings:
     images_embedded: int
     seconds: float
     classifier_kind: str = "from_model"
+    # The unlabelled pool's (data.unlabelled), or None without one.
+    unlabelled: np.ndarray | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -71,7 +73,8 @@ SplitEmbedder = Callable[[str, ImageSet], tuple[np.ndarray, int]]
 def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: RetrievalData, device: torch.device,
                                classifier: str = "auto", batch_size: int = 512,
                                split_embedder: SplitEmbedder | None = None) -> GalleryEmbeddings:
-    """Every split through the gallery model once, and the BCT classifier over the train split's embeddings.
+    """Every split (and the unlabelled pool, ``data.unlabelled``) through the gallery model once, and the BCT
+    classifier over the train split's embeddings.
 
     The splits are embedded by ``split_embedder`` when given, else here, by ``gallery`` on ``device``,
     ``batch_size`` images at a time (a streamed split is read by batch, never whole).
@@ -79,8 +82,8 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
     if isinstance(gallery, GalleryCheckpoint):
         gallery = CmpnasGalleryModel(gallery)
     started = time.perf_counter()
-    embedded, images_embedded = _embed_splits(gallery, data, RETRIEVAL_SPLITS, device, batch_size,
-                                              split_embedder)
+    splits = RETRIEVAL_SPLITS if data.unlabelled is None else (*RETRIEVAL_SPLITS, "unlabelled")
+    embedded, images_embedded = _embed_splits(gallery, data, splits, device, batch_size, split_embedder)
     chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
     return GalleryEmbeddings(
         **embedded,

@@ -8,6 +8,13 @@ Fashion-MNIST and CIFAR (nothing rescaled). The crop of every image depends only
 the step and the image's place in the batch, so a resumed training draws the same crops as an
 uninterrupted one, and streamed and in-memory data give the same batches.
 
+``PooledBatches`` appends a batch of the unlabelled pool (``data.unlabelled``) to every labelled
+batch: ``unlabelled_batch_size`` pool images per step, the pool's rows after the labelled ones. The
+pool is read in passes, each in the order of its own seeded permutation (pass ``p`` of seed ``s``:
+``default_rng([s, p])``), so which pool images a step reads depends only on the seed and the step:
+a resumed training reads the same ones. An epoch is still one pass over the labelled split; the
+pool is cycled independently of it (smaller pools repeat sooner, larger ones take several epochs).
+
 The caller turns a batch into model input (``workers.training.preprocess.to_model_input``) at the
 resolution its model needs, and gives the same uint8 view to the gallery model when its
 targets must follow the crop.
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 
 from workers.datasets.types import ImageArray
+from workers.datasets.unlabelled import UNLABELLED
 
 
 @dataclass(frozen=True)
@@ -96,3 +104,35 @@ def crop_box(height: int, width: int, settings: AugmentationSettings, rng: np.ra
             return top, left, crop_height, crop_width
     side = min(height, width)
     return (height - side) // 2, (width - side) // 2, side, side
+
+
+class PooledBatches:
+    """Labelled batches with a batch of the unlabelled pool appended at each step (module rules); a
+    ``BatchReader`` whose ``labels`` are the labelled split's then the pool's (all ``UNLABELLED``)."""
+
+    def __init__(self, labelled: ImageBatches, pool_images: ImageArray, pool_batch_size: int):
+        self.labelled = labelled
+        self.pool = ImageBatches(pool_images, np.full(len(pool_images), UNLABELLED, dtype=np.int64), labelled.device,
+                                 labelled.augmentation, labelled.seed + 1)
+        self.epoch_rows = len(labelled.labels)
+        self.pool_batch_size = max(1, min(pool_batch_size, len(pool_images)))
+        self.labels = torch.cat([labelled.labels, self.pool.labels])
+
+    def pool_rows(self, step: int) -> np.ndarray:
+        """The pool images step ``step`` reads (module rules)."""
+        size = len(self.pool.labels)
+        positions = step * self.pool_batch_size + np.arange(self.pool_batch_size)
+        rows = np.empty(len(positions), dtype=np.int64)
+        for number in np.unique(positions // size):
+            in_pass = positions // size == number
+            rows[in_pass] = np.random.default_rng([self.labelled.seed, int(number)]).permutation(size)[
+                positions[in_pass] % size]
+        return rows
+
+    def batch_rows(self, index: torch.Tensor, step: int) -> torch.Tensor:
+        pool = torch.as_tensor(self.epoch_rows + self.pool_rows(step), dtype=index.dtype)
+        return torch.cat([index, pool.to(index.device)])
+
+    def read(self, rows: torch.Tensor, step: int) -> torch.Tensor:
+        is_pool = rows >= self.epoch_rows
+        return torch.cat([self.labelled.read(rows[~is_pool], step), self.pool.read(rows[is_pool] - self.epoch_rows, step)])

@@ -5,6 +5,9 @@ Rules of ``fit``:
   batches read from ``batches`` in a shuffled order drawn from ``seed``;
 * the next batch is read in a background thread while the current one trains, so reading (from
   disk, with augmentation) overlaps compute;
+* a reader may append rows to every batch (``batch_rows(index, step)``: the unlabelled pool's,
+  ``workers.training.batches.PooledBatches``); an epoch is a pass over its first ``epoch_rows`` rows
+  (default: all of ``labels``), the labelled ones;
 * ``step_loss(batch, batch_labels, batch_indices)`` returns the loss and named parts to average over
   the epoch; indices let a loss look up per-image targets (e.g. cached gallery embeddings); a loss
   that is not finite stops training with ``FloatingPointError``;
@@ -96,17 +99,22 @@ class _Optimization:
         return int(state["epoch"]) + 1
 
 
+def epoch_rows(batches: BatchReader) -> int:
+    """The rows one epoch passes over (module rules)."""
+    return int(getattr(batches, "epoch_rows", len(batches.labels)))
+
+
 def fit(trainable: nn.Module, batches: BatchReader, step_loss: StepLoss, settings: OptimSettings,
         hooks: EpochHooks = EpochHooks()) -> list[dict[str, float]]:
     """Train ``trainable`` in place (see the module's rules); returns each epoch's statistics."""
-    steps_per_epoch = max(1, math.ceil(len(batches.labels) / settings.batch_size))
+    steps_per_epoch = max(1, math.ceil(epoch_rows(batches) / settings.batch_size))
     optimization = _Optimization(trainable, settings, steps_per_epoch)
     first_epoch = optimization.restore(trainable, hooks.resume) if hooks.resume is not None else 1
     history = []
     with ThreadPoolExecutor(max_workers=1) as reader:
         for epoch in range(first_epoch, settings.epochs + 1):
             trainable.train()
-            order = torch.randperm(len(batches.labels), generator=optimization.generator)
+            order = torch.randperm(epoch_rows(batches), generator=optimization.generator)
             stats = _train_epoch(_Epoch(batches, step_loss, optimization, reader), order, settings.batch_size,
                                  (epoch - 1) * steps_per_epoch)
             trainable.eval()
@@ -125,8 +133,13 @@ class _Epoch:
     optimization: _Optimization
     reader: ThreadPoolExecutor
 
+    def rows(self, index: torch.Tensor, step: int) -> torch.Tensor:
+        """The rows of step ``step``: ``index``, and those the reader appends (module rules)."""
+        batch_rows = getattr(self.batches, "batch_rows", None)
+        return index if batch_rows is None else batch_rows(index, step)
+
     def read(self, index: torch.Tensor, step: int) -> Future:
-        return self.reader.submit(self.batches.read, index, step)
+        return self.reader.submit(self.batches.read, self.rows(index, step), step)
 
 
 def _train_epoch(epoch: _Epoch, order: torch.Tensor, batch_size: int, first_step: int) -> dict[str, float]:
@@ -143,7 +156,7 @@ def _train_epoch(epoch: _Epoch, order: torch.Tensor, batch_size: int, first_step
         waited += time.perf_counter() - wait_started
         if number + 1 < len(starts):
             upcoming = epoch.read(order[start + batch_size : start + 2 * batch_size], first_step + number + 1)
-        device_index = index.to(labels.device)
+        device_index = epoch.rows(index, first_step + number).to(labels.device)
         loss, parts = epoch.step_loss(batch, labels[device_index], device_index)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {first_step // len(starts) + 1}; lower the "

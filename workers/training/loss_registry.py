@@ -15,6 +15,10 @@ DEFAULT_LOSS_WEIGHTS = {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_ali
 
 LOSS_PARAMETERS_FIELD = "training.loss_parameters"
 
+# The built-in losses that read no labels (``uses_labels`` False): the only ones the unlabelled pool
+# (data.unlabelled) trains through.
+LABEL_FREE_LOSSES = ("cosine_alignment", "l2_regression", "relational")
+
 BUILTIN_LOSSES = ("own_classifier", "bct_influence", "cosine_alignment", "cross_contrastive", "l2_regression",
                   "relational")
 # Of ``CompatibilityLoss`` subclasses (not named here: the classes import this module).

@@ -22,18 +22,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.errors import CmpnasError
-from workers.training.loss_registry import LOSS_PARAMETERS_FIELD, LOSSES, register_loss
+from workers.training.loss_registry import LABEL_FREE_LOSSES, LOSS_PARAMETERS_FIELD, LOSSES, register_loss
 
 
 @dataclass
 class LossContext:
-    """One batch: the candidate's normalised embeddings and what the frozen gallery offers."""
+    """One batch: the candidate's normalised embeddings and what the frozen gallery offers. ``labels``:
+    one per row, ``UNLABELLED`` (-1) for a row of the unlabelled pool; None for a batch of pool rows only."""
 
     query_embeddings: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     own_classifier: Callable[[torch.Tensor], torch.Tensor]
     gallery_classifier: Callable[[torch.Tensor], torch.Tensor]
     gallery_embeddings: torch.Tensor
+
+    def rows(self, mask: torch.Tensor, labelled: bool) -> LossContext:
+        """The context of the rows ``mask`` selects; without their labels unless ``labelled``."""
+        return LossContext(self.query_embeddings[mask], self.labels[mask] if labelled else None, self.own_classifier,
+                           self.gallery_classifier, self.gallery_embeddings[mask])
+
+
+class UnlabelledBatchError(CmpnasError, ValueError):
+    """A loss that needs labels was given rows of the unlabelled pool (``data.unlabelled``)."""
+
+
+def labels_of(context: LossContext, loss: str) -> torch.Tensor:
+    """The batch's labels, for a loss that needs them: refused when the batch has none or holds pool rows."""
+    labels = context.labels
+    if labels is None or bool((labels < 0).any()):
+        raise UnlabelledBatchError(
+            f"loss {loss!r} needs labels, but its batch holds images of the unlabelled pool (data.unlabelled): only "
+            f"the label-free losses {list(LABEL_FREE_LOSSES)} train on the pool; this is a bug of the caller")
+    return labels
 
 
 class LossParameterError(CmpnasError, ValueError):
@@ -60,6 +80,8 @@ class CompatibilityLoss(nn.Module, ABC):
     """
 
     name: str
+    # False for a loss that reads no labels: only such losses see the unlabelled pool (data.unlabelled).
+    uses_labels: bool = True
 
     @classmethod
     def parameter_names(cls) -> list[str]:
@@ -79,7 +101,7 @@ class OwnClassifierLoss(CompatibilityLoss):
     name = "own_classifier"
 
     def forward(self, context: LossContext) -> torch.Tensor:
-        return F.cross_entropy(context.own_classifier(context.query_embeddings), context.labels)
+        return F.cross_entropy(context.own_classifier(context.query_embeddings), labels_of(context, self.name))
 
 
 @register_loss
@@ -89,7 +111,7 @@ class BCTInfluenceLoss(CompatibilityLoss):
     name = "bct_influence"
 
     def forward(self, context: LossContext) -> torch.Tensor:
-        return F.cross_entropy(context.gallery_classifier(context.query_embeddings), context.labels)
+        return F.cross_entropy(context.gallery_classifier(context.query_embeddings), labels_of(context, self.name))
 
 
 @register_loss
@@ -97,6 +119,7 @@ class CosineAlignmentLoss(CompatibilityLoss):
     """1 - cosine similarity to the gallery model's embedding of the same image."""
 
     name = "cosine_alignment"
+    uses_labels = False
 
     def forward(self, context: LossContext) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(context.query_embeddings, context.gallery_embeddings, dim=1)).mean()
@@ -127,7 +150,7 @@ class CrossContrastiveLoss(TemperatureScaledLoss):
     def forward(self, context: LossContext) -> torch.Tensor:
         query, gallery = normalised_pair(context)
         log_probability = F.log_softmax(query @ gallery.T / self.temperature, dim=1)
-        labels = context.labels
+        labels = labels_of(context, self.name)
         positives = (labels[:, None] == labels[None, :]) | torch.eye(len(labels), dtype=torch.bool,
                                                                      device=labels.device)
         per_query = -(log_probability * positives).sum(1) / positives.sum(1)
@@ -140,6 +163,7 @@ class L2RegressionLoss(CompatibilityLoss):
     embedding of the same image (on unit vectors: 2 x ``cosine_alignment``)."""
 
     name = "l2_regression"
+    uses_labels = False
 
     def forward(self, context: LossContext) -> torch.Tensor:
         query, gallery = normalised_pair(context)
@@ -153,6 +177,7 @@ class RelationalLoss(TemperatureScaledLoss):
     Depends on the query space only through its similarities: a rotation of it changes nothing."""
 
     name = "relational"
+    uses_labels = False
 
     def forward(self, context: LossContext) -> torch.Tensor:
         query, gallery = normalised_pair(context)
@@ -198,10 +223,17 @@ class WeightedLossSum(nn.Module):
 
     ``parameters`` (loss name -> parameter name -> value, as ``training.loss_parameters``) are
     passed to each loss's ``__init__``; a loss or parameter left out takes its default.
+
+    A batch with rows of the unlabelled pool (label ``UNLABELLED``, ``data.unlabelled``): every loss
+    is taken over the labelled rows as without a pool; the label-free losses (``uses_labels`` False)
+    are also taken over the pool rows, without their labels, and added times their weight times
+    ``unlabelled_weight`` (``training.unlabelled_weight``), reported as ``unlabelled_loss_<name>``.
     """
 
-    def __init__(self, weights: dict[str, float], parameters: dict[str, dict[str, float]] | None = None):
+    def __init__(self, weights: dict[str, float], parameters: dict[str, dict[str, float]] | None = None,
+                 unlabelled_weight: float = 1.0):
         super().__init__()
+        self.unlabelled_weight = float(unlabelled_weight)
         parameters = parameters or {}
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
@@ -215,6 +247,20 @@ class WeightedLossSum(nn.Module):
         self.losses = nn.ModuleDict({name: LOSSES[name](**parameters.get(name, {})) for name in self.weights})
 
     def forward(self, context: LossContext) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = context.labels
+        pool_rows = None if labels is None else labels < 0
+        if pool_rows is None or not bool(pool_rows.any()):
+            return self._labelled(context)
+        total, reported = self._labelled(context.rows(~pool_rows, labelled=True))
+        pool = context.rows(pool_rows, labelled=False)
+        for name, loss in self.losses.items():
+            if not loss.uses_labels:
+                value = loss(pool)
+                total = total + self.unlabelled_weight * self.weights[name] * value
+                reported[f"unlabelled_loss_{name}"] = value.item()
+        return total, reported
+
+    def _labelled(self, context: LossContext) -> tuple[torch.Tensor, dict[str, float]]:
         parts = {name: loss(context) for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, {f"loss_{name}": value.item() for name, value in parts.items()}
