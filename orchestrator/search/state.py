@@ -230,6 +230,7 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
     ("data", "cache_trusted_group"): None, ("data", "allow_paths_outside_root"): True,
     ("data", "validation_max_fraction"): 1.0,  # no cap: the split such a search was carved with
+    ("data", "validation_classes"): None, ("evaluation", "agreement_k"): None,
     ("training", "min_steps"): 0, ("gallery", "min_steps"): 0,
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],

@@ -68,6 +68,7 @@ def shared_trial_inputs(ctx: SearchContext, epochs: int) -> SharedTrialInputs:
         calibration_images=config.supernet.calibration_images,
         task=config.evaluation.task,
         held_out=inputs.held_out,
+        agreement_k=config.evaluation.agreement_k,
     )
 
 

@@ -7,7 +7,8 @@ Rules:
 * with ``data.validation_size``, ``load_search_data`` carves the validation split from train
   (``workers.datasets.validation``; at most a quarter of it, ``validation_images``): a job
   trains, early-stops and selects on that view (``SearchData.selection``) and only reports the
-  held-out query/gallery splits (``SearchData.held_out``);
+  held-out query/gallery splits (``SearchData.held_out``); with ``data.validation_classes`` the
+  validation split is those classes' images instead, taken out of train (class-disjoint validation);
 * colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
   does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
   the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
@@ -24,7 +25,7 @@ from orchestrator.config import CmpnasConfig, ConfigError
 from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, RetrievalData, load_retrieval_data
 from workers.datasets.leave_one_out import pooled_for_leave_one_out
-from workers.datasets.validation import carve_validation, validation_images
+from workers.datasets.validation import carve_class_validation, carve_validation, validation_images
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
 PHOTO_SOURCES = ("image_folder", "manifest")
@@ -60,10 +61,13 @@ class SearchData:
 
 def load_search_data(config: CmpnasConfig) -> SearchData:
     """``load_data`` (its query and gallery pooled for ``evaluation.held_out: leave_one_out``), then the
-    validation split carved from train when ``data.validation_size`` is set."""
+    validation split carved from train when ``data.validation_size`` or ``data.validation_classes`` is set."""
     data = load_data(config)
     if config.evaluation.held_out == "leave_one_out":
         data = pooled_for_leave_one_out(data)
+    if config.data.validation_classes:
+        return SearchData(carve_class_validation(data, config.data.validation_classes, config.data.validation_size,
+                                                 config.data.seed), held_out=data)
     if not config.data.validation_size:
         return SearchData(data)
     size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)

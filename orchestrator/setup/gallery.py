@@ -217,6 +217,8 @@ def split_identity(config: CmpnasConfig) -> dict:
         identity.update(protocol=data.protocol, train_classes=data.train_classes, train_size=data.train_size)
     if data.validation_size:  # named only when set, so checkpoints without one keep their identity
         identity.update(validation_size=data.validation_size, train_size=data.train_size)
+    if data.validation_classes:  # those classes are out of train: a model trained on them saw them
+        identity.update(validation_classes=list(data.validation_classes), train_size=data.train_size)
     return identity
 
 
@@ -225,7 +227,7 @@ def split_must_match(config: CmpnasConfig) -> bool:
     and gallery (file collections), open-set everywhere (a closed-set model has seen the searched classes),
     and with a validation split (a model trained on the validation images would be scored on them)."""
     return (config.data.source in ("image_folder", "manifest") or config.data.protocol == "open_set"
-            or config.data.validation_size > 0)
+            or config.data.validation_size > 0 or bool(config.data.validation_classes))
 
 
 def check_gallery_fits(checkpoint: GalleryCheckpoint, config: CmpnasConfig, data: RetrievalData, path: Path) -> None:
