@@ -192,8 +192,11 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
                     if held_out.query is not held_out.gallery else
                     f"the {len(held_out.query)} query and gallery images, pooled (evaluation.held_out: leave_one_out: "
                     "each a query against all the others), are")
-        log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images carved from train "
-            f"(data.validation_size), for selection; {reported} held out and only reported")
+        carved = (f"of the classes {config.data.validation_classes}, taken out of train (data.validation_classes: "
+                  "neither trained nor evaluated)" if config.data.validation_classes else
+                  "carved from train (data.validation_size)")
+        log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images {carved}, for selection; "
+            f"{reported} held out and only reported")
     if data.bad_files:
         shown = "; ".join(f"{item.id} ({item.reason})" for item in data.bad_files[:3])
         log(f"skipped {len(data.bad_files)} file(s) that could not be decoded (data.max_bad_fraction="
