@@ -20,7 +20,7 @@ Each option's Spearman rho with ``heldout_r1`` is reported with its 95 % bootstr
 candidates (``evaluators.rank_correlation``). The JSON goes to ``bench/results/openset_validation.json``.
 
     python bench/openset_validation.py --workdir /tmp/openset-validation            # runs the search
-    python bench/openset_validation.py --workdir /tmp/openset-validation --from-run <parent run id>
+    python bench/openset_validation.py --workdir /tmp/openset-validation --from-run <parent run id | latest>
     python bench/openset_validation.py --workdir /tmp/ov --set search.num_candidates=24 --set training.epochs=3
 """
 
@@ -69,6 +69,12 @@ def bench_config(args: argparse.Namespace) -> CmpnasConfig:
 
 
 def run_or_find_search(config: CmpnasConfig, from_run: str | None) -> str:
+    """The search's parent run id: ``--from-run`` (``latest``: the newest search in the store, e.g. one still
+    running, read as far as its candidates finished), else the id of a search run now."""
+    if from_run == "latest":
+        from orchestrator.export.selection import latest_search_run_id
+
+        return latest_search_run_id(SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment))
     if from_run:
         return from_run
     from rich.console import Console
@@ -158,7 +164,7 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="where the search's MLflow store and outputs live")
-    parser.add_argument("--from-run", default=None, help="a finished search (MLflow parent run id) in the workdir")
+    parser.add_argument("--from-run", default=None, help="a search (MLflow parent run id, or latest) in the workdir")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. search.num_candidates=24")
     parser.add_argument("--results", default=str(REPO / "bench" / "results" / "openset_validation.json"))
     args = parser.parse_args()
