@@ -230,7 +230,6 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "streaming"): "off", ("data", "cache_dir"): None, ("data", "decode_workers"): None,
     ("data", "cache_trusted_group"): None, ("data", "allow_paths_outside_root"): True,
     ("data", "validation_max_fraction"): 1.0,  # no cap: the split such a search was carved with
-    ("data", "validation_classes"): None, ("evaluation", "agreement_k"): None,
     ("training", "min_steps"): 0, ("gallery", "min_steps"): 0,
     ("training", "loss_parameters"): {},
     ("training", "augmentation"): {"enabled": "off", "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3],
@@ -238,6 +237,7 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("evaluation", "compatibility_ratio"): 0.5, ("evaluation", "paragon_ratio"): 0.0,
     ("evaluation", "chance_margin"): None, ("evaluation", "held_out"): "split",
     ("search", "max_latency_ms"): None, ("gallery", "allow_torchscript"): False,
+    ("data", "validation_classes"): None, ("evaluation", "agreement_k"): None,  # train-class validation, no agreement
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
 }
