@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from evaluators import FLOPS_CONVENTION, count_complexity, create_task
+from evaluators.agreement import agreement_metrics
 from evaluators.latency import LATENCY_METHOD, measure_model_latency
 from search_space import ArchSpec, build_query_model
 from search_space.supernet import extract_subnet
@@ -61,6 +63,8 @@ class SharedTrialInputs:
     # With a validation split: ``data``'s query/gallery are the validation halves (ranked on), and these
     # held-out splits are evaluated once, after the last epoch, for reporting only.
     held_out: HeldOutSplits | None = None
+    # evaluation.agreement_k: also report the label-free neighbour agreement (evaluators.agreement) at this k.
+    agreement_k: int | None = None
 
 
 def run_candidate_trial(config: dict[str, Any], shared: SharedTrialInputs) -> None:
@@ -111,8 +115,12 @@ class _CandidateTrial:
         query_embeddings = self.embed(data.query)
         metrics: dict[str, Any] = {"epoch": epoch, **stats, **self.task.evaluate(
             query_embeddings, data.query.labels, gallery.gallery, data.gallery.labels, "cross", data.pair_ids())}
-        if epoch == self.shared.training.optim.epochs:
-            metrics.update(self.task.evaluate(query_embeddings, data.query.labels, self.embed(data.gallery),
+        final = epoch == self.shared.training.optim.epochs
+        if final or self.shared.agreement_k:
+            gallery_side = self.embed(data.gallery)
+            metrics.update(self._agreement_metrics(query_embeddings, gallery_side, final))
+        if final:
+            metrics.update(self.task.evaluate(query_embeddings, data.query.labels, gallery_side,
                                               data.gallery.labels, "homo", data.pair_ids()))
             metrics.update(self._held_out_metrics(), **_cost_metrics(self.model, self.spec, self.shared),
                            **self._run_metrics())
@@ -120,6 +128,19 @@ class _CandidateTrial:
             _save_candidate(Path(folder), self.model, self.spec)
             torch.save(self.latest_state, Path(folder) / TRAINER_STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def _agreement_metrics(self, query_side, gallery_side, final: bool) -> dict[str, float]:
+        """``cross_agreement`` (and, final, ``homo_agreement``) on the query and gallery splits' images
+        pooled, each image once: no label is read (``evaluators.agreement``)."""
+        k = self.shared.agreement_k
+        if not k:
+            return {}
+        data, gallery = self.shared.data, self.shared.gallery
+        _, first = np.unique(np.concatenate([data.query.ids, data.gallery.ids]), return_index=True)
+        once = np.sort(first)  # leave-one-out pools query and gallery: an image shared by both counts once
+        query_model = np.concatenate([query_side, gallery_side])[once]
+        gallery_model = np.concatenate([gallery.query, gallery.gallery])[once]
+        return agreement_metrics(query_model, gallery_model, k, ("cross", "homo") if final else ("cross",))
 
     def _held_out_metrics(self) -> dict[str, float]:
         """Reported only: the held-out queries against the gallery model's gallery, and against its own."""

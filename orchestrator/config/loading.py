@@ -147,10 +147,19 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> CmpnasConfi
 
 def cross_field_problems(config: CmpnasConfig) -> list[str]:
     """Rules that tie fields of different sections together."""
+    from evaluators.agreement import LABEL_FREE_METRIC
     from evaluators.tasks import list_tasks, searchable_metrics
 
     problems = []
-    allowed = searchable_metrics(config.evaluation.task)
+    allowed = (*searchable_metrics(config.evaluation.task), LABEL_FREE_METRIC)
+    if config.search.metric == LABEL_FREE_METRIC and config.evaluation.agreement_k is None:
+        problems.append(f"search.metric: {LABEL_FREE_METRIC!r} ranks on the label-free neighbour agreement, which "
+                        "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or choose a labelled "
+                        f"metric of {list(allowed[:-1])}")
+    if config.search.metric == LABEL_FREE_METRIC and config.gallery.patience is not None:
+        problems.append(f"gallery.patience early-stops the gallery model on search.metric gallery/gallery, and "
+                        f"{LABEL_FREE_METRIC!r} is 100 for a model against itself: unset gallery.patience (a fixed "
+                        "schedule) or rank on a labelled metric")
     if config.search.metric not in allowed:
         elsewhere = [task for task in list_tasks() if config.search.metric in searchable_metrics(task)]
         hint = f"; or set evaluation.task to {elsewhere[0]!r}, whose trials report it" if elsewhere else ""

@@ -342,10 +342,12 @@ def _bounds(metadata: list[Any]) -> list[str]:
 
 
 def _metrics_per_task() -> str:
+    from evaluators.agreement import LABEL_FREE_METRIC
     from evaluators.tasks import list_tasks, searchable_metrics
 
     return "per `evaluation.task`: " + "; ".join(
-        f"`{task}`: " + ", ".join(f"`{metric}`" for metric in searchable_metrics(task)) for task in list_tasks())
+        f"`{task}`: " + ", ".join(f"`{metric}`" for metric in searchable_metrics(task)) for task in list_tasks()
+    ) + f"; any task, with `evaluation.agreement_k`: `{LABEL_FREE_METRIC}`"
 
 
 def _table(rows: list[FieldRow]) -> list[str]:

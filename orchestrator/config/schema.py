@@ -24,6 +24,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -109,6 +110,10 @@ class DataConfig(_Section):
         0.25, gt=0, le=1, description="the most of the train split data.validation_size may take: a larger size is "
                                       "capped to it, with a warning (a size meant for a large set would otherwise "
                                       "take most of a small collection's training images)")
+    validation_classes: list[StrictInt | str] | None = Field(
+        None, min_length=2, description="class-disjoint validation: these classes (names or indices) leave the train "
+                                        "split, are not evaluated, and candidates are ranked on data.validation_size "
+                                        "of their images (0: all); null: validation from the train classes")
     protocol: Literal["closed_set", "open_set"] = Field(
         "closed_set", description="closed_set: train, query and gallery share classes (split by image); open_set: the "
                                   "train classes are disjoint from the query/gallery classes"
@@ -483,6 +488,10 @@ class EvaluationConfig(_Section):
         description="a trial also fails when its final cross-model metric is within this fraction of the way from "
                     "chance (a random ranking's score on the split) to 100, e.g. R@1 below 19 with 10 balanced "
                     "classes; for R@1, R@5 and mAP; null: off")
+    agreement_k: PositiveInt | None = Field(
+        None, description="trials also report the label-free cross_agreement and homo_agreement: the share of the "
+                          "gallery model's own k nearest neighbours of each validation image among the query "
+                          "model's, in percent; search.metric: cross_agreement ranks on it. null: off")
 
 
 class Nsga2Config(_Section):
@@ -666,7 +675,7 @@ class CmpnasConfig(_Section):
 
     @model_validator(mode="after")
     def _early_stopping_has_a_validation_split(self) -> CmpnasConfig:
-        if self.gallery.patience is not None and self.data.validation_size == 0:
+        if self.gallery.patience is not None and self.data.validation_size == 0 and not self.data.validation_classes:
             raise ValueError(f"gallery.patience={self.gallery.patience} stops the gallery model's training on the "
                              "validation split, and data.validation_size is 0; set data.validation_size (e.g. 2000), "
                              "or unset gallery.patience")

@@ -266,12 +266,13 @@ PHASE_HANDLERS: dict[SearchPhase, Callable[[SearchSession, SearchState], SearchO
 
 def log_paragon(metrics: dict[str, float], measure: str, held_out: bool, mflops: float, log) -> None:
     """The paragon's R@1, mAP and searched measure (on the validation split, and held out, when there is one)."""
-    where = " (validation split)" if held_out else ""
-    log(f"paragon{where}: R@1 {metrics['paragon_r1']:.2f}, mAP {metrics['paragon_map']:.2f}, {measure} "
-        f"{metrics['paragon_' + measure]:.2f}, {mflops:.1f} MFLOPs")
+    extra = {prefix: f", {measure} {metrics[prefix + measure]:.2f}" if prefix + measure in metrics else ""
+             for prefix in ("paragon_", "paragon_heldout_")}  # none for a label-free measure (agreement)
+    log(f"paragon{' (validation split)' * held_out}: R@1 {metrics['paragon_r1']:.2f}, mAP {metrics['paragon_map']:.2f}"
+        f"{extra['paragon_']}, {mflops:.1f} MFLOPs")
     if held_out:
-        log(f"paragon (held out): R@1 {metrics['paragon_heldout_r1']:.2f}, mAP {metrics['paragon_heldout_map']:.2f}, "
-            f"{measure} {metrics['paragon_heldout_' + measure]:.2f}")
+        log(f"paragon (held out): R@1 {metrics['paragon_heldout_r1']:.2f}, mAP {metrics['paragon_heldout_map']:.2f}"
+            f"{extra['paragon_heldout_']}")
 
 
 def log_schedule(config: CmpnasConfig, prepared: PreparedInputs, log) -> None:

@@ -238,6 +238,7 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("evaluation", "compatibility_ratio"): 0.5, ("evaluation", "paragon_ratio"): 0.0,
     ("evaluation", "chance_margin"): None, ("evaluation", "held_out"): "split",
     ("search", "max_latency_ms"): None, ("gallery", "allow_torchscript"): False,
+    ("data", "validation_classes"): None, ("evaluation", "agreement_k"): None,  # train-class validation, no agreement
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
     ("data", "unlabelled"): {"classes": [], "size": None, "evaluate_classes": True},  # no pool

@@ -101,6 +101,7 @@ def shared_trial_inputs(ctx: SearchContext, epochs: int, final_training: bool = 
         calibration_images=config.supernet.calibration_images,
         task=config.evaluation.task,
         held_out=inputs.held_out,
+        agreement_k=config.evaluation.agreement_k,
     )
 
 

@@ -7,7 +7,8 @@ Rules:
 * with ``data.validation_size``, ``load_search_data`` carves the validation split from train
   (``workers.datasets.validation``; at most a quarter of it, ``validation_images``): a job
   trains, early-stops and selects on that view (``SearchData.selection``) and only reports the
-  held-out query/gallery splits (``SearchData.held_out``);
+  held-out query/gallery splits (``SearchData.held_out``); with ``data.validation_classes`` the
+  validation split is those classes' images instead, taken out of train (class-disjoint validation);
 * the unlabelled pool (``data.unlabelled``) is checked against every query and gallery split, the
   validation halves and the held-out ones: an image of them in the pool is refused
   (``workers.datasets.unlabelled.refuse_evaluated_overlap``);
@@ -28,7 +29,7 @@ from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, ImageSet, RetrievalData, load_retrieval_data
 from workers.datasets.leave_one_out import pooled_for_leave_one_out
 from workers.datasets.unlabelled import refuse_evaluated_overlap
-from workers.datasets.validation import carve_validation, validation_images
+from workers.datasets.validation import carve_class_validation, carve_validation, validation_images
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
 PHOTO_SOURCES = ("image_folder", "manifest")
@@ -73,11 +74,14 @@ class SearchData:
 
 def load_search_data(config: CmpnasConfig) -> SearchData:
     """``load_data`` (its query and gallery pooled for ``evaluation.held_out: leave_one_out``), then the
-    validation split carved from train when ``data.validation_size`` is set."""
+    validation split carved from train when ``data.validation_size`` or ``data.validation_classes`` is set."""
     data = load_data(config)
     if config.evaluation.held_out == "leave_one_out":
         data = pooled_for_leave_one_out(data)
-    if not config.data.validation_size:
+    if config.data.validation_classes:
+        search_data = SearchData(carve_class_validation(data, config.data.validation_classes,
+                                                        config.data.validation_size, config.data.seed), held_out=data)
+    elif not config.data.validation_size:
         search_data = SearchData(data)
     else:
         size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)

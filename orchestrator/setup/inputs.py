@@ -194,8 +194,11 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
                     if held_out.query is not held_out.gallery else
                     f"the {len(held_out.query)} query and gallery images, pooled (evaluation.held_out: leave_one_out: "
                     "each a query against all the others), are")
-        log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images carved from train "
-            f"(data.validation_size), for selection; {reported} held out and only reported")
+        carved = (f"of the classes {config.data.validation_classes}, taken out of train (data.validation_classes: "
+                  "neither trained nor evaluated)" if config.data.validation_classes else
+                  "carved from train (data.validation_size)")
+        log(f"validation split: {len(data.query)} query + {len(data.gallery)} gallery images {carved}, for selection; "
+            f"{reported} held out and only reported")
     if data.unlabelled is not None:
         log(f"unlabelled pool: {len(data.unlabelled)} images of {config.data.unlabelled.classes} (data.unlabelled), "
             "none of them a query or gallery image; they train only through the label-free losses")
