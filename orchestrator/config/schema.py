@@ -76,6 +76,18 @@ class UnlabelledConfig(_Section):
                           "images, never the evaluated ones); false: those classes are left out of every split "
                           "(a pool of classes neither trained nor evaluated)")
 
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, names: list[str]) -> list[str]:
+        blank = [name for name in names if not name.strip()]
+        if blank:
+            raise ValueError(f"class names must not be blank, got {names!r}: name each class as the data names it "
+                             "(Fashion-MNIST: e.g. 'sandal')")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"class names must not repeat, got {repeated} more than once")
+        return names
+
 
 class DataConfig(_Section):
     source: Annotated[str, registered_in(SOURCES)] = Field("fashion_mnist", description="a registered data source")

@@ -108,6 +108,11 @@ def _bad_values(field) -> st.SearchStrategy:
             st.fixed_dictionaries({"bct_influence": st.one_of(NON_FINITE, NON_NUMERIC_TEXT)}),
             st.just({"own_classifier": 0.0, "bct_influence": 0.0}),
         )
+    if typing.get_origin(base) is list and typing.get_args(base)[0] is str:  # data.unlabelled.classes: names
+        blank = st.sampled_from(["", " ", "\t", "\n "])
+        return st.one_of(st.integers(), st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2),
+                         st.lists(blank, min_size=1, max_size=3), st.just(["sandal", "sandal"]),
+                         st.lists(st.integers(), min_size=1, max_size=3), *not_none)
     if typing.get_origin(base) is list:  # e.g. search.budgets_mflops (positive), gallery.input.mean (0 to 1)
         _, item_bounds, _ = _unwrap(typing.get_args(base)[0])
         out_of_range = []

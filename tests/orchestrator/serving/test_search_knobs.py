@@ -139,3 +139,12 @@ def test_gallery_embed_records_the_knob_and_query_overrides_it(checkpoint, image
                                       "--k", "48", str(image_root / "cross" / "000.png")])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["results"]) == 48
+    import ray
+
+    from orchestrator.serving.serve.options import ServeOptions
+    from orchestrator.serving.serve.runner import start_serving
+
+    ray_before = ray.is_initialized()
+    with pytest.raises(SearchKnobError, match="--ef-search does not apply to index 'IVF4,Flat': it takes --nprobe"):
+        start_serving(ServeOptions(model=export, index=folder, ef_search=64))
+    assert ray.is_initialized() == ray_before  # refused on the files, before Ray or Serve started

@@ -14,6 +14,7 @@ from tests.conftest import tiny_tree
 from tests.workers.datasets.test_streaming import request, write_collection
 from workers.datasets import DataError, DataRequest, ImageSet, load_retrieval_data, register_source
 from workers.datasets.fashion_mnist import CLASS_NAMES, load_arrays, locate
+from workers.datasets.registry import SOURCES
 from workers.datasets.unlabelled import UNLABELLED, refuse_evaluated_overlap
 
 UNSEEN = list(CLASS_NAMES[5:])
@@ -77,7 +78,6 @@ def test_a_pool_holding_an_evaluated_image_is_refused_by_id_and_by_pixels():
         refuse_evaluated_overlap(copied, evaluated)
 
 
-@register_source("leaky_pool_for_tests")
 def _leaky_source(data_request: DataRequest):
     """Fashion-MNIST whose pool also holds the gallery split's images: what a search must refuse."""
     data = load_retrieval_data("fashion_mnist", replace(data_request, unlabelled_size=300))
@@ -88,8 +88,17 @@ def _leaky_source(data_request: DataRequest):
     return replace(data, unlabelled=pool)
 
 
-def test_a_search_refuses_a_source_whose_pool_overlaps_the_held_out_gallery(tmp_path):
-    tree = tiny_tree(tmp_path, data={"source": "leaky_pool_for_tests", "protocol": "open_set", "train_classes": 5,
+@pytest.fixture
+def leaky_source():
+    """The leaky source registered for one test only: a name left in the registry would show in every
+    registry-driven test (allowed values, the configuration page) that runs after it."""
+    register_source("leaky_pool_for_tests")(_leaky_source)
+    yield "leaky_pool_for_tests"
+    SOURCES.unregister("leaky_pool_for_tests")
+
+
+def test_a_search_refuses_a_source_whose_pool_overlaps_the_held_out_gallery(tmp_path, leaky_source):
+    tree = tiny_tree(tmp_path, data={"source": leaky_source, "protocol": "open_set", "train_classes": 5,
                                      "validation_size": 200, "unlabelled": {"classes": UNSEEN}})
     with pytest.raises(DataError, match="evaluated held-out gallery split"):
         load_search_data(validate_config(tree))
