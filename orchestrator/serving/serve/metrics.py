@@ -8,7 +8,8 @@ Ray's ``prom_metrics_service_discovery.json`` lists the ports for Prometheus), b
 * ``ray_cmpnas_serve_request_latency_s{route}``: seconds from the request's arrival at the replica
   to its answer (a histogram);
 * ``ray_cmpnas_serve_batch_size{route}``: requests per model call of the dynamic batching, and
-  ``ray_cmpnas_serve_batch_images{route}``: images per model call.
+  ``ray_cmpnas_serve_batch_images{route}``: images per model call (buckets at n + 0.5: see
+  ``BATCH_BOUNDARIES``; their ``_sum / _count`` is the exact mean up to 32 per call).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from __future__ import annotations
 from ray.util.metrics import Counter, Histogram
 
 LATENCY_BOUNDARIES_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+# Ray's exporter does not keep a histogram's sum: it estimates ``_sum`` from the bucket counts times
+# each bucket's midpoint (ray-project/ray#53740). Half-integer boundaries give every batch of 1 to 32
+# its own bucket with the batch size as midpoint, so ``_sum / _count`` is the exact mean batch there;
+# the default powers of two read a batch of 1 as 0.5. Latency sums are midpoint estimates: read the
+# latency from its buckets (histogram_quantile), not from _sum / _count.
+BATCH_BOUNDARIES = [size + 0.5 for size in range(33)] + [48.5, 64.5, 128.5, 256.5, 512.5, 1024.5, 2048.5, 4096.5]
 
 
 class ServeMetrics:
