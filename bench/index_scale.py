@@ -39,17 +39,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from run_record import machine_record  # noqa: E402 - bench/, beside this script
 
 CHUNK = 8192
 KINDS = (("variant", 0.40), ("blend", 0.25), ("splice", 0.15), ("digit", 0.10), ("face", 0.10))
@@ -300,20 +299,6 @@ def bench_factory(factory, vectors, queries, query_labels, gallery_labels, exact
     return {"factory": factory, "build_seconds": build_seconds, "memory_mb": memory_mb, "points": points}, rows
 
 
-def machine() -> dict:
-    def run(*command):
-        try:
-            return subprocess.run(command, capture_output=True, text=True, cwd=REPO).stdout.strip()
-        except OSError:
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "uptime": run("uptime"), "commit": run("git", "rev-parse", "--short", "HEAD"),
-            "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
-
-
 def goal(results: list[dict]) -> dict:
     """The issue's goal: the fastest point (batch 256) at >= 0.98 of flat's R@1, its speed-up over flat;
     and, stricter, the fastest that also finds >= 0.99 of flat's top 10 (R@1 by label forgives a
@@ -364,7 +349,7 @@ def main() -> None:
         if factory == "Flat":
             exact_top10 = rows
         results.append(result)
-    report = {"machine": machine(), "size": len(vectors), "queries": len(queries), "threads": args.threads,
+    report = {"machine": machine_record(), "size": len(vectors), "queries": len(queries), "threads": args.threads,
               "gallery_model": {"path": str(args.gallery_model), "fingerprint": gallery.fingerprint},
               "export": str(args.export), "composition": {kind: int((kinds == code).sum())
                                                           for code, (kind, _) in enumerate(KINDS)},

@@ -25,16 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from run_record import machine_record  # noqa: E402 - bench/, beside this script
 
 ARMS = {"pool": 1.0, "no_pool": 0.0}
 
@@ -132,10 +132,6 @@ def summary(cells: list[dict]) -> dict:
     return out
 
 
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-
-
 def main() -> None:
     args = parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -149,9 +145,9 @@ def main() -> None:
             cells.append(run_cell(args, arm, seed))
             store.write_text(json.dumps(cells, indent=1) + "\n")
     results = args.results or REPO / "bench" / "results" / f"openset_pool_{args.config.stem}.json"
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+    report = {"machine": machine_record(),
               "config": str(args.config.relative_to(REPO)) if args.config.is_relative_to(REPO) else str(args.config),
-              "cores": os.cpu_count(), "cells": cells, "summary": summary(cells)}
+              "cells": cells, "summary": summary(cells)}
     results.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"], indent=1))
 

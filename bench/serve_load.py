@@ -34,21 +34,20 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from run_record import machine_record  # noqa: E402 - bench/, beside this script
 
 BATCH_METRIC = "ray_cmpnas_serve_batch_size"
 SINGLE_REQUESTS = 100  # requests sent one at a time after the load: latency without queueing
@@ -236,20 +235,6 @@ def in_process(args: argparse.Namespace, pngs: list[bytes]) -> dict:
             "threads": run_load(send, pngs[args.warmup:], args.concurrency, args.time_cap).summary()}
 
 
-def machine() -> dict:
-    def run(*command):
-        try:
-            return subprocess.run(command, capture_output=True, text=True, cwd=REPO).stdout.strip()
-        except OSError:
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "commit": run("git", "rev-parse", "--short", "HEAD"),
-            "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
-
-
 def overheads(served: list[dict], baseline: dict) -> list[dict]:
     """Each setting's p50 and requests/s as ratios to the in-process figures of the same run."""
     alone, threads = baseline["one_at_a_time"], baseline["threads"]
@@ -271,7 +256,7 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             served.append(serve_setting(args, pngs, replicas, batch_size))
             print(json.dumps(served[-1]), flush=True)
-    report = {"machine": machine(), "load_before": [round(x, 2) for x in load_before],
+    report = {"machine": machine_record(), "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()], "export": str(args.export),
               "index": str(args.index), "requests": args.requests, "concurrency": args.concurrency, "k": args.k,
               "time_cap_s": args.time_cap, "num_cpus_per_replica": args.num_cpus, "in_process": baseline,
