@@ -82,8 +82,8 @@ def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device)
     """The paragon's embeddings of the selection view and its BCT classifier, computed once."""
     path = folder / "selection_embeddings.npz"
     if path.exists():
-        with np.load(path) as stored:
-            values = {item.name: stored[item.name] for item in fields(GalleryEmbeddings)}
+        with np.load(path) as stored:  # a field stored as None (the unlabelled pool's, without one) is absent
+            values = {item.name: stored[item.name] for item in fields(GalleryEmbeddings) if item.name in stored}
         scalars = {"logit_scale": float, "fingerprint": str, "images_embedded": int, "seconds": float,
                    "classifier_kind": str}
         return GalleryEmbeddings(**{name: scalars[name](value) if name in scalars else value
@@ -91,5 +91,6 @@ def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device)
     embeddings = compute_gallery_embeddings(load_gallery(folder / "gallery.safetensors", device), data.selection,
                                             device)
     with replaced_durably(path) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, **{name: np.asarray(value) for name, value in asdict(embeddings).items()})
+        np.savez(handle, **{name: np.asarray(value) for name, value in asdict(embeddings).items()
+                            if value is not None})  # None would be an object array, refused when loaded
     return embeddings

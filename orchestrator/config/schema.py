@@ -62,6 +62,18 @@ class _Section(BaseModel):
         return value
 
 
+def checked_class_names(names: list) -> list:
+    """Class names (or indices) as a config lists them: none blank, none twice."""
+    blank = [name for name in names if isinstance(name, str) and not name.strip()]
+    if blank:
+        raise ValueError(f"class names must not be blank, got {names!r}: name each class as the data names it "
+                         "(Fashion-MNIST: e.g. 'sandal')")
+    repeated = sorted({str(name) for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names must not repeat, got {repeated} more than once")
+    return names
+
+
 class UnlabelledConfig(_Section):
     """The unlabelled alignment pool: images that train the query model only through the label-free losses
     (workers.datasets.unlabelled, docs/data.md)."""
@@ -79,14 +91,7 @@ class UnlabelledConfig(_Section):
     @field_validator("classes")
     @classmethod
     def _class_names(cls, names: list[str]) -> list[str]:
-        blank = [name for name in names if not name.strip()]
-        if blank:
-            raise ValueError(f"class names must not be blank, got {names!r}: name each class as the data names it "
-                             "(Fashion-MNIST: e.g. 'sandal')")
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"class names must not repeat, got {repeated} more than once")
-        return names
+        return checked_class_names(names)
 
 
 class DataConfig(_Section):
@@ -158,6 +163,11 @@ class DataConfig(_Section):
                            "symbolic links leading out); false: such rows are refused")
 
     unlabelled: UnlabelledConfig = Field(default_factory=lambda: UnlabelledConfig())
+
+    @field_validator("validation_classes")
+    @classmethod
+    def _validation_class_names(cls, names: list | None) -> list | None:
+        return None if names is None else checked_class_names(names)
 
     @field_validator("streaming", mode="before")
     @classmethod

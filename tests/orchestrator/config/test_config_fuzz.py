@@ -37,6 +37,11 @@ JUNK = st.one_of(st.lists(st.integers(), max_size=3), st.dictionaries(st.text(ma
 NON_FINITE = st.sampled_from([math.inf, -math.inf, math.nan])
 
 
+def _names(item) -> bool:
+    """Whether a list's items are names (str, or str or index): any non-blank text is a valid one."""
+    return item is str or str in typing.get_args(item)
+
+
 def _numeric(text: str) -> bool:
     try:
         float(text.strip())
@@ -108,11 +113,12 @@ def _bad_values(field) -> st.SearchStrategy:
             st.fixed_dictionaries({"bct_influence": st.one_of(NON_FINITE, NON_NUMERIC_TEXT)}),
             st.just({"own_classifier": 0.0, "bct_influence": 0.0}),
         )
-    if typing.get_origin(base) is list and typing.get_args(base)[0] is str:  # data.unlabelled.classes: names
+    if typing.get_origin(base) is list and _names(typing.get_args(base)[0]):  # class names: data.unlabelled.classes, validation_classes
         blank = st.sampled_from(["", " ", "\t", "\n "])
+        item = typing.get_args(base)[0]
+        numbers = [] if item is not str else [st.lists(st.integers(), min_size=1, max_size=3)]  # indices allowed
         return st.one_of(st.integers(), st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=2),
-                         st.lists(blank, min_size=1, max_size=3), st.just(["sandal", "sandal"]),
-                         st.lists(st.integers(), min_size=1, max_size=3), *not_none)
+                         st.lists(blank, min_size=1, max_size=3), st.just(["sandal", "sandal"]), *numbers, *not_none)
     if typing.get_origin(base) is list:  # e.g. search.budgets_mflops (positive), gallery.input.mean (0 to 1)
         _, item_bounds, _ = _unwrap(typing.get_args(base)[0])
         out_of_range = []
