@@ -4,7 +4,7 @@ the same splits, paragon and seeds (issue 30).
 Each cell is one ``cmpnas search`` of ``--config`` (default ``configs/openset_fashion_unlabelled.yaml``:
 labels on 5 classes, the pool the train file's images of the 5 evaluated classes without labels)
 with ``search.seed`` = the cell's seed and ``training.unlabelled_weight`` = 1 (``pool``) or 0
-(``no_pool``: the same splits and the same pool batches, their loss weighted 0). Every cell of a
+(``no_pool``: the same splits, the pool unused: a weight of 0 skips its batches). Every cell of a
 config shares one paragon: the first cell trains it, the others load it (``gallery.checkpoint``).
 
 Per cell: the paragon's held-out R@1/mAP (the searched classes, never ranked on), and per candidate
