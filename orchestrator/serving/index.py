@@ -223,6 +223,14 @@ class EmbeddedGallery:
                                          {NPROBE: nprobe, EF_SEARCH: ef_search})
 
 
+def check_recorded_knobs(folder: Path, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Refuse ``nprobe`` / ``ef_search`` where the folder's index does not take them, judged on an empty
+    index of its recorded factory: the index and its ids are not read (a 1 M gallery is gigabytes)."""
+    record = read_gallery_record(Path(folder))
+    empty = _empty_index(record["index_factory"], record["embed_dim"])
+    checked_search_parameters(empty, record["index_factory"], {NPROBE: nprobe, EF_SEARCH: ef_search})
+
+
 def open_embedded_gallery(folder: Path, *, nprobe: int | None = None, ef_search: int | None = None
                           ) -> EmbeddedGallery:
     """The folder's record, index and ids, checked to agree with each other; its searches use the

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from orchestrator.config.schema import RayConfig
 from orchestrator.export.package import read_manifest
-from orchestrator.serving.index import open_embedded_gallery, read_gallery_record
+from orchestrator.serving.index import check_recorded_knobs, read_gallery_record
 from orchestrator.serving.query import check_compatible
 from orchestrator.serving.serve.options import ServeOptions
 from orchestrator.setup.ray_cluster import ResourceRequest, connect_ray
@@ -58,12 +58,12 @@ class RunningService:
 
 
 def check_files(options: ServeOptions) -> None:
-    """Refuse an export and a gallery that ``QueryService`` would refuse, without loading either."""
+    """Refuse an export and a gallery that ``QueryService`` would refuse, from their records: neither the model
+    nor the index is loaded."""
     manifest = read_manifest(options.model)
     check_compatible(manifest, read_gallery_record(options.index), options.model, options.index, options.force)
-    if options.nprobe is not None or options.ef_search is not None:
-        # Read the index only for knobs: a knob it does not take fails here, not in every replica.
-        open_embedded_gallery(options.index, nprobe=options.nprobe, ef_search=options.ef_search)
+    # A knob the index does not take fails here, not in every replica.
+    check_recorded_knobs(options.index, nprobe=options.nprobe, ef_search=options.ef_search)
 
 
 def start_serving(options: ServeOptions, on_connected: Callable[[], object] = lambda: None) -> RunningService:

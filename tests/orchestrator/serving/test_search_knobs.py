@@ -16,6 +16,7 @@ from orchestrator.serving.index import (
     INDEX_FILE,
     GalleryIndexError,
     build_index,
+    check_recorded_knobs,
     open_embedded_gallery,
     save_index,
     write_gallery_record,
@@ -111,6 +112,17 @@ def test_knobs_an_index_does_not_take_or_out_of_range_name_the_option_and_the_al
         flat.search(vectors[:1], 1, nprobe=4)
     with pytest.raises(SearchKnobError, match=r"--ef-search 0 is out of range .*integer >= 1"):
         open_embedded_gallery(_gallery_folder(tmp_path / "hnsw", vectors, "HNSW32"), ef_search=0)
+
+
+def test_the_knobs_are_checked_from_the_record_alone_without_reading_the_index(vectors, tmp_path):
+    folder = _gallery_folder(tmp_path / "ivf", vectors, "IVF64,Flat")
+    (folder / INDEX_FILE).unlink()  # what `cmpnas serve` checks in its driver must not need the index's gigabytes
+    (folder / IDS_FILE).unlink()
+    check_recorded_knobs(folder, nprobe=64)
+    with pytest.raises(SearchKnobError, match=r"--nprobe 65 is out of range .*integer from 1 to 64"):
+        check_recorded_knobs(folder, nprobe=65)
+    with pytest.raises(SearchKnobError, match=r"--ef-search does not apply to index 'IVF64,Flat': it takes --nprobe"):
+        check_recorded_knobs(folder, ef_search=10)
 
 
 def test_the_default_by_gallery_size():
