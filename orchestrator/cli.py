@@ -350,8 +350,11 @@ def verify_compat(
 @app.command()
 def query(
     images: list[Path] = typer.Argument(..., help="image files or folders (every image under them)"),
-    model: Path = typer.Option(..., help="an export folder of a query model (with compatibility.json)"),
+    model: str = typer.Option(..., help="an export folder of a query model (with compatibility.json), or a "
+                              "registered one: models:/NAME@ALIAS or models:/NAME/VERSION"),
     index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="the MLflow server holding --model models:/...; default: "
+                                               "MLFLOW_TRACKING_URI"),
     k: int = typer.Option(5, help="results per image"),
     force: bool = typer.Option(False, help="query even if the gallery's fingerprint differs from the manifest's"),
     nprobe: Optional[int] = typer.Option(None, help="IVF index: lists to visit (1 to nlist); default: the index's "
@@ -371,8 +374,11 @@ def query(
 
 @app.command()
 def serve(
-    model: Path = typer.Option(..., help="an export folder of a query model (with compatibility.json)"),
+    model: str = typer.Option(..., help="an export folder of a query model (with compatibility.json), or a "
+                              "registered one: models:/NAME@ALIAS or models:/NAME/VERSION"),
     index: Path = typer.Option(..., help="an embedded gallery folder (`cmpnas gallery embed --output`)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="the MLflow server holding --model models:/...; default: "
+                                               "MLFLOW_TRACKING_URI"),
     host: str = typer.Option("127.0.0.1", help="the address Serve's HTTP proxy listens on (0.0.0.0: every "
                              "interface)"),
     port: int = typer.Option(8000, help="the HTTP port"),
@@ -395,11 +401,13 @@ def serve(
 ) -> None:
     """Serve nearest-gallery-id search over HTTP (Ray Serve): POST /search, POST /embed, GET /healthz, /readyz."""
     with reported_errors():
+        from orchestrator.serving.registry_reference import resolve_served_model
         from orchestrator.serving.serve.options import ServeOptions
         from orchestrator.serving.serve.runner import serve_until_stopped
 
-        options = ServeOptions(model=model, index=index, host=host, port=port, replicas=replicas, num_cpus=num_cpus,
-                               num_gpus=num_gpus, max_batch_size=max_batch_size,
+        folder, reference, registry_uri = resolve_served_model(model, tracking_uri)
+        options = ServeOptions(model=folder, model_reference=reference, tracking_uri=registry_uri, index=index,
+                               host=host, port=port, replicas=replicas, num_cpus=num_cpus, num_gpus=num_gpus, max_batch_size=max_batch_size,
                                batch_wait_timeout_s=batch_wait_timeout_s, k_default=k_default, max_k=max_k,
                                max_images=max_images, max_body_mb=max_body_mb, force=force, nprobe=nprobe,
                                ef_search=ef_search, address=address)

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from orchestrator.serving.query import QueryService
+from orchestrator.serving.registry_reference import download_registered_export
 from orchestrator.serving.request_images import BadRequestError
 from orchestrator.serving.serve.metrics import ServeMetrics
 from orchestrator.serving.serve.options import ServeOptions
@@ -42,6 +43,15 @@ api = FastAPI(title="cmpnas query service",
               description="Nearest gallery ids of query images, by a compatible query model (cmpnas serve)")
 
 
+def open_query_service(options: ServeOptions) -> QueryService:
+    """A replica's query service: the export folder, or on a node without the driver's download of
+    ``--model models:/...``, its own download (``orchestrator.serving.registry_reference``)."""
+    model = options.model
+    if options.model_reference and not model.is_dir():
+        model = download_registered_export(options.model_reference, options.tracking_uri)
+    return QueryService(model, options.index, options.force, nprobe=options.nprobe, ef_search=options.ef_search)
+
+
 @serve.deployment
 @serve.ingress(api)
 class QueryDeployment:
@@ -49,8 +59,7 @@ class QueryDeployment:
 
     def __init__(self, options: ServeOptions):
         self.options = options
-        self.service = QueryService(options.model, options.index, options.force, nprobe=options.nprobe,
-                                    ef_search=options.ef_search)
+        self.service = open_query_service(options)
         self.shape = ImageShape(self.service.image_size, self.service.channels)
         self.metrics = ServeMetrics()
         for batched in (self.search_batch, self.embed_batch):

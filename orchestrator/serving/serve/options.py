@@ -47,6 +47,10 @@ class ServeOptions:
     ef_search: int | None = None
     address: str | None = None
     app_name: str = APP_NAME
+    # --model models:/NAME@ALIAS: ``model`` is the driver's download; a replica on another node downloads
+    # its own copy from ``tracking_uri`` (orchestrator.serving.registry_reference).
+    model_reference: str | None = None
+    tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         _check("--port", self.port, 1, 65535)

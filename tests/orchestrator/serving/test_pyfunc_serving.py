@@ -1,5 +1,6 @@
 """The search model (``orchestrator.serving.pyfunc``): registered as ``cmpnas export`` registers an export, then
-served by a real ``mlflow models serve`` process from ``models:/NAME@alias`` and asked over HTTP on loopback.
+served by a real ``mlflow models serve`` process from ``models:/NAME@alias`` and asked over HTTP on loopback;
+and the same registry version fetched for ``cmpnas serve --model models:/NAME@alias``.
 
 One tracking server and one scoring server for the module: starting them is most of its time.
 """
@@ -248,3 +249,59 @@ def test_the_how_tos_curl_and_python_client_search_the_served_model(scoring_serv
                              check=True, timeout=60).stdout.splitlines()
     assert [line.split(" ", 1)[0] for line in printed] == [str(image_root / name) for name in QUERIES]
     assert all(f"('{name}', 1.0)" in line for line, name in zip(printed, QUERIES))
+
+
+def test_cmpnas_serve_fetches_a_registered_export_by_alias_or_version_once_per_node(registry, image_root, tmp_path,
+                                                                                    monkeypatch):
+    from orchestrator.export.package import read_manifest
+    from orchestrator.serving.registry_reference import resolve_served_model
+    from orchestrator.serving.serve.app import open_query_service
+    from orchestrator.serving.serve.options import ServeOptions
+    from workers.datasets.image_files import decode_image
+
+    tracking_uri, export_dir, index_dir, alias, _ = registry
+    monkeypatch.setenv("CMPNAS_CACHE", str(tmp_path / "cache"))
+    folder, reference, uri = resolve_served_model(f"models:/{MODEL_NAME}@{alias}", tracking_uri)
+    assert (reference, uri) == (f"models:/{MODEL_NAME}@{alias}", tracking_uri)
+    assert read_manifest(folder)["files"] == json.loads((export_dir / "compatibility.json").read_text())["files"]
+    by_version, _, _ = resolve_served_model(f"models:/{MODEL_NAME}/1", tracking_uri)
+    assert by_version == folder  # one download per version, reused
+    images = np.stack([decode_image(image_root / name, 16, 1, "") for name in QUERIES])
+    expected = [[match.id for match in row] for row in QueryService(export_dir, index_dir).search(images, 3)]
+    # A replica on a node without the driver's download fetches its own copy.
+    monkeypatch.setenv("CMPNAS_CACHE", str(tmp_path / "other-node"))
+    replica = open_query_service(ServeOptions(model=tmp_path / "absent", index=index_dir, model_reference=reference,
+                                              tracking_uri=uri))
+    assert replica.export_dir.is_relative_to(tmp_path / "other-node")
+    assert [[match.id for match in row] for row in replica.search(images, 3)] == expected
+
+
+@pytest.mark.parametrize("model, reason", [
+    ("models:/searchable@nope", "has no alias 'nope'; its aliases: ['pareto-1500kflops']"),
+    ("models:/searchable/99", "has no version 99"),
+    ("models:/unknown@champion", "no registered model 'unknown'"),
+    ("models:/searchable", "is not a registry reference; write models:/NAME@ALIAS"),
+])
+def test_a_registry_reference_the_server_does_not_hold_is_refused_before_ray_starts(registry, tmp_path, model,
+                                                                                    reason, monkeypatch):
+    import ray
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    tracking_uri, _, index_dir, _, _ = registry
+    monkeypatch.setenv("CMPNAS_CACHE", str(tmp_path / "cache"))
+    ray_before = ray.is_initialized()
+    result = CliRunner().invoke(app, ["serve", "--model", model, "--index", str(index_dir),
+                                      "--tracking-uri", tracking_uri])
+    assert result.exit_code != 0 and reason in " ".join(result.output.split()), result.output
+    assert ray.is_initialized() == ray_before
+
+
+def test_a_registry_reference_needs_a_tracking_server(monkeypatch):
+    from orchestrator.serving.registry_reference import RegistryReferenceError, resolve_served_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RegistryReferenceError, match="pass --tracking-uri .* or set MLFLOW_TRACKING_URI"):
+        resolve_served_model("models:/searchable@champion", None)
+    assert resolve_served_model("exports/abc", None) == (Path("exports/abc"), None, None)
