@@ -9,6 +9,10 @@ Rules:
 * Ray: a local Ray of the machine's CPUs, or ``address``'s cluster with cmpnas's code shipped
   (``orchestrator.setup.ray_cluster``); a replica asking for more CPUs or GPUs than a node has is
   refused on a local Ray;
+* a local Ray gives Serve's HTTP proxy ``PROXY_READY_TIMEOUT_S`` to become ready instead of Ray's
+  5 s (unless ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`` is set): on a busy node the proxy's imports
+  take longer, and the controller kills a proxy that misses three checks, which fails the start
+  (seen on 2 CPUs shared with training). A joined cluster keeps its own setting;
 * a start that fails part way undoes what it started: the application is deleted, Serve shut
   down if this start started it, Ray if this start started it. ``RunningService.stop`` does the
   same at the end.
@@ -16,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -27,6 +32,9 @@ from orchestrator.serving.index import check_recorded_knobs, read_gallery_record
 from orchestrator.serving.query import check_compatible
 from orchestrator.serving.serve.options import ServeOptions
 from orchestrator.setup.ray_cluster import ResourceRequest, connect_ray
+
+PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+PROXY_READY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -66,6 +74,12 @@ def check_files(options: ServeOptions) -> None:
     check_recorded_knobs(options.index, nprobe=options.nprobe, ef_search=options.ef_search)
 
 
+def patient_proxy_environment() -> None:
+    """Give Serve's proxy ``PROXY_READY_TIMEOUT_S`` to become ready, unless the user set it: call before
+    a local Ray starts, whose Serve controller inherits this environment (see the module's rules)."""
+    os.environ.setdefault(PROXY_READY_ENV, str(PROXY_READY_TIMEOUT_S))
+
+
 def start_serving(options: ServeOptions, on_connected: Callable[[], object] = lambda: None) -> RunningService:
     """Check the files, connect Ray, start Serve and deploy; returns once every replica is ready.
 
@@ -76,6 +90,7 @@ def start_serving(options: ServeOptions, on_connected: Callable[[], object] = la
     from orchestrator.serving.serve.app import build_app
 
     check_files(options)
+    patient_proxy_environment()
     request = ResourceRequest("serve replicas", options.num_cpus, options.num_gpus, "--num-cpus", "--num-gpus")
     started_ray = connect_ray(RayConfig(address=options.address), [request])
     running = RunningService(options, started_ray, started_serve=False)

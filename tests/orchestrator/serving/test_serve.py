@@ -77,8 +77,9 @@ def served(export_dir, index_dir):
     """Two replicas with batching on (a batch waits 50 ms to fill), on a Ray of this module's own."""
     import ray
 
-    from orchestrator.serving.serve.runner import start_serving
+    from orchestrator.serving.serve.runner import patient_proxy_environment, start_serving
 
+    patient_proxy_environment()  # as start_serving does before it starts a Ray of its own
     # Metrics reported every 0.5 s instead of Ray's 10 s, so that the scrape sees them soon.
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 500})
