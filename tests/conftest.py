@@ -40,7 +40,10 @@ def tiny_tree(tmp_path, **sections) -> dict:
                      "loss_weights": {"own_classifier": 1.0, "bct_influence": 1.0, "cosine_alignment": 10.0}},
         "search": {"strategy": "evolution", "num_candidates": 3, "max_concurrent": 2, "seed": 0, "max_mflops": 2.5,
                    "evolution": {"population_size": 2, "sample_size": 2}},
-        "resources": {"cpus_per_trial": 1, "max_failures": 0, "measure_latency": True},
+        # Latency off: timing a candidate exports it to ONNX (torch.export, 6-7 CPU-s each, the paragon's
+        # more), which tests of something else do not read; the shared finished search and the tests of
+        # latency turn it on.
+        "resources": {"cpus_per_trial": 1, "max_failures": 0, "measure_latency": False},
         # Tiny searches train a few dozen steps against a gallery model trained a few dozen more: their
         # candidates sit near chance, which the compatibility floors (paragon, chance) rightly fail and end
         # short (exit 4). Tests of something else judge them by the homogeneous ratio alone, as before;
@@ -73,6 +76,16 @@ def synced_paths(monkeypatch) -> list[Path]:
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     return synced
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prebuilt_tracking_schema():
+    """New sqlite tracking stores copy a schema built once (tests/prebuilt_tracking_schema.py says why)."""
+    from tests import prebuilt_tracking_schema
+
+    with pytest.MonkeyPatch.context() as patch:
+        prebuilt_tracking_schema.install(patch)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,7 +133,8 @@ def finished_search(gallery_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search")
     # Candidates on half the gallery's training images: the tests read records, not accuracy.
     config = validate_config(tiny_tree(folder, data={"train_size": 1500},
-                                       gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")}))
+                                       gallery={"checkpoint": str(gallery_dir / "gallery.safetensors")},
+                                       resources={"measure_latency": True}))
     console = Console(record=True, width=160)
     outcome = run_search(config, console)
     tracker = SearchTracker.open_existing(config.tracking.uri, config.tracking.experiment)
