@@ -66,6 +66,9 @@ EXPORT = re.compile(r"^export\s+([A-Za-z_][A-Za-z0-9_]*)=")
 # Small-data settings, per page and subcommand (see the module docstring); each page states them.
 PHOTO_SUFFIX = ["search.num_candidates=2", "training.epochs=1", "training.min_steps=0", "gallery.epochs=1",
                 "resources.measure_latency=false"]
+# export-and-serve keeps training.min_steps (120): its search must end with candidates that pass the
+# compatibility floors, or there is nothing to export; one epoch of 12 steps left both below them.
+SERVE_SUFFIX = [value for value in PHOTO_SUFFIX if value != "training.min_steps=0"]
 CLUSTER_SUFFIX = ["data.train_size=1000", "data.query_size=200", "data.gallery_size=800", "gallery.epochs=1",
                   "search.num_candidates=2", "search.max_concurrent=2", "resources.cpus_per_trial=1",
                   "training.epochs=1", "resources.measure_latency=false"]
@@ -392,7 +395,7 @@ def page_settings(page: str, workdir: Path, data: dict[str, Path]) -> tuple[dict
                 {"search": gallery_suffix})
     if page == "export-and-serve":
         return {**photos, "SERVE_URL": f"http://127.0.0.1:{free_port()}",
-                "MLFLOW_SERVE_URL": f"http://127.0.0.1:{free_port()}"}, {"search": PHOTO_SUFFIX}
+                "MLFLOW_SERVE_URL": f"http://127.0.0.1:{free_port()}"}, {"search": SERVE_SUFFIX}
     if page == "cluster":
         return ({"MLFLOW_URI": f"http://127.0.0.1:{free_port()}", "SHARED": str(workdir / "shared" / "cmpnas"),
                  "RAY_HEAD": f"127.0.0.1:{data['RAY_PORT']}"},
