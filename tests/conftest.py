@@ -26,6 +26,35 @@ os.environ["CMPNAS_CACHE"] = tempfile.mkdtemp(prefix="cmpnas-test-cache-")
 LOCAL_RAY = {} if os.environ.get("RAY_ADDRESS") else {"RAY_ADDRESS": "local"}
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Shut down a Ray some test left running, while the interpreter is whole; keep the exit status."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process once pytest is done, skipping the interpreter's finalisation.
+
+    Why: a fresh-clone run (2026-12-05 19:29) passed every test, printed its summary and then died of a
+    segmentation fault in a background thread during finalisation (kernel: ``python: segfault at ...
+    ip <heap address>``, a thread calling into freed native state), so `make test` failed. The suite
+    starts and stops Ray, ONNX Runtime, FAISS and torch thread pools dozens of times in one process,
+    which Ray documents as unsafe with threads left behind (ray-project/ray#31145). The exit status
+    is pytest's, so a failed test still fails the run; a search's own processes exit normally."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
 def tiny_tree(tmp_path, **sections) -> dict:
     """A small but real search: Fashion-MNIST subsets, a real timm gallery, a few short trials."""
     # The validation split and the losses are stated, so that tests invoking the CLI without --config
