@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search_space.errors import CmpnasError
+from workers.storage.cache_home import cmpnas_cache_home
 
 REFERENCE_PREFIX = "models:/"
 EXPORT_ARTIFACT = "export"  # where orchestrator.export.registry logs the export folder on the candidate run
@@ -80,7 +81,7 @@ def resolve_served_model(model: str, tracking_uri: str | None) -> tuple[Path, st
 
 
 def registry_cache_root() -> Path:
-    return Path(os.environ.get("CMPNAS_CACHE", Path.home() / ".cache" / "cmpnas")) / "registry"
+    return cmpnas_cache_home() / "registry"
 
 
 def download_registered_export(reference: str, tracking_uri: str | None) -> Path:

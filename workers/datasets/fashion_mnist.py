@@ -22,7 +22,6 @@ Labels are the official class indices (0-9) in both protocols.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -41,6 +40,7 @@ from workers.datasets.splits import (
 from workers.datasets.types import DataRequest, ImageSet, RetrievalData
 from workers.datasets.unlabelled import held_apart_classes, refuse_train_classes_held_apart, unlabelled_pool
 from workers.storage.file_digest import file_sha256
+from workers.storage.cache_home import cmpnas_cache_home
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -109,7 +109,7 @@ def _ids(split: str, count: int) -> np.ndarray:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CMPNAS_CACHE", Path.home() / ".cache" / "cmpnas")) / "fashion-mnist"
+    return cmpnas_cache_home() / "fashion-mnist"
 
 
 def locate(root: str | Path | None, download: bool) -> Path:

@@ -44,6 +44,7 @@ import numpy as np
 from workers.datasets.cache_trust import CacheTrust, checked_entry, create_private, open_checked, open_lock, prepare_root
 from workers.datasets.errors import DataError
 from workers.storage.durable_write import created_durably, partial_folders_of
+from workers.storage.cache_home import cmpnas_cache_home
 
 CACHE_FORMAT = 2  # 2: cache.json names its key; folders and files are checked by cache_trust
 CACHE_FILE = "cache.json"
@@ -54,7 +55,7 @@ STALE_PARTIAL_S = 24 * 3600  # a temporary folder this old is a killed builder's
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("CMPNAS_CACHE", Path.home() / ".cache" / "cmpnas")) / "shards"
+    return cmpnas_cache_home() / "shards"
 
 
 @dataclass(frozen=True)
