@@ -26,6 +26,50 @@ os.environ["CMPNAS_CACHE"] = tempfile.mkdtemp(prefix="cmpnas-test-cache-")
 LOCAL_RAY = {} if os.environ.get("RAY_ADDRESS") else {"RAY_ADDRESS": "local"}
 
 
+# One local Ray for the in-process searches: starting and stopping Ray costs about 6 s per search on 2
+# CPUs, and a search finds a Ray already up and leaves it up, as a notebook's second search does.
+# Modules opt in with ``pytestmark = pytest.mark.usefixtures("shared_ray")``; they run one after
+# another (pytest_collection_modifyitems), and any other test finds no shared Ray: tests that start a
+# Ray or a cluster of their own, or judge whether a command started one, see the machine as before.
+_SHARED_RAY = {"up": False}
+
+
+@pytest.fixture
+def shared_ray():
+    """The session's shared local Ray (2 CPUs, as tiny_tree's ``ray.num_cpus``), started if not up."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+        _SHARED_RAY["up"] = True
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _shared_ray_only_where_asked(request):
+    """Shut the shared Ray down before a test that did not ask for it (never a Ray that test's own
+    module- or session-scoped fixtures started)."""
+    if _SHARED_RAY["up"] and "shared_ray" not in request.fixturenames:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _SHARED_RAY["up"] = False
+    yield
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the modules that share a Ray one after another, at the place of the first of them, so that
+    the shared Ray starts once; every other test keeps its order."""
+    sharing = [item for item in items if "shared_ray" in item.fixturenames]
+    if not sharing:
+        return
+    first = items.index(sharing[0])
+    others = [item for item in items if "shared_ray" not in item.fixturenames]
+    items[:] = others[:first] + sharing + others[first:]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Shut down a Ray some test left running, while the interpreter is whole; keep the exit status."""
     import ray

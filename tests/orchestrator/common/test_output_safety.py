@@ -281,7 +281,7 @@ def test_resume_if_unfinished_resumes_an_unfinished_search_and_starts_otherwise(
 
 
 @pytest.mark.integration
-def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, tmp_path, caplog,
+def test_credentials_in_the_tracking_uri_never_leave_the_process(mlflow_server, gallery_dir, shared_ray, tmp_path, caplog,
                                                                   capfd, monkeypatch):
     """A search, a supernet training, a gallery embedding and an export, each recording to a real
     `mlflow server` through a URI with credentials: the secret is in no file written (output folder,

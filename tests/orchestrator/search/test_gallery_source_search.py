@@ -24,7 +24,7 @@ from workers.gallery.sources import GallerySourceError
 from workers.gallery.sources.cmpnas_checkpoint import CmpnasGalleryModel
 from workers.gallery.sources.precomputed import EMBEDDINGS_FILE, IDS_FILE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 PARAGON_MFLOPS = 61.5
 
 

@@ -13,7 +13,7 @@ from orchestrator.tracking.tags import ROLE_CANDIDATE, ROLE_TAG
 from tests.conftest import tiny_tree
 from workers.gallery.model import load_gallery
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_an_open_set_search_ranks_on_agreement_over_classes_it_never_trained_on(tmp_path):

@@ -10,7 +10,7 @@ from orchestrator.tracking.client import SearchTracker
 from orchestrator.tracking.tags import ROLE_CANDIDATE, ROLE_TAG
 from tests.conftest import tiny_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_a_leave_one_out_search_scores_every_held_out_image_without_finding_itself(tmp_path):

@@ -17,7 +17,7 @@ from orchestrator.tracking.client import SearchTracker
 from orchestrator.tracking.tags import PARETO_TAG, STOPPED_EARLY_TAG
 from tests.conftest import tiny_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 ASHA = {"scheduler": "asha", "asha": {"grace_period": 1, "reduction_factor": 4}}
 SEARCHES = {

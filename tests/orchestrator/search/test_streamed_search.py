@@ -15,7 +15,7 @@ from orchestrator.search.parent_run import BAD_FILES_FILE
 from orchestrator.tracking.client import SearchTracker
 from tests.conftest import tiny_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def _photos(root, classes: int = 3, per_class: int = 40, size: int = 64):
@@ -89,14 +89,11 @@ def test_the_ray_data_gallery_pass_equals_the_pass_in_this_process(tmp_path, mon
                                                         data_image_size=32, backbone="resnet10t"))
     model = loader.open()
     monkeypatch.setattr(gallery_pass, "RANGE_SIZE", 16)  # several ranges per split, finishing in any order
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        on_ray = RayDataGalleryPass(loader, model.embed_dim, model.fingerprint)
-        for split in ("train", "query"):
-            images = getattr(data, split)
-            embedded, count = on_ray(split, images)
-            here = model.embed(images.images, list(images.ids), torch.device("cpu"))
-            assert count == len(images) and embedded.shape == here.shape
-            np.testing.assert_allclose(embedded, here, atol=1e-5)
-    finally:
-        ray.shutdown()
+    assert ray.is_initialized()  # the module's shared Ray
+    on_ray = RayDataGalleryPass(loader, model.embed_dim, model.fingerprint)
+    for split in ("train", "query"):
+        images = getattr(data, split)
+        embedded, count = on_ray(split, images)
+        here = model.embed(images.images, list(images.ids), torch.device("cpu"))
+        assert count == len(images) and embedded.shape == here.shape
+        np.testing.assert_allclose(embedded, here, atol=1e-5)

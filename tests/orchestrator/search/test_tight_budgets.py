@@ -117,7 +117,7 @@ def test_tunes_report_of_a_lost_staging_race_is_dropped_and_other_sync_errors_ke
 
 @pytest.mark.integration
 def test_a_search_that_runs_out_of_architectures_exits_4_records_why_and_prints_no_traceback(
-        tmp_path, gallery_dir, monkeypatch, capfd):
+        tmp_path, gallery_dir, shared_ray, monkeypatch, capfd):
     # The budget admits the smallest architecture only; the up-front check would refuse two candidates,
     # so it is skipped here to reach the end of a search that runs out.
     monkeypatch.setattr("orchestrator.search.driver.check_search_budgets", lambda space, search: None)

@@ -51,7 +51,7 @@ def test_an_earlier_search_resumes_with_trials_on_the_whole_train_split(tmp_path
 
 
 @pytest.mark.integration
-def test_trials_train_on_the_subset_and_the_final_training_on_the_whole_split(tmp_path):
+def test_trials_train_on_the_subset_and_the_final_training_on_the_whole_split(tmp_path, shared_ray):
     from rich.console import Console
 
     from orchestrator.search.driver import run_search

@@ -9,7 +9,7 @@ from orchestrator.tracking.client import SearchTracker
 from orchestrator.tracking.tags import DATASET_CONTEXT_TAG, ROLE_CANDIDATE, ROLE_TAG
 from tests.conftest import tiny_tree
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_an_open_set_search_with_an_unlabelled_pool_trains_candidates_on_it(tmp_path):

@@ -26,7 +26,7 @@ from orchestrator.tracking.tags import (
 from tests.conftest import tiny_tree
 from workers.gallery.model import load_gallery
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_a_search_selects_on_validation_reports_held_out_and_trains_its_front_again(tmp_path):

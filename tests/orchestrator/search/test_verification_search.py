@@ -35,7 +35,7 @@ def test_a_metric_the_task_does_not_report_is_refused_naming_the_fields():
 
 
 @pytest.mark.integration
-def test_tiny_face_verification_search_records_tar_and_selects_the_front_on_it(tmp_path):
+def test_tiny_face_verification_search_records_tar_and_selects_the_front_on_it(tmp_path, shared_ray):
     from rich.console import Console
 
     from orchestrator.search.driver import run_search

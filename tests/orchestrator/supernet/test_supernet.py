@@ -31,7 +31,7 @@ from workers.gallery.model import load_gallery
 from workers.storage.checkpoint import CheckpointError
 from workers.training.preprocess import ModelInput, embed_images, to_model_input
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("shared_ray")]
 
 # Small enough for a 2-core test run: a few hundred training images, one short supernet training.
 TINY_SUPERNET = {"epochs": 2, "batch_size": 32, "num_random_subnets": 1, "calibration_images": 500}
