@@ -130,17 +130,21 @@ class _CandidateTrial:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def _agreement_metrics(self, query_side, gallery_side, final: bool) -> dict[str, float]:
-        """``cross_agreement`` (and, final, ``homo_agreement``) on the query and gallery splits' images
-        pooled, each image once: no label is read (``evaluators.agreement``)."""
+        """``cross_agreement`` (and, final, ``homo_agreement``) on the pool images held back for it
+        (``data.unlabelled.agreement_size``), else on the query and gallery splits' images pooled, each
+        image once: no label is read (``evaluators.agreement``)."""
         k = self.shared.agreement_k
         if not k:
             return {}
         data, gallery = self.shared.data, self.shared.gallery
+        kinds = ("cross", "homo") if final else ("cross",)
+        if data.agreement is not None:
+            return agreement_metrics(self.embed(data.agreement), gallery.agreement, k, kinds)
         _, first = np.unique(np.concatenate([data.query.ids, data.gallery.ids]), return_index=True)
         once = np.sort(first)  # leave-one-out pools query and gallery: an image shared by both counts once
         query_model = np.concatenate([query_side, gallery_side])[once]
         gallery_model = np.concatenate([gallery.query, gallery.gallery])[once]
-        return agreement_metrics(query_model, gallery_model, k, ("cross", "homo") if final else ("cross",))
+        return agreement_metrics(query_model, gallery_model, k, kinds)
 
     def _held_out_metrics(self) -> dict[str, float]:
         """Reported only: the held-out queries against the gallery model's gallery, and against its own."""

@@ -9,7 +9,8 @@ Rules of the report (``workers.trial.run_candidate_trial``):
   ``epoch_seconds``, ``loss_<name>`` per loss) and the evaluation task's cross-model metrics
   (``cross_*``, see ``evaluators.tasks``), together with a checkpoint holding ``MODEL_FILE`` and
   ``SPEC_FILE``; with ``evaluation.agreement_k`` also the label-free ``cross_agreement`` on the same
-  images (``evaluators.agreement``; its final result adds ``homo_agreement``), which ``search.metric``
+  images, or on the pool images held back for it (``data.unlabelled.agreement_size``)
+  (``evaluators.agreement``; its final result adds ``homo_agreement``), which ``search.metric``
   may rank on like any ``cross_*``;
 * the **final result** is the last epoch's: it adds the homogeneous metrics (``homo_*``), the
   cost (``flops``, ``mflops``, ``params``, ``cost_reduction``, ``latency_ms``) and where and how

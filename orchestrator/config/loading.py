@@ -156,6 +156,17 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
         problems.append(f"search.metric: {LABEL_FREE_METRIC!r} ranks on the label-free neighbour agreement, which "
                         "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or choose a labelled "
                         f"metric of {list(allowed[:-1])}")
+    if config.data.unlabelled.agreement_size and not config.data.unlabelled.classes:
+        problems.append("data.unlabelled.agreement_size holds back images of the unlabelled pool, and "
+                        "data.unlabelled.classes names none; name the pool's classes, or unset agreement_size")
+    if config.data.unlabelled.agreement_size and config.evaluation.agreement_k is None:
+        problems.append("data.unlabelled.agreement_size holds pool images back for the label-free agreement, which "
+                        "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or unset agreement_size")
+    agreement_k = config.evaluation.agreement_k
+    if config.data.unlabelled.agreement_size and agreement_k and config.data.unlabelled.agreement_size <= agreement_k:
+        problems.append(f"data.unlabelled.agreement_size={config.data.unlabelled.agreement_size} images cannot give "
+                        f"each of them evaluation.agreement_k={agreement_k} neighbours besides itself; hold back more "
+                        f"than {agreement_k} images (e.g. 1000), or lower agreement_k")
     if config.search.metric == LABEL_FREE_METRIC and config.gallery.patience is not None:
         problems.append(f"gallery.patience early-stops the gallery model on search.metric gallery/gallery, and "
                         f"{LABEL_FREE_METRIC!r} is 100 for a model against itself: unset gallery.patience (a fixed "

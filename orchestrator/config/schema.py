@@ -87,6 +87,10 @@ class UnlabelledConfig(_Section):
         True, description="true: query and gallery keep the pool's classes (class-transductive: the catalogue's own "
                           "images, never the evaluated ones); false: those classes are left out of every split "
                           "(a pool of classes neither trained nor evaluated)")
+    agreement_size: PositiveInt | None = Field(
+        None, description="pool images held back from training (seeded random subset): trials measure the "
+                          "label-free cross_agreement (evaluation.agreement_k) on them, not on query and gallery, so "
+                          "search.metric: cross_agreement ranks on the catalogue's own unevaluated images. null: none")
 
     @field_validator("classes")
     @classmethod

@@ -241,7 +241,8 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "validation_classes"): None, ("evaluation", "agreement_k"): None,  # train-class validation, no agreement
     ("search", "optuna"): {"sampler": "TPESampler", "sampler_options": {}, "initial_trials": 10, "storage": None,
                            "study_name": None},
-    ("data", "unlabelled"): {"classes": [], "size": None, "evaluate_classes": True},  # no pool
+    ("data", "unlabelled"): {"classes": [], "size": None, "evaluate_classes": True, "agreement_size": None},
+    # no pool
     ("training", "unlabelled_weight"): 1.0, ("training", "unlabelled_batch_size"): None,
 }
 

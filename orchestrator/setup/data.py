@@ -11,7 +11,8 @@ Rules:
   validation split is those classes' images instead, taken out of train (class-disjoint validation);
 * the unlabelled pool (``data.unlabelled``) is checked against every query and gallery split, the
   validation halves and the held-out ones: an image of them in the pool is refused
-  (``workers.datasets.unlabelled.refuse_evaluated_overlap``);
+  (``workers.datasets.unlabelled.refuse_evaluated_overlap``); then ``data.unlabelled.agreement_size``
+  of its images are held back from training for the label-free agreement (selection view only);
 * colour images are never turned gray unasked: a file collection (``PHOTO_SOURCES``) whose config
   does not set ``data.channels`` is loaded with ``channels=None`` (``requested_channels``), and
   the loader refuses it when its images are in colour (``workers.datasets.image_folder``); a gray
@@ -22,13 +23,13 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.config import CmpnasConfig, ConfigError
 from search_space import SearchSpace, create_space, list_spaces
 from workers.datasets import DataRequest, ImageSet, RetrievalData, load_retrieval_data
 from workers.datasets.leave_one_out import pooled_for_leave_one_out
-from workers.datasets.unlabelled import refuse_evaluated_overlap
+from workers.datasets.unlabelled import hold_back_for_agreement, refuse_evaluated_overlap
 from workers.datasets.validation import carve_class_validation, carve_validation, validation_images
 
 # Collections of the team's own photos; the built-in sets (28 px clothes, small faces) train unaugmented.
@@ -87,6 +88,10 @@ def load_search_data(config: CmpnasConfig) -> SearchData:
         size = validation_images(config.data.validation_size, len(data.train), config.data.validation_max_fraction)
         search_data = SearchData(carve_validation(data, size, config.data.seed), held_out=data)
     refuse_evaluated_overlap(data.unlabelled, search_data.evaluated_splits())
+    agreement_size = config.data.unlabelled.agreement_size
+    if agreement_size:  # after the overlap check: the held-back images are pool images, never evaluated ones
+        selection = hold_back_for_agreement(search_data.selection, agreement_size, config.data.seed)
+        search_data = replace(search_data, selection=selection)
     return search_data
 
 

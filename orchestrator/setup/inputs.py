@@ -131,7 +131,7 @@ class PreparedInputs:
                 and self.gallery_model.source not in PRECOMPUTED_GALLERY_SOURCES):
             return None
         total = len(self.data.train) + len(self.data.query) + len(self.data.gallery)
-        total += 0 if self.data.unlabelled is None else len(self.data.unlabelled)
+        total += sum(len(pool) for pool in (self.data.unlabelled, self.data.agreement) if pool is not None)
         if self.held_out_data is not None:
             total += len(self.held_out_data.query) + len(self.held_out_data.gallery)
         gpus_elsewhere = ray.cluster_resources().get("GPU", 0) >= 1 and self.device.type != "cuda"
@@ -202,6 +202,9 @@ def prepare_search_inputs(config: CmpnasConfig, log: Log, expected_gallery_finge
     if data.unlabelled is not None:
         log(f"unlabelled pool: {len(data.unlabelled)} images of {config.data.unlabelled.classes} (data.unlabelled), "
             "none of them a query or gallery image; they train only through the label-free losses")
+    if data.agreement is not None:
+        log(f"{len(data.agreement)} more pool images held back from training (data.unlabelled.agreement_size): "
+            "trials measure the label-free agreement on them")
     if data.bad_files:
         shown = "; ".join(f"{item.id} ({item.reason})" for item in data.bad_files[:3])
         log(f"skipped {len(data.bad_files)} file(s) that could not be decoded (data.max_bad_fraction="

@@ -32,8 +32,10 @@ def named_splits(data: RetrievalData, held_out: RetrievalData | None = None) -> 
     """The splits of a search by their dataset-input context: train, query and gallery; with a
     validation split (``data`` the selection view, ``held_out`` the full data) train (less the
     validation images), validation_query, validation_gallery, and the held-out query and gallery."""
-    # The unlabelled pool (data.unlabelled), when there is one, is logged after them as ``unlabelled``.
-    pool = [] if data.unlabelled is None else [("unlabelled", data.unlabelled)]
+    # The unlabelled pool (data.unlabelled), when there is one, is logged after them as ``unlabelled``, and
+    # its images held back for the agreement (data.unlabelled.agreement_size) as ``unlabelled_agreement``.
+    pool = [(context, images) for context, images in (("unlabelled", data.unlabelled),
+                                                      ("unlabelled_agreement", data.agreement)) if images is not None]
     if held_out is None:
         return [(split, getattr(data, split)) for split in RETRIEVAL_SPLITS] + pool
     return [("train", data.train), ("validation_query", data.query), ("validation_gallery", data.gallery),

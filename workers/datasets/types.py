@@ -82,6 +82,9 @@ class RetrievalData:
     # data.unlabelled: images that train only through the label-free losses, labels all -1
     # (``workers.datasets.unlabelled``); never an image of query or gallery.
     unlabelled: ImageSet | None = None
+    # data.unlabelled.agreement_size: pool images held back from training, on which trials measure the
+    # label-free agreement (``workers.datasets.unlabelled.hold_back_for_agreement``); labels all -1.
+    agreement: ImageSet | None = None
 
     @property
     def num_classes(self) -> int:
@@ -113,6 +116,7 @@ class RetrievalData:
             "streamed": self.train.streamed,
             "bad_files": len(self.bad_files),
             "unlabelled_images": 0 if self.unlabelled is None else len(self.unlabelled),
+            **({} if self.agreement is None else {"agreement_images": len(self.agreement)}),
         }
 
 

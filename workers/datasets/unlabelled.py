@@ -15,6 +15,11 @@ Rules:
   classes that are evaluated (as a catalogue's own images are in production), never an evaluated
   image. ``refuse_evaluated_overlap`` checks the pool against every query and gallery split (held
   out and validation) by id and by content (a digest of the decoded pixels): an overlap is refused.
+* ``data.unlabelled.agreement_size`` holds that many pool images back from training
+  (``hold_back_for_agreement``: a seeded random subset, disjoint from the images that train): trials
+  measure the label-free neighbour agreement on them, so ``search.metric: cross_agreement`` ranks
+  candidates on the catalogue's own images of the classes it will serve, none of them trained on
+  and none of them evaluated.
 * A streamed collection gives a streamed pool (``ShardedImages``: read by batch from the shard
   cache); streamed and in-memory loading give the same pool.
 """
@@ -23,14 +28,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from workers.datasets.errors import DataError
-from workers.datasets.types import DataRequest, ImageArray, ImageSet
+from workers.datasets.types import DataRequest, ImageArray, ImageSet, RetrievalData
 
 UNLABELLED = -1
 FIELD = "data.unlabelled.classes"
+AGREEMENT_FIELD = "data.unlabelled.agreement_size"
 
 
 def pool_classes(request: DataRequest, class_names: tuple[str, ...]) -> np.ndarray:
@@ -70,6 +77,21 @@ def unlabelled_pool(everything: ImageSet, used: np.ndarray, request: DataRequest
         candidates = np.random.default_rng(request.seed).choice(candidates, request.unlabelled_size, replace=False)
     pool = everything.subset(np.sort(candidates))
     return ImageSet(pool.images, np.full(len(pool), UNLABELLED, dtype=np.int64), pool.ids)
+
+
+def hold_back_for_agreement(data: RetrievalData, size: int, seed: int) -> RetrievalData:
+    """``data`` with ``size`` images of its pool moved to ``data.agreement`` (a random subset drawn by
+    ``seed``, in the pool's order); the rest of the pool still trains."""
+    pool = data.unlabelled
+    if pool is None:
+        raise DataError(f"{AGREEMENT_FIELD}={size} holds back images of the unlabelled pool, and there is none; "
+                        f"name its classes in {FIELD}, or unset {AGREEMENT_FIELD}")
+    if size >= len(pool):
+        raise DataError(f"{AGREEMENT_FIELD}={size} would hold back the whole pool of {len(pool)} images, leaving "
+                        f"none to train on; lower it below {len(pool)} (e.g. {max(1, len(pool) // 10)})")
+    held = np.zeros(len(pool), dtype=bool)
+    held[np.random.default_rng(seed).choice(len(pool), size, replace=False)] = True
+    return replace(data, unlabelled=pool.subset(np.flatnonzero(~held)), agreement=pool.subset(np.flatnonzero(held)))
 
 
 def refuse_train_classes_held_apart(request: DataRequest, class_names: tuple[str, ...],

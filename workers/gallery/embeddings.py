@@ -40,6 +40,8 @@ class GalleryEmbeddings:
     classifier_kind: str = "from_model"
     # The unlabelled pool's (data.unlabelled), or None without one.
     unlabelled: np.ndarray | None = None
+    # The pool images held back for the label-free agreement's (data.unlabelled.agreement_size), or None.
+    agreement: np.ndarray | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -73,7 +75,8 @@ SplitEmbedder = Callable[[str, ImageSet], tuple[np.ndarray, int]]
 def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: RetrievalData, device: torch.device,
                                classifier: str = "auto", batch_size: int = 512,
                                split_embedder: SplitEmbedder | None = None) -> GalleryEmbeddings:
-    """Every split (and the unlabelled pool, ``data.unlabelled``) through the gallery model once, and the BCT
+    """Every split (and the unlabelled pool, ``data.unlabelled``, and its images held back for the agreement,
+    ``data.agreement``) through the gallery model once, and the BCT
     classifier over the train split's embeddings.
 
     The splits are embedded by ``split_embedder`` when given, else here, by ``gallery`` on ``device``,
@@ -82,7 +85,7 @@ def compute_gallery_embeddings(gallery: GalleryModel | GalleryCheckpoint, data: 
     if isinstance(gallery, GalleryCheckpoint):
         gallery = CmpnasGalleryModel(gallery)
     started = time.perf_counter()
-    splits = RETRIEVAL_SPLITS if data.unlabelled is None else (*RETRIEVAL_SPLITS, "unlabelled")
+    splits = (*RETRIEVAL_SPLITS, *(name for name in ("unlabelled", "agreement") if getattr(data, name) is not None))
     embedded, images_embedded = _embed_splits(gallery, data, splits, device, batch_size, split_embedder)
     chosen = choose_classifier(classifier, gallery, embedded["train"], data.train.labels, data.num_classes)
     return GalleryEmbeddings(

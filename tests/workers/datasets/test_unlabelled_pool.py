@@ -107,6 +107,44 @@ def test_a_search_refuses_a_source_whose_pool_overlaps_the_held_out_gallery(tmp_
         [image_id for split in honest.evaluated_splits().values() for image_id in split.ids.tolist()])
 
 
+def test_agreement_images_are_held_back_from_the_pool_that_trains_and_are_never_evaluated(tmp_path):
+    tree = tiny_tree(tmp_path, data={"protocol": "open_set", "train_classes": 5, "validation_size": 200,
+                                     "unlabelled": {"classes": UNSEEN, "size": 1000, "agreement_size": 300}},
+                     evaluation={"agreement_k": 10}, search={"metric": "cross_agreement"})
+    selection = load_search_data(validate_config(tree)).selection
+    trained, held = selection.unlabelled, selection.agreement
+    assert (len(trained), len(held)) == (700, 300) and set(held.labels.tolist()) == {UNLABELLED}
+    assert set(trained.ids.tolist()).isdisjoint(held.ids.tolist())  # what trains is never what ranks
+    whole = load_search_data(validate_config({**tree, "data": {**tree["data"], "unlabelled": {
+        "classes": UNSEEN, "size": 1000}}}))
+    assert set(held.ids.tolist()) | set(trained.ids.tolist()) == set(whole.selection.unlabelled.ids.tolist())
+    evaluated = [image_id for split in whole.evaluated_splits().values() for image_id in split.ids.tolist()]
+    assert set(held.ids.tolist()).isdisjoint(evaluated)
+    again = load_search_data(validate_config(tree)).selection.agreement
+    assert again.ids.tolist() == held.ids.tolist()  # drawn by data.seed
+
+
+@pytest.mark.parametrize("unlabelled, evaluation, says", [
+    ({"agreement_size": 300}, {"agreement_k": 10}, "data.unlabelled.classes names none"),
+    ({"classes": UNSEEN, "agreement_size": 300}, {}, "evaluation.agreement_k set; set it"),
+    ({"classes": UNSEEN, "agreement_size": 10}, {"agreement_k": 10}, "hold back more than 10 images"),
+])
+def test_agreement_size_needs_a_pool_and_the_agreement(tmp_path, unlabelled, evaluation, says):
+    from orchestrator.config import ConfigError
+
+    tree = tiny_tree(tmp_path, data={"protocol": "open_set", "unlabelled": unlabelled}, evaluation=evaluation)
+    with pytest.raises(ConfigError, match=says):
+        validate_config(tree)
+
+
+def test_agreement_size_must_leave_part_of_the_pool_to_train(tmp_path):
+    tree = tiny_tree(tmp_path, data={"protocol": "open_set", "train_classes": 5,
+                                     "unlabelled": {"classes": UNSEEN, "size": 500, "agreement_size": 500}},
+                     evaluation={"agreement_k": 10})
+    with pytest.raises(DataError, match="agreement_size=500 would hold back the whole pool of 500 images"):
+        load_search_data(validate_config(tree))
+
+
 def test_the_pool_needs_a_label_free_loss(tmp_path):
     tree = tiny_tree(tmp_path, data={"protocol": "open_set", "unlabelled": {"classes": UNSEEN}},
                      training={"loss_weights": {"own_classifier": 1.0, "bct_influence": 1.0}})
