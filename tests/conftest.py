@@ -31,42 +31,74 @@ LOCAL_RAY = {} if os.environ.get("RAY_ADDRESS") else {"RAY_ADDRESS": "local"}
 # Modules opt in with ``pytestmark = pytest.mark.usefixtures("shared_ray")``; they run one after
 # another (pytest_collection_modifyitems), and any other test finds no shared Ray: tests that start a
 # Ray or a cluster of their own, or judge whether a command started one, see the machine as before.
+# With RAY_ADDRESS set (a cluster of the user's), nothing is shared: each search joins that cluster.
 _SHARED_RAY = {"up": False}
+SHARED_RAY_CPUS = 2  # tiny_tree's ray.num_cpus
+
+
+def _asks_for_shared_ray(item) -> bool:
+    return "shared_ray" in getattr(item, "fixturenames", ())
+
+
+def _stop_shared_ray() -> None:
+    import ray
+
+    if _SHARED_RAY["up"] and ray.is_initialized():
+        ray.shutdown()
+    _SHARED_RAY["up"] = False
 
 
 @pytest.fixture
-def shared_ray():
-    """The session's shared local Ray (2 CPUs, as tiny_tree's ``ray.num_cpus``), started if not up."""
+def shared_ray(request):
+    """The session's shared local Ray, started if not up; stopped after a failed test or one that left
+    CPUs held (a leaked actor would make every later search wait), so the next test starts afresh."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.init(address="local", num_cpus=SHARED_RAY_CPUS, include_dashboard=False, configure_logging=False,
                  log_to_driver=False)
         _SHARED_RAY["up"] = True
     yield
+    report = getattr(request.node, "rep_call", None)
+    if _SHARED_RAY["up"] and ((report is not None and report.failed) or not _cpus_come_back(ray)):
+        _stop_shared_ray()
 
 
-@pytest.fixture(autouse=True)
-def _shared_ray_only_where_asked(request):
-    """Shut the shared Ray down before a test that did not ask for it (never a Ray that test's own
-    module- or session-scoped fixtures started)."""
-    if _SHARED_RAY["up"] and "shared_ray" not in request.fixturenames:
-        import ray
+def _cpus_come_back(ray, patience_s: float = 10.0) -> bool:
+    """Whether every CPU of the shared Ray is free again within ``patience_s`` (a search's actors are
+    released asynchronously after it returns)."""
+    deadline = time.monotonic() + patience_s
+    while ray.available_resources().get("CPU", 0) < SHARED_RAY_CPUS:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
-        if ray.is_initialized():
-            ray.shutdown()
-        _SHARED_RAY["up"] = False
-    yield
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (``rep_call``), for fixtures that act on the outcome."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Shut the shared Ray down before a test that did not ask for it, before any of its fixtures
+    (session- and module-scoped ones included) is set up."""
+    if not _asks_for_shared_ray(item):
+        _stop_shared_ray()
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Run the modules that share a Ray one after another, at the place of the first of them, so that
     the shared Ray starts once; every other test keeps its order."""
-    sharing = [item for item in items if "shared_ray" in item.fixturenames]
+    sharing = [item for item in items if _asks_for_shared_ray(item)]
     if not sharing:
         return
     first = items.index(sharing[0])
-    others = [item for item in items if "shared_ray" not in item.fixturenames]
+    others = [item for item in items if not _asks_for_shared_ray(item)]
     items[:] = others[:first] + sharing + others[first:]
 
 

@@ -158,10 +158,15 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
                         f"metric of {list(allowed[:-1])}")
     if config.data.unlabelled.agreement_size and not config.data.unlabelled.classes:
         problems.append("data.unlabelled.agreement_size holds back images of the unlabelled pool, and "
-                        "data.unlabelled.classes names none; name the pool's classes, or unset agreement_size")
+                        "data.unlabelled.classes names none; name the pool's classes, or unset data.unlabelled.agreement_size")
     if config.data.unlabelled.agreement_size and config.evaluation.agreement_k is None:
         problems.append("data.unlabelled.agreement_size holds pool images back for the label-free agreement, which "
-                        "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or unset agreement_size")
+                        "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or unset "
+                        "data.unlabelled.agreement_size")
+    pool = config.data.unlabelled
+    if pool.agreement_size and pool.size is not None and pool.agreement_size >= pool.size:
+        problems.append(f"data.unlabelled.agreement_size={pool.agreement_size} would hold back the whole pool of "
+                        f"data.unlabelled.size={pool.size} images, leaving none to train on; lower it below {pool.size}")
     agreement_k = config.evaluation.agreement_k
     if config.data.unlabelled.agreement_size and agreement_k and config.data.unlabelled.agreement_size <= agreement_k:
         problems.append(f"data.unlabelled.agreement_size={config.data.unlabelled.agreement_size} images cannot give "

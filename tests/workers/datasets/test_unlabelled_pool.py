@@ -138,11 +138,19 @@ def test_agreement_size_needs_a_pool_and_the_agreement(tmp_path, unlabelled, eva
 
 
 def test_agreement_size_must_leave_part_of_the_pool_to_train(tmp_path):
+    from orchestrator.config import ConfigError
+
     tree = tiny_tree(tmp_path, data={"protocol": "open_set", "train_classes": 5,
                                      "unlabelled": {"classes": UNSEEN, "size": 500, "agreement_size": 500}},
                      evaluation={"agreement_k": 10})
-    with pytest.raises(DataError, match="agreement_size=500 would hold back the whole pool of 500 images"):
-        load_search_data(validate_config(tree))
+    with pytest.raises(ConfigError, match="agreement_size=500 would hold back the whole pool of "
+                                          "data.unlabelled.size=500 images"):
+        validate_config(tree)
+    # Without data.unlabelled.size the pool's size is known once the data is loaded: refused then.
+    whole = {**tree, "data": {**tree["data"], "train_size": 29000, "query_size": 500, "gallery_size": 500,
+                              "unlabelled": {"classes": ["sandal"], "agreement_size": 6000}}}
+    with pytest.raises(DataError, match="agreement_size=6000 would hold back the whole pool of 6000 images"):
+        load_search_data(validate_config(whole))
 
 
 def test_the_pool_needs_a_label_free_loss(tmp_path):
