@@ -268,7 +268,7 @@ def test_ray_data_actors_embed_the_same_shards(gallery, checkpoint, image_root, 
 
     loader = GalleryLoader("cmpnas", GallerySourceRequest(path=checkpoint, input=InputSpecRequest(), data_channels=1,
                                                           data_image_size=IMAGE_SIZE))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         runner = RayShardRunner(loader, gallery.fingerprint, actors=2)
         result = embed_collection(gallery, folder_collection(image_root), tmp_path / "ray", EmbedOptions(shard_size=SHARD_SIZE), runner=runner)
