@@ -12,11 +12,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cmpnas-installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
-# The suite on 2 pytest-xdist workers, one test file per worker at a time (--dist loadfile: a module's
-# fixtures are built once). Most of its time is one-core work (process starts, imports, tiny searches
-# with one trial thread): run alone it kept 0.8 of the 2 cores busy (docs/benchmarks.md, "The test
-# suite's time"). PYTEST_WORKERS= runs it in one process.
-PYTEST_WORKERS ?= -n 2 --dist loadfile
 PIP_ARGS ?=
 PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 
@@ -26,7 +21,7 @@ demo: install data
 	$(BIN)/cmpnas search
 
 test: install data
-	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
 
