@@ -156,22 +156,7 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
         problems.append(f"search.metric: {LABEL_FREE_METRIC!r} ranks on the label-free neighbour agreement, which "
                         "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or choose a labelled "
                         f"metric of {list(allowed[:-1])}")
-    if config.data.unlabelled.agreement_size and not config.data.unlabelled.classes:
-        problems.append("data.unlabelled.agreement_size holds back images of the unlabelled pool, and "
-                        "data.unlabelled.classes names none; name the pool's classes, or unset data.unlabelled.agreement_size")
-    if config.data.unlabelled.agreement_size and config.evaluation.agreement_k is None:
-        problems.append("data.unlabelled.agreement_size holds pool images back for the label-free agreement, which "
-                        "trials compute only with evaluation.agreement_k set; set it (e.g. 10), or unset "
-                        "data.unlabelled.agreement_size")
-    pool = config.data.unlabelled
-    if pool.agreement_size and pool.size is not None and pool.agreement_size >= pool.size:
-        problems.append(f"data.unlabelled.agreement_size={pool.agreement_size} would hold back the whole pool of "
-                        f"data.unlabelled.size={pool.size} images, leaving none to train on; lower it below {pool.size}")
-    agreement_k = config.evaluation.agreement_k
-    if config.data.unlabelled.agreement_size and agreement_k and config.data.unlabelled.agreement_size <= agreement_k:
-        problems.append(f"data.unlabelled.agreement_size={config.data.unlabelled.agreement_size} images cannot give "
-                        f"each of them evaluation.agreement_k={agreement_k} neighbours besides itself; hold back more "
-                        f"than {agreement_k} images (e.g. 1000), or lower agreement_k")
+    problems += _agreement_size_problems(config)
     if config.search.metric == LABEL_FREE_METRIC and config.gallery.patience is not None:
         problems.append(f"gallery.patience early-stops the gallery model on search.metric gallery/gallery, and "
                         f"{LABEL_FREE_METRIC!r} is 100 for a model against itself: unset gallery.patience (a fixed "
@@ -185,6 +170,29 @@ def cross_field_problems(config: CmpnasConfig) -> list[str]:
         problems.append("training.augmentation.enabled: 'on' needs a gallery model that can embed each augmented "
                         "view, and gallery.source 'embeddings' holds embeddings of the whole images only; set it to "
                         "'off' (or 'auto'), or use the gallery model itself (gallery.source timm, onnx, ...)")
+    return problems
+
+
+def _agreement_size_problems(config: CmpnasConfig) -> list[str]:
+    """``data.unlabelled.agreement_size`` needs a pool to hold images back from, the agreement to measure
+    on them, more images than ``evaluation.agreement_k`` and fewer than ``data.unlabelled.size``."""
+    pool, k, field = config.data.unlabelled, config.evaluation.agreement_k, "data.unlabelled.agreement_size"
+    size = pool.agreement_size
+    if not size:
+        return []
+    problems = []
+    if not pool.classes:
+        problems.append(f"{field} holds back images of the unlabelled pool, and data.unlabelled.classes names none; "
+                        f"name the pool's classes, or unset {field}")
+    if k is None:
+        problems.append(f"{field} holds pool images back for the label-free agreement, which trials compute only "
+                        f"with evaluation.agreement_k set; set it (e.g. 10), or unset {field}")
+    elif size <= k:
+        problems.append(f"{field}={size} images cannot give each of them evaluation.agreement_k={k} neighbours "
+                        f"besides itself; hold back more than {k} images (e.g. 1000), or lower agreement_k")
+    if pool.size is not None and size >= pool.size:
+        problems.append(f"{field}={size} would hold back the whole pool of data.unlabelled.size={pool.size} images, "
+                        f"leaving none to train on; lower it below {pool.size}")
     return problems
 
 

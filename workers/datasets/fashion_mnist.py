@@ -39,8 +39,8 @@ from workers.datasets.splits import (
 )
 from workers.datasets.types import DataRequest, ImageSet, RetrievalData
 from workers.datasets.unlabelled import held_apart_classes, refuse_train_classes_held_apart, unlabelled_pool
-from workers.storage.file_digest import file_sha256
 from workers.storage.cache_home import cmpnas_cache_home
+from workers.storage.file_digest import file_sha256
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
