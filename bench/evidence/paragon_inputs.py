@@ -6,16 +6,21 @@ Files in the paragon's folder (``<workdir>/<protocol>/paragon/<backbone>-s<strid
   on written into its record (``dataset``, ``class_names``, ``split`` as ``cmpnas`` records them), so
   ``cmpnas search`` accepts it as ``gallery.checkpoint`` for the protocol's split; the weights and
   the architecture are the same bytes, so the fingerprint is the paragon's (checked);
-* ``held_out_gallery.npy``: the paragon's embeddings of the held-out pool (the gallery side of every
-  leave-one-out evaluation);
-* ``selection_embeddings.npz``: its embeddings of the selection view (train and validation halves)
-  with the BCT classifier, the frozen targets of the fixed architectures' training.
+* ``held_out_gallery-<digest>.npy``: the paragon's embeddings of the held-out pool (the gallery side of
+  every leave-one-out evaluation);
+* ``selection_embeddings-<digest>.npz``: its embeddings of the selection view (train and validation
+  halves) with the BCT classifier, the frozen targets of the fixed architectures' training.
+
+``<digest>`` names what was embedded: the paragon's fingerprint and the ids, labels and pixels of the
+images, so a protocol whose data differs (another seed, sizes, a pool) never reads another's embeddings;
+it computes its own beside them.
 
 Nothing here trains: a missing paragon is refused with the command that trains it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from orchestrator.config import CmpnasConfig
 from orchestrator.setup.gallery import split_identity
 from workers.gallery.embeddings import GalleryEmbeddings, compute_gallery_embeddings
 from workers.gallery.model import load_gallery, save_gallery
+from workers.datasets.types import ImageSet
 from workers.storage.durable_write import replaced_durably
 from workers.training.preprocess import ModelInput, embed_images
 
@@ -65,12 +71,26 @@ def search_checkpoint(folder: Path, config: CmpnasConfig, data: ProtocolData) ->
     return path
 
 
+def embeddings_digest(paragon_fingerprint: str, *image_sets: ImageSet | None) -> str:
+    """12 hex digits naming the paragon and every id, label and pixel of ``image_sets`` (None counts as
+    absent): the key of a cached embedding file."""
+    digest = hashlib.sha256(paragon_fingerprint.encode())
+    for image_set in image_sets:
+        digest.update(b"absent" if image_set is None else str(len(image_set)).encode())
+        if image_set is None:
+            continue
+        digest.update("\n".join(map(str, image_set.ids)).encode())
+        digest.update(np.ascontiguousarray(image_set.labels, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(image_set.images).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def held_out_gallery(folder: Path, data: ProtocolData, device: torch.device) -> np.ndarray:
-    """The paragon's embeddings of the held-out pool, computed once."""
-    path = folder / "held_out_gallery.npy"
+    """The paragon's embeddings of the held-out pool, computed once per pool."""
+    checkpoint = load_gallery(folder / "gallery.safetensors", device)
+    path = folder / f"held_out_gallery-{embeddings_digest(checkpoint.fingerprint, data.held_out)}.npy"
     if path.exists():
         return np.load(path)
-    checkpoint = load_gallery(folder / "gallery.safetensors", device)
     model_input = ModelInput(checkpoint.mean, checkpoint.std, checkpoint.model.arch.image_size, device)
     embeddings = embed_images(checkpoint.model, data.held_out.images, model_input)
     with replaced_durably(path) as temporary, open(temporary, "wb") as handle:
@@ -79,8 +99,12 @@ def held_out_gallery(folder: Path, data: ProtocolData, device: torch.device) -> 
 
 
 def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device) -> GalleryEmbeddings:
-    """The paragon's embeddings of the selection view and its BCT classifier, computed once."""
-    path = folder / "selection_embeddings.npz"
+    """The paragon's embeddings of the selection view and its BCT classifier, computed once per view."""
+    checkpoint = load_gallery(folder / "gallery.safetensors", device)
+    selection = data.selection
+    key = embeddings_digest(checkpoint.fingerprint, selection.train, selection.query, selection.gallery,
+                            selection.unlabelled, selection.agreement)
+    path = folder / f"selection_embeddings-{key}.npz"
     if path.exists():
         with np.load(path) as stored:  # a field stored as None (the unlabelled pool's, without one) is absent
             values = {item.name: stored[item.name] for item in fields(GalleryEmbeddings) if item.name in stored}
@@ -88,8 +112,7 @@ def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device)
                    "classifier_kind": str}
         return GalleryEmbeddings(**{name: scalars[name](value) if name in scalars else value
                                     for name, value in values.items()})
-    embeddings = compute_gallery_embeddings(load_gallery(folder / "gallery.safetensors", device), data.selection,
-                                            device)
+    embeddings = compute_gallery_embeddings(checkpoint, selection, device)
     with replaced_durably(path) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **{name: np.asarray(value) for name, value in asdict(embeddings).items()
                             if value is not None})  # None would be an object array, refused when loaded

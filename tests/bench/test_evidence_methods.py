@@ -171,3 +171,28 @@ def test_the_table_refuses_rows_of_another_protocol(runner, tmp_path):
     with pytest.raises(ProtocolError, match="never mixed"):
         write_table(protocol, tmp_path / "tiny_v1", results, docs, print)
     assert not (results / "tiny_v1.json").exists() and not docs.exists()
+
+
+def test_the_paragons_embeddings_are_cached_per_data_and_never_read_for_other_images(runner, workdir):
+    """A protocol whose data differ (another seed here) computes its own embeddings beside the cached ones."""
+    import torch
+    from paragon_inputs import held_out_gallery, selection_embeddings
+    from protocol import load_protocol
+    from splits import protocol_data
+
+    folder = workdir / "tiny_v1" / "paragon" / "resnet10t-s2"
+    data_section = load_protocol(TINY).section("data")
+    first = protocol_data(data_section)
+    cpu = torch.device("cpu")
+    held_out, selection = held_out_gallery(folder, first, cpu), selection_embeddings(folder, first, cpu)
+    cached = sorted(path.name for path in folder.glob("*_*-*.np*"))
+    assert len(cached) == 2
+    written = {path.name: path.stat().st_mtime_ns for path in folder.glob("*_*-*.np*")}
+    # The same data again: read from the cache, not computed.
+    np.testing.assert_array_equal(held_out_gallery(folder, first, cpu), held_out)
+    np.testing.assert_array_equal(selection_embeddings(folder, first, cpu).train, selection.train)
+    assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*_*-*.np*")} == written
+    other = protocol_data({**data_section, "seed": 1})
+    other_selection = selection_embeddings(folder, other, cpu)
+    assert len(list(folder.glob("selection_embeddings-*.npz"))) == 2
+    assert not np.array_equal(other_selection.train, selection.train)
