@@ -1,0 +1,105 @@
+"""Depthwise convolutions whose weight gradient is cheaper on a CPU when the kernel is larger than the map.
+
+Why: on a CPU, PyTorch (oneDNN) computes a depthwise convolution's *weight* gradient slowly when the
+kernel is larger than the input feature map (the last stages of a 28-pixel query model: a 7x7 kernel
+on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4 map): 21-85 ms per step of 256 images for such a layer,
+against 0.2-8 ms for a 3x3 or 5x5 kernel on a larger map, and ten to a hundred times the layer's
+forward pass (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
+
+How: the weight gradient of a depthwise convolution is itself a grouped convolution, one group per
+channel, of the input (the batch as its channels) with the output gradient (the batch as its
+channels) as the kernel, dilated by the stride::
+
+    grad_w[c, i, j] = sum_n sum_{h, w} x_pad[n, c, s*h + i, s*w + j] * grad_y[n, c, h, w]
+
+which oneDNN computes as a forward pass: 1.1-5x faster on those shapes, 4-50x slower on the others
+(so they keep PyTorch's). The input gradient is PyTorch's own. Results equal PyTorch's up to float
+rounding (the sums run in another order).
+
+Rules:
+
+* used only where it pays: training on a CPU with gradients on, and the kernel larger than the input
+  map in both directions;
+* in evaluation, on a GPU, and under ``torch.no_grad``, ``FastDepthwiseConv2d`` is ``nn.Conv2d``: the
+  graph that is exported, counted for FLOPs and timed is PyTorch's convolution, unchanged;
+* the module holds the same parameters under the same names, so checkpoints load either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# On (the module rules); bench/depthwise_gradient.py switches it off to time PyTorch's path beside it.
+ENABLED = True
+
+
+class _DepthwiseConvolution(torch.autograd.Function):
+    """A depthwise convolution (no bias, zero padding) with the weight gradient of the module's rules."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(images, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(images, weight, stride=stride, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        images, weight = ctx.saved_tensors
+        grad_images = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_images = torch.ops.aten.convolution_backward(
+                grad_output, images, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0],
+                weight.shape[0], [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_weight = depthwise_weight_gradient(images, grad_output, weight.shape[-2:], ctx.stride, ctx.padding)
+        return grad_images, grad_weight, None, None
+
+
+def depthwise_weight_gradient(images: torch.Tensor, grad_output: torch.Tensor, kernel: tuple[int, int],
+                              stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """The weight gradient (C, 1, kh, kw) of a depthwise convolution, as a grouped convolution (module rules)."""
+    batch, channels, height, width = images.shape
+    per_channel = images.transpose(0, 1).reshape(1, channels * batch, height, width)
+    kernels = grad_output.transpose(0, 1).contiguous()  # (C, N, Ho, Wo): channel c's group reads its N images
+    full = F.conv2d(per_channel, kernels, padding=padding, dilation=stride, groups=channels)
+    return full[0, :, : kernel[0], : kernel[1]].unsqueeze(1).contiguous()
+
+
+class FastDepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` of a depthwise convolution, training on a CPU with the cheaper weight gradient where the
+    kernel is larger than the map (module rules)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self._takes_fast_gradient(images):
+            return _DepthwiseConvolution.apply(images, self.weight, self.stride, self.padding)
+        return super().forward(images)
+
+    def _takes_fast_gradient(self, images: torch.Tensor) -> bool:
+        return (ENABLED and self.training and torch.is_grad_enabled() and images.device.type == "cpu"
+                and self.weight.requires_grad and self.kernel_size[0] > images.shape[-2]
+                and self.kernel_size[1] > images.shape[-1])
+
+
+def is_plain_depthwise(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Conv2d`` that ``FastDepthwiseConv2d`` computes the same way."""
+    return (type(module) is nn.Conv2d and module.groups == module.in_channels == module.out_channels > 1
+            and module.bias is None and module.padding_mode == "zeros" and module.dilation == (1, 1)
+            and isinstance(module.padding, tuple))
+
+
+def with_fast_depthwise(model: nn.Module) -> nn.Module:
+    """``model`` with each plain depthwise ``nn.Conv2d`` replaced by a ``FastDepthwiseConv2d`` holding the
+    same parameter (in place; returned for chaining)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if is_plain_depthwise(child):
+                fast = FastDepthwiseConv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                           stride=child.stride, padding=child.padding, groups=child.groups,
+                                           bias=False, device="meta")
+                fast.weight = child.weight
+                fast.train(child.training)
+                setattr(parent, name, fast)
+    return model

@@ -1,0 +1,94 @@
+"""FastDepthwiseConv2d (search_space/depthwise.py): the gradients are PyTorch's up to rounding, the cheaper
+weight gradient is taken only where the rules say, and a query model holds the same parameters, computes the
+same embeddings and counts the same FLOPs with it as with plain convolutions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_space import build_query_model, create_space, estimate_mflops
+import search_space.builder as builder
+from evaluators import count_complexity
+from search_space.depthwise import FastDepthwiseConv2d, depthwise_weight_gradient, with_fast_depthwise
+
+
+@pytest.mark.parametrize("channels,size,kernel,stride", [(8, 3, 7, 1), (6, 6, 7, 2), (5, 4, 5, 1), (4, 5, 3, 2),
+                                                         (3, 9, 5, 2), (4, 2, 3, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_weight_gradient_is_pytorchs(channels, size, kernel, stride, channels_last):
+    generator = torch.Generator().manual_seed(channels * size + kernel)
+    images = torch.randn(7, channels, size, size, generator=generator, dtype=torch.float64)
+    weight = torch.randn(channels, 1, kernel, kernel, generator=generator, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    padding = (kernel // 2, kernel // 2)
+    output = F.conv2d(images, weight, stride=stride, padding=padding, groups=channels)
+    grad_output = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(output, weight, grad_output)
+    ours = depthwise_weight_gradient(images, grad_output, (kernel, kernel), (stride, stride), padding)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+def _pair(kernel: int, stride: int) -> tuple[nn.Conv2d, FastDepthwiseConv2d]:
+    plain = nn.Conv2d(16, 16, kernel, stride=stride, padding=kernel // 2, groups=16, bias=False)
+    fast = with_fast_depthwise(nn.Sequential(plain))[0]
+    return plain, fast
+
+
+@pytest.mark.parametrize("size,kernel,stride,fast_path", [(3, 7, 1, True), (6, 7, 2, True), (4, 5, 1, True),
+                                                          (8, 7, 2, False), (7, 5, 2, False), (3, 3, 1, False)])
+def test_training_on_a_cpu_takes_the_fast_gradient_only_where_the_kernel_is_larger_than_the_map(size, kernel, stride,
+                                                                                                fast_path):
+    plain, fast = _pair(kernel, stride)
+    assert isinstance(fast, FastDepthwiseConv2d) and fast.weight is plain.weight
+    images = torch.randn(32, 16, size, size, requires_grad=True)
+    output = fast(images)
+    assert ("_DepthwiseConvolution" in type(output.grad_fn).__name__) is fast_path
+    grad_output = torch.randn_like(output)
+    grads = torch.autograd.grad(output, (images, fast.weight), grad_output)
+    expected = torch.autograd.grad(plain(images), (images, plain.weight), grad_output)
+    for ours, theirs in zip(grads, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_and_no_grad_run_pytorchs_convolution():
+    _plain, fast = _pair(7, 1)
+    images = torch.randn(4, 16, 3, 3)
+    with torch.no_grad():
+        assert fast(images).grad_fn is None
+    fast.eval()
+    assert "_DepthwiseConvolution" not in type(fast(images.requires_grad_()).grad_fn).__name__
+
+
+def test_a_query_model_keeps_its_parameters_initial_weights_and_embeddings(monkeypatch):
+    space = create_space("mnv3_28", embed_dim=32, in_chans=1)
+    rng = random.Random(3)
+    spec = next(spec for spec in iter(lambda: space.sample(rng), None) if estimate_mflops(space, spec) <= 3.0)
+    torch.manual_seed(0)
+    model = build_query_model(spec)
+    assert any(isinstance(module, FastDepthwiseConv2d) for module in model.modules())
+    # The same seed gives the same initial weights as plain convolutions would: replacing draws nothing.
+
+    monkeypatch.setattr(builder, "with_fast_depthwise", lambda blocks: blocks)
+    torch.manual_seed(0)
+    expected_state = build_query_model(spec).state_dict()
+    state = model.state_dict()
+    assert list(state) == list(expected_state)
+    for name, value in state.items():
+        torch.testing.assert_close(value, expected_state[name], rtol=0, atol=0)
+    images = torch.rand(5, 1, spec.resolution, spec.resolution)
+    model.eval()
+    plain = build_query_model(spec)
+    assert not any(isinstance(module, FastDepthwiseConv2d) for module in plain.modules())
+    plain.load_state_dict(state)
+    torch.testing.assert_close(model(images), plain.eval()(images), rtol=0, atol=0)
+    # fvcore traces the same convolutions: the FLOPs of the front are counted as before.
+    shape = (1, spec.resolution, spec.resolution)
+    assert count_complexity(model.train(), shape) == count_complexity(plain, shape)
+
