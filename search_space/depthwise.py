@@ -3,8 +3,8 @@
 Why: on a CPU, PyTorch (oneDNN) computes a depthwise convolution's *weight* gradient slowly when the
 kernel is larger than the input feature map (the last stages of a 28-pixel query model: a 7x7 kernel
 on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4 map): 21-85 ms per step of 256 images for such a layer,
-against 0.2-8 ms for a 3x3 or 5x5 kernel on a larger map, and ten to a hundred times the layer's
-forward pass (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
+ten to a hundred times its forward pass, against 0.2-8 ms where the kernel is not larger than the
+map (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
 
 How: the weight gradient of a depthwise convolution is itself a grouped convolution, one group per
 channel, of the input (the batch as its channels) with the output gradient (the batch as its
@@ -18,8 +18,8 @@ rounding (the sums run in another order).
 
 Rules:
 
-* used only where it pays: training on a CPU with gradients on, and the kernel larger than the input
-  map in both directions;
+* used only where it pays: training on a CPU with gradients on (a batch of 4-d images, no CPU
+  autocast), and the kernel larger than the input map in both directions;
 * in evaluation, on a GPU, and under ``torch.no_grad``, ``FastDepthwiseConv2d`` is ``nn.Conv2d``: the
   graph that is exported, counted for FLOPs and timed is PyTorch's convolution, unchanged;
 * the module holds the same parameters under the same names, so checkpoints load either way.
@@ -78,9 +78,10 @@ class FastDepthwiseConv2d(nn.Conv2d):
         return super().forward(images)
 
     def _takes_fast_gradient(self, images: torch.Tensor) -> bool:
+        # Not under CPU autocast: its bfloat16 output gradient would meet float32 saved tensors in backward.
         return (ENABLED and self.training and torch.is_grad_enabled() and images.device.type == "cpu"
-                and self.weight.requires_grad and self.kernel_size[0] > images.shape[-2]
-                and self.kernel_size[1] > images.shape[-1])
+                and images.dim() == 4 and not torch.is_autocast_enabled("cpu") and self.weight.requires_grad
+                and self.kernel_size[0] > images.shape[-2] and self.kernel_size[1] > images.shape[-1])
 
 
 def is_plain_depthwise(module: nn.Module) -> bool:

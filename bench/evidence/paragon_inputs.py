@@ -11,8 +11,8 @@ Files in the paragon's folder (``<workdir>/<protocol>/paragon/<backbone>-s<strid
 * ``selection_embeddings-<digest>.npz``: its embeddings of the selection view (train and validation
   halves) with the BCT classifier, the frozen targets of the fixed architectures' training.
 
-``<digest>`` names what was embedded: the paragon's fingerprint and the ids, labels and pixels of the
-images, so a protocol whose data differs (another seed, sizes, a pool) never reads another's embeddings;
+``<digest>`` names what was embedded: the paragon's fingerprint, the class names, and the ids,
+labels, shape and pixels of the images, so a protocol whose data differs (another seed, sizes, a pool) never reads another's embeddings;
 it computes its own beside them.
 
 Nothing here trains: a missing paragon is refused with the command that trains it.
@@ -29,9 +29,9 @@ import torch
 
 from orchestrator.config import CmpnasConfig
 from orchestrator.setup.gallery import split_identity
+from workers.datasets.types import ImageSet
 from workers.gallery.embeddings import GalleryEmbeddings, compute_gallery_embeddings
 from workers.gallery.model import load_gallery, save_gallery
-from workers.datasets.types import ImageSet
 from workers.storage.durable_write import replaced_durably
 from workers.training.preprocess import ModelInput, embed_images
 
@@ -71,14 +71,16 @@ def search_checkpoint(folder: Path, config: CmpnasConfig, data: ProtocolData) ->
     return path
 
 
-def embeddings_digest(paragon_fingerprint: str, *image_sets: ImageSet | None) -> str:
-    """12 hex digits naming the paragon and every id, label and pixel of ``image_sets`` (None counts as
-    absent): the key of a cached embedding file."""
+def embeddings_digest(paragon_fingerprint: str, class_names: tuple[str, ...], *image_sets: ImageSet | None) -> str:
+    """12 hex digits naming the paragon, the class names (the BCT classifier's rows) and every id, label
+    and pixel of ``image_sets`` (None counts as absent): the key of a cached embedding file."""
     digest = hashlib.sha256(paragon_fingerprint.encode())
+    digest.update("\n".join(class_names).encode())
     for image_set in image_sets:
-        digest.update(b"absent" if image_set is None else str(len(image_set)).encode())
         if image_set is None:
+            digest.update(b"absent")
             continue
+        digest.update(f"{len(image_set)} {tuple(image_set.images.shape)} {image_set.images.dtype}".encode())
         digest.update("\n".join(map(str, image_set.ids)).encode())
         digest.update(np.ascontiguousarray(image_set.labels, dtype=np.int64).tobytes())
         digest.update(np.ascontiguousarray(image_set.images).tobytes())
@@ -88,7 +90,8 @@ def embeddings_digest(paragon_fingerprint: str, *image_sets: ImageSet | None) ->
 def held_out_gallery(folder: Path, data: ProtocolData, device: torch.device) -> np.ndarray:
     """The paragon's embeddings of the held-out pool, computed once per pool."""
     checkpoint = load_gallery(folder / "gallery.safetensors", device)
-    path = folder / f"held_out_gallery-{embeddings_digest(checkpoint.fingerprint, data.held_out)}.npy"
+    key = embeddings_digest(checkpoint.fingerprint, data.selection.class_names, data.held_out)
+    path = folder / f"held_out_gallery-{key}.npy"
     if path.exists():
         return np.load(path)
     model_input = ModelInput(checkpoint.mean, checkpoint.std, checkpoint.model.arch.image_size, device)
@@ -102,8 +105,8 @@ def selection_embeddings(folder: Path, data: ProtocolData, device: torch.device)
     """The paragon's embeddings of the selection view and its BCT classifier, computed once per view."""
     checkpoint = load_gallery(folder / "gallery.safetensors", device)
     selection = data.selection
-    key = embeddings_digest(checkpoint.fingerprint, selection.train, selection.query, selection.gallery,
-                            selection.unlabelled, selection.agreement)
+    key = embeddings_digest(checkpoint.fingerprint, selection.class_names, selection.train, selection.query,
+                            selection.gallery, selection.unlabelled, selection.agreement)
     path = folder / f"selection_embeddings-{key}.npz"
     if path.exists():
         with np.load(path) as stored:  # a field stored as None (the unlabelled pool's, without one) is absent

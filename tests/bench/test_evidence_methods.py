@@ -196,3 +196,5 @@ def test_the_paragons_embeddings_are_cached_per_data_and_never_read_for_other_im
     other_selection = selection_embeddings(folder, other, cpu)
     assert len(list(folder.glob("selection_embeddings-*.npz"))) == 2
     assert not np.array_equal(other_selection.train, selection.train)
+    held_out_gallery(folder, other, cpu)
+    assert len(list(folder.glob("held_out_gallery-*.npy"))) == 2  # another seed draws another held-out pool

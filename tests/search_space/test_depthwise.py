@@ -17,20 +17,24 @@ from evaluators import count_complexity
 from search_space.depthwise import FastDepthwiseConv2d, depthwise_weight_gradient, with_fast_depthwise
 
 
-@pytest.mark.parametrize("channels,size,kernel,stride", [(8, 3, 7, 1), (6, 6, 7, 2), (5, 4, 5, 1), (4, 5, 3, 2),
-                                                         (3, 9, 5, 2), (4, 2, 3, 1)])
+# (channels, map height x width, kernel height x width, stride, padding): square and not, even and odd maps.
+SHAPES = [(8, (3, 3), (7, 7), (1, 1), (3, 3)), (6, (6, 6), (7, 7), (2, 2), (3, 3)), (5, (4, 4), (5, 5), (1, 1), (2, 2)),
+          (4, (5, 5), (3, 3), (2, 2), (1, 1)), (3, (9, 9), (5, 5), (2, 2), (2, 2)), (4, (2, 2), (3, 3), (1, 1), (1, 1)),
+          (3, (4, 7), (5, 3), (2, 1), (2, 1)), (2, (6, 3), (7, 5), (1, 2), (1, 2)), (3, (5, 6), (7, 7), (3, 2), (1, 3))]
+
+
+@pytest.mark.parametrize("channels,size,kernel,stride,padding", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_the_weight_gradient_is_pytorchs(channels, size, kernel, stride, channels_last):
-    generator = torch.Generator().manual_seed(channels * size + kernel)
-    images = torch.randn(7, channels, size, size, generator=generator, dtype=torch.float64)
-    weight = torch.randn(channels, 1, kernel, kernel, generator=generator, dtype=torch.float64, requires_grad=True)
+def test_the_weight_gradient_is_pytorchs(channels, size, kernel, stride, padding, channels_last):
+    generator = torch.Generator().manual_seed(channels * size[0] + kernel[1])
+    images = torch.randn(7, channels, *size, generator=generator, dtype=torch.float64)
+    weight = torch.randn(channels, 1, *kernel, generator=generator, dtype=torch.float64, requires_grad=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    padding = (kernel // 2, kernel // 2)
     output = F.conv2d(images, weight, stride=stride, padding=padding, groups=channels)
     grad_output = torch.randn(output.shape, generator=generator, dtype=torch.float64)
     (expected,) = torch.autograd.grad(output, weight, grad_output)
-    ours = depthwise_weight_gradient(images, grad_output, (kernel, kernel), (stride, stride), padding)
+    ours = depthwise_weight_gradient(images, grad_output, kernel, stride, padding)
     assert ours.shape == expected.shape
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
 
@@ -57,11 +61,16 @@ def test_training_on_a_cpu_takes_the_fast_gradient_only_where_the_kernel_is_larg
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_evaluation_and_no_grad_run_pytorchs_convolution():
+def test_evaluation_no_grad_and_cpu_autocast_run_pytorchs_convolution():
     _plain, fast = _pair(7, 1)
     images = torch.randn(4, 16, 3, 3)
     with torch.no_grad():
         assert fast(images).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 gradients: PyTorch's path, which takes them
+        output = fast(images.requires_grad_())
+        assert "_DepthwiseConvolution" not in type(output.grad_fn).__name__
+    output.float().sum().backward()
+    images = images.detach()
     fast.eval()
     assert "_DepthwiseConvolution" not in type(fast(images.requires_grad_()).grad_fn).__name__
 
@@ -90,5 +99,5 @@ def test_a_query_model_keeps_its_parameters_initial_weights_and_embeddings(monke
     torch.testing.assert_close(model(images), plain.eval()(images), rtol=0, atol=0)
     # fvcore traces the same convolutions: the FLOPs of the front are counted as before.
     shape = (1, spec.resolution, spec.resolution)
-    assert count_complexity(model.train(), shape) == count_complexity(plain, shape)
+    assert count_complexity(model, shape) == count_complexity(plain, shape)
 
