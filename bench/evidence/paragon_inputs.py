@@ -12,8 +12,8 @@ Files in the paragon's folder (``<workdir>/<protocol>/paragon/<backbone>-s<strid
   halves) with the BCT classifier, the frozen targets of the fixed architectures' training.
 
 ``<digest>`` names what was embedded: the paragon's fingerprint, the class names, and the ids,
-labels, shape and pixels of the images, so a protocol whose data differs (another seed, sizes, a pool) never reads another's embeddings;
-it computes its own beside them.
+labels, shape and pixels of the images, so a protocol whose data differs (another seed, sizes, a
+pool) never reads another's embeddings; it computes its own beside them.
 
 Nothing here trains: a missing paragon is refused with the command that trains it.
 """

@@ -142,3 +142,23 @@ def test_search_spaces_use_the_registry():
         register_space(SPACES["mnv3_28"])
     with pytest.raises(KeyError, match=r"unknown search_space.name 'vit'; allowed values are \['mnv3_28'"):
         create_space("vit", embed_dim=64, in_chans=1)
+
+
+def test_the_errors_registries_and_output_lock_load_without_pytorch():
+    """search_space's names load on first use, so what every package imports (the errors, the registries)
+    and the lock a refused job takes do not start PyTorch: a process that only checks or refuses stays light."""
+    import subprocess
+
+    probe = ("import sys\nimport search_space, search_space.errors, search_space.registry\n"
+             "import orchestrator.common.output_lock\n"
+             "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'loaded PyTorch'\n"
+             "from search_space import ArchSpec, build_query_model\n"
+             "assert 'torch' in sys.modules and build_query_model.__module__ == 'search_space.builder'\n"
+             "assert 'build_query_model' in dir(search_space)\n"
+             "assert set(search_space.__all__) == set(search_space._EXPORTS)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import search_space
+
+        search_space.nothing  # noqa: B018
