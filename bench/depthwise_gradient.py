@@ -23,6 +23,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,45 +39,52 @@ from search_space import build_query_model, create_space, estimate_mflops  # noq
 from workers.training.preprocess import ModelInput  # noqa: E402
 
 
-def timed_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_input: ModelInput,
-                images: torch.Tensor, targets: torch.Tensor, steps: int, fast: bool) -> list[float]:
-    """CPU seconds of each of ``steps`` training steps, the fast gradient on or off."""
+def timed_steps(step: Callable[[], None], steps: int, fast: bool) -> list[float]:
+    """CPU seconds of each of ``steps`` calls of ``step``, the fast gradient on or off."""
     depthwise.ENABLED = fast
     seconds = []
     for _ in range(steps):
         started = time.process_time()
-        loss = 10 * (1 - F.cosine_similarity(model(model_input(images)), targets)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step()
         seconds.append(time.process_time() - started)
     return seconds
 
 
-def compare(spec, args) -> dict:
+def training_step(model: torch.nn.Module, model_input: ModelInput, images: torch.Tensor,
+                  targets: torch.Tensor) -> Callable[[], None]:
+    """One step of ``model`` (AdamW, its own optimizer) towards ``targets`` on ``images``, as a search's trial."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def step() -> None:
+        loss = 10 * (1 - F.cosine_similarity(model(model_input(images)), targets)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def compare(spec, space, args) -> dict:
     """One architecture: the step's median CPU time each way, and how far the weights drifted apart."""
     torch.manual_seed(0)
     plain = build_query_model(spec).to(memory_format=torch.channels_last).train()
     fast = copy.deepcopy(plain)
-    optimizers = {False: torch.optim.AdamW(plain.parameters(), lr=3e-3),
-                  True: torch.optim.AdamW(fast.parameters(), lr=3e-3)}
     model_input = ModelInput((0.286,), (0.353,), spec.resolution, "cpu", True)
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (args.batch_size, 1, 28, 28), dtype=torch.uint8, generator=generator)
     targets = F.normalize(torch.randn(args.batch_size, spec.embed_dim, generator=generator), dim=1)
+    steps = {on: training_step(model, model_input, images, targets) for model, on in ((plain, False), (fast, True))}
     seconds: dict[bool, list[float]] = {False: [], True: []}
-    for model, on in ((plain, False), (fast, True)):  # warm-up, not counted
-        timed_steps(model, optimizers[on], model_input, images, targets, 2, on)
+    for on in (False, True):  # warm-up, not counted
+        timed_steps(steps[on], 2, on)
     for _ in range(args.rounds):
-        for model, on in ((plain, False), (fast, True)):
-            seconds[on] += timed_steps(model, optimizers[on], model_input, images, targets, args.steps, on)
+        for on in (False, True):
+            seconds[on] += timed_steps(steps[on], args.steps, on)
     drift = max((a - b).abs().max().item() for a, b in zip(plain.parameters(), fast.parameters()))
     plain_ms, fast_ms = (1000 * statistics.median(seconds[on]) for on in (False, True))
-    return {"arch_id": spec.arch_id, "resolution": spec.resolution, "mflops": round(estimate_mflops(
-        create_space(spec.space, embed_dim=spec.embed_dim, in_chans=spec.in_chans), spec), 3),
+    return {"arch_id": spec.arch_id, "resolution": spec.resolution, "mflops": round(estimate_mflops(space, spec), 3),
             "pytorch_ms_per_step": round(plain_ms, 1), "fast_ms_per_step": round(fast_ms, 1),
             "speedup": round(plain_ms / fast_ms, 2), "max_weight_difference": drift}
-
 
 
 def main() -> None:
@@ -101,7 +109,7 @@ def main() -> None:
             specs.append(spec)
     rows = []
     for spec in specs:
-        rows.append(compare(spec, args))
+        rows.append(compare(spec, space, args))
         print(json.dumps(rows[-1]), flush=True)
     speedups = [row["speedup"] for row in rows]
     summary = {"geometric_mean_speedup": round(statistics.geometric_mean(speedups), 2),

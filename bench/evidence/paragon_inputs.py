@@ -29,6 +29,7 @@ import torch
 
 from orchestrator.config import CmpnasConfig
 from orchestrator.setup.gallery import split_identity
+from orchestrator.tracking.dataset_inputs import split_digest
 from workers.datasets.types import ImageSet
 from workers.gallery.embeddings import GalleryEmbeddings, compute_gallery_embeddings
 from workers.gallery.model import load_gallery, save_gallery
@@ -72,17 +73,16 @@ def search_checkpoint(folder: Path, config: CmpnasConfig, data: ProtocolData) ->
 
 
 def embeddings_digest(paragon_fingerprint: str, class_names: tuple[str, ...], *image_sets: ImageSet | None) -> str:
-    """12 hex digits naming the paragon, the class names (the BCT classifier's rows) and every id, label
-    and pixel of ``image_sets`` (None counts as absent): the key of a cached embedding file."""
+    """12 hex digits naming the paragon, the class names (the BCT classifier's rows) and each of
+    ``image_sets`` (None counts as absent) by the split identity MLflow and exports record
+    (``split_digest``: shape, labels, ids) and its pixels: the key of a cached embedding file."""
     digest = hashlib.sha256(paragon_fingerprint.encode())
     digest.update("\n".join(class_names).encode())
     for image_set in image_sets:
         if image_set is None:
             digest.update(b"absent")
             continue
-        digest.update(f"{len(image_set)} {tuple(image_set.images.shape)} {image_set.images.dtype}".encode())
-        digest.update("\n".join(map(str, image_set.ids)).encode())
-        digest.update(np.ascontiguousarray(image_set.labels, dtype=np.int64).tobytes())
+        digest.update(split_digest(tuple(image_set.images.shape), image_set.labels, image_set.ids).encode())
         digest.update(np.ascontiguousarray(image_set.images).tobytes())
     return digest.hexdigest()[:12]
 

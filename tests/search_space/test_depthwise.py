@@ -61,18 +61,22 @@ def test_training_on_a_cpu_takes_the_fast_gradient_only_where_the_kernel_is_larg
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_evaluation_no_grad_and_cpu_autocast_run_pytorchs_convolution():
-    _plain, fast = _pair(7, 1)
+def test_evaluation_no_grad_cpu_autocast_and_unbatched_input_run_pytorchs_convolution():
+    plain, fast = _pair(7, 1)
     images = torch.randn(4, 16, 3, 3)
     with torch.no_grad():
         assert fast(images).grad_fn is None
+    images.requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 gradients: PyTorch's path, which takes them
-        output = fast(images.requires_grad_())
+        output = fast(images)
         assert "_DepthwiseConvolution" not in type(output.grad_fn).__name__
     output.float().sum().backward()
-    images = images.detach()
+    single = images[0].detach().requires_grad_()  # one (C, H, W) image, as nn.Conv2d takes it
+    (ours,) = torch.autograd.grad(fast(single).sum(), fast.weight)
+    (theirs,) = torch.autograd.grad(plain(single).sum(), plain.weight)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     fast.eval()
-    assert "_DepthwiseConvolution" not in type(fast(images.requires_grad_()).grad_fn).__name__
+    assert "_DepthwiseConvolution" not in type(fast(images).grad_fn).__name__
 
 
 def test_a_query_model_keeps_its_parameters_initial_weights_and_embeddings(monkeypatch):
