@@ -11,6 +11,9 @@ time per step of each, their ratio, and the largest difference of the weights af
 up to the learning rate, so the weights part by more as they train).
 
     python bench/depthwise_gradient.py [--archs 6] [--steps 8] [--rounds 3] [--out bench/results/depthwise_gradient.json]
+
+Which path pays depends on oneDNN's kernels (the module's rules): run it once as the machine is and
+once with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's AVX2 kernels on the same CPU); the record names both.
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     record = machine_record()
+    # What decides which path pays (search_space.depthwise.pays_on): PyTorch's CPU capability and a oneDNN cap.
+    record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                  onednn_max_cpu_isa=next((os.environ[name] for name in depthwise.ONEDNN_ISA_VARIABLES
+                                           if os.environ.get(name)), None),
+                  default_path="fast" if depthwise.pays_on_this_cpu() else "pytorch")
     space = create_space(args.space, embed_dim=128, in_chans=1)
     rng = random.Random(args.seed)
     specs = []

@@ -1,8 +1,8 @@
 """Build a standalone query model from an architecture spec, out of timm's MobileNetV3 blocks.
 
 The blocks' depthwise convolutions are ``search_space.depthwise.FastDepthwiseConv2d``: the same
-parameters and, in evaluation and export, the same convolution; training on a CPU, a cheaper weight
-gradient on small feature maps (that module's rules).
+parameters and, in evaluation and export, the same convolution; training on a CPU whose oneDNN lacks
+AVX-512 kernels, a cheaper weight gradient on small feature maps (that module's rules).
 """
 
 from __future__ import annotations

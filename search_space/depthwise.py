@@ -1,10 +1,11 @@
-"""Depthwise convolutions whose weight gradient is cheaper on a CPU when the kernel is larger than the map.
+"""Depthwise convolutions whose weight gradient is cheaper on a CPU without AVX-512 when the kernel is larger
+than the map.
 
-Why: on a CPU, PyTorch (oneDNN) computes a depthwise convolution's *weight* gradient slowly when the
-kernel is larger than the input feature map (the last stages of a 28-pixel query model: a 7x7 kernel
-on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4 map): 21-85 ms per step of 256 images for such a layer,
-ten to a hundred times its forward pass, against 0.2-8 ms where the kernel is not larger than the
-map (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
+Why: with its AVX2 kernels, oneDNN (PyTorch's CPU convolutions) computes a depthwise convolution's
+*weight* gradient slowly when the kernel is larger than the input feature map (the last stages of a
+28-pixel query model: a 7x7 kernel on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4 map): 21-85 ms per
+step of 256 images for such a layer, ten to a hundred times its forward pass, against 0.2-8 ms where
+the kernel is not larger than the map (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
 
 How: the weight gradient of a depthwise convolution is itself a grouped convolution, one group per
 channel, of the input (the batch as its channels) with the output gradient (the batch as its
@@ -16,10 +17,18 @@ which oneDNN computes as a forward pass: 1.1-5x faster on those shapes, 4-50x sl
 (so they keep PyTorch's). The input gradient is PyTorch's own. Results equal PyTorch's up to float
 rounding (the sums run in another order).
 
+Whether it pays depends on oneDNN's kernels, so on the CPU (docs/benchmarks.md): on x86 CPUs with
+AVX2 and no AVX-512 (or oneDNN capped below AVX-512 by ``ONEDNN_MAX_CPU_ISA``) PyTorch's weight
+gradient is the slow one and this path makes a candidate's step 1.12-1.18x faster (geometric means
+over 8 architectures); with oneDNN's AVX-512 kernels PyTorch's own step is 1.24x faster than with its
+AVX2 ones on the same CPU, and this path 7% slower. Elsewhere (ARM, older x86) it was not measured,
+so PyTorch's path is kept.
+
 Rules:
 
-* used only where it pays: training on a CPU with gradients on (a batch of 4-d images, no CPU
-  autocast), and the kernel larger than the input map in both directions;
+* used only where it pays: a CPU whose oneDNN runs AVX2 kernels without AVX-512
+  (``pays_on_this_cpu``), training with gradients on (a batch of 4-d images, no CPU autocast), and
+  the kernel larger than the input map in both directions;
 * in evaluation, on a GPU, and under ``torch.no_grad``, ``FastDepthwiseConv2d`` is ``nn.Conv2d``: the
   graph that is exported, counted for FLOPs and timed is PyTorch's convolution, unchanged;
 * the module holds the same parameters under the same names, so checkpoints load either way.
@@ -27,12 +36,40 @@ Rules:
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# On (the module rules); bench/depthwise_gradient.py switches it off to time PyTorch's path beside it.
-ENABLED = True
+# None: on where it pays (``pays_on_this_cpu``); bench/depthwise_gradient.py sets False and True to time
+# both paths on one machine.
+ENABLED: bool | None = None
+
+# oneDNN's own switch of its instruction set (its older name: DNNL_MAX_CPU_ISA).
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def pays_on(cpu_capability: str, onednn_max_isa: str | None) -> bool:
+    """Whether oneDNN runs AVX2 kernels without AVX-512: ``cpu_capability`` is PyTorch's
+    (``torch.backends.cpu.get_cpu_capability()``), which stands for oneDNN's, both read off the CPU;
+    ``onednn_max_isa`` a cap set for oneDNN alone (or None), which then decides."""
+    if onednn_max_isa and onednn_max_isa.upper() != "ALL":
+        return onednn_max_isa.upper().startswith("AVX2")
+    return cpu_capability.upper() == "AVX2"
+
+
+@functools.cache
+def pays_on_this_cpu() -> bool:
+    """``pays_on`` for this process's CPU and environment (read once)."""
+    isa = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
+    return pays_on(torch.backends.cpu.get_cpu_capability(), isa)
+
+
+def is_enabled() -> bool:
+    """The module switch: ``ENABLED`` when set, else whether it pays on this CPU."""
+    return pays_on_this_cpu() if ENABLED is None else ENABLED
 
 
 class _DepthwiseConvolution(torch.autograd.Function):
@@ -79,9 +116,10 @@ class FastDepthwiseConv2d(nn.Conv2d):
 
     def _takes_fast_gradient(self, images: torch.Tensor) -> bool:
         # Not under CPU autocast: its bfloat16 output gradient would meet float32 saved tensors in backward.
-        return (ENABLED and self.training and torch.is_grad_enabled() and images.device.type == "cpu"
+        return (self.training and torch.is_grad_enabled() and images.device.type == "cpu"
                 and images.dim() == 4 and not torch.is_autocast_enabled("cpu") and self.weight.requires_grad
-                and self.kernel_size[0] > images.shape[-2] and self.kernel_size[1] > images.shape[-1])
+                and self.kernel_size[0] > images.shape[-2] and self.kernel_size[1] > images.shape[-1]
+                and is_enabled())
 
 
 def is_plain_depthwise(module: nn.Module) -> bool:

@@ -95,22 +95,22 @@ class SearchSpace:
     def validate(self, spec: ArchSpec) -> ArchSpec:
         """Return ``spec`` if the space contains it, else raise OutOfSpaceError naming the field."""
         fixed = {"space": self.name, "in_chans": self.in_chans, "embed_dim": self.embed_dim}
-        for field, expected in fixed.items():
-            actual = getattr(spec, field)
+        for name, expected in fixed.items():
+            actual = getattr(spec, name)
             if actual != expected:
                 raise OutOfSpaceError(
-                    f"{field}={actual!r} does not match the search space '{self.name}' "
-                    f"(expected {expected!r}); {field} is fixed by the space, the data and the gallery model"
+                    f"{name}={actual!r} does not match the search space '{self.name}' "
+                    f"(expected {expected!r}); {name} is fixed by the space, the data and the gallery model"
                 )
         if len(spec.stages) != len(self.stages):
             raise OutOfSpaceError(
                 f"stages has {len(spec.stages)} entries, the search space '{self.name}' has "
                 f"exactly {len(self.stages)} stages"
             )
-        for (field, choices), value in zip(self.genes(), self.to_genes(spec)):
+        for (gene, choices), value in zip(self.genes(), self.to_genes(spec)):
             if value not in choices:
                 raise OutOfSpaceError(
-                    f"{field}={value} is outside the search space '{self.name}': "
+                    f"{gene}={value} is outside the search space '{self.name}': "
                     f"allowed values are {list(choices)}"
                 )
         return spec

@@ -1,6 +1,6 @@
 """FastDepthwiseConv2d (search_space/depthwise.py): the gradients are PyTorch's up to rounding, the cheaper
-weight gradient is taken only where the rules say, and a query model holds the same parameters, computes the
-same embeddings and counts the same FLOPs with it as with plain convolutions."""
+weight gradient is taken only where the rules say (on CPUs where it pays), and a query model holds the same
+parameters, computes the same embeddings and counts the same FLOPs with it as with plain convolutions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torch import nn
 from search_space import build_query_model, create_space, estimate_mflops
 import search_space.builder as builder
 from evaluators import count_complexity
-from search_space.depthwise import FastDepthwiseConv2d, depthwise_weight_gradient, with_fast_depthwise
+import search_space.depthwise as depthwise
+from search_space.depthwise import FastDepthwiseConv2d, depthwise_weight_gradient, pays_on, with_fast_depthwise
 
 
 # (channels, map height x width, kernel height x width, stride, padding): square and not, even and odd maps.
@@ -48,7 +49,8 @@ def _pair(kernel: int, stride: int) -> tuple[nn.Conv2d, FastDepthwiseConv2d]:
 @pytest.mark.parametrize("size,kernel,stride,fast_path", [(3, 7, 1, True), (6, 7, 2, True), (4, 5, 1, True),
                                                           (8, 7, 2, False), (7, 5, 2, False), (3, 3, 1, False)])
 def test_training_on_a_cpu_takes_the_fast_gradient_only_where_the_kernel_is_larger_than_the_map(size, kernel, stride,
-                                                                                                fast_path):
+                                                                                                fast_path, monkeypatch):
+    monkeypatch.setattr(depthwise, "ENABLED", True)  # as on a CPU where it pays, whatever this one is
     plain, fast = _pair(kernel, stride)
     assert isinstance(fast, FastDepthwiseConv2d) and fast.weight is plain.weight
     images = torch.randn(32, 16, size, size, requires_grad=True)
@@ -61,7 +63,8 @@ def test_training_on_a_cpu_takes_the_fast_gradient_only_where_the_kernel_is_larg
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_evaluation_no_grad_cpu_autocast_and_unbatched_input_run_pytorchs_convolution():
+def test_evaluation_no_grad_cpu_autocast_and_unbatched_input_run_pytorchs_convolution(monkeypatch):
+    monkeypatch.setattr(depthwise, "ENABLED", True)
     plain, fast = _pair(7, 1)
     images = torch.randn(4, 16, 3, 3)
     with torch.no_grad():
@@ -105,3 +108,26 @@ def test_a_query_model_keeps_its_parameters_initial_weights_and_embeddings(monke
     shape = (1, spec.resolution, spec.resolution)
     assert count_complexity(model, shape) == count_complexity(plain, shape)
 
+
+
+@pytest.mark.parametrize("capability,onednn_max_isa,pays", [
+    ("AVX2", None, True), ("AVX512", None, False), ("DEFAULT", None, False), ("NO AVX", None, False),
+    ("AVX512", "AVX2", True), ("AVX512", "avx2_vnni", True), ("AVX2", "AVX512_CORE", False), ("AVX2", "SSE41", False),
+    ("AVX512", "ALL", False), ("AVX2", "ALL", True), ("AVX2", "", True)])
+def test_it_pays_only_where_onednn_runs_avx2_kernels_without_avx512(capability, onednn_max_isa, pays):
+    assert pays_on(capability, onednn_max_isa) is pays
+
+
+def test_by_default_the_cpu_decides_whether_a_query_model_takes_the_fast_gradient(monkeypatch):
+    monkeypatch.setattr(depthwise, "ENABLED", None)
+    plain, fast = _pair(7, 1)
+    output = fast(torch.randn(4, 16, 3, 3, requires_grad=True))
+    assert ("_DepthwiseConvolution" in type(output.grad_fn).__name__) is depthwise.pays_on_this_cpu()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    depthwise.pays_on_this_cpu.cache_clear()
+    try:
+        assert depthwise.pays_on_this_cpu()  # read from the environment, once
+        assert "_DepthwiseConvolution" in type(fast(torch.randn(4, 16, 3, 3, requires_grad=True)).grad_fn).__name__
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        depthwise.pays_on_this_cpu.cache_clear()

@@ -76,7 +76,7 @@ def test_one_colour_image_among_the_sampled_gray_ones_is_enough_to_ask(tmp_path)
 
 
 def test_a_manifest_of_colour_images_is_refused_the_same_way(tmp_path):
-    root = _folder(tmp_path / "photos", colour=True, per_class=4)
+    _folder(tmp_path / "photos", colour=True, per_class=4)  # the manifest below lists its files
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)
