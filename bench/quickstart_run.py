@@ -23,6 +23,9 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from run_record import cpu_description  # noqa: E402
 
 
 def sample_peak_rss(process: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
@@ -90,8 +93,10 @@ def main() -> None:
     concurrency = max_overlap([(run.info.start_time, run.info.end_time) for run in children])
     metrics = parent.data.metrics
 
-    print(f"\n### Quickstart search, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    cpu, flags = cpu_description()
+    print(f"\n### Quickstart search, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {cpu} "
+          f"({', '.join(flags) or 'no vector flags read'}), {psutil.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB")
     print(f"- command: `{' '.join(Path(part).name if i == 0 else part for i, part in enumerate(command))}`")
     print(f"- wall time {wall / 60:.1f} min (gallery training {metrics.get('stage_gallery_model_seconds', 0):.0f} s, "
           f"gallery embedding {metrics.get('stage_gallery_embedding_seconds', 0):.0f} s, "
