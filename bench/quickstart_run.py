@@ -11,6 +11,7 @@ paragon and its cost reduction. Prints a Markdown block for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -94,8 +95,10 @@ def main() -> None:
     metrics = parent.data.metrics
 
     cpu, flags = cpu_description()
+    # A cap on oneDNN's instruction set changes which kernels the search ran (search_space.depthwise).
+    caps = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(name)]
     print(f"\n### Quickstart search, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {cpu} "
-          f"({', '.join(flags) or 'no vector flags read'}), {psutil.cpu_count()} CPUs, "
+          f"({', '.join(flags + caps) or 'no vector flags read'}), {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB")
     print(f"- command: `{' '.join(Path(part).name if i == 0 else part for i, part in enumerate(command))}`")
     print(f"- wall time {wall / 60:.1f} min (gallery training {metrics.get('stage_gallery_model_seconds', 0):.0f} s, "

@@ -1,11 +1,13 @@
 """Depthwise convolutions whose weight gradient is cheaper on a CPU without AVX-512 when the kernel is larger
 than the map.
 
-Why: with its AVX2 kernels, oneDNN (PyTorch's CPU convolutions) computes a depthwise convolution's
-*weight* gradient slowly when the kernel is larger than the input feature map (the last stages of a
-28-pixel query model: a 7x7 kernel on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4 map): 21-85 ms per
-step of 256 images for such a layer, ten to a hundred times its forward pass, against 0.2-8 ms where
-the kernel is not larger than the map (docs/benchmarks.md, "Depthwise weight gradients on the CPU").
+Why: without its AVX-512 kernels, oneDNN (PyTorch's CPU convolutions) computes a depthwise
+convolution's *weight* gradient slowly when the kernel is larger than the input feature map (the
+last stages of a 28-pixel query model: a 7x7 kernel on a 3x3 to 6x6 map, a 5x5 kernel on a 4x4
+map). On the machine of the first measurement (instruction sets not recorded; its steps as slow as
+AVX2 kernels' or slower) such a layer took 21-85 ms per step of 256 images, ten to a hundred times
+its forward pass, against 0.2-8 ms where the kernel is not larger than the map (docs/benchmarks.md,
+"Depthwise weight gradients on the CPU").
 
 How: the weight gradient of a depthwise convolution is itself a grouped convolution, one group per
 channel, of the input (the batch as its channels) with the output gradient (the batch as its
@@ -17,18 +19,18 @@ which oneDNN computes as a forward pass: 1.1-5x faster on those shapes, 4-50x sl
 (so they keep PyTorch's). The input gradient is PyTorch's own. Results equal PyTorch's up to float
 rounding (the sums run in another order).
 
-Whether it pays depends on oneDNN's kernels, so on the CPU (docs/benchmarks.md): on x86 CPUs with
-AVX2 and no AVX-512 (or oneDNN capped below AVX-512 by ``ONEDNN_MAX_CPU_ISA``) PyTorch's weight
-gradient is the slow one and this path makes a candidate's step 1.12-1.18x faster (geometric means
-over 8 architectures); with oneDNN's AVX-512 kernels PyTorch's own step is 1.24x faster than with its
-AVX2 ones on the same CPU, and this path 7% slower. Elsewhere (ARM, older x86) it was not measured,
-so PyTorch's path is kept.
+Whether it pays depends on oneDNN's kernels, so on the CPU (docs/benchmarks.md): with oneDNN's AVX2
+kernels PyTorch's weight gradient is the slow one, and this path made a candidate's step 1.12x
+faster (geometric mean over 8 architectures, 7 of which take it; an AVX-512 CPU with oneDNN capped at
+AVX2) and 1.18x on a machine whose instruction sets were not recorded. With oneDNN's AVX-512 kernels
+PyTorch's own steps were 1.24x faster in all, and this path made them 7.5% slower. Elsewhere (ARM,
+x86 without AVX2) it was not measured, so PyTorch's path is kept.
 
 Rules:
 
-* used only where it pays: a CPU whose oneDNN runs AVX2 kernels without AVX-512
-  (``pays_on_this_cpu``), training with gradients on (a batch of 4-d images, no CPU autocast), and
-  the kernel larger than the input map in both directions;
+* used only where it pays: a CPU whose oneDNN runs AVX2 kernels without AVX-512 (``pays_on``: the
+  CPU's AVX2 and AVX-512 and a cap set by ``ONEDNN_MAX_CPU_ISA``), training with gradients on (a
+  batch of 4-d images, no CPU autocast), and the kernel larger than the input map in both directions;
 * in evaluation, on a GPU, and under ``torch.no_grad``, ``FastDepthwiseConv2d`` is ``nn.Conv2d``: the
   graph that is exported, counted for FLOPs and timed is PyTorch's convolution, unchanged;
 * the module holds the same parameters under the same names, so checkpoints load either way.
@@ -47,24 +49,45 @@ from torch import nn
 # both paths on one machine.
 ENABLED: bool | None = None
 
-# oneDNN's own switch of its instruction set (its older name: DNNL_MAX_CPU_ISA).
+# oneDNN's cap on its instruction set (its older name: DNNL_MAX_CPU_ISA); oneDNN reads it once, at its start.
 ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# Caps at which oneDNN runs AVX2 kernels (on a CPU with AVX2), and caps below AVX2.
+AVX2_CAPS = frozenset({"AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})
+BELOW_AVX2_CAPS = frozenset({"SSE41", "AVX"})
+# The AVX-512 subsets of oneDNN's avx512_core kernels.
+AVX512_CORE_FLAGS = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq")
 
 
-def pays_on(cpu_capability: str, onednn_max_isa: str | None) -> bool:
-    """Whether oneDNN runs AVX2 kernels without AVX-512: ``cpu_capability`` is PyTorch's
-    (``torch.backends.cpu.get_cpu_capability()``), which stands for oneDNN's, both read off the CPU;
-    ``onednn_max_isa`` a cap set for oneDNN alone (or None), which then decides."""
-    if onednn_max_isa and onednn_max_isa.upper() != "ALL":
-        return onednn_max_isa.upper().startswith("AVX2")
-    return cpu_capability.upper() == "AVX2"
+def pays_on(has_avx2: bool, has_avx512_core: bool, onednn_max_isa: str | None) -> bool:
+    """Whether oneDNN runs AVX2 kernels without AVX-512, on a CPU with ``has_avx2``/``has_avx512_core``
+    (the hardware) under the cap ``onednn_max_isa`` (None or empty: no cap). A cap only lowers what
+    the CPU has; one that oneDNN does not know (or ``ALL``, or an AVX-512 level) leaves the CPU's."""
+    if not has_avx2:
+        return False
+    cap = (onednn_max_isa or "").strip().upper()
+    if cap in BELOW_AVX2_CAPS:
+        return False
+    if cap in AVX2_CAPS:
+        return True
+    return not has_avx512_core
+
+
+def cpu_vector_support() -> tuple[bool, bool]:
+    """(AVX2, AVX-512 core) of this CPU's hardware, as PyTorch's cpuinfo reads it: not what
+    ``ATEN_CPU_CAPABILITY`` tells PyTorch's own kernels to use, which oneDNN ignores."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:  # older PyTorch: its kernels' level, the CPU's unless ATEN_CPU_CAPABILITY is set
+        level = torch.backends.cpu.get_cpu_capability()
+        return level in ("AVX2", "AVX512"), level == "AVX512"
+    flags = get_capabilities()
+    return bool(flags.get("avx2")), all(flags.get(flag) for flag in AVX512_CORE_FLAGS)
 
 
 @functools.cache
 def pays_on_this_cpu() -> bool:
-    """``pays_on`` for this process's CPU and environment (read once)."""
-    isa = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
-    return pays_on(torch.backends.cpu.get_cpu_capability(), isa)
+    """``pays_on`` for this process's CPU and oneDNN cap, decided once per process (as oneDNN does)."""
+    cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
+    return pays_on(*cpu_vector_support(), cap)
 
 
 def is_enabled() -> bool:

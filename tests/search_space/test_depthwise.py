@@ -109,25 +109,40 @@ def test_a_query_model_keeps_its_parameters_initial_weights_and_embeddings(monke
     assert count_complexity(model, shape) == count_complexity(plain, shape)
 
 
+# (AVX2, AVX-512 core, ONEDNN_MAX_CPU_ISA, pays): a cap lowers what the CPU has and never raises it.
+CPU_CASES = [(True, False, None, True), (True, True, None, False), (False, False, None, False),
+             (True, True, "AVX2", True), (True, True, "avx2_vnni", True), (True, True, "AVX2_VNNI_2", True),
+             (True, False, "AVX512_CORE", True), (True, False, "AVX512_CORE_BF16", True), (True, False, "ALL", True),
+             (True, True, "ALL", False), (True, True, "AVX512_CORE_AMX", False), (True, True, "AVX10_1_512", False),
+             (True, False, "SSE41", False), (True, False, "avx", False), (False, False, "AVX2", False),
+             (True, True, "avx2x", False), (True, False, "", True)]
 
-@pytest.mark.parametrize("capability,onednn_max_isa,pays", [
-    ("AVX2", None, True), ("AVX512", None, False), ("DEFAULT", None, False), ("NO AVX", None, False),
-    ("AVX512", "AVX2", True), ("AVX512", "avx2_vnni", True), ("AVX2", "AVX512_CORE", False), ("AVX2", "SSE41", False),
-    ("AVX512", "ALL", False), ("AVX2", "ALL", True), ("AVX2", "", True)])
-def test_it_pays_only_where_onednn_runs_avx2_kernels_without_avx512(capability, onednn_max_isa, pays):
-    assert pays_on(capability, onednn_max_isa) is pays
+
+@pytest.mark.parametrize("has_avx2,has_avx512_core,onednn_max_isa,pays", CPU_CASES)
+def test_it_pays_only_where_onednn_runs_avx2_kernels_without_avx512(has_avx2, has_avx512_core, onednn_max_isa, pays):
+    assert pays_on(has_avx2, has_avx512_core, onednn_max_isa) is pays
 
 
-def test_by_default_the_cpu_decides_whether_a_query_model_takes_the_fast_gradient(monkeypatch):
+AVX512_CPU = {"avx2": True, "avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_dq": True}
+AVX2_CPU = {"avx2": True, "avx512_f": False}
+
+
+@pytest.mark.parametrize("flags,variable,cap,pays", [
+    (AVX2_CPU, None, None, True), (AVX512_CPU, None, None, False), (AVX512_CPU, "ONEDNN_MAX_CPU_ISA", "AVX2", True),
+    (AVX512_CPU, "DNNL_MAX_CPU_ISA", "avx2", True), (AVX2_CPU, "ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True)])
+def test_by_default_the_cpus_hardware_and_onednns_cap_decide(flags, variable, cap, pays, monkeypatch):
     monkeypatch.setattr(depthwise, "ENABLED", None)
-    plain, fast = _pair(7, 1)
-    output = fast(torch.randn(4, 16, 3, 3, requires_grad=True))
-    assert ("_DepthwiseConvolution" in type(output.grad_fn).__name__) is depthwise.pays_on_this_cpu()
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    # PyTorch's own kernels' level, which ATEN_CPU_CAPABILITY can lower and oneDNN ignores: not read.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    for name in depthwise.ONEDNN_ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(variable, cap)
     depthwise.pays_on_this_cpu.cache_clear()
     try:
-        assert depthwise.pays_on_this_cpu()  # read from the environment, once
-        assert "_DepthwiseConvolution" in type(fast(torch.randn(4, 16, 3, 3, requires_grad=True)).grad_fn).__name__
+        _, fast = _pair(7, 1)
+        output = fast(torch.randn(4, 16, 3, 3, requires_grad=True))
+        assert ("_DepthwiseConvolution" in type(output.grad_fn).__name__) is pays
     finally:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-        depthwise.pays_on_this_cpu.cache_clear()
+        depthwise.pays_on_this_cpu.cache_clear()  # the next test reads this process's own CPU again
