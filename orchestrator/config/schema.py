@@ -209,7 +209,7 @@ class GalleryInputConfig(_Section):
 
 # Fields of the gallery model cmpnas trains (source cmpnas); backbone also names the model of source timm.
 TRAINED_GALLERY_FIELDS = ("embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay",
-                          "patience")
+                          "patience", "mixed_precision")
 BACKBONE_SOURCES = ("cmpnas", "timm")
 NULL_IS_DEFAULT = ("backbone", "embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay")
 
@@ -268,6 +268,10 @@ class GalleryConfig(_Section):
                           "better validation score (search.metric, gallery/gallery on the validation split; needs "
                           "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
                           "null: train gallery.epochs epochs")
+    mixed_precision: bool = Field(
+        False, description="bfloat16 autocast while cmpnas trains the gallery model, on a GPU or a CPU with native "
+                           "bfloat16 (AVX512_BF16, AMX); float32 elsewhere. Weights and embeddings stay float32. "
+                           "The default resnet10t trained 1.46x faster on such a CPU, same validation figures (docs/benchmarks.md)")
 
     @model_validator(mode="before")
     @classmethod

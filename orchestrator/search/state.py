@@ -244,6 +244,7 @@ FIELDS_OF_EARLIER_SEARCHES = {
     ("data", "unlabelled"): {"classes": [], "size": None, "evaluate_classes": True, "agreement_size": None},
     # no pool
     ("training", "unlabelled_weight"): 1.0, ("training", "unlabelled_batch_size"): None,
+    ("gallery", "mixed_precision"): False,  # trained in float32
 }
 
 

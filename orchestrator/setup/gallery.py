@@ -32,6 +32,7 @@ from workers.gallery.sources.cmpnas_checkpoint import CmpnasGalleryModel
 from workers.gallery.training import GalleryEarlyStopping, GalleryTrainingSettings, train_gallery
 from workers.storage.checkpoint import CheckpointError
 from workers.training.fit import OptimSettings
+from workers.training.precision import autocast_dtype
 from workers.training.preprocess import ModelInput, embed_images, pick_device
 
 CONFIGURED_COST_CONVENTION = "as configured in gallery.mflops"
@@ -46,6 +47,7 @@ def gallery_training_settings(config: CmpnasConfig, train_images: int) -> Galler
         backbone=gallery.backbone,
         embed_dim=gallery.embed_dim,
         stem_stride=gallery.stem_stride,
+        mixed_precision=gallery.mixed_precision,
         optim=OptimSettings(epochs=gallery.epochs_for(train_images), batch_size=gallery.batch_size, lr=gallery.lr,
                             weight_decay=gallery.weight_decay, seed=config.data.seed),
     )
@@ -79,8 +81,9 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
     schedule = f"{settings.optim.epochs} epochs{raised}" if stopper is None else (
         f"up to {settings.optim.epochs} epochs, stopping after {stopper.patience} without a better validation "
         f"{stopper.metric} ({len(data.query) + len(data.gallery)} validation images)")
+    precision = "bfloat16" if autocast_dtype(device, settings.mixed_precision, on_cpu=True) else "float32"
     log(f"training gallery model {settings.backbone} (D={settings.embed_dim}) on {len(data.train)} images, "
-        f"{schedule}, on {device}")
+        f"{schedule}, on {device}" + (" with bfloat16 autocast" if precision == "bfloat16" else ""))
     if stopper is not None and config.data.protocol == "open_set" and not config.data.validation_classes:
         log(SEEN_CLASS_STOPPING_WARNING)
 
@@ -90,7 +93,7 @@ def train_and_save_gallery(config: CmpnasConfig, data: RetrievalData, device: to
 
     model = train_gallery(data, settings, device, on_epoch=report, early_stopping=stopper)
     info = {"dataset": data.name, "train_images": len(data.train), "epochs": settings.optim.epochs,
-            "class_names": list(data.class_names), "split": split_identity(config)}
+            "class_names": list(data.class_names), "split": split_identity(config), "training_precision": precision}
     if stopper is not None:
         info.update(stopper.record())
         log(f"gallery model: best validation {stopper.metric} {stopper.best_score:.2f} at epoch {stopper.best_epoch} "

@@ -28,6 +28,7 @@ from workers.training.batches import AugmentationSettings, ImageBatches, PooledB
 from workers.training.fit import EpochHooks, OptimSettings, StepLoss, fit
 from workers.training.loss_registry import DEFAULT_LOSS_WEIGHTS
 from workers.training.losses import LossContext, WeightedLossSum
+from workers.training.precision import training_autocast
 from workers.training.preprocess import ModelInput
 
 
@@ -86,10 +87,9 @@ class CompatibilityTraining:
         return ModelInput(data.mean, data.std, resolution, self.run.device, self.settings.channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast on a GPU when ``mixed_precision`` is on; nothing otherwise."""
-        device = self.run.device
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=self.settings.mixed_precision and device.type == "cuda")
+        """bfloat16 autocast on a GPU when ``mixed_precision`` is on; nothing otherwise (not on a CPU:
+        ``workers.training.precision``'s rules)."""
+        return training_autocast(self.run.device, self.settings.mixed_precision, on_cpu=False)
 
     def context(self, embeddings: torch.Tensor, batch_labels: torch.Tensor, index: torch.Tensor,
                 view_embeddings: torch.Tensor | None) -> LossContext:

@@ -15,6 +15,9 @@ Early stopping (``GalleryEarlyStopping``, ``gallery.patience``), the rules:
   in the record). Selecting a half-annealed snapshot would keep a model whose learning rate was still
   high, a weaker paragon than its own recipe gives.
 
+With ``GalleryTrainingSettings.mixed_precision`` the forward pass runs under bfloat16 autocast on a GPU
+or a CPU with native bfloat16 (``workers.training.precision``), the loss in float32.
+
 Training without early stopping may be resumed: ``GalleryTrainingState.sink`` receives the full state
 after every epoch (``workers.training.fit``) and ``GalleryTrainingState.resume`` continues it.
 """
@@ -30,6 +33,7 @@ from workers.datasets import RetrievalData
 from workers.gallery.model import GalleryArchitecture, GalleryEmbeddingNet
 from workers.training.batches import AugmentationSettings, ImageBatches
 from workers.training.fit import EpochCallback, EpochHooks, OptimSettings, StateSink, fit
+from workers.training.precision import training_autocast
 from workers.training.preprocess import ModelInput, embed_images, to_model_input
 
 
@@ -41,6 +45,8 @@ class GalleryTrainingSettings:
     stem_stride: int = 2
     logit_scale: float = 16.0
     augmentation: AugmentationSettings | None = None
+    # bfloat16 autocast of the forward pass on a GPU or a CPU with native bfloat16 (workers.training.precision).
+    mixed_precision: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ def _train(data: RetrievalData, settings: GalleryTrainingSettings, device: torch
 
     def step(batch: torch.Tensor, batch_labels: torch.Tensor, _index: torch.Tensor):
         inputs = to_model_input(batch, data.mean, data.std, data.image_size, device)
-        return F.cross_entropy(model.classify(model(inputs)), batch_labels), {}
+        with training_autocast(device, settings.mixed_precision, on_cpu=True):
+            logits = model.classify(model(inputs))
+        return F.cross_entropy(logits.float(), batch_labels), {}
 
     def after_epoch(epoch: int, stats: dict[str, float]) -> bool:
         stop = early_stopping is not None and early_stopping.after_epoch(epoch, stats, model, device)

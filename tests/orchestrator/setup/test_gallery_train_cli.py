@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.config import validate_config
 from orchestrator.setup.data import load_search_data
-from orchestrator.setup.gallery import obtain_gallery
+from orchestrator.setup.gallery import gallery_training_settings, obtain_gallery
 from tests.conftest import tiny_tree
 from workers.gallery.model import load_gallery
 from workers.storage.checkpoint import CheckpointError
@@ -36,6 +36,7 @@ def test_it_trains_on_train_less_validation_and_records_the_curve(trained):
     info = load_gallery(tree["gallery"]["checkpoint"]).info
     assert info["train_images"] == 1200
     assert info["split"]["validation_size"] == 300
+    assert info["training_precision"] == "float32"  # gallery.mixed_precision is off by default
     curve = info["validation_curve"]
     assert 1 <= len(curve) <= 2 and all("validation_map" in point for point in curve)
     assert info["early_stopping"]["patience"] == 1 and info["early_stopping"]["validation_images"] == 300
@@ -54,3 +55,9 @@ def test_a_search_with_the_same_split_uses_it_and_another_split_is_refused(train
     other = validate_config({**tree, "data": {**tree["data"], "validation_size": 200}})
     with pytest.raises(CheckpointError, match="another split"):
         obtain_gallery(other, load_search_data(other).selection, "cpu", messages.append)
+
+
+def test_gallery_mixed_precision_reaches_the_training_settings(tmp_path):
+    tree = tiny_tree(tmp_path, gallery={"mixed_precision": True})
+    assert gallery_training_settings(validate_config(tree), 100).mixed_precision is True
+    assert gallery_training_settings(validate_config(tiny_tree(tmp_path)), 100).mixed_precision is False

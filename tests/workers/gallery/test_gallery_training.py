@@ -2,10 +2,12 @@
 augmentation reaches the gallery model's batches, and a long training resumes exactly."""
 
 import numpy as np
+import pytest
 import torch
 
 from workers.datasets import ImageSet, RetrievalData
 from workers.datasets.validation import carve_validation
+from workers.gallery.model import GalleryEmbeddingNet
 from workers.gallery.training import (GalleryEarlyStopping, GalleryTrainingSettings, GalleryTrainingState,
                                       train_gallery)
 from workers.training.batches import AugmentationSettings
@@ -62,3 +64,34 @@ def test_a_resumed_gallery_training_ends_where_an_uninterrupted_one_does():
     assert len(states) == 2 and _same_weights(whole, resumed)
     # Augmentation reaches the batches: without it the same schedule ends elsewhere.
     assert not _same_weights(whole, train_gallery(data, _settings(2), CPU))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_runs_the_forward_pass_in_bfloat16_only_on_a_cpu_with_native_bfloat16(native, monkeypatch):
+    import workers.training.precision as precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+    precision.native_bfloat16_cpu.cache_clear()
+    dtypes = []
+    original_forward = GalleryEmbeddingNet.forward
+
+    def recording_forward(self, images):
+        embeddings = original_forward(self, images)
+        if self.training:
+            dtypes.append(embeddings.dtype)
+        return embeddings
+
+    monkeypatch.setattr(GalleryEmbeddingNet, "forward", recording_forward)
+    try:
+        data = _data()
+        settings = GalleryTrainingSettings("resnet10t", 8, OptimSettings(epochs=1, batch_size=32, lr=1e-3),
+                                           stem_stride=1, mixed_precision=True)
+        losses = []
+        model = train_gallery(data, settings, CPU, on_epoch=lambda epoch, stats: losses.append(stats["loss"]))
+    finally:
+        precision.native_bfloat16_cpu.cache_clear()
+    assert dtypes and set(dtypes) == {torch.bfloat16 if native else torch.float32}
+    assert np.isfinite(losses).all()
+    assert all(value.dtype == torch.float32 for value in model.state_dict().values() if value.is_floating_point())
+    # Evaluation (embedding the gallery) stays float32 either way.
+    assert model(torch.rand(2, 1, 8, 8)).dtype == torch.float32
