@@ -103,10 +103,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     record = machine_record()
-    # What decides which path pays (search_space.depthwise.pays_on): PyTorch's CPU capability and a oneDNN cap.
-    record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                  onednn_max_cpu_isa=next((os.environ[name] for name in depthwise.ONEDNN_ISA_VARIABLES
-                                           if os.environ.get(name)), None),
+    # What decides which path pays (search_space.depthwise.pays_on): the CPU's AVX2 and AVX-512 and a
+    # oneDNN cap; PyTorch's own capability beside them, which ATEN_CPU_CAPABILITY can lower.
+    has_avx2, has_avx512_core = depthwise.cpu_vector_support()
+    record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), avx2=has_avx2,
+                  avx512_core=has_avx512_core, onednn_max_cpu_isa=depthwise.onednn_isa_cap(),
                   default_path="fast" if depthwise.pays_on_this_cpu() else "pytorch")
     space = create_space(args.space, embed_dim=128, in_chans=1)
     rng = random.Random(args.seed)

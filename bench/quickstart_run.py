@@ -11,7 +11,6 @@ paragon and its cost reduction. Prints a Markdown block for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import subprocess
@@ -24,9 +23,11 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from run_record import cpu_description  # noqa: E402
+from search_space.depthwise import onednn_isa_cap  # noqa: E402
 
 
 def sample_peak_rss(process: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
@@ -96,7 +97,8 @@ def main() -> None:
 
     cpu, flags = cpu_description()
     # A cap on oneDNN's instruction set changes which kernels the search ran (search_space.depthwise).
-    caps = [f"{name}={os.environ[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(name)]
+    cap = onednn_isa_cap()
+    caps = [f"oneDNN capped at {cap}"] if cap else []
     print(f"\n### Quickstart search, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {cpu} "
           f"({', '.join(flags + caps) or 'no vector flags read'}), {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB")

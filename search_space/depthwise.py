@@ -83,11 +83,15 @@ def cpu_vector_support() -> tuple[bool, bool]:
     return bool(flags.get("avx2")), all(flags.get(flag) for flag in AVX512_CORE_FLAGS)
 
 
+def onednn_isa_cap() -> str | None:
+    """The cap on oneDNN's instruction set this process's environment sets (``ONEDNN_ISA_VARIABLES``), or None."""
+    return next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
+
+
 @functools.cache
 def pays_on_this_cpu() -> bool:
     """``pays_on`` for this process's CPU and oneDNN cap, decided once per process (as oneDNN does)."""
-    cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
-    return pays_on(*cpu_vector_support(), cap)
+    return pays_on(*cpu_vector_support(), onednn_isa_cap())
 
 
 def is_enabled() -> bool:

@@ -211,7 +211,8 @@ class GalleryInputConfig(_Section):
 TRAINED_GALLERY_FIELDS = ("embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay",
                           "patience", "mixed_precision")
 BACKBONE_SOURCES = ("cmpnas", "timm")
-NULL_IS_DEFAULT = ("backbone", "embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay")
+NULL_IS_DEFAULT = ("backbone", "embed_dim", "stem_stride", "epochs", "min_steps", "batch_size", "lr", "weight_decay",
+                   "mixed_precision")
 
 
 class GalleryConfig(_Section):
@@ -271,7 +272,8 @@ class GalleryConfig(_Section):
     mixed_precision: bool = Field(
         False, description="bfloat16 autocast while cmpnas trains the gallery model, on a GPU or a CPU with native "
                            "bfloat16 (AVX512_BF16, AMX); float32 elsewhere. Weights and embeddings stay float32. "
-                           "The default resnet10t trained 1.46x faster on such a CPU, same validation figures (docs/benchmarks.md)")
+                           "The default resnet10t trained 1.46x faster on such a CPU, same validation figures "
+                           "(docs/benchmarks.md); null: this default")
 
     @model_validator(mode="before")
     @classmethod

@@ -36,13 +36,14 @@ def test_timm_keeps_its_backbone():
 
 def test_null_takes_the_default_and_is_accepted_for_every_source():
     assert load_config(None, ["gallery.embed_dim=null"]).gallery.embed_dim == 128
+    assert load_config(None, ["gallery.mixed_precision=null"]).gallery.mixed_precision is False
     config = load_config(None, ["gallery.source=onnx", "gallery.path=M.onnx", "gallery.embed_dim=null",
-                                "gallery.epochs=null"])
+                                "gallery.epochs=null", "gallery.mixed_precision=null"])
     assert config.gallery.source == "onnx"
 
 
 @pytest.mark.parametrize(("field", "value"), [("embed_dim", 1280), ("epochs", 5), ("patience", 3),
-                                              ("backbone", "resnet18"), ("min_steps", 0)])
+                                              ("backbone", "resnet18"), ("min_steps", 0), ("mixed_precision", True)])
 def test_a_field_of_the_trained_model_set_for_another_source_is_refused_with_the_fix(field, value):
     with pytest.raises(ConfigError, match=rf"gallery.{field}={value!r} set\(s\) the gallery model cmpnas trains "
                                           r".*gallery.source is 'torchscript'.*remove it \(or set null\)"):
