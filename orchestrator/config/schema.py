@@ -269,7 +269,7 @@ class GalleryConfig(_Section):
                           "better validation score (search.metric, gallery/gallery on the validation split; needs "
                           "data.validation_size) and keep the best epoch; gallery.epochs is then the most it trains. "
                           "null: train gallery.epochs epochs")
-    mixed_precision: bool = Field(
+    mixed_precision: bool | None = Field(
         False, description="bfloat16 autocast while cmpnas trains the gallery model, on a GPU or a CPU with native "
                            "bfloat16 (AVX512_BF16, AMX); float32 elsewhere. Weights and embeddings stay float32. "
                            "The default resnet10t trained 1.46x faster on such a CPU, same validation figures "

@@ -3,7 +3,7 @@
 import pytest
 
 from orchestrator.config import ConfigError, load_config, validate_config
-from orchestrator.config.schema import TRAINED_GALLERY_FIELDS, trained_only_fields
+from orchestrator.config.schema import NULL_IS_DEFAULT, TRAINED_GALLERY_FIELDS, GalleryConfig, trained_only_fields
 from orchestrator.search.state import with_earlier_defaults
 from orchestrator.tracking.client import config_params
 
@@ -40,6 +40,15 @@ def test_null_takes_the_default_and_is_accepted_for_every_source():
     config = load_config(None, ["gallery.source=onnx", "gallery.path=M.onnx", "gallery.embed_dim=null",
                                 "gallery.epochs=null", "gallery.mixed_precision=null"])
     assert config.gallery.source == "onnx"
+
+
+@pytest.mark.parametrize("field", NULL_IS_DEFAULT)
+def test_the_published_schema_admits_null_where_null_takes_the_default(field):
+    # An editor validating against the JSON schema, and the config fuzzer, read null from the annotation:
+    # a field that takes null as its default must say so there, not only in its validator.
+    accepted = GalleryConfig.model_json_schema()["properties"][field]
+    assert {"type": "null"} in accepted.get("anyOf", []), f"gallery.{field} accepts null but its schema does not"
+    assert getattr(validate_config({"gallery": {field: None}}).gallery, field) == GalleryConfig.model_fields[field].default
 
 
 @pytest.mark.parametrize(("field", "value"), [("embed_dim", 1280), ("epochs", 5), ("patience", 3),
