@@ -23,7 +23,8 @@ Whether it pays depends on oneDNN's kernels, so on the CPU (docs/benchmarks.md):
 kernels PyTorch's weight gradient is the slow one, and this path made a candidate's step 1.12x
 faster (geometric mean over 8 architectures, 7 of which take it; an AVX-512 CPU with oneDNN capped at
 AVX2) and 1.18x on a machine whose instruction sets were not recorded. With oneDNN's AVX-512 kernels
-PyTorch's own steps were 1.24x faster in all, and this path made them 7.5% slower. Elsewhere (ARM,
+PyTorch's own steps were 1.24x faster in all, and this path made them 7.5% slower (an AMD EPYC) and
+12% slower (an Intel Xeon with AMX). Elsewhere (ARM,
 x86 without AVX2) it was not measured, so PyTorch's path is kept.
 
 Rules:
