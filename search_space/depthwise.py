@@ -24,8 +24,8 @@ kernels PyTorch's weight gradient is the slow one, and this path made a candidat
 faster (geometric mean over 8 architectures, 7 of which take it; an AVX-512 CPU with oneDNN capped at
 AVX2) and 1.18x on a machine whose instruction sets were not recorded. With oneDNN's AVX-512 kernels
 PyTorch's own steps were 1.24x faster in all, and this path made them 7.5% slower (an AMD EPYC) and
-12% slower (an Intel Xeon with AMX). Elsewhere (ARM,
-x86 without AVX2) it was not measured, so PyTorch's path is kept.
+12% slower (an Intel Xeon with AMX). Elsewhere (ARM, x86 without AVX2) it was not measured, so
+PyTorch's path is kept.
 
 Rules:
 
